@@ -1,0 +1,67 @@
+"""Command line: ``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]`` and ``python -m tasks serve``.
+
+This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call, with the
+result written as JSON to ``--result`` (a manifest in the shared store) and to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tasks.storage import write_json
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tasks.stages import STAGES
+
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in STAGES.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
+        p.add_argument("--pipeline", required=True)
+        p.add_argument("--args", default="{}", help="JSON object of the stage's keyword arguments")
+        p.add_argument("--result", type=Path, help="also write the JSON result to this file")
+    serve = sub.add_parser("serve", help="run the model server in the foreground")
+    serve.add_argument("--pipelines", nargs="+", help="pipelines to serve (default: every spec)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one stage; exit 0 with its JSON result, or 1 with the error on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    from tasks.settings import get_settings
+
+    if args.command == "serve":
+        from tasks.serving.app import serve
+        from tasks.spec import list_specs
+
+        serve(get_settings(), args.pipelines or [s.name for s in list_specs()], args.host, args.port)
+        return 0
+    from tasks.stages import STAGES
+
+    try:
+        kwargs: dict[str, Any] = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        print(f"--args is not JSON: {exc}", file=sys.stderr)  # noqa: T201 - CLI error channel
+        return 2
+    try:
+        result = STAGES[args.command](args.pipeline, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the CLI reports any stage failure the same way
+        logging.getLogger("tasks").error("%s failed: %s", args.command, exc)
+        return 1
+    if args.result:
+        write_json(args.result, result)
+    print(json.dumps(result, default=str))  # noqa: T201 - the result is the CLI's output
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

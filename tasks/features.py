@@ -1,0 +1,159 @@
+"""Features: assemble a training window, split it by time, and compute the spec's features.
+
+The transformation is :class:`FeatureBuilder`, a stateless scikit-learn transformer configured only by
+the spec. Training fits the estimator on its output, and the model logged to MLflow is
+``Pipeline([FeatureBuilder, estimator])``: the server applies exactly the code training did.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from tasks.spec import FeatureSpec, PipelineSpec
+from tasks.storage import DataLayout, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class FeatureError(ValueError):
+    """Input rows lack columns the features need, or the window is too small to split."""
+
+
+class FeatureBuilder(TransformerMixin, BaseEstimator):
+    """Numeric passthrough, one-hot over declared categories, sin/cos for cyclical columns."""
+
+    def __init__(self, numeric: list[str], categorical: dict[str, list[Any]], cyclical: dict[str, int]) -> None:
+        """Configure from the spec's ``features`` block (kept as plain attributes for sklearn cloning)."""
+        self.numeric = numeric
+        self.categorical = categorical
+        self.cyclical = cyclical
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> FeatureBuilder:
+        """Build from a validated spec."""
+        return cls(list(spec.numeric), {k: list(v) for k, v in spec.categorical.items()}, dict(spec.cyclical))
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureBuilder:  # noqa: N803 - sklearn's signature
+        """Stateless: nothing to learn."""
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Output column names, in order."""
+        names = list(self.numeric)
+        for col, cats in self.categorical.items():
+            names += [f"{col}={c}" for c in cats]
+        for col in self.cyclical:
+            names += [f"{col}_sin", f"{col}_cos"]
+        return names
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Sklearn's feature-name protocol."""
+        return np.asarray(self.feature_names, dtype=object)
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803 - sklearn's signature
+        """Compute the feature frame.
+
+        Raises:
+            FeatureError: A source column is missing.
+        """
+        needed = [*self.numeric, *self.categorical, *self.cyclical]
+        missing = [c for c in needed if c not in X.columns]
+        if missing:
+            raise FeatureError(f"input rows lack columns {missing}")
+        out: dict[str, Any] = {c: pd.to_numeric(X[c]).astype("float64").to_numpy() for c in self.numeric}
+        for col, cats in self.categorical.items():
+            values = X[col].to_numpy()
+            for cat in cats:
+                out[f"{col}={cat}"] = (values == cat).astype("float64")
+        for col, period in self.cyclical.items():
+            angle = 2 * np.pi * pd.to_numeric(X[col]).to_numpy(dtype="float64") / period
+            out[f"{col}_sin"] = np.sin(angle)
+            out[f"{col}_cos"] = np.cos(angle)
+        return pd.DataFrame(out, index=X.index)[self.feature_names]
+
+
+@dataclass(frozen=True)
+class DatasetUris:
+    """Files one training run reads (all under ``runs/<pipeline>/<run_key>/``)."""
+
+    train_raw: str
+    train_features: str
+    holdout: str
+    train_partitions: list[str]
+    holdout_partitions: list[str]
+    train_rows: int
+    holdout_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for XCom."""
+        return asdict(self)
+
+
+def load_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str]) -> pd.DataFrame:
+    """Concatenate raw partitions in time order."""
+    if not days:
+        raise FeatureError("no partitions given")
+    frames = [pd.read_parquet(layout.raw_partition(spec.name, d)) for d in sorted(days)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write(frame: pd.DataFrame, path: Any) -> str:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return str(path)
+
+
+def build_datasets(spec: PipelineSpec, layout: DataLayout, days: list[str], run_key: str) -> DatasetUris:
+    """Split the window by time (the last ``holdout_days`` partitions are the holdout) and build features.
+
+    Args:
+        spec: The pipeline.
+        layout: Data root layout.
+        days: Valid partition dates of the window.
+        run_key: Output folder key.
+
+    Returns:
+        Paths of the training rows (raw and featurised) and of the raw holdout rows.
+
+    Raises:
+        FeatureError: Fewer partitions than ``holdout_days + 1``.
+    """
+    days = sorted(days)
+    holdout_n = spec.training.holdout_days
+    if len(days) <= holdout_n:
+        raise FeatureError(f"{len(days)} partitions cannot be split into training and a {holdout_n}-day holdout")
+    train_days, holdout_days = days[:-holdout_n], days[-holdout_n:]
+    keep = [spec.source.partition_column, *spec.schema_.input_columns, spec.schema_.target]
+    keep = list(dict.fromkeys(keep))
+    train = load_partitions(spec, layout, train_days)[keep]
+    holdout = load_partitions(spec, layout, holdout_days)[keep]
+    features = FeatureBuilder.from_spec(spec.features).transform(train)
+    features[spec.schema_.target] = train[spec.schema_.target].to_numpy()
+    out = layout.run_dir(spec.name, run_key)
+    uris = DatasetUris(
+        train_raw=_write(train, out / "train_raw.parquet"),
+        train_features=_write(features, out / "train_features.parquet"),
+        holdout=_write(holdout, out / "holdout.parquet"),
+        train_partitions=train_days,
+        holdout_partitions=holdout_days,
+        train_rows=len(train),
+        holdout_rows=len(holdout),
+    )
+    log.info(
+        "training window %s..%s (%d rows), holdout %s..%s (%d rows), %d features",
+        train_days[0],
+        train_days[-1],
+        len(train),
+        holdout_days[0],
+        holdout_days[-1],
+        len(holdout),
+        features.shape[1] - 1,
+    )
+    return uris

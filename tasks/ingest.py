@@ -1,0 +1,92 @@
+"""Ingest: copy one day's landing file into the raw store as a typed Parquet partition."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from tasks.spec import PipelineSpec
+from tasks.storage import DataLayout, atomic_path, parse_day
+
+log = logging.getLogger(__name__)
+
+
+class IngestError(RuntimeError):
+    """The landing file for a partition is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ingest wrote."""
+
+    partition: str
+    uri: str
+    rows: int
+    uncast_columns: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Small, JSON-able form for XCom."""
+        return asdict(self)
+
+
+def _cast(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFrame, list[str]]:
+    """Cast declared columns; a column that does not cast is kept as text for validation to report."""
+    uncast = []
+    for col, kind in spec.schema_.columns.items():
+        if col not in frame.columns or kind == "str":
+            continue
+        text = frame[col].where(frame[col] != "")
+        values = pd.to_numeric(text, errors="coerce")
+        lost = values.isna() & text.notna()
+        if lost.any():
+            uncast.append(col)
+            continue
+        if kind == "int" and values.notna().all() and (values == values.round()).all():
+            frame[col] = values.astype("int64")
+        else:
+            frame[col] = values.astype("float64")
+    return frame, uncast
+
+
+def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str) -> IngestResult:
+    """Read ``landing/<pipeline>/<day>.csv`` and write ``raw/<pipeline>/dt=<day>/part.parquet`` atomically.
+
+    Re-running a day rewrites the same partition byte for byte. The batch is stored even when it looks
+    wrong: deciding what is valid is the validation stage's job, which quarantines it with reasons.
+
+    Args:
+        spec: The pipeline.
+        layout: Data root layout.
+        day: The partition date (the data interval start), ``YYYY-MM-DD``.
+
+    Returns:
+        The partition written.
+
+    Raises:
+        IngestError: No landing file for the day, or it is not CSV.
+    """
+    day = parse_day(day)
+    source = layout.landing_file(spec.name, day)
+    if not source.is_file():
+        raise IngestError(
+            f"no landing file for {spec.name} partition {day}: expected {source}. "
+            "Has the upstream delivered it? Re-run this task once it lands."
+        )
+    try:
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise IngestError(f"landing file {source} is not readable CSV: {exc}") from exc
+    frame, uncast = _cast(frame, spec)
+    order = [c for c in spec.source.order_by if c in frame.columns]
+    if order:
+        frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
+    target = layout.raw_partition(spec.name, day)
+    with atomic_path(target) as tmp:
+        frame.to_parquet(tmp, index=False)
+    if uncast:
+        log.warning("partition %s: columns %s did not cast to their declared types", day, uncast)
+    log.info("ingested %s rows of %s partition %s -> %s", len(frame), spec.name, day, target)
+    return IngestResult(partition=day, uri=str(target), rows=len(frame), uncast_columns=uncast)

@@ -1,0 +1,201 @@
+"""Monitor: compare recently served inputs with the champion's training sample using Evidently.
+
+Writes ``drift.html`` (the Evidently report) and ``summary.json`` under
+``monitoring/<pipeline>/<run_key>/`` and says whether a retrain should be requested.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.registry import champion_version
+from tasks.settings import Settings
+from tasks.spec import PipelineSpec
+from tasks.storage import DataLayout, atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+class MonitoringError(RuntimeError):
+    """The reference sample or prediction log cannot be read."""
+
+
+def window_days(window_end: str, days: int) -> list[str]:
+    """The ``days`` calendar dates before ``window_end`` (exclusive), oldest first.
+
+    A run whose data interval ends at ``2012-06-25T02:00`` checks the days up to 2012-06-24: event time,
+    not wall-clock time, so a backfilled or re-run check looks at exactly the same rows.
+    """
+    last = datetime.fromisoformat(window_end).date() - timedelta(days=1)
+    return [(last - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
+
+
+def served_inputs(log_path: Path, model_name: str, day_column: str, days: list[str]) -> pd.DataFrame:
+    """Rows the server logged for ``model_name`` whose event date (``day_column``) is in ``days``."""
+    if not log_path.is_file() or not days:
+        return pd.DataFrame()
+    with sqlite3.connect(log_path) as conn:
+        rows = conn.execute(
+            "SELECT inputs, prediction, model_version FROM predictions WHERE model_name = ?"
+            " AND json_extract(inputs, ?) BETWEEN ? AND ? ORDER BY id",
+            (model_name, f"$.{day_column}", days[0], days[-1]),
+        ).fetchall()
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame.from_records([json.loads(r[0]) for r in rows])
+    frame["prediction"] = [r[1] for r in rows]
+    frame["model_version"] = [str(r[2]) for r in rows]
+    return frame
+
+
+def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) -> pd.DataFrame:
+    """Join the true target from landed raw partitions onto served rows (delayed labels), where present."""
+    day_col, target = spec.source.partition_column, spec.schema_.target
+    keys = [day_col, *spec.source.order_by]
+    frames = [
+        pd.read_parquet(layout.raw_partition(spec.name, d), columns=[*keys, target])
+        for d in sorted(served[day_col].astype(str).unique())
+        if layout.raw_partition(spec.name, d).is_file()
+    ]
+    if not frames:
+        return served.assign(**{target: float("nan")})
+    labels = pd.concat(frames, ignore_index=True).drop_duplicates(keys)
+    return served.drop(columns=[target], errors="ignore").merge(labels, on=keys, how="left")
+
+
+def reference_sample(settings: Settings, run_id: str) -> pd.DataFrame:
+    """The training sample logged with a model's run (``reference/reference.parquet``).
+
+    Raises:
+        MonitoringError: The run has no reference artifact.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reference/reference.parquet")
+    except (MlflowException, OSError) as exc:
+        raise MonitoringError(f"run {run_id} has no reference sample (reference/reference.parquet): {exc}") from exc
+    return pd.read_parquet(local)
+
+
+def _column_results(snapshot: dict[str, Any], p_value: float) -> tuple[float, dict[str, dict[str, Any]]]:
+    share = 0.0
+    columns: dict[str, dict[str, Any]] = {}
+    for metric in snapshot["metrics"]:
+        cfg = metric["config"]
+        if cfg["type"].endswith("DriftedColumnsCount"):
+            share = float(metric["value"]["share"])
+        elif cfg["type"].endswith("ValueDrift"):
+            value = float(metric["value"])
+            # check_drift pins both tests to p-value tests (KS, chi-square): drift is a small p-value
+            drifted = value < p_value
+            columns[cfg["column"]] = {"method": cfg.get("method"), "score": value, "drifted": drifted}
+    return share, columns
+
+
+def check_drift(
+    spec: PipelineSpec, settings: Settings, window_end: str, run_key: str, layout: DataLayout | None = None
+) -> dict[str, Any]:
+    """Run the drift check for the window ending at ``window_end``.
+
+    Args:
+        spec: The pipeline (monitoring thresholds, feature columns).
+        settings: Environment settings.
+        window_end: End of the monitoring window (ISO datetime, the DAG run's data interval end).
+        run_key: Output folder key.
+        layout: Data root layout (defaults to the settings' data root).
+
+    Returns:
+        The summary also written to ``summary.json``: ``status`` is ``drift``, ``no_drift``, ``no_champion``
+        or ``insufficient_data``; ``retrain`` says whether to request a retrain.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    layout = layout or DataLayout(settings.data_root)
+    mon = spec.monitoring
+    days = window_days(window_end, mon.window_days)
+    out = layout.monitoring_dir(spec.name, run_key)
+    summary: dict[str, Any] = {
+        "pipeline": spec.name,
+        "window_days": days,
+        "window_end": window_end,
+        "drift_share_threshold": mon.drift_share_threshold,
+        "retrain": False,
+    }
+    champion = champion_version(settings, spec.registered_model_name)
+    current = served_inputs(layout.prediction_log, spec.registered_model_name, spec.source.partition_column, days)
+    summary |= {"rows": len(current), "champion_version": champion.version if champion else None}
+    if champion is None or len(current) < mon.min_rows:
+        summary["status"] = "no_champion" if champion is None else "insufficient_data"
+        summary["reason"] = (
+            "no champion to compare against"
+            if champion is None
+            else f"{len(current)} served rows in the window, fewer than min_rows={mon.min_rows}"
+        )
+        write_json(out / "summary.json", summary)
+        log.info("drift check skipped: %s", summary["reason"])
+        return summary
+    reference = reference_sample(settings, champion.run_id)
+    categorical = list(spec.features.categorical)
+    numerical = [c for c in spec.features.source_columns if c not in categorical]
+    target = spec.schema_.target
+    current = attach_labels(spec, layout, current)
+    labelled = current.dropna(subset=[target])
+    if len(labelled):
+        from tasks.evaluate import regression_metrics
+
+        summary["champion_on_labelled"] = regression_metrics(labelled[target], labelled["prediction"])
+        summary["labelled_rows"] = len(labelled)
+    if mon.include_target and len(labelled) >= mon.min_rows:
+        # demand itself shifting is the strongest retrain signal once its labels have landed
+        numerical.append(target)
+        current = labelled
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    columns = numerical + categorical
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=columns,
+                drift_share=mon.drift_share_threshold,
+                num_method="ks",
+                cat_method="chisquare",
+                threshold=mon.column_p_value,
+            )
+        ]
+    )
+    snapshot = report.run(
+        current_data=Dataset.from_pandas(current[columns], data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+    )
+    html = out / "drift.html"
+    with atomic_path(html) as tmp:
+        snapshot.save_html(str(tmp))
+    share, per_column = _column_results(snapshot.dict(), mon.column_p_value)
+    drifted = sorted(c for c, r in per_column.items() if r["drifted"])
+    summary |= {
+        "status": "drift" if share >= mon.drift_share_threshold else "no_drift",
+        "reference_rows": len(reference),
+        "drift_share": share,
+        "drifted_columns": drifted,
+        "target_drifted": bool(per_column.get(target, {}).get("drifted", False)),
+        "columns": per_column,
+        "report_html": str(html),
+        "served_versions": sorted(current["model_version"].astype(str).unique()),
+    }
+    summary["retrain"] = summary["status"] == "drift"
+    summary["reason"] = (
+        f"{len(drifted)}/{len(per_column)} columns drifted (share {share:.2f}, threshold {mon.drift_share_threshold})"
+    )
+    write_json(out / "summary.json", summary)
+    log.info("drift check %s: %s; report %s", summary["status"], summary["reason"], html)
+    return summary

@@ -1,0 +1,97 @@
+"""Environment settings: ``config/base`` overlaid by ``config/<ML_ENV>``, then by environment variables.
+
+Environment variables (highest precedence): ``ML_ENV`` (layer, default ``local``), ``MLP_DATA_ROOT``,
+``MLFLOW_TRACKING_URI``, ``MLP_SERVING_URL``, ``MLP_SHARED_DATASETS``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from tasks.spec import REPO_ROOT
+
+CONFIG_DIR = REPO_ROOT / "config"
+_ENV_OVERRIDES = {
+    "MLP_DATA_ROOT": "data_root",
+    "MLFLOW_TRACKING_URI": "mlflow_tracking_uri",
+    "MLP_SERVING_URL": "serving_url",
+    "MLP_SHARED_DATASETS": "shared_datasets",
+}
+
+
+class SettingsError(ValueError):
+    """The environment layer is unknown or a settings file is malformed."""
+
+
+class Settings(BaseModel):
+    """Typed, validated environment settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str
+    data_root: Path
+    mlflow_tracking_uri: str
+    mlflow_experiment_prefix: str = ""
+    serving_url: str
+    serving_timeout_s: float = 60
+    execution_mode: Literal["local", "kubernetes"] = "local"
+    shared_datasets: Path
+
+    def experiment_name(self, pipeline: str) -> str:
+        """MLflow experiment that holds a pipeline's runs."""
+        return f"{self.mlflow_experiment_prefix}{pipeline}"
+
+
+def _read_layer(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+def load_settings(env: str | None = None) -> Settings:
+    """Build the settings for an environment layer.
+
+    Args:
+        env: Layer name; defaults to ``$ML_ENV`` or ``local``.
+
+    Returns:
+        The merged settings, with relative paths made absolute.
+
+    Raises:
+        SettingsError: The layer has no folder under ``config/`` or a file is malformed.
+    """
+    env = env or os.environ.get("ML_ENV", "local")
+    if not (CONFIG_DIR / env).is_dir():
+        layers = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "pipelines")
+        raise SettingsError(f"unknown ML_ENV {env!r}; layers under config/: {layers}")
+    merged = _read_layer(CONFIG_DIR / "base" / "settings.yaml") | _read_layer(CONFIG_DIR / env / "settings.yaml")
+    for var, key in _ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            merged[key] = os.environ[var]
+    data_root = _resolve(merged.pop("data_root"))
+    uri = merged.pop("mlflow_tracking_uri", None) or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}"
+    shared = _resolve(merged.pop("shared_datasets"))
+    return Settings(env=env, data_root=data_root, mlflow_tracking_uri=uri, shared_datasets=shared, **merged)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for the current process (cached; tests call ``get_settings.cache_clear()``)."""
+    return load_settings()

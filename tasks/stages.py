@@ -1,0 +1,241 @@
+"""The stage contract: one function per pipeline stage, JSON in and JSON out.
+
+Airflow tasks (``dags/``) and the CLI (``python -m tasks <stage>``, which a Kubernetes pod runs) both call
+these, so a stage behaves the same wherever it runs. Arguments are pipeline names, dates, run keys and
+the small dicts earlier stages returned; data moves through the data root, never through XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tasks.settings import Settings, get_settings
+from tasks.spec import PipelineSpec, load_spec
+from tasks.storage import DataLayout
+
+log = logging.getLogger(__name__)
+
+RETRAIN_ASSET = "ml://{pipeline}/retrain"
+RAW_ASSET = "ml://{pipeline}/raw"
+
+
+def _ctx(pipeline: str) -> tuple[PipelineSpec, Settings, DataLayout]:
+    settings = get_settings()
+    return load_spec(pipeline), settings, DataLayout(settings.data_root)
+
+
+def replay(pipeline: str, start: str, end: str, corrupt: list[str] | None = None) -> dict[str, Any]:
+    """Feed the shipped dataset into the landing zone, one file per day."""
+    from dataclasses import asdict
+
+    from tasks.replay import replay_days
+
+    spec, settings, layout = _ctx(pipeline)
+    return asdict(replay_days(spec, layout, settings.shared_datasets, start, end, frozenset(corrupt or [])))
+
+
+def landing_ready(pipeline: str, day: str) -> bool:
+    """Whether upstream has delivered the landing file for ``day``."""
+    from tasks.storage import parse_day
+
+    _, _, layout = _ctx(pipeline)
+    return layout.landing_file(pipeline, parse_day(day)).is_file()
+
+
+def ingest(pipeline: str, day: str) -> dict[str, Any]:
+    """Landing file of ``day`` -> raw partition."""
+    from tasks.ingest import ingest_partition
+
+    spec, _, layout = _ctx(pipeline)
+    return ingest_partition(spec, layout, day).to_dict()
+
+
+def _champion_data_end(settings: Settings, spec: PipelineSpec) -> tuple[str | None, str | None]:
+    from tasks.registry import champion_version
+    from tasks.tracking import client
+
+    champion = champion_version(settings, spec.registered_model_name)
+    if champion is None:
+        return None, None
+    tags = client(settings).get_model_version(spec.registered_model_name, champion.version).tags
+    days = json.loads(tags.get("data.holdout_partitions", "[]"))
+    return champion.version, (max(days) if days else None)
+
+
+def plan_training(
+    pipeline: str, triggered_by: list[str] | None = None, as_of: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Decide whether a training run is worth it and which partitions it uses.
+
+    Policy: never on fewer than ``min_partitions`` partitions; always on a retrain request, ``force``
+    or when no champion exists; otherwise only once ``retrain_after_new_partitions`` partitions are
+    newer than the champion's data. Many raw-data events therefore consolidate into few retrains.
+
+    Returns:
+        ``{"train": bool, "reason": str, "partitions": [...]}``.
+    """
+    spec, settings, layout = _ctx(pipeline)
+    days = [d for d in layout.raw_partitions(pipeline) if as_of is None or d <= as_of[:10]]
+    window = days[-spec.training.window_days :]
+    plan: dict[str, Any] = {"train": False, "partitions": window}
+    retrain_requested = RETRAIN_ASSET.format(pipeline=pipeline) in (triggered_by or [])
+    if len(window) < spec.training.min_partitions:
+        plan["reason"] = f"waiting for data: {len(window)} of {spec.training.min_partitions} partitions ingested"
+        return plan
+    champion, data_end = _champion_data_end(settings, spec)
+    new = len([d for d in days if data_end is None or d > data_end])
+    if retrain_requested:
+        plan |= {"train": True, "reason": "retrain requested by monitoring"}
+    elif force:
+        plan |= {"train": True, "reason": "forced from the trigger form"}
+    elif champion is None:
+        plan |= {"train": True, "reason": "no champion yet: first model"}
+    elif new >= spec.training.retrain_after_new_partitions:
+        plan |= {
+            "train": True,
+            "reason": f"{new} partitions newer than champion v{champion}'s data (>= "
+            f"{spec.training.retrain_after_new_partitions})",
+        }
+    else:
+        plan["reason"] = (
+            f"champion v{champion} trained on data up to {data_end}; {new} newer partition(s) < "
+            f"{spec.training.retrain_after_new_partitions}: no retrain"
+        )
+    log.info("training plan for %s: %s", pipeline, plan["reason"])
+    return plan
+
+
+def validate(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
+    """Validate each partition with the spec's Great Expectations suite; quarantine failures.
+
+    Raises:
+        ValidationFailed: Fewer valid partitions remain than the spec's ``min_partitions``.
+    """
+    from tasks.validate import ValidationFailed, quarantine_message, validate_partitions
+
+    spec, _, layout = _ctx(pipeline)
+    result = validate_partitions(spec, layout, partitions, run_key).to_dict()
+    if len(result["valid"]) < spec.training.min_partitions:
+        raise ValidationFailed(
+            f"only {len(result['valid'])} valid partitions, fewer than min_partitions="
+            f"{spec.training.min_partitions}: not training.\n"
+            + quarantine_message(pipeline, result["quarantined"], len(result["valid"]))
+        )
+    return result
+
+
+def report_quarantine(pipeline: str, validation: dict[str, Any]) -> None:
+    """Fail with an actionable message if validation quarantined anything (after the good data was used).
+
+    Raises:
+        ValidationFailed: Listing every quarantined partition, file, expectation and row count.
+    """
+    from tasks.validate import ValidationFailed, quarantine_message
+
+    if validation["quarantined"]:
+        raise ValidationFailed(quarantine_message(pipeline, validation["quarantined"], len(validation["valid"])))
+
+
+def build_features(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
+    """Time split + features for the valid partitions."""
+    from tasks.features import build_datasets
+
+    spec, _, layout = _ctx(pipeline)
+    return build_datasets(spec, layout, partitions, run_key).to_dict()
+
+
+def train(pipeline: str, datasets: dict[str, Any], lineage: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fit and log the spec's model and baseline."""
+    from tasks.train import train_model
+
+    spec, settings, _ = _ctx(pipeline)
+    return train_model(spec, settings, datasets, lineage).to_dict()
+
+
+def evaluate(pipeline: str, trained: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+    """Holdout metrics of candidate and baseline."""
+    from tasks.evaluate import evaluate_candidate
+
+    spec, settings, _ = _ctx(pipeline)
+    return evaluate_candidate(spec, settings, trained, datasets["holdout"])
+
+
+def gate(pipeline: str, trained: dict[str, Any], metrics: dict[str, Any], run_key: str) -> dict[str, Any]:
+    """Apply the spec's gate; record the decision on the run.
+
+    Raises:
+        GateFailed: In ``enabled`` mode, when any check fails.
+    """
+    from tasks.evaluate import GateFailed, decide_promotion, record_decision
+
+    spec, settings, layout = _ctx(pipeline)
+    decision = decide_promotion(metrics["candidate"], metrics["baseline"], spec.gate)
+    record_decision(settings, pipeline, trained["run_id"], decision, layout.run_dir(pipeline, run_key) / "gate.json")
+    log.info("gate (%s): %s\n%s", decision.mode, "passed" if decision.passed else "FAILED", decision.summary())
+    if decision.mode == "enabled" and not decision.passed:
+        raise GateFailed(f"{pipeline} candidate (run {trained['run_id']}) failed the gate:\n{decision.summary()}")
+    return decision.to_dict()
+
+
+def register(
+    pipeline: str,
+    trained: dict[str, Any],
+    decision: dict[str, Any],
+    datasets: dict[str, Any],
+    lineage: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Register the candidate as a new version with the ``challenger`` alias and lineage tags."""
+    from tasks.registry import register_candidate
+    from tasks.train import code_version
+
+    spec, settings, _ = _ctx(pipeline)
+    tags = {
+        "data.train_partitions": json.dumps(datasets["train_partitions"]),
+        "data.holdout_partitions": json.dumps(datasets["holdout_partitions"]),
+        "code_version": code_version(),
+        **(lineage or {}),
+    }
+    return register_candidate(settings, spec.registered_model_name, trained, decision, tags).to_dict()
+
+
+def promote(pipeline: str, version: str) -> dict[str, Any]:
+    """Move the ``champion`` alias to ``version``."""
+    from tasks.registry import promote as promote_version
+
+    spec, settings, _ = _ctx(pipeline)
+    return promote_version(settings, spec.registered_model_name, version)
+
+
+def deploy(pipeline: str, version: str) -> dict[str, Any]:
+    """Make the model server serve the champion ``version``."""
+    from tasks.deploy import deploy_champion
+
+    spec, settings, _ = _ctx(pipeline)
+    return deploy_champion(settings.serving_url, spec.registered_model_name, version, settings.serving_timeout_s)
+
+
+def monitor(pipeline: str, window_end: str, run_key: str) -> dict[str, Any]:
+    """Nightly drift check of served inputs against the champion's training sample."""
+    from tasks.monitor import check_drift
+
+    spec, settings, layout = _ctx(pipeline)
+    return check_drift(spec, settings, window_end, run_key, layout)
+
+
+STAGES: dict[str, Callable[..., Any]] = {
+    "replay": replay,
+    "ingest": ingest,
+    "plan": plan_training,
+    "validate": validate,
+    "features": build_features,
+    "train": train,
+    "evaluate": evaluate,
+    "gate": gate,
+    "register": register,
+    "promote": promote,
+    "deploy": deploy,
+    "monitor": monitor,
+}

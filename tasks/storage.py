@@ -1,0 +1,128 @@
+"""Where data lives under the data root, and atomic writes.
+
+Layout (``<root>`` is ``Settings.data_root``)::
+
+    landing/<pipeline>/<YYYY-MM-DD>.csv                 files delivered by upstream (or the replay tool)
+    raw/<pipeline>/dt=<YYYY-MM-DD>/part.parquet         ingested partitions, one per day
+    quarantine/<pipeline>/dt=<YYYY-MM-DD>/<stamp>/      partitions that failed validation + reasons.json
+    runs/<pipeline>/<run_key>/...                       per-run datasets and reports (features, validation)
+    monitoring/<pipeline>/<run_key>/                    drift report (HTML) and summary (JSON)
+    serving/predictions.sqlite                          the model server's prediction log
+    mlflow/                                             MLflow SQLite store and artifacts (local default)
+
+Every writer goes through :func:`atomic_path`: it writes to a temporary name in the target folder and
+renames into place, so readers never see half-written files and a re-run overwrites the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+_PARTITION_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+class DataLayout:
+    """Paths of one data root."""
+
+    def __init__(self, root: Path) -> None:
+        """Create a layout rooted at ``root`` (created lazily by writers)."""
+        self.root = Path(root)
+
+    def landing_file(self, pipeline: str, day: str) -> Path:
+        """Landing-zone file for one day."""
+        return self.root / "landing" / pipeline / f"{day}.csv"
+
+    def raw_partition(self, pipeline: str, day: str) -> Path:
+        """Ingested partition file for one day."""
+        return self.root / "raw" / pipeline / f"dt={day}" / "part.parquet"
+
+    def quarantine_dir(self, pipeline: str, day: str) -> Path:
+        """Folder holding every quarantined version of one day's partition."""
+        return self.root / "quarantine" / pipeline / f"dt={day}"
+
+    def run_dir(self, pipeline: str, run_key: str) -> Path:
+        """Per-run output folder (datasets, validation report)."""
+        return self.root / "runs" / pipeline / safe_key(run_key)
+
+    def monitoring_dir(self, pipeline: str, run_key: str) -> Path:
+        """Per-run monitoring output folder."""
+        return self.root / "monitoring" / pipeline / safe_key(run_key)
+
+    @property
+    def prediction_log(self) -> Path:
+        """SQLite file the model server appends every prediction to."""
+        return self.root / "serving" / "predictions.sqlite"
+
+    def raw_partitions(self, pipeline: str) -> list[str]:
+        """Dates of all ingested partitions, oldest first."""
+        base = self.root / "raw" / pipeline
+        if not base.is_dir():
+            return []
+        days = []
+        for child in base.iterdir():
+            m = _PARTITION_RE.match(child.name)
+            if m and (child / "part.parquet").is_file():
+                days.append(m.group(1))
+        return sorted(days)
+
+
+def safe_key(key: str) -> str:
+    """Turn an Airflow run id (``scheduled__2011-01-01T00:00:00+00:00``) into a folder name."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("_")
+    if not cleaned:
+        raise ValueError(f"run key {key!r} has no usable characters")
+    return cleaned
+
+
+def parse_day(value: str) -> str:
+    """Validate a ``YYYY-MM-DD`` string (also accepts a datetime-like prefix) and return the date part.
+
+    Raises:
+        ValueError: The value is not a calendar date.
+    """
+    try:
+        return date.fromisoformat(str(value)[:10]).isoformat()
+    except ValueError as exc:
+        raise ValueError(f"not a calendar date (YYYY-MM-DD): {value!r}") from exc
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``.
+
+    The temporary file is removed if the body raises, so a failed write leaves the old file intact.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(target: Path, payload: Any) -> Path:
+    """Atomically write ``payload`` as pretty, key-sorted JSON."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return target
+
+
+def copy_atomic(src: Path, target: Path) -> Path:
+    """Atomically copy a file."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(src, tmp)
+    return target

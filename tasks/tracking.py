@@ -1,0 +1,56 @@
+"""MLflow wiring shared by every stage: tracking URI, experiment, and the registry client."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+def start_tracking(settings: Settings, pipeline: str) -> str:
+    """Point MLflow at the settings' store and select (creating if needed) the pipeline's experiment.
+
+    With the local SQLite default, artifacts go under ``<data_root>/mlflow/artifacts`` rather than the
+    current directory, so every process (Airflow worker, model server, MLflow UI) finds them.
+
+    Returns:
+        The experiment id.
+    """
+    import mlflow
+
+    if settings.mlflow_tracking_uri.startswith("sqlite:"):
+        (settings.data_root / "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    name = settings.experiment_name(pipeline)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if settings.mlflow_tracking_uri.startswith("sqlite:"):
+            location = (settings.data_root / "mlflow" / "artifacts").as_uri()
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # another process created it between our lookup and create
+            experiment_id = mlflow.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return str(experiment_id)
+
+
+def client(settings: Settings) -> MlflowClient:
+    """A registry/tracking client bound to the settings' store."""
+    from mlflow import MlflowClient
+
+    if settings.mlflow_tracking_uri.startswith("sqlite:"):
+        (settings.data_root / "mlflow").mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+
+
+def ensure_store(settings: Settings) -> None:
+    """Create/upgrade the tracking store's schema once, before several processes open it concurrently."""
+    client(settings).search_experiments(max_results=1)
