@@ -1,0 +1,1 @@
+"""Airflow-side reusable parts: the spec-to-DAG factory."""

@@ -1,0 +1,285 @@
+"""Turn a pipeline spec into its three DAGs: ``<p>_ingest``, ``<p>_train`` and ``<p>_monitor``.
+
+Wiring only. Each task body is one call into ``tasks.stages`` (imported inside the task, so parsing a
+DAG file never imports pandas, MLflow, Great Expectations or Evidently). XCom carries the small dicts
+the stages return: paths, ids and metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from tasks.stages import RAW_ASSET, RETRAIN_ASSET
+
+if TYPE_CHECKING:
+    from tasks.spec import PipelineSpec
+
+# Data problems and gate verdicts are deterministic: retrying cannot fix them, so they fail at once.
+_NO_RETRY = ("ValidationFailed", "GateFailed", "SpecError", "FeatureError", "IngestError")
+
+
+def _default_args(spec: PipelineSpec) -> dict[str, Any]:
+    return {"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=30)}
+
+
+def _tags(spec: PipelineSpec, stage: str) -> list[str]:
+    return [f"domain:{spec.domain}", f"pipeline:{spec.name}", f"stage:{stage}"]
+
+
+def _call(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a stage; turn deterministic domain errors into a no-retry failure with the same message."""
+    try:
+        return stage(*args, **kwargs)
+    except Exception as exc:
+        if type(exc).__name__ in _NO_RETRY:
+            raise AirflowFailException(str(exc)) from exc
+        raise
+
+
+def raw_asset(pipeline: str) -> Asset:
+    """Updated each time a partition lands in the raw store."""
+    return Asset(RAW_ASSET.format(pipeline=pipeline), group="ml")
+
+
+def retrain_asset(pipeline: str) -> Asset:
+    """Updated when monitoring asks for a retrain."""
+    return Asset(RETRAIN_ASSET.format(pipeline=pipeline), group="ml")
+
+
+def _start(spec: PipelineSpec) -> datetime:
+    return datetime.fromisoformat(spec.start_date).replace(tzinfo=None)
+
+
+def _partition(params: dict[str, Any] | None, data_interval_start: Any) -> str:
+    day = (params or {}).get("partition") or (data_interval_start and data_interval_start.date().isoformat())
+    if not day:
+        raise AirflowFailException("no data interval: trigger with a 'partition' date (YYYY-MM-DD)")
+    return str(day)
+
+
+def ingest_dag(spec: PipelineSpec) -> DAG:
+    """Daily: the data interval's landing file becomes a raw partition; updates the raw Asset."""
+    name, raw = spec.name, raw_asset(spec.name)
+
+    @dag(
+        dag_id=f"{name}_ingest",
+        description=f"Ingest {name} landing files into the raw store, one partition per day.",
+        doc_md=f"""### {name}: ingest
+Waits (reschedule mode, up to {spec.landing_timeout_hours} h) for `landing/{name}/<day>.csv` of the run's data
+interval, takes it and writes
+`raw/{name}/dt=<day>/part.parquet` atomically (a re-run rewrites the same bytes), then updates the Asset
+`{raw.uri}`, which schedules `{name}_train`. Backfill history with
+`airflow backfill create --dag-id {name}_ingest --from-date 2011-01-01 --to-date 2011-01-31`.
+Validation happens in `{name}_train`, per partition, so one bad day never blocks the others.
+""",
+        schedule=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"),
+        start_date=_start(spec),
+        catchup=False,
+        max_active_runs=8,
+        default_args=_default_args(spec),
+        tags=_tags(spec, "ingest"),
+        params={
+            "partition": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                description="Ingest this day instead of the run's data interval.",
+            )
+        },
+    )
+    def pipeline() -> None:
+        # reschedule mode: no worker slot is held between pokes while upstream has not delivered yet
+        @task.sensor(poke_interval=300, timeout=spec.landing_timeout_hours * 3600, mode="reschedule")
+        def wait_for_landing(params: dict[str, Any] | None = None, data_interval_start: Any = None) -> bool:
+            from tasks import stages
+
+            return stages.landing_ready(name, _partition(params, data_interval_start))
+
+        @task(outlets=[raw])
+        def ingest_partition(params: dict[str, Any] | None = None, data_interval_start: Any = None) -> dict[str, Any]:
+            from tasks import stages
+
+            result = _call(stages.ingest, name, _partition(params, data_interval_start))
+            get_current_context()["outlet_events"][raw].extra = {
+                "partition": result["partition"],
+                "rows": result["rows"],
+            }
+            return result
+
+        wait_for_landing() >> ingest_partition()
+
+    return pipeline()
+
+
+def train_dag(spec: PipelineSpec) -> DAG:
+    """On new raw data or a retrain request: validate, features, train, evaluate, gate, register, deploy."""
+    name = spec.name
+
+    @dag(
+        dag_id=f"{name}_train",
+        description=f"Validate, train, evaluate, gate, register and deploy the {name} model.",
+        doc_md=f"""### {name}: train
+Scheduled on `{RAW_ASSET.format(pipeline=name)}` (new partitions) **or** `{RETRAIN_ASSET.format(pipeline=name)}`
+(monitoring asks for a retrain). `plan_training` decides whether a run is worth it (see ARCHITECTURE.md,
+*retrain policy*) and skips the rest otherwise. Each partition is validated with the Great Expectations suite
+`{spec.expectations}`; failures are quarantined and reported by `report_quarantine` after the good data
+was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as `{name}` with alias
+`challenger`, promoted to `champion` and deployed to the model server.
+""",
+        schedule=(raw_asset(name) | retrain_asset(name)),
+        start_date=_start(spec),
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec),
+        tags=_tags(spec, "train"),
+        params={
+            "force": Param(False, type="boolean", description="Train even if the retrain policy says no."),
+            "as_of": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                description="Use partitions up to this day (default: all ingested).",
+            ),
+        },
+    )
+    def pipeline() -> None:
+        @task.short_circuit
+        def plan_training(
+            params: dict[str, Any] | None = None, triggering_asset_events: Any = None
+        ) -> dict[str, Any] | None:
+            from tasks import stages
+
+            uris = [a.uri for a in (triggering_asset_events or [])]
+            p = params or {}
+            plan = _call(stages.plan_training, name, uris, p.get("as_of"), bool(p.get("force")))
+            return plan if plan["train"] else None
+
+        @task
+        def validate_data(plan: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+            from tasks import stages
+
+            return _call(stages.validate, name, plan["partitions"], str(run_id))
+
+        @task
+        def report_quarantine(validation: dict[str, Any]) -> None:
+            from tasks import stages
+
+            _call(stages.report_quarantine, name, validation)
+
+        @task
+        def build_features(validation: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+            from tasks import stages
+
+            return _call(stages.build_features, name, validation["valid"], str(run_id))
+
+        @task
+        def train_model(datasets: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
+            from tasks import stages
+
+            return _call(
+                stages.train, name, datasets, {"airflow.dag_id": dag_run.dag_id, "airflow.run_id": dag_run.run_id}
+            )
+
+        @task
+        def evaluate_model(trained: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+            from tasks import stages
+
+            return _call(stages.evaluate, name, trained, datasets)
+
+        @task
+        def gate_model(trained: dict[str, Any], metrics: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+            from tasks import stages
+
+            return _call(stages.gate, name, trained, metrics, str(run_id))
+
+        @task
+        def register_model(
+            trained: dict[str, Any], decision: dict[str, Any], datasets: dict[str, Any], dag_run: Any = None
+        ) -> dict[str, Any]:
+            from tasks import stages
+
+            lineage = {"airflow.dag_id": dag_run.dag_id, "airflow.run_id": dag_run.run_id}
+            return _call(stages.register, name, trained, decision, datasets, lineage)
+
+        @task.short_circuit
+        def promote_model(decision: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any] | None:
+            from tasks import stages
+
+            if not decision["promote"]:
+                return None  # dry_run: verdict recorded, champion untouched, nothing to deploy
+            return _call(stages.promote, name, registered["version"])
+
+        @task
+        def deploy_model(promoted: dict[str, Any]) -> dict[str, Any]:
+            from tasks import stages
+
+            return _call(stages.deploy, name, promoted["version"])
+
+        plan = plan_training()
+        validation = validate_data(plan)
+        report_quarantine(validation)
+        datasets = build_features(validation)
+        trained = train_model(datasets)
+        metrics = evaluate_model(trained, datasets)
+        decision = gate_model(trained, metrics)
+        registered = register_model(trained, decision, datasets)
+        deploy_model(promote_model(decision, registered))
+
+    return pipeline()
+
+
+def monitor_dag(spec: PipelineSpec) -> DAG:
+    """Nightly: Evidently drift of served inputs (and landed labels) vs the champion's training sample."""
+    name, retrain = spec.name, retrain_asset(spec.name)
+    mon = spec.monitoring
+
+    @dag(
+        dag_id=f"{name}_monitor",
+        description=f"Nightly drift check of the {name} model's served traffic.",
+        doc_md=f"""### {name}: monitor
+Compares the model server's logged inputs whose event date falls in the {mon.window_days} day(s) before the
+run's logical date with the champion's training sample (Evidently; KS / chi-square, p < {mon.column_p_value}).
+Once labels for those rows have landed in the raw store the target is compared too. When the share of
+drifted columns reaches {mon.drift_share_threshold}, `request_retrain` updates `{retrain.uri}`, which
+schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and `summary.json` under the data root.
+""",
+        schedule=mon.schedule,
+        start_date=_start(spec),
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec),
+        tags=_tags(spec, "monitor"),
+    )
+    def pipeline() -> None:
+        @task
+        def check_drift(run_id: str | None = None, dag_run: Any = None) -> dict[str, Any]:
+            from tasks import stages
+
+            window_end = dag_run.logical_date or dag_run.run_after
+            return _call(stages.monitor, name, window_end.isoformat(), str(run_id))
+
+        @task.short_circuit
+        def drift_detected(summary: dict[str, Any]) -> bool:
+            return bool(summary["retrain"])
+
+        @task(outlets=[retrain])
+        def request_retrain(summary: dict[str, Any]) -> str:
+            keep = ("drift_share", "drifted_columns", "window_days", "champion_version", "reason")
+            get_current_context()["outlet_events"][retrain].extra = {k: summary.get(k) for k in keep}
+            return f"retrain requested: {summary['reason']}"
+
+        summary = check_drift()
+        drift_detected(summary) >> request_retrain(summary)
+
+    return pipeline()
+
+
+def build_pipeline_dags(spec: PipelineSpec) -> dict[str, DAG]:
+    """All DAGs of one pipeline, keyed by dag_id."""
+    dags = (ingest_dag(spec), train_dag(spec), monitor_dag(spec))
+    return {d.dag_id: d for d in dags}

@@ -1,0 +1,59 @@
+"""The embedded local stack's environment: Airflow on SQLite with LocalExecutor, MLflow on SQLite, one data root.
+
+Used by ``make demo`` (scripts/demo.py) and by the end-to-end tests, so both run the same configuration.
+No Airflow import here: it only builds environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -> dict[str, str]:
+    """Environment variables for every process of the local stack.
+
+    Args:
+        state_dir: Folder holding everything the stack writes (``airflow/``, ``data/``, ``logs/``).
+        api_port: Airflow API server / UI port.
+        serving_port: Model server port.
+
+    Returns:
+        A copy of ``os.environ`` with the stack's settings applied.
+    """
+    state_dir = Path(state_dir).resolve()
+    airflow_home = state_dir / "airflow"
+    env = dict(os.environ)
+    env.update(
+        {
+            "ML_ENV": env.get("ML_ENV", "local"),
+            "MLP_DATA_ROOT": str(state_dir / "data"),
+            "MLP_SERVING_URL": f"http://127.0.0.1:{serving_port}",
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # 2 cores: more parallel task processes only thrash
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env.get(
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"
+            ),
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__BASE_URL": f"http://localhost:{api_port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET", "local-dev-only-not-a-secret"),
+            "AIRFLOW__API__SECRET_KEY": env.get("AIRFLOW__API__SECRET_KEY", "local-dev-only-not-a-secret"),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state_dir / "logs" / "airflow"),
+            "GX_ANALYTICS_ENABLED": "False",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",
+        }
+    )
+    return env
