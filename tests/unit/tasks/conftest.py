@@ -1,0 +1,75 @@
+"""A trained champion shared by the registry, serving and monitoring tests (built once per session)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks import stages
+from tasks.settings import get_settings
+
+WINDOW = ("2011-05-30", "2011-06-26")
+
+
+@pytest.fixture(scope="session")
+def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Run the stages on June 2011 (real data) into a session data root; v1 is champion."""
+    root = tmp_path_factory.mktemp("champion") / "data"
+    old = os.environ.get("MLP_DATA_ROOT")
+    os.environ["MLP_DATA_ROOT"] = str(root)
+    get_settings.cache_clear()
+    try:
+        stages.replay("bike_demand", *WINDOW)
+        days = [r["partition"] for r in (stages.ingest("bike_demand", d) for d in _days(*WINDOW))]
+        plan = stages.plan_training("bike_demand")
+        validation = stages.validate("bike_demand", plan["partitions"], "fixture")
+        datasets = stages.build_features("bike_demand", validation["valid"], "fixture")
+        trained = stages.train("bike_demand", datasets, {"airflow.run_id": "fixture"})
+        metrics = stages.evaluate("bike_demand", trained, datasets)
+        decision = stages.gate("bike_demand", trained, metrics, "fixture")
+        registered = stages.register("bike_demand", trained, decision, datasets, {"airflow.run_id": "fixture"})
+        promoted = stages.promote("bike_demand", registered["version"])
+        yield {
+            "root": root,
+            "days": days,
+            "datasets": datasets,
+            "trained": trained,
+            "metrics": metrics,
+            "decision": decision,
+            "registered": registered,
+            "promoted": promoted,
+        }
+    finally:
+        if old is None:
+            os.environ.pop("MLP_DATA_ROOT", None)
+        else:
+            os.environ["MLP_DATA_ROOT"] = old
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def use_champion_store(champion_store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Point this test's settings at the session's champion store."""
+    monkeypatch.setenv("MLP_DATA_ROOT", str(champion_store["root"]))
+    get_settings.cache_clear()
+    yield champion_store
+    get_settings.cache_clear()
+
+
+def _days(start: str, end: str) -> list[str]:
+    from datetime import date, timedelta
+
+    d0, d1 = date.fromisoformat(start), date.fromisoformat(end)
+    return [(d0 + timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]
+
+
+def raw_rows(shared: Path, start: str, end: str) -> Any:
+    """Real dataset rows of a date range (what callers send, plus the truth)."""
+    import pandas as pd
+
+    data = pd.read_csv(shared / "bike_sharing_hour.csv.gz")
+    return data[(data.dteday >= start) & (data.dteday <= end)].reset_index(drop=True)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tasks.serving.app import MAX_BATCH, create_app
+from tasks.settings import get_settings
+from tasks.storage import DataLayout
+from tests.conftest import SHARED
+from tests.unit.tasks.conftest import raw_rows
+
+pytestmark = pytest.mark.needs_data
+INPUT_DROP = ["instant", "casual", "registered", "cnt"]
+
+
+@pytest.fixture
+def server(use_champion_store):
+    with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
+        yield client
+
+
+def _instances(start: str, end: str) -> list[dict]:
+    return raw_rows(SHARED, start, end).drop(columns=INPUT_DROP).to_dict("records")
+
+
+def test_health_reports_name_and_version(server, use_champion_store):
+    body = server.get("/health").json()
+    assert body["status"] == "ok" and body["model"] == "bike_demand"
+    assert body["version"] == use_champion_store["registered"]["version"]
+
+
+def test_predict_real_rows_and_log_each_prediction(server, use_champion_store):
+    rows = _instances("2012-06-18", "2012-06-18")
+    reply = server.post("/predict", json={"instances": rows})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert len(body["predictions"]) == 24 and body["model_version"] == use_champion_store["registered"]["version"]
+    assert all(p > -50 for p in body["predictions"])
+    named = server.post("/models/bike_demand/predict", json={"instances": rows[:2]})
+    assert named.status_code == 200
+    log = DataLayout(use_champion_store["root"]).prediction_log
+    with sqlite3.connect(log) as conn:
+        logged = conn.execute(
+            "SELECT COUNT(*), MIN(model_version) FROM predictions WHERE request_id = ?", (body["request_id"],)
+        ).fetchone()
+    assert logged == (24, body["model_version"])
+
+
+def test_missing_field_is_a_422_naming_it(server):
+    row = _instances("2012-06-18", "2012-06-18")[0]
+    del row["temp"]
+    reply = server.post("/predict", json={"instances": [row]})
+    assert reply.status_code == 422 and "temp" in reply.json()["detail"]
+
+
+def test_wrong_type_is_a_422_not_a_500(server):
+    row = _instances("2012-06-18", "2012-06-18")[0] | {"hr": "noon"}
+    reply = server.post("/predict", json={"instances": [row]})
+    assert reply.status_code == 422, reply.text
+
+
+def test_empty_and_oversized_batches_are_refused(server):
+    assert server.post("/predict", json={"instances": []}).status_code == 422
+    row = _instances("2012-06-18", "2012-06-18")[0]
+    reply = server.post("/predict", json={"instances": [row] * (MAX_BATCH + 1)})
+    assert reply.status_code == 422 and str(MAX_BATCH) in reply.text
+
+
+def test_unknown_model_is_404(server):
+    assert server.post("/models/nope/predict", json={"instances": [{"a": 1}]}).status_code == 404
+    assert server.post("/admin/reload", json={"model": "nope"}).status_code == 404
+
+
+def test_server_without_champion_answers_503_and_reload_409(data_root):
+    with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
+        assert client.get("/health").json()["status"] == "no_model"
+        assert client.post("/predict", json={"instances": [{"hr": 1}]}).status_code == 503
+        reply = client.post("/admin/reload", json={"model": "bike_demand"})
+        assert reply.status_code == 409 and "champion" in reply.json()["detail"]

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tasks.ingest import IngestError, ingest_partition
+from tasks.replay import ReplayError, replay_days
+from tests.conftest import SHARED
+
+pytestmark = pytest.mark.needs_data
+
+
+def test_replay_writes_one_file_per_day_with_the_real_rows(spec, layout):
+    result = replay_days(spec, layout, SHARED, "2011-01-01", "2011-01-03")
+    assert [p.rsplit("/", 1)[1] for p in result.files] == ["2011-01-01.csv", "2011-01-02.csv", "2011-01-03.csv"]
+    day = pd.read_csv(layout.landing_file("bike_demand", "2011-01-01"))
+    assert len(day) == 24 and day["cnt"].sum() == 985  # the real first day of the dataset
+    assert result.rows == 24 + 23 + 22  # hours missing in the original file stay missing
+
+
+def test_replay_outside_the_dataset_is_an_error(spec, layout):
+    with pytest.raises(ReplayError, match="no rows between 2015-01-01"):
+        replay_days(spec, layout, SHARED, "2015-01-01", "2015-01-02")
+    with pytest.raises(ReplayError, match="before start"):
+        replay_days(spec, layout, SHARED, "2011-01-02", "2011-01-01")
+
+
+def test_ingest_writes_typed_partition_and_rerun_is_byte_identical(spec, layout):
+    replay_days(spec, layout, SHARED, "2011-06-01", "2011-06-01")
+    first = ingest_partition(spec, layout, "2011-06-01")
+    raw = layout.raw_partition("bike_demand", "2011-06-01")
+    frame = pd.read_parquet(raw)
+    assert first.rows == 24 and first.uncast_columns == []
+    assert frame["hr"].dtype == "int64" and frame["temp"].dtype == "float64"
+    assert list(frame["hr"]) == list(range(24))
+    before = raw.read_bytes()
+    ingest_partition(spec, layout, "2011-06-01")
+    assert raw.read_bytes() == before
+
+
+def test_ingest_keeps_a_bad_batch_for_validation_to_judge(spec, layout):
+    replay_days(spec, layout, SHARED, "2011-06-02", "2011-06-02")
+    path = layout.landing_file("bike_demand", "2011-06-02")
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[3, "temp"] = "warm"
+    frame.to_csv(path, index=False)
+    result = ingest_partition(spec, layout, "2011-06-02")
+    assert result.uncast_columns == ["temp"]
+    assert pd.read_parquet(result.uri)["temp"].tolist()[3] == "warm"
+
+
+def test_missing_landing_file_says_what_to_do(spec, layout):
+    with pytest.raises(IngestError, match="no landing file for bike_demand partition 2011-07-01.*Re-run"):
+        ingest_partition(spec, layout, "2011-07-01")
