@@ -1,0 +1,50 @@
+# One entry point per job. `make demo` and `make test` install what they need first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: install demo stop status test test-unit test-dags test-e2e lint typecheck clean
+
+$(STAMP): requirements.lock pyproject.toml
+	python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.4"
+	python3 -m uv venv --quiet --allow-existing --python 3.11 .venv
+	@# torch==2.13.0+cpu comes from the machine's local wheel folder; everything else from PyPI
+	python3 -m uv pip sync --quiet --python $(PY) --find-links /opt/wheels requirements.lock
+	python3 -m uv pip install --quiet --python $(PY) --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv from the lock (uv), the project installed editable
+
+demo: install  ## start Airflow, MLflow UI and the model server; run the bike-demand story
+	$(PY) scripts/demo.py run
+
+stop:  ## stop what `make demo` started
+	@[ -x $(PY) ] && $(PY) scripts/demo.py stop || echo "nothing to stop"
+
+status: install
+	$(PY) scripts/demo.py status
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-dags: install
+	$(PY) -m pytest tests/dags
+
+test-e2e: install
+	$(PY) -m pytest tests/e2e
+
+test: install lint typecheck  ## everything CI runs: lint, types, unit, DAG integrity, end to end
+	$(PY) -m pytest
+
+lock:  ## re-resolve requirements.lock from pyproject.toml
+	uv pip compile pyproject.toml --group dev --group test --python-version 3.11 --find-links /opt/wheels -o requirements.lock
+
+clean: stop
+	rm -rf .local .venv .pytest_cache .mypy_cache .ruff_cache
