@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install demo stop status test test-unit test-dags test-e2e lint typecheck clean
+.PHONY: install demo stop status airflow lock test test-unit test-dags test-e2e lint typecheck clean
 
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.4"
@@ -23,6 +23,9 @@ stop:  ## stop what `make demo` started
 
 status: install
 	$(PY) scripts/demo.py status
+
+airflow: install  ## the Airflow CLI against the demo stack, e.g. make airflow CMD="dags list"
+	$(PY) scripts/demo.py airflow $(CMD)
 
 lint: install
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 """`make demo`: start the local stack and drive the bike-demand lifecycle through Airflow.
 
-Usage: ``python scripts/demo.py [run|up|stop|status]`` (``run`` is the default: up + the story).
+Usage: ``python scripts/demo.py [run|up|story|stop|status|airflow ARGS...]`` (``run``: up + the story).
 
 The story (all through Airflow's scheduler, driven over its REST API):
   1. replay June 2011 into the landing zone (one day deliberately corrupted) and backfill ingestion;
@@ -349,6 +349,8 @@ def main() -> None:
         up()
     elif cmd == "status":
         print(json.dumps(health(), indent=2))  # noqa: T201
+    elif cmd == "airflow":  # the Airflow CLI against the demo stack's metadata DB and settings
+        raise SystemExit(subprocess.call([str(BIN / "airflow"), *sys.argv[2:]], env=env(), cwd=REPO))
     elif cmd == "story":
         story()
     elif cmd == "run":

@@ -23,9 +23,10 @@ from tests.conftest import REPO, SHARED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data]
 DROP = ["instant", "casual", "registered", "cnt"]
-TRAIN_DAYS = [f"2011-06-{d:02d}" for d in range(1, 13)]  # 12 days; 2011-06-05 arrives corrupted
-LABEL_DAYS = [f"2012-07-{d:02d}" for d in range(1, 13)]  # labels of a full window: the retrain uses 2012 only
-SERVED_DAYS = LABEL_DAYS[-3:]  # the monitor's 3-day window before 2012-07-13
+# A 20-day window with a 4-day holdout: long enough that the real gate passes honestly in both years.
+TRAIN_DAYS = [f"2011-06-{d:02d}" for d in range(1, 21)]  # 2011-06-05 arrives corrupted
+LABEL_DAYS = [f"2012-07-{d:02d}" for d in range(1, 21)]  # labels of a full window: the retrain uses 2012 only
+SERVED_DAYS = LABEL_DAYS[-3:]  # the monitor's 3-day window before 2012-07-21
 
 
 def _free_port() -> int:
@@ -39,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path) -> Any:
     """Airflow metadata DB migrated, a trimmed spec, a fresh data root and a running model server."""
     tmp = tmp_path_factory.mktemp("e2e")
     spec = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
-    spec["training"] |= {"window_days": 12, "holdout_days": 3, "min_partitions": 8}
+    spec["training"] |= {"window_days": 20, "holdout_days": 4, "min_partitions": 15}
     spec["monitoring"] |= {"window_days": 3}
     spec["landing_timeout_hours"] = 0.01  # a missing file fails the sensor in ~36 s instead of waiting 12 h
     (tmp / "specs").mkdir()
@@ -167,7 +168,9 @@ def test_bike_demand_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
 
     with create_session() as session:
         events = session.scalars(
-            select(AssetEvent).join(AssetModel).where(AssetModel.uri == "ml://bike_demand/retrain")
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == "ml://bike_demand/retrain")
         ).all()
         assert events and events[-1].extra["drifted_columns"]
 
