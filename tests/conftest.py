@@ -52,6 +52,32 @@ def spec() -> PipelineSpec:
     return load_spec("bike_demand")
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, timeout_s: float = 60) -> None:
+    """Poll ``<url>/health`` until it answers 200; fail the test after ``timeout_s``."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url}/health did not answer within {timeout_s:.0f}s")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip everything that reads the shipped datasets when they are not beside the repository."""
     if SHARED.joinpath("bike_sharing_hour.csv.gz").is_file():

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 _NO_RETRY = ("ValidationFailed", "GateFailed", "SpecError", "FeatureError", "IngestError")
 
 
-def _default_args(spec: PipelineSpec) -> dict[str, Any]:
-    return {"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=30)}
-
-
-def _tags(spec: PipelineSpec, stage: str) -> list[str]:
-    return [f"domain:{spec.domain}", f"pipeline:{spec.name}", f"stage:{stage}"]
+def _common(spec: PipelineSpec, stage: str) -> dict[str, Any]:
+    """DAG arguments every generated DAG shares: owner, retries, start, no implicit catchup, tags."""
+    return {
+        "start_date": datetime.fromisoformat(spec.start_date),
+        "catchup": False,
+        "default_args": {"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=30)},
+        "tags": [f"domain:{spec.domain}", f"pipeline:{spec.name}", f"stage:{stage}"],
+    }
 
 
 def _call(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -49,10 +51,6 @@ def raw_asset(pipeline: str) -> Asset:
 def retrain_asset(pipeline: str) -> Asset:
     """Updated when monitoring asks for a retrain."""
     return Asset(RETRAIN_ASSET.format(pipeline=pipeline), group="ml")
-
-
-def _start(spec: PipelineSpec) -> datetime:
-    return datetime.fromisoformat(spec.start_date).replace(tzinfo=None)
 
 
 def _partition(params: dict[str, Any] | None, data_interval_start: Any) -> str:
@@ -78,11 +76,8 @@ interval, takes it and writes
 Validation happens in `{name}_train`, per partition, so one bad day never blocks the others.
 """,
         schedule=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"),
-        start_date=_start(spec),
-        catchup=False,
         max_active_runs=8,
-        default_args=_default_args(spec),
-        tags=_tags(spec, "ingest"),
+        **_common(spec, "ingest"),
         params={
             "partition": Param(
                 None,
@@ -132,11 +127,8 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
 `challenger`, promoted to `champion` and deployed to the model server.
 """,
         schedule=(raw_asset(name) | retrain_asset(name)),
-        start_date=_start(spec),
-        catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec),
-        tags=_tags(spec, "train"),
+        **_common(spec, "train"),
         params={
             "force": Param(False, type="boolean", description="Train even if the retrain policy says no."),
             "as_of": Param(
@@ -249,11 +241,8 @@ drifted columns reaches {mon.drift_share_threshold}, `request_retrain` updates `
 schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and `summary.json` under the data root.
 """,
         schedule=mon.schedule,
-        start_date=_start(spec),
-        catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec),
-        tags=_tags(spec, "monitor"),
+        **_common(spec, "monitor"),
     )
     def pipeline() -> None:
         @task

@@ -6,10 +6,8 @@ real model server process. The spec is the shipped one with a shorter window, so
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 import yaml
 
 from tasks.settings import get_settings
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, free_port, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data]
 DROP = ["instant", "casual", "registered", "cnt"]
@@ -27,12 +25,6 @@ DROP = ["instant", "casual", "registered", "cnt"]
 TRAIN_DAYS = [f"2011-06-{d:02d}" for d in range(1, 21)]  # 2011-06-05 arrives corrupted
 LABEL_DAYS = [f"2012-07-{d:02d}" for d in range(1, 21)]  # labels of a full window: the retrain uses 2012 only
 SERVED_DAYS = LABEL_DAYS[-3:]  # the monitor's 3-day window before 2012-07-21
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path) -> Any:
     spec["landing_timeout_hours"] = 0.01  # a missing file fails the sensor in ~36 s instead of waiting 12 h
     (tmp / "specs").mkdir()
     (tmp / "specs" / "bike_demand.yaml").write_text(yaml.safe_dump(spec))
-    port = _free_port()
+    port = free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLP_PIPELINES_DIR", str(tmp / "specs"))
         mp.setenv("MLP_DATA_ROOT", str(tmp / "data"))
@@ -72,12 +64,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path) -> Any:
             stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_healthy(url, timeout_s=120)
         from airflow.dag_processing.dagbag import DagBag
 
         bag = DagBag(dag_folder=str(REPO / "dags"))
