@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from tasks.errors import PermanentError
 from tasks.settings import Settings
 from tasks.spec import GateSpec, PipelineSpec
 from tasks.storage import write_json
@@ -17,7 +18,7 @@ from tasks.tracking import start_tracking
 log = logging.getLogger(__name__)
 
 
-class GateFailed(RuntimeError):
+class GateFailed(PermanentError, RuntimeError):
     """The candidate did not pass the gate in ``enabled`` mode; the message lists every failed check."""
 
 

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from tasks.errors import PermanentError
 from tasks.spec import FeatureSpec, PipelineSpec
 from tasks.storage import DataLayout, atomic_path
 
 log = logging.getLogger(__name__)
 
 
-class FeatureError(ValueError):
+class FeatureError(PermanentError, ValueError):
     """Input rows lack columns the features need, or the window is too small to split."""
 
 

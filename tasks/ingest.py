@@ -8,13 +8,14 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.errors import PermanentError
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, atomic_path, parse_day
 
 log = logging.getLogger(__name__)
 
 
-class IngestError(RuntimeError):
+class IngestError(PermanentError, RuntimeError):
     """The landing file for a partition is missing or unreadable."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tasks.settings import Settings
@@ -12,6 +12,8 @@ from tasks.tracking import client
 
 log = logging.getLogger(__name__)
 
+# Run tags the training stage logged that every registered version carries (one source of lineage).
+LINEAGE_TAG_PREFIXES = ("data.", "airflow.", "code_version", "pipeline")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
@@ -28,15 +30,14 @@ class Registered:
     name: str
     version: str
     run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for XCom."""
         return asdict(self)
 
 
-def register_candidate(
-    settings: Settings, name: str, trained: dict[str, Any], decision: dict[str, Any], tags: dict[str, str]
-) -> Registered:
+def register_candidate(settings: Settings, name: str, trained: dict[str, Any], decision: dict[str, Any]) -> Registered:
     """Register the candidate model and give it the ``challenger`` alias.
 
     Args:
@@ -44,7 +45,6 @@ def register_candidate(
         name: Registered model name.
         trained: Output of :func:`tasks.train.train_model`.
         decision: The gate decision (``GateDecision.to_dict()``), recorded as tags.
-        tags: Lineage tags (data partitions, pipeline run id, code version).
 
     Returns:
         The new version.
@@ -53,16 +53,19 @@ def register_candidate(
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    version_tags = tags | {
+    mlflow_client = client(settings)
+    run_tags = mlflow_client.get_run(trained["run_id"]).data.tags
+    lineage = {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_TAG_PREFIXES)}
+    version_tags = lineage | {
         "run_id": trained["run_id"],
         "gate.passed": str(decision["passed"]),
         "gate.mode": decision["mode"],
         "gate.checks": json.dumps({c["name"]: c["passed"] for c in decision["checks"]}),
     }
     mv = mlflow.register_model(trained["model_uri"], name, tags=version_tags)
-    client(settings).set_registered_model_alias(name, CHALLENGER, mv.version)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s (challenger)", name, mv.version)
-    return Registered(name=name, version=str(mv.version), run_id=trained["run_id"])
+    return Registered(name=name, version=str(mv.version), run_id=trained["run_id"], tags=version_tags)
 
 
 def champion_version(settings: Settings, name: str) -> Registered | None:
@@ -73,7 +76,7 @@ def champion_version(settings: Settings, name: str) -> Registered | None:
         mv = client(settings).get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    return Registered(name=name, version=str(mv.version), run_id=str(mv.run_id))
+    return Registered(name=name, version=str(mv.version), run_id=str(mv.run_id), tags=dict(mv.tags))
 
 
 def promote(settings: Settings, name: str, version: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from tasks.errors import PermanentError
 from tasks.spec import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "config"
@@ -25,7 +26,7 @@ _ENV_OVERRIDES = {
 }
 
 
-class SettingsError(ValueError):
+class SettingsError(PermanentError, ValueError):
     """The environment layer is unknown or a settings file is malformed."""
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.errors import PermanentError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINES_DIR = REPO_ROOT / "config" / "pipelines"
 
@@ -22,7 +24,7 @@ def pipelines_dir() -> Path:
     return Path(os.environ.get("MLP_PIPELINES_DIR") or DEFAULT_PIPELINES_DIR)
 
 
-class SpecError(ValueError):
+class SpecError(PermanentError, ValueError):
     """A pipeline spec is missing, malformed or inconsistent."""
 
 

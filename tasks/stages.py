@@ -55,13 +55,11 @@ def ingest(pipeline: str, day: str) -> dict[str, Any]:
 
 def _champion_data_end(settings: Settings, spec: PipelineSpec) -> tuple[str | None, str | None]:
     from tasks.registry import champion_version
-    from tasks.tracking import client
 
     champion = champion_version(settings, spec.registered_model_name)
     if champion is None:
         return None, None
-    tags = client(settings).get_model_version(spec.registered_model_name, champion.version).tags
-    days = json.loads(tags.get("data.holdout_partitions", "[]"))
+    days = json.loads(champion.tags.get("data.holdout_partitions", "[]"))
     return champion.version, (max(days) if days else None)
 
 
@@ -180,25 +178,12 @@ def gate(pipeline: str, trained: dict[str, Any], metrics: dict[str, Any], run_ke
     return decision.to_dict()
 
 
-def register(
-    pipeline: str,
-    trained: dict[str, Any],
-    decision: dict[str, Any],
-    datasets: dict[str, Any],
-    lineage: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Register the candidate as a new version with the ``challenger`` alias and lineage tags."""
+def register(pipeline: str, trained: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """Register the candidate as a new version with the ``challenger`` alias; lineage comes from its run."""
     from tasks.registry import register_candidate
-    from tasks.train import code_version
 
     spec, settings, _ = _ctx(pipeline)
-    tags = {
-        "data.train_partitions": json.dumps(datasets["train_partitions"]),
-        "data.holdout_partitions": json.dumps(datasets["holdout_partitions"]),
-        "code_version": code_version(),
-        **(lineage or {}),
-    }
-    return register_candidate(settings, spec.registered_model_name, trained, decision, tags).to_dict()
+    return register_candidate(settings, spec.registered_model_name, trained, decision).to_dict()
 
 
 def promote(pipeline: str, version: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tasks.errors import PermanentError
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, write_json
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(PermanentError, RuntimeError):
     """Data failed validation; the message says which partition, which expectation and how many rows."""
 
 

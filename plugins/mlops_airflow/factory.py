@@ -14,13 +14,11 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from tasks.errors import PermanentError
 from tasks.stages import RAW_ASSET, RETRAIN_ASSET
 
 if TYPE_CHECKING:
     from tasks.spec import PipelineSpec
-
-# Data problems and gate verdicts are deterministic: retrying cannot fix them, so they fail at once.
-_NO_RETRY = ("ValidationFailed", "GateFailed", "SpecError", "FeatureError", "IngestError")
 
 
 def _common(spec: PipelineSpec, stage: str) -> dict[str, Any]:
@@ -34,13 +32,11 @@ def _common(spec: PipelineSpec, stage: str) -> dict[str, Any]:
 
 
 def _call(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a stage; turn deterministic domain errors into a no-retry failure with the same message."""
+    """Run a stage; a deterministic failure (bad data, config, gate verdict) fails at once, without retries."""
     try:
         return stage(*args, **kwargs)
-    except Exception as exc:
-        if type(exc).__name__ in _NO_RETRY:
-            raise AirflowFailException(str(exc)) from exc
-        raise
+    except PermanentError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def raw_asset(pipeline: str) -> Asset:
@@ -190,13 +186,10 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
             return _call(stages.gate, name, trained, metrics, str(run_id))
 
         @task
-        def register_model(
-            trained: dict[str, Any], decision: dict[str, Any], datasets: dict[str, Any], dag_run: Any = None
-        ) -> dict[str, Any]:
+        def register_model(trained: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
             from tasks import stages
 
-            lineage = {"airflow.dag_id": dag_run.dag_id, "airflow.run_id": dag_run.run_id}
-            return _call(stages.register, name, trained, decision, datasets, lineage)
+            return _call(stages.register, name, trained, decision)
 
         @task.short_circuit
         def promote_model(decision: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any] | None:
@@ -219,7 +212,7 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
         trained = train_model(datasets)
         metrics = evaluate_model(trained, datasets)
         decision = gate_model(trained, metrics)
-        registered = register_model(trained, decision, datasets)
+        registered = register_model(trained, decision)
         deploy_model(promote_model(decision, registered))
 
     return pipeline()

@@ -31,7 +31,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         trained = stages.train("bike_demand", datasets, {"airflow.run_id": "fixture"})
         metrics = stages.evaluate("bike_demand", trained, datasets)
         decision = stages.gate("bike_demand", trained, metrics, "fixture")
-        registered = stages.register("bike_demand", trained, decision, datasets, {"airflow.run_id": "fixture"})
+        registered = stages.register("bike_demand", trained, decision)
         promoted = stages.promote("bike_demand", registered["version"])
         yield {
             "root": root,

@@ -51,7 +51,7 @@ def test_registered_version_has_champion_alias_and_tags(use_champion_store):
 def test_second_promotion_keeps_the_old_champion_as_previous(use_champion_store):
     c = use_champion_store
     settings = get_settings()
-    v2 = stages.register("bike_demand", c["trained"], c["decision"], c["datasets"], {})["version"]
+    v2 = stages.register("bike_demand", c["trained"], c["decision"])["version"]
     try:
         result = stages.promote("bike_demand", v2)
         assert result == {"name": "bike_demand", "version": v2, "previous": c["registered"]["version"]}

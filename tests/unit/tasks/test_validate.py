@@ -65,3 +65,11 @@ def test_missing_partition_and_missing_suite_are_errors(spec, layout, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValidationFailed, match="not a valid expectation suite"):
         load_suite(tmp_path / "bad.json")
+
+
+def test_too_few_valid_partitions_refuses_to_train(data_root, three_days):
+    from tasks import stages
+
+    with pytest.raises(ValidationFailed, match="only 2 valid partitions, fewer than min_partitions=21") as err:
+        stages.validate("bike_demand", three_days, "run4")
+    assert "partition 2011-06-02" in str(err.value)  # the quarantine explanation comes with it
