@@ -47,7 +47,7 @@ test: install lint typecheck  ## everything CI runs: lint, types, unit, DAG inte
 	$(PY) -m pytest
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
-	uv pip compile pyproject.toml --group dev --group test --python-version 3.11 --find-links /opt/wheels -o requirements.lock
+	python3 -m uv pip compile pyproject.toml --group dev --group test --python-version 3.11 --find-links /opt/wheels -o requirements.lock
 
 clean: stop
 	rm -rf .local .venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,14 @@
 """Command line: ``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]`` and ``python -m tasks serve``.
 
-This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call, with the
-result written as JSON to ``--result`` (a manifest in the shared store) and to stdout.
+This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call. With
+``--result`` the outcome is written as a manifest in the shared store, which is how a pod's result gets
+back to Airflow (not through the XCom sidecar)::
+
+    {"ok": true,  "stage": "train", "pipeline": "bike_demand", "result": {...}}
+    {"ok": false, "stage": "train", "pipeline": "bike_demand", "error": "...", "error_type": "...",
+     "permanent": true}      # permanent: bad data, config or gate verdict; retrying will not help
+
+The result is also printed to stdout. Exit codes: 0 success, 1 stage failure, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -52,13 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as exc:
         print(f"--args is not JSON: {exc}", file=sys.stderr)  # noqa: T201 - CLI error channel
         return 2
+    manifest: dict[str, Any] = {"stage": args.command, "pipeline": args.pipeline}
     try:
         result = STAGES[args.command](args.pipeline, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the CLI reports any stage failure the same way
         logging.getLogger("tasks").error("%s failed: %s", args.command, exc)
+        if args.result:
+            from tasks.errors import PermanentError
+
+            failure = {
+                "error": str(exc),
+                "error_type": type(exc).__name__,
+                "permanent": isinstance(exc, PermanentError),
+            }
+            write_json(args.result, manifest | {"ok": False} | failure)
         return 1
     if args.result:
-        write_json(args.result, result)
+        write_json(args.result, manifest | {"ok": True, "result": result})
     print(json.dumps(result, default=str))  # noqa: T201 - the result is the CLI's output
     return 0
 

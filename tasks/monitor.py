@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,9 +97,14 @@ def _column_results(snapshot: dict[str, Any], p_value: float) -> tuple[float, di
             share = float(metric["value"]["share"])
         elif cfg["type"].endswith("ValueDrift"):
             value = float(metric["value"])
-            # check_drift pins both tests to p-value tests (KS, chi-square): drift is a small p-value
-            drifted = value < p_value
-            columns[cfg["column"]] = {"method": cfg.get("method"), "score": value, "drifted": drifted}
+            entry: dict[str, Any] = {"method": cfg.get("method")}
+            if math.isnan(value):
+                # chi-square of a category constant in both windows (season in June): nothing can have drifted
+                entry |= {"score": None, "drifted": False, "note": "constant in reference and current: no test"}
+            else:
+                # check_drift pins both tests to p-value tests (KS, chi-square): drift is a small p-value
+                entry |= {"score": value, "drifted": value < p_value}
+            columns[cfg["column"]] = entry
     return share, columns
 
 

@@ -1,7 +1,8 @@
 """Environment settings: ``config/base`` overlaid by ``config/<ML_ENV>``, then by environment variables.
 
 Environment variables (highest precedence): ``ML_ENV`` (layer, default ``local``), ``MLP_DATA_ROOT``,
-``MLFLOW_TRACKING_URI``, ``MLP_SERVING_URL``, ``MLP_SHARED_DATASETS``.
+``MLFLOW_TRACKING_URI``, ``MLP_SERVING_URL``, ``MLP_SHARED_DATASETS``, ``MLP_EXECUTION_MODE`` and
+``MLP_TASK_IMAGE`` (the task image of the kubernetes execution mode).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.errors import PermanentError
 from tasks.spec import REPO_ROOT
@@ -23,11 +24,46 @@ _ENV_OVERRIDES = {
     "MLFLOW_TRACKING_URI": "mlflow_tracking_uri",
     "MLP_SERVING_URL": "serving_url",
     "MLP_SHARED_DATASETS": "shared_datasets",
+    "MLP_EXECUTION_MODE": "execution_mode",
 }
 
 
 class SettingsError(PermanentError, ValueError):
     """The environment layer is unknown or a settings file is malformed."""
+
+
+class KubernetesSettings(BaseModel):
+    """Where and how heavy stages run as pods when ``execution_mode`` is ``kubernetes``.
+
+    Cluster facts live here (namespace, image, shared store, GPU node pool); what one pipeline's stage
+    needs (CPU, memory, GPUs) lives in its spec under ``resources``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = "ml-pipelines"
+    image: str = "ghcr.io/mlops-airflow/tasks:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str | None = "ml-tasks"
+    kubernetes_conn_id: str | None = None
+    in_cluster: bool = True
+    config_file: str | None = None
+    shared_store_claim: str = Field(
+        default="ml-data", description="ReadWriteMany PVC holding the data root, mounted by Airflow workers and pods."
+    )
+    data_mount: str = Field(default="/data", description="Where the pod sees the shared store (its MLP_DATA_ROOT).")
+    mlflow_secret: str = Field(
+        default="mlflow-credentials",
+        description="Secret with keys tracking_uri, username, password: MLflow credentials never sit in DAG files.",
+    )
+    schedule_timeout_seconds: int = Field(default=600, gt=0, description="A pod not scheduled by then fails.")
+    startup_timeout_seconds: int = Field(default=300, gt=0, description="A scheduled pod not running by then fails.")
+    pod_template: str | None = "include/pod_templates/stage.yaml"
+    gpu_node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    gpu_tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(BaseModel):
@@ -43,6 +79,7 @@ class Settings(BaseModel):
     serving_timeout_s: float = 60
     execution_mode: Literal["local", "kubernetes"] = "local"
     shared_datasets: Path
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     def experiment_name(self, pipeline: str) -> str:
         """MLflow experiment that holds a pipeline's runs."""
@@ -89,7 +126,12 @@ def load_settings(env: str | None = None) -> Settings:
     data_root = _resolve(merged.pop("data_root"))
     uri = merged.pop("mlflow_tracking_uri", None) or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}"
     shared = _resolve(merged.pop("shared_datasets"))
-    return Settings(env=env, data_root=data_root, mlflow_tracking_uri=uri, shared_datasets=shared, **merged)
+    if os.environ.get("MLP_TASK_IMAGE"):
+        merged["kubernetes"] = (merged.get("kubernetes") or {}) | {"image": os.environ["MLP_TASK_IMAGE"]}
+    try:
+        return Settings(env=env, data_root=data_root, mlflow_tracking_uri=uri, shared_datasets=shared, **merged)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings for ML_ENV={env!r}: {exc}") from exc
 
 
 @lru_cache(maxsize=1)

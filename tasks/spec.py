@@ -78,7 +78,7 @@ class FeatureSpec(_Strict):
 class ModelSpec(_Strict):
     """One estimator: a family from the train module's registry plus its hyperparameters."""
 
-    family: Literal["lightgbm", "ridge", "random_forest", "hist_gradient_boosting"]
+    family: Literal["lightgbm", "ridge", "random_forest", "hist_gradient_boosting", "torch"]
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
@@ -102,6 +102,55 @@ class TrainingSpec(_Strict):
         if self.min_partitions > self.window_days:
             raise ValueError("min_partitions cannot exceed window_days")
         return self
+
+
+HEAVY_STAGES = ("validate", "features", "train", "evaluate", "monitor")
+"""Stages that run as pods in the kubernetes execution mode; the others are light and stay in Airflow."""
+
+
+class StageResources(_Strict):
+    """What one stage's pod asks Kubernetes for (kubernetes execution mode only).
+
+    Unset fields fall back to ``resources.default``. ``gpu: null`` means "the stage's default": one GPU for
+    training a ``torch`` model, none otherwise. Node selector and tolerations default to the environment's
+    GPU node pool (settings ``kubernetes.gpu_*``) when the pod asks for a GPU.
+    """
+
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    gpu: int | None = Field(default=None, ge=0)
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, str | int]] | None = None
+    timeout_minutes: int | None = Field(default=None, gt=0, description="Task execution timeout and pod deadline.")
+
+
+_RESOURCE_FALLBACK = StageResources(
+    cpu_request="500m", cpu_limit="2", memory_request="1Gi", memory_limit="4Gi", timeout_minutes=60
+)
+
+
+class ResourcesSpec(_Strict):
+    """Per-stage pod resources: built-in fallback <- ``default`` <- the stage's own entry."""
+
+    default: StageResources = StageResources()
+    validate_: StageResources = Field(default=StageResources(), alias="validate")
+    features: StageResources = StageResources()
+    train: StageResources = StageResources()
+    evaluate: StageResources = StageResources()
+    monitor: StageResources = StageResources()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def for_stage(self, stage: str, model_family: str) -> StageResources:
+        """The stage's resources with defaults filled in and its GPU count decided."""
+        override = getattr(self, "validate_" if stage == "validate" else stage)
+        merged = _RESOURCE_FALLBACK.model_copy(update=self.default.model_dump(exclude_none=True))
+        merged = merged.model_copy(update=override.model_dump(exclude_none=True))
+        if merged.gpu is None:
+            merged = merged.model_copy(update={"gpu": 1 if (stage == "train" and model_family == "torch") else 0})
+        return merged
 
 
 class GateSpec(_Strict):
@@ -147,6 +196,7 @@ class PipelineSpec(_Strict):
     training: TrainingSpec
     gate: GateSpec
     monitoring: MonitoringSpec
+    resources: ResourcesSpec = ResourcesSpec()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -160,6 +210,12 @@ class PipelineSpec(_Strict):
         if leaked:
             raise ValueError(f"features use columns callers cannot send: {sorted(leaked)}")
         return self
+
+    def stage_resources(self, stage: str) -> StageResources:
+        """Pod resources of a heavy stage (see :class:`ResourcesSpec`)."""
+        if stage not in HEAVY_STAGES:
+            raise SpecError(f"{stage!r} is not a heavy stage; heavy stages: {list(HEAVY_STAGES)}")
+        return self.resources.for_stage(stage, self.training.model.family)
 
     @property
     def registered_model_name(self) -> str:

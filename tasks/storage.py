@@ -6,6 +6,7 @@ Layout (``<root>`` is ``Settings.data_root``)::
     raw/<pipeline>/dt=<YYYY-MM-DD>/part.parquet         ingested partitions, one per day
     quarantine/<pipeline>/dt=<YYYY-MM-DD>/<stamp>/      partitions that failed validation + reasons.json
     runs/<pipeline>/<run_key>/...                       per-run datasets and reports (features, validation)
+    runs/<pipeline>/<run_key>/results/<task>.tryN.json  result manifests of stage pods (kubernetes mode)
     monitoring/<pipeline>/<run_key>/                    drift report (HTML) and summary (JSON)
     serving/predictions.sqlite                          the model server's prediction log
     mlflow/                                             MLflow SQLite store and artifacts (local default)
@@ -52,6 +53,10 @@ class DataLayout:
     def run_dir(self, pipeline: str, run_key: str) -> Path:
         """Per-run output folder (datasets, validation report)."""
         return self.root / "runs" / pipeline / safe_key(run_key)
+
+    def result_manifest(self, pipeline: str, run_key: str, task_id: str, try_number: int) -> Path:
+        """Where a stage pod writes its outcome for Airflow to read (one file per task try)."""
+        return self.run_dir(pipeline, run_key) / "results" / f"{safe_key(task_id)}.try{try_number}.json"
 
     def monitoring_dir(self, pipeline: str, run_key: str) -> Path:
         """Per-run monitoring output folder."""

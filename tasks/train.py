@@ -60,6 +60,10 @@ def make_estimator(model: ModelSpec, seed: int) -> Any:
             from sklearn.linear_model import Ridge
 
             return Ridge(**params)
+        if model.family == "torch":
+            from tasks.models.torch_tabular import TorchTabularRegressor
+
+            return TorchTabularRegressor(random_state=seed, **params)
         if model.family == "random_forest":
             from sklearn.ensemble import RandomForestRegressor
 
@@ -120,6 +124,10 @@ def _fit_and_log(
         predictions = model.predict(X_raw)
         residual = predictions - train_raw[target].to_numpy()
         mlflow.log_metric("train_rmse", float((residual**2).mean() ** 0.5))
+        report = getattr(estimator, "training_report_", None)  # e.g. the torch family: device, epochs, step time
+        if report:
+            mlflow.log_metrics({f"fit.{k}": v for k, v in report.items() if isinstance(v, int | float)})
+            mlflow.set_tags({f"fit.{k}": v for k, v in report.items() if isinstance(v, str)})
         info = mlflow.sklearn.log_model(
             sk_model=model,
             name="model",

@@ -52,6 +52,22 @@ def spec() -> PipelineSpec:
     return load_spec("bike_demand")
 
 
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """The session's Airflow metadata DB (SQLite under the session state), migrated once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     import socket

@@ -3,6 +3,11 @@
 Wiring only. Each task body is one call into ``tasks.stages`` (imported inside the task, so parsing a
 DAG file never imports pandas, MLflow, Great Expectations or Evidently). XCom carries the small dicts
 the stages return: paths, ids and metrics.
+
+Heavy stages (validate, features, train, evaluate, monitor) go through :func:`heavy_stage`: in the
+``local`` execution mode they are TaskFlow tasks calling the stage in the worker; in ``kubernetes`` mode
+they are :class:`mlops_airflow.pods.StagePodOperator` pods running ``python -m tasks <stage>`` in the task
+image. Both build the stage's arguments with the same function, so the DAG shape is identical.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from tasks.errors import PermanentError
 from tasks.stages import RAW_ASSET, RETRAIN_ASSET
 
 if TYPE_CHECKING:
+    from airflow.sdk.definitions.xcom_arg import XComArg
+
+    from tasks.settings import Settings
     from tasks.spec import PipelineSpec
+
+BuildArgs = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
 def _common(spec: PipelineSpec, stage: str) -> dict[str, Any]:
@@ -37,6 +47,63 @@ def _call(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return stage(*args, **kwargs)
     except PermanentError as exc:
         raise AirflowFailException(str(exc)) from exc
+
+
+def heavy_stage(
+    spec: PipelineSpec,
+    settings: Settings,
+    task_id: str,
+    stage: str,
+    inputs: dict[str, XComArg],
+    build_args: BuildArgs,
+) -> XComArg:
+    """One heavy stage as a local task or, in kubernetes mode, as a pod; returns its result's XComArg.
+
+    Args:
+        spec: The pipeline.
+        settings: Environment settings (``execution_mode``, cluster facts).
+        task_id: Airflow task id.
+        stage: Name in ``tasks.stages.STAGES`` (and the CLI sub-command a pod runs).
+        inputs: Upstream results the stage needs.
+        build_args: (resolved inputs, context) -> the stage's keyword arguments; shared by both modes.
+    """
+    if settings.execution_mode == "kubernetes":
+        from mlops_airflow.pods import stage_pod
+
+        pod = stage_pod(spec, settings, task_id=task_id, stage=stage, stage_inputs=inputs, build_args=build_args)
+        return pod.output
+    name = spec.name
+
+    @task(task_id=task_id)
+    def run_stage(**resolved: Any) -> Any:
+        from tasks.stages import STAGES
+
+        return _call(STAGES[stage], name, **build_args(resolved, get_current_context()))
+
+    return run_stage(**inputs)
+
+
+def _validate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    return {"partitions": i["plan"]["partitions"], "run_key": ctx["run_id"]}
+
+
+def _features_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    return {"partitions": i["validation"]["valid"], "run_key": ctx["run_id"]}
+
+
+def _train_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    run = ctx["dag_run"]
+    return {"datasets": i["datasets"], "lineage": {"airflow.dag_id": run.dag_id, "airflow.run_id": run.run_id}}
+
+
+def _evaluate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    return {"trained": i["trained"], "datasets": i["datasets"]}
+
+
+def _monitor_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    run = ctx["dag_run"]
+    window_end = run.logical_date or run.run_after
+    return {"window_end": window_end.isoformat(), "run_key": ctx["run_id"]}
 
 
 def raw_asset(pipeline: str) -> Asset:
@@ -107,7 +174,7 @@ Validation happens in `{name}_train`, per partition, so one bad day never blocks
     return pipeline()
 
 
-def train_dag(spec: PipelineSpec) -> DAG:
+def train_dag(spec: PipelineSpec, settings: Settings) -> DAG:
     """On new raw data or a retrain request: validate, features, train, evaluate, gate, register, deploy."""
     name = spec.name
 
@@ -148,36 +215,10 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
             return plan if plan["train"] else None
 
         @task
-        def validate_data(plan: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-            from tasks import stages
-
-            return _call(stages.validate, name, plan["partitions"], str(run_id))
-
-        @task
         def report_quarantine(validation: dict[str, Any]) -> None:
             from tasks import stages
 
             _call(stages.report_quarantine, name, validation)
-
-        @task
-        def build_features(validation: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-            from tasks import stages
-
-            return _call(stages.build_features, name, validation["valid"], str(run_id))
-
-        @task
-        def train_model(datasets: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
-            from tasks import stages
-
-            return _call(
-                stages.train, name, datasets, {"airflow.dag_id": dag_run.dag_id, "airflow.run_id": dag_run.run_id}
-            )
-
-        @task
-        def evaluate_model(trained: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
-            from tasks import stages
-
-            return _call(stages.evaluate, name, trained, datasets)
 
         @task
         def gate_model(trained: dict[str, Any], metrics: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
@@ -206,11 +247,13 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
             return _call(stages.deploy, name, promoted["version"])
 
         plan = plan_training()
-        validation = validate_data(plan)
+        validation = heavy_stage(spec, settings, "validate_data", "validate", {"plan": plan}, _validate_args)
         report_quarantine(validation)
-        datasets = build_features(validation)
-        trained = train_model(datasets)
-        metrics = evaluate_model(trained, datasets)
+        datasets = heavy_stage(spec, settings, "build_features", "features", {"validation": validation}, _features_args)
+        trained = heavy_stage(spec, settings, "train_model", "train", {"datasets": datasets}, _train_args)
+        metrics = heavy_stage(
+            spec, settings, "evaluate_model", "evaluate", {"trained": trained, "datasets": datasets}, _evaluate_args
+        )
         decision = gate_model(trained, metrics)
         registered = register_model(trained, decision)
         deploy_model(promote_model(decision, registered))
@@ -218,7 +261,7 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
     return pipeline()
 
 
-def monitor_dag(spec: PipelineSpec) -> DAG:
+def monitor_dag(spec: PipelineSpec, settings: Settings) -> DAG:
     """Nightly: Evidently drift of served inputs (and landed labels) vs the champion's training sample."""
     name, retrain = spec.name, retrain_asset(spec.name)
     mon = spec.monitoring
@@ -238,13 +281,6 @@ schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and `
         **_common(spec, "monitor"),
     )
     def pipeline() -> None:
-        @task
-        def check_drift(run_id: str | None = None, dag_run: Any = None) -> dict[str, Any]:
-            from tasks import stages
-
-            window_end = dag_run.logical_date or dag_run.run_after
-            return _call(stages.monitor, name, window_end.isoformat(), str(run_id))
-
         @task.short_circuit
         def drift_detected(summary: dict[str, Any]) -> bool:
             return bool(summary["retrain"])
@@ -255,13 +291,17 @@ schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and `
             get_current_context()["outlet_events"][retrain].extra = {k: summary.get(k) for k in keep}
             return f"retrain requested: {summary['reason']}"
 
-        summary = check_drift()
+        summary = heavy_stage(spec, settings, "check_drift", "monitor", {}, _monitor_args)
         drift_detected(summary) >> request_retrain(summary)
 
     return pipeline()
 
 
-def build_pipeline_dags(spec: PipelineSpec) -> dict[str, DAG]:
-    """All DAGs of one pipeline, keyed by dag_id."""
-    dags = (ingest_dag(spec), train_dag(spec), monitor_dag(spec))
+def build_pipeline_dags(spec: PipelineSpec, settings: Settings | None = None) -> dict[str, DAG]:
+    """All DAGs of one pipeline, keyed by dag_id (settings: the current environment's by default)."""
+    if settings is None:
+        from tasks.settings import get_settings
+
+        settings = get_settings()
+    dags = (ingest_dag(spec), train_dag(spec, settings), monitor_dag(spec, settings))
     return {d.dag_id: d for d in dags}

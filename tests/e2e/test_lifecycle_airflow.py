@@ -28,7 +28,7 @@ SERVED_DAYS = LABEL_DAYS[-3:]  # the monitor's 3-day window before 2012-07-21
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path) -> Any:
+def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path, airflow_db: None) -> Any:
     """Airflow metadata DB migrated, a trimmed spec, a fresh data root and a running model server."""
     tmp = tmp_path_factory.mktemp("e2e")
     spec = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
@@ -45,14 +45,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path) -> Any:
         get_settings.cache_clear()
         import os
 
-        migrate = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            env=dict(os.environ),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert migrate.returncode == 0, migrate.stderr[-3000:]
         from tasks.tracking import ensure_store
 
         ensure_store(get_settings())

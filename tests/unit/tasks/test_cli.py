@@ -26,7 +26,8 @@ def test_stage_cli_is_the_pod_contract(data_root, tmp_path):
         "ingest", "--pipeline", "bike_demand", "--args", '{"day": "2011-06-01"}', "--result", str(manifest), env=env
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(manifest.read_text())["rows"] == 24
+    written = json.loads(manifest.read_text())
+    assert written["ok"] is True and written["stage"] == "ingest" and written["result"]["rows"] == 24
     assert json.loads(out.stdout.strip().splitlines()[-1])["partition"] == "2011-06-01"
 
 
@@ -36,5 +37,10 @@ def test_cli_failures_exit_non_zero_with_the_reason(data_root):
     env = dict(os.environ)
     bad_json = _cli("ingest", "--pipeline", "bike_demand", "--args", "{day", env=env)
     assert bad_json.returncode == 2 and "not JSON" in bad_json.stderr
-    missing = _cli("ingest", "--pipeline", "bike_demand", "--args", '{"day": "2011-01-05"}', env=env)
+    manifest = data_root / "result.json"
+    missing = _cli(
+        "ingest", "--pipeline", "bike_demand", "--args", '{"day": "2011-01-05"}', "--result", str(manifest), env=env
+    )
     assert missing.returncode == 1 and "no landing file" in missing.stderr
+    failure = json.loads(manifest.read_text())  # the pod's failure comes back through the shared store too
+    assert failure["ok"] is False and failure["permanent"] is True and "no landing file" in failure["error"]

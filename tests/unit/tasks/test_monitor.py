@@ -54,6 +54,9 @@ def test_same_season_traffic_does_not_drift(use_champion_store):
     _serve("2011-06-13", "2011-06-19")  # days the champion trained on
     summary = stages.monitor("bike_demand", "2011-06-20T02:00:00+00:00", "m2")
     assert summary["status"] == "no_drift" and summary["retrain"] is False
+    # season is constant in June on both sides: no test, and the summary stays strict JSON (XCom, REST)
+    assert summary["columns"]["season"]["score"] is None and not summary["columns"]["season"]["drifted"]
+    json.dumps(summary, allow_nan=False)
 
 
 def test_too_few_served_rows_is_reported_not_judged(use_champion_store):

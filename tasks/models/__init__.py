@@ -1,0 +1,1 @@
+"""Model families that are not plain scikit-learn / LightGBM estimators (scikit-learn compatible)."""

@@ -1,0 +1,188 @@
+"""A one-node "cluster" for the kubernetes execution mode tests: the Kubernetes API as the provider calls it.
+
+There is no Kubernetes cluster and no container engine on these machines, so this stands in for the
+API server at the client boundary (``CoreV1Api``): the real ``KubernetesPodOperator`` and ``PodManager``
+code runs unchanged against it. What it does with a pod is what a kubelet would do with the container:
+it runs the pod's command and arguments as a local process with the pod's environment (Secret
+references resolved from its own secret store) and its volumes (mount paths mapped to local folders),
+then reports the phase, exit code and logs. ``behaviour="pending"`` models a pod nobody can schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes.client import ApiException
+from kubernetes.client import models as k8s
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LocalKubelet:
+    """Records every pod created, runs it as a process, and records every deletion."""
+
+    volumes: dict[str, Path]
+    """PVC claim name -> local folder standing in for it."""
+    secrets: dict[str, dict[str, str]]
+    image_env: dict[str, str] = field(default_factory=dict)
+    """What the image itself would set (Dockerfile ENV), e.g. where its pipeline specs are."""
+    behaviour: str = "run"  # run | pending | oomkilled
+    created: list[k8s.V1Pod] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    _pods: dict[str, k8s.V1Pod] = field(default_factory=dict)
+    _logs: dict[str, bytes] = field(default_factory=dict)
+
+    # -- what the provider calls -------------------------------------------------------------------
+    @property
+    def api_client(self) -> Any:
+        """Only used to serialise pods; the real client's serialiser (no connection is made)."""
+        from kubernetes.client import ApiClient
+
+        return ApiClient()
+
+    def create_namespaced_pod(self, namespace: str, body: Any, **_: Any) -> k8s.V1Pod:
+        if isinstance(body, dict):  # the provider sends the pod as the JSON the API server receives
+            body = self.api_client._ApiClient__deserialize(body, "V1Pod")
+        pod = copy.deepcopy(body)
+        self.created.append(copy.deepcopy(body))
+        pod.metadata.uid = f"uid-{len(self.created)}"
+        self._pods[pod.metadata.name] = pod
+        if self.behaviour == "pending":
+            pod.status = k8s.V1PodStatus(phase="Pending", conditions=[])
+        elif self.behaviour == "oomkilled":
+            self._finish(pod, 137, "OOMKilled", b"")
+        else:
+            self._run(pod)
+        return pod
+
+    def read_namespaced_pod(self, name: str, namespace: str, **_: Any) -> k8s.V1Pod:
+        if name not in self._pods:
+            raise ApiException(status=404, reason=f"pods {name!r} not found")
+        return copy.deepcopy(self._pods[name])
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str = "", **_: Any) -> k8s.V1PodList:
+        items = [copy.deepcopy(p) for p in self._pods.values() if _matches(p.metadata.labels or {}, label_selector)]
+        return k8s.V1PodList(items=items)
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: Any, **_: Any) -> k8s.V1Pod:
+        labels = (body.get("metadata", {}) if isinstance(body, dict) else {}).get("labels", {})
+        self._pods[name].metadata.labels.update(labels)
+        return copy.deepcopy(self._pods[name])
+
+    def delete_namespaced_pod(self, name: str, namespace: str, **_: Any) -> k8s.V1Status:
+        self.deleted.append(name)
+        self._pods.pop(name, None)
+        return k8s.V1Status(status="Success")
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, **_: Any) -> urllib3.HTTPResponse:
+        return urllib3.HTTPResponse(body=io.BytesIO(self._logs.get(name, b"")), preload_content=False)
+
+    def list_namespaced_event(self, namespace: str, **_: Any) -> k8s.CoreV1EventList:
+        items = []
+        if self.behaviour == "pending":
+            items.append(
+                k8s.CoreV1Event(
+                    metadata=k8s.V1ObjectMeta(uid="ev-1", resource_version="1"),
+                    involved_object=k8s.V1ObjectReference(field_path=""),
+                    message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    reason="FailedScheduling",
+                )
+            )
+        return k8s.CoreV1EventList(items=items, metadata=k8s.V1ListMeta(resource_version="1"))
+
+    # -- the "kubelet" -----------------------------------------------------------------------------
+    def _mounts(self, pod: k8s.V1Pod) -> dict[str, str]:
+        claims = {
+            v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes or [] if v.persistent_volume_claim
+        }
+        container = pod.spec.containers[0]
+        return {
+            m.mount_path: str(self.volumes[claims[m.name]]) for m in container.volume_mounts or [] if m.name in claims
+        }
+
+    def _env(self, pod: k8s.V1Pod, mounts: dict[str, str]) -> dict[str, str]:
+        env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(REPO / ".local")}
+        env |= self.image_env
+        for var in pod.spec.containers[0].env or []:
+            if var.value_from is not None:
+                ref = var.value_from.secret_key_ref
+                value = self.secrets.get(ref.name, {}).get(ref.key)
+                if value is None and not ref.optional:
+                    raise AssertionError(f"pod needs secret {ref.name}/{ref.key}, which does not exist")
+                if value is not None:
+                    env[var.name] = value
+            else:
+                env[var.name] = _remap(var.value, mounts)
+        return env
+
+    def _run(self, pod: k8s.V1Pod) -> None:
+        container = pod.spec.containers[0]
+        mounts = self._mounts(pod)
+        command = [_remap(a, mounts) for a in [*container.command, *container.args]]
+        if command[0] == "python":
+            command[0] = sys.executable  # the task image's interpreter is this checkout's venv here
+        env = self._env(pod, mounts)
+        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        self.runs.append({"pod": pod.metadata.name, "command": command, "env": env, "returncode": proc.returncode})
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = (proc.stdout + proc.stderr).splitlines() or [""]
+        self._finish(pod, proc.returncode, "Completed", "".join(f"{stamp} {line}\n" for line in text).encode())
+
+    def _finish(self, pod: k8s.V1Pod, exit_code: int, reason: str, logs: bytes) -> None:
+        container = pod.spec.containers[0]
+        self._logs[pod.metadata.name] = logs
+        terminated = k8s.V1ContainerStateTerminated(exit_code=exit_code, reason=reason)
+        status = k8s.V1ContainerStatus(
+            name=container.name,
+            image=container.image,
+            image_id="local",
+            ready=False,
+            restart_count=0,
+            state=k8s.V1ContainerState(terminated=terminated),
+        )
+        pod.status = k8s.V1PodStatus(
+            phase="Succeeded" if exit_code == 0 else "Failed",
+            container_statuses=[status],
+            conditions=[k8s.V1PodCondition(type="PodScheduled", status="True")],
+        )
+
+
+def _remap(value: str, mounts: dict[str, str]) -> str:
+    """Paths under a mount point (also inside the ``--args`` JSON) -> the local folder behind the volume."""
+    for mount, local in mounts.items():
+        if value == mount:
+            return local
+        # only where a path starts (start of the value, after a quote, '=' or space), not inside another path
+        pattern = r'(^|["=\s])' + re.escape(mount.rstrip("/") + "/")
+        replacement = local.rstrip("/") + "/"
+        value = re.sub(pattern, lambda m, r=replacement: m.group(1) + r, value)
+    return value
+
+
+def _matches(labels: dict[str, str], selector: str) -> bool:
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True

@@ -1,0 +1,127 @@
+"""Known failure modes of stage pods, one test each: the provider's real operator against the local kubelet."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.settings import Settings
+from tasks.spec import load_spec
+from tests.kubernetes.conftest import write_spec
+from tests.kubernetes.kubelet import LocalKubelet
+
+
+@dataclass
+class _TI:
+    """The task-instance fields the operator reads, and the XComs it pushes."""
+
+    task_id: str
+    dag_id: str = "bike_demand_train"
+    run_id: str = "manual__2026-11-24T00:00:00+00:00"
+    map_index: int = -1
+    try_number: int = 1
+    xcoms: dict[str, Any] = field(default_factory=dict)
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcoms[key] = value
+
+
+def _operator(settings: Settings, stage: str, args: dict[str, Any], spec_dir: Path | None = None, **kube: Any) -> Any:
+    from mlops_airflow.pods import stage_pod
+
+    if kube:
+        settings = settings.model_copy(update={"kubernetes": settings.kubernetes.model_copy(update=kube)})
+    spec = load_spec(spec_dir / "bike_demand.yaml") if spec_dir else load_spec("bike_demand")
+    return stage_pod(
+        spec,
+        settings,
+        task_id=f"{stage}_task",
+        stage=stage,
+        stage_inputs={},
+        build_args=lambda inputs, ctx: args,
+    )
+
+
+def _run(op: Any) -> tuple[Any, _TI]:
+    ti = _TI(task_id=op.task_id)
+    context = {"ti": ti, "run_id": ti.run_id, "dag": object()}
+    return op.execute(context), ti
+
+
+def test_pending_pod_fails_within_the_schedule_timeout_and_is_deleted(
+    prod_settings: Settings, kubelet: LocalKubelet, tmp_path: Path
+) -> None:
+    from mlops_airflow.pods import StagePodError
+
+    kubelet.behaviour = "pending"  # e.g. no GPU node free: the scheduler never places the pod
+    torch = write_spec(tmp_path / "specs", model={"family": "torch", "params": {}})
+    op = _operator(prod_settings, "train", {"datasets": {}}, torch, schedule_timeout_seconds=3)
+    op.startup_check_interval_seconds = 1
+    started = time.monotonic()
+    with pytest.raises(StagePodError) as err:
+        _run(op)
+    elapsed = time.monotonic() - started
+    assert 3 <= elapsed < 15, f"pending pod gave up after {elapsed:.1f}s"
+    message = str(err.value)
+    assert "'train' pod never ran" in message and "scheduled within 3s" in message
+    assert "'nvidia.com/gpu': '1'" in message and "nvidia.com/gpu.present" in message  # what it asked for, where
+    assert "kubectl -n ml-pipelines describe pod" in message
+    assert kubelet.deleted == [kubelet.created[0].metadata.name], "the pending pod must be deleted"
+
+
+def test_success_returns_the_manifest_result_and_deletes_the_pod(
+    prod_settings: Settings, kubelet: LocalKubelet
+) -> None:
+    op = _operator(prod_settings, "monitor", {"window_end": "2011-06-21T02:00:00+00:00", "run_key": "m1"})
+    result, ti = _run(op)
+    assert result["status"] == "no_champion" and ti.xcoms["return_value"] == result
+    assert kubelet.deleted == [kubelet.created[0].metadata.name]
+    manifest = (
+        prod_settings.data_root / "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results/monitor_task.try1.json"
+    )
+    assert manifest.is_file()
+
+
+def test_permanent_stage_error_fails_without_retry_and_deletes_the_pod(
+    prod_settings: Settings, kubelet: LocalKubelet
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    op = _operator(prod_settings, "validate", {"partitions": [], "run_key": "r1"})
+    with pytest.raises(AirflowFailException, match="ValidationFailed.*only 0 valid partitions"):
+        _run(op)
+    assert kubelet.runs[0]["returncode"] == 1
+    assert kubelet.deleted == [kubelet.created[0].metadata.name]
+
+
+def test_killed_pod_without_manifest_is_retryable_and_deleted(prod_settings: Settings, kubelet: LocalKubelet) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.pods import StagePodError
+
+    kubelet.behaviour = "oomkilled"  # over its memory limit before it could write anything
+    op = _operator(prod_settings, "features", {"partitions": ["2011-06-01"], "run_key": "r1"})
+    with pytest.raises(StagePodError, match="'features' pod failed before reporting") as err:
+        _run(op)
+    assert not isinstance(err.value, AirflowFailException)  # infrastructure: Airflow retries it
+    assert kubelet.deleted == [kubelet.created[0].metadata.name]
+
+
+def test_a_manifest_left_by_an_earlier_try_does_not_count(prod_settings: Settings, kubelet: LocalKubelet) -> None:
+    from mlops_airflow.pods import StagePodError
+
+    # the pod writes to a volume Airflow does not see (misconfigured mount): no manifest where Airflow looks
+    kubelet.volumes["ml-data"] = prod_settings.data_root.parent / "elsewhere"
+    op = _operator(prod_settings, "monitor", {"window_end": "2011-06-21T02:00:00+00:00", "run_key": "m1"})
+    stale = (
+        prod_settings.data_root / "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results/monitor_task.try1.json"
+    )
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"ok": true, "result": {"stale": true}}')
+    with pytest.raises(StagePodError, match="wrote no result manifest.*shared store mounted"):
+        _run(op)
+    assert not stale.exists()
