@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,23 @@ def airflow_db() -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def write_spec(folder: Path, landing_timeout_hours: float | None = None, **training: Any) -> Path:
+    """The shipped bike-demand spec with a 20-day window (fast tests), optionally other training settings.
+
+    Returns the folder, ready for ``MLP_PIPELINES_DIR``.
+    """
+    import yaml
+
+    spec = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
+    spec["training"] |= {"window_days": 20, "holdout_days": 4, "min_partitions": 15, **training}
+    spec["monitoring"] |= {"window_days": 3}
+    if landing_timeout_hours is not None:
+        spec["landing_timeout_hours"] = landing_timeout_hours
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bike_demand.yaml").write_text(yaml.safe_dump(spec))
+    return folder
 
 
 def free_port() -> int:

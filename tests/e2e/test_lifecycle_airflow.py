@@ -14,10 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tasks.settings import get_settings
-from tests.conftest import REPO, SHARED, free_port, wait_healthy
+from tests.conftest import REPO, SHARED, free_port, wait_healthy, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data]
 DROP = ["instant", "casual", "registered", "cnt"]
@@ -31,12 +30,8 @@ SERVED_DAYS = LABEL_DAYS[-3:]  # the monitor's 3-day window before 2012-07-21
 def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path, airflow_db: None) -> Any:
     """Airflow metadata DB migrated, a trimmed spec, a fresh data root and a running model server."""
     tmp = tmp_path_factory.mktemp("e2e")
-    spec = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
-    spec["training"] |= {"window_days": 20, "holdout_days": 4, "min_partitions": 15}
-    spec["monitoring"] |= {"window_days": 3}
-    spec["landing_timeout_hours"] = 0.01  # a missing file fails the sensor in ~36 s instead of waiting 12 h
-    (tmp / "specs").mkdir()
-    (tmp / "specs" / "bike_demand.yaml").write_text(yaml.safe_dump(spec))
+    # landing timeout: a missing file fails the sensor in ~36 s instead of waiting 12 h
+    write_spec(tmp / "specs", landing_timeout_hours=0.01)
     port = free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLP_PIPELINES_DIR", str(tmp / "specs"))

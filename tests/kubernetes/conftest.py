@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tasks.settings import Settings, get_settings, load_settings
 from tests.conftest import REPO
@@ -15,16 +13,6 @@ from tests.kubernetes.kubelet import LocalKubelet
 
 SECRET = "mlflow-credentials"
 CLAIM = "ml-data"
-
-
-def write_spec(folder: Path, **training: Any) -> Path:
-    """The shipped bike-demand spec with a 20-day window (fast), optionally another model family."""
-    spec = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
-    spec["training"] |= {"window_days": 20, "holdout_days": 4, "min_partitions": 15, **training}
-    spec["monitoring"] |= {"window_days": 3}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bike_demand.yaml").write_text(yaml.safe_dump(spec))
-    return folder
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ import httpx
 import pytest
 
 from tasks.settings import Settings, get_settings
-from tests.conftest import REPO, SHARED, free_port, wait_healthy
-from tests.kubernetes.conftest import write_spec
+from tests.conftest import REPO, SHARED, free_port, wait_healthy, write_spec
 from tests.kubernetes.kubelet import LocalKubelet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data]

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.settings import Settings
 from tasks.spec import load_spec
-from tests.kubernetes.conftest import write_spec
+from tests.conftest import write_spec
 from tests.kubernetes.kubelet import LocalKubelet
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from tasks.settings import Settings
 from tasks.spec import HEAVY_STAGES, PipelineSpec, load_spec
-from tests.conftest import REPO
-from tests.kubernetes.conftest import CLAIM, SECRET, write_spec
+from tests.conftest import REPO, write_spec
+from tests.kubernetes.conftest import CLAIM, SECRET
 
 STAGE_OF_TASK = {
     "validate_data": "validate",

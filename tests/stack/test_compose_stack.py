@@ -29,8 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED, free_port
-from tests.kubernetes.conftest import write_spec
+from tests.conftest import REPO, SHARED, free_port, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data, pytest.mark.needs_postgres]
 PG_HOST, PG_PORT = "127.0.0.1", 5432
