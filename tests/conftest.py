@@ -35,7 +35,9 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     """A fresh, empty data root (and MLflow store) for one test."""
     root = tmp_path / "data"
     monkeypatch.setenv("MLP_DATA_ROOT", str(root))
+    # MLflow's set_tracking_uri/set_registry_uri write these into os.environ: never inherit a previous test's store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     get_settings.cache_clear()
     yield root
     get_settings.cache_clear()

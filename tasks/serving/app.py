@@ -122,7 +122,9 @@ def load_champion(settings: Settings, name: str) -> ServedModel:
         raise ModelLoadError(f"no version of {name!r} has the champion alias yet")
     uri = f"models:/{name}/{champion.version}"
     try:
+        # models:/ URIs resolve through the registry URI: pin both to the settings' store
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
         model = mlflow.pyfunc.load_model(local)
         example = Model.load(local).load_input_example(local)
@@ -132,7 +134,7 @@ def load_champion(settings: Settings, name: str) -> ServedModel:
         if len(smoke) != len(example):
             raise ModelLoadError(f"{uri} returned {len(smoke)} predictions for {len(example)} example rows")
     except MlflowException as exc:
-        raise ModelLoadError(f"cannot load {uri}: {exc}") from exc
+        raise ModelLoadError(f"cannot load {uri} from {mlflow.get_registry_uri()}: {exc}") from exc
     schema = model.metadata.get_input_schema()
     columns = {c.name: getattr(c.type, "name", str(c.type)) for c in schema.inputs} if schema else {}
     return ServedModel(name=name, version=champion.version, run_id=champion.run_id, model=model, input_columns=columns)

@@ -23,6 +23,7 @@ def prod_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
     monkeypatch.setenv("ML_ENV", "prod")
     monkeypatch.setenv("MLP_DATA_ROOT", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # on the cluster: from the Secret, in the Airflow pods
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # registered so teardown removes what MLflow writes there
     monkeypatch.setenv("MLP_SHARED_DATASETS", str(REPO.parent / "shared" / "datasets"))
     get_settings.cache_clear()
     yield load_settings("prod")

@@ -79,3 +79,20 @@ def test_server_without_champion_answers_503_and_reload_409(data_root):
         assert client.post("/predict", json={"instances": [{"hr": 1}]}).status_code == 503
         reply = client.post("/admin/reload", json={"model": "bike_demand"})
         assert reply.status_code == 409 and "champion" in reply.json()["detail"]
+
+
+def test_champion_loads_from_the_settings_store_whatever_registry_the_process_inherited(
+    use_champion_store, tmp_path, monkeypatch
+):
+    """mlflow.set_registry_uri() writes MLFLOW_REGISTRY_URI into os.environ, so child processes inherit it:
+    a model server started from such a process must still resolve models:/ URIs in its settings' store."""
+    import mlflow
+
+    from tasks.serving.app import load_champion
+    from tasks.settings import get_settings
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", other)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
+    served = load_champion(get_settings(), "bike_demand")
+    assert served.version == use_champion_store["registered"]["version"]
