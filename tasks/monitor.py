@@ -20,6 +20,7 @@ from tasks.registry import champion_version
 from tasks.settings import Settings
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, atomic_path, write_json
+from tasks.tracking import use_store
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def reference_sample(settings: Settings, run_id: str) -> pd.DataFrame:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    use_store(settings)
     try:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reference/reference.parquet")
     except (MlflowException, OSError) as exc:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tasks.settings import Settings
-from tasks.tracking import client
+from tasks.tracking import client, use_store
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def register_candidate(settings: Settings, name: str, trained: dict[str, Any], d
     """
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    use_store(settings)
     mlflow_client = client(settings)
     run_tags = mlflow_client.get_run(trained["run_id"]).data.tags
     lineage = {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_TAG_PREFIXES)}

@@ -10,6 +10,20 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+def use_store(settings: Settings) -> None:
+    """Point this process's MLflow tracking *and* registry URIs at the settings' store.
+
+    Both, always: ``models:/`` URIs resolve through the registry URI, and MLflow writes both into
+    ``os.environ``, so a process that skipped one would follow whatever store it or its parent used last.
+    """
+    import mlflow
+
+    if settings.mlflow_tracking_uri.startswith("sqlite:"):
+        (settings.data_root / "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
 def start_tracking(settings: Settings, pipeline: str) -> str:
     """Point MLflow at the settings' store and select (creating if needed) the pipeline's experiment.
 
@@ -21,10 +35,7 @@ def start_tracking(settings: Settings, pipeline: str) -> str:
     """
     import mlflow
 
-    if settings.mlflow_tracking_uri.startswith("sqlite:"):
-        (settings.data_root / "mlflow").mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    use_store(settings)
     name = settings.experiment_name(pipeline)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:

@@ -197,9 +197,9 @@ class StagePodOperator(KubernetesPodOperator):
 
     def _read_manifest(self, manifest: Path, pod_error: Exception | None) -> Any:
         if not manifest.is_file():
-            where = f"{manifest} (pod: {manifest.relative_to(self.data_root)} under {self.pod_data_root})"
             if pod_error is not None:
                 raise StagePodError(f"{self.pipeline}: the {self.stage!r} pod failed before reporting: {pod_error}")
+            where = f"{manifest} (pod: {manifest.relative_to(self.data_root)} under {self.pod_data_root})"
             raise StagePodError(
                 f"{self.pipeline}: the {self.stage!r} pod succeeded but wrote no result manifest at {where}; "
                 "is the shared store mounted at the same place in Airflow and in the pod?"
@@ -231,7 +231,7 @@ def stage_pod(
     res = spec.stage_resources(stage)
     node_selector, tolerations = placement(res, kube)
     volumes, mounts = shared_store(kube)
-    template = kube.pod_template and str((REPO_ROOT / kube.pod_template).resolve())
+    template = str((REPO_ROOT / kube.pod_template).resolve()) if kube.pod_template else None
     timeout_s = (res.timeout_minutes or 60) * 60
     return StagePodOperator(
         task_id=task_id,
@@ -249,7 +249,7 @@ def stage_pod(
         kubernetes_conn_id=kube.kubernetes_conn_id,
         in_cluster=kube.in_cluster,
         config_file=kube.config_file,
-        pod_template_file=template or None,
+        pod_template_file=template,
         labels={**kube.labels, "mlops/pipeline": spec.name, "mlops/stage": stage},
         env_vars=stage_env(settings, res),
         container_resources=container_resources(res),

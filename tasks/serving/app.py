@@ -28,6 +28,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from tasks.settings import Settings
+from tasks.tracking import use_store
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,7 @@ def load_champion(settings: Settings, name: str) -> ServedModel:
         raise ModelLoadError(f"no version of {name!r} has the champion alias yet")
     uri = f"models:/{name}/{champion.version}"
     try:
-        # models:/ URIs resolve through the registry URI: pin both to the settings' store
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+        use_store(settings)  # models:/ URIs resolve through the registry URI
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
         model = mlflow.pyfunc.load_model(local)
         example = Model.load(local).load_input_example(local)
