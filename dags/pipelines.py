@@ -1,12 +1,15 @@
-"""One set of DAGs per pipeline spec in `config/pipelines/`: `<p>_ingest`, `<p>_train`, `<p>_monitor`.
+"""One set of DAGs per pipeline spec in `config/pipelines/`: `<p>_ingest`, `<p>_train`, `<p>_monitor`,
+plus one `rollback` DAG for all of them.
 
 Add a pipeline by adding a spec (and its expectation suite); no DAG code changes.
 """
 
 from __future__ import annotations
 
-from mlops_airflow.factory import build_pipeline_dags
+from mlops_airflow.factory import build_pipeline_dags, rollback_dag
 from tasks.spec import list_specs
 
-for _spec in list_specs():
+_specs = list_specs()
+for _spec in _specs:
     globals().update(build_pipeline_dags(_spec))
+rollback = rollback_dag(_specs)

@@ -1,4 +1,5 @@
-"""Command line: ``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]`` and ``python -m tasks serve``.
+"""Command line: ``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve``
+and ``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger).
 
 This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call. With
 ``--result`` the outcome is written as a manifest in the shared store, which is how a pod's result gets
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pipelines", nargs="+", help="pipelines to serve (default: every spec)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    ledger = sub.add_parser("ledger", help="print the promotion ledger (append-only: who, what, when, why)")
+    ledger.add_argument("--pipeline", help="only this pipeline's entries")
+    ledger.add_argument("--limit", type=int, help="only the last N entries")
+    ledger.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     return parser
 
 
@@ -51,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.spec import list_specs
 
         serve(get_settings(), args.pipelines or [s.name for s in list_specs()], args.host, args.port)
+        return 0
+    if args.command == "ledger":
+        from tasks.ledger import PromotionLedger, format_table
+
+        entries = PromotionLedger(get_settings().ledger_uri).read(args.pipeline, args.limit)
+        if args.json:
+            for entry in entries:
+                print(json.dumps(entry.to_dict(), sort_keys=True))  # noqa: T201 - the CLI's output
+        else:
+            print(format_table(entries))  # noqa: T201 - the CLI's output
         return 0
     from tasks.stages import STAGES
 

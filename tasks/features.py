@@ -131,7 +131,8 @@ def build_datasets(spec: PipelineSpec, layout: DataLayout, days: list[str], run_
     if len(days) <= holdout_n:
         raise FeatureError(f"{len(days)} partitions cannot be split into training and a {holdout_n}-day holdout")
     train_days, holdout_days = days[:-holdout_n], days[-holdout_n:]
-    keep = [spec.source.partition_column, *spec.schema_.input_columns, spec.schema_.target]
+    # sensitive columns stay beside the inputs (even when callers never send them) for the gate's slice checks
+    keep = [spec.source.partition_column, *spec.schema_.input_columns, spec.schema_.target, *spec.schema_.sensitive]
     keep = list(dict.fromkeys(keep))
     train = load_partitions(spec, layout, train_days)[keep]
     holdout = load_partitions(spec, layout, holdout_days)[keep]

@@ -34,12 +34,20 @@ class IngestResult:
 
 
 def _cast(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFrame, list[str]]:
-    """Cast declared columns; a column that does not cast is kept as text for validation to report."""
+    """Cast declared columns; a column that does not cast is kept as text for validation to report.
+
+    Empty cells and the spec's ``na_values`` markers become missing values (NaN / None).
+    """
     uncast = []
+    markers = {"", *spec.source.na_values}
     for col, kind in spec.schema_.columns.items():
-        if col not in frame.columns or kind == "str":
+        if col not in frame.columns:
             continue
-        text = frame[col].where(frame[col] != "")
+        if kind == "str":
+            if spec.source.na_values:
+                frame[col] = frame[col].where(~frame[col].isin(spec.source.na_values), None)
+            continue
+        text = frame[col].where(~frame[col].isin(markers))
         values = pd.to_numeric(text, errors="coerce")
         lost = values.isna() & text.notna()
         if lost.any():

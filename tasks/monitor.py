@@ -39,15 +39,21 @@ def window_days(window_end: str, days: int) -> list[str]:
     return [(last - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
 
 
-def served_inputs(log_path: Path, model_name: str, day_column: str, days: list[str]) -> pd.DataFrame:
-    """Rows the server logged for ``model_name`` whose event date (``day_column``) is in ``days``."""
+def served_inputs(log_path: Path, model_name: str, day_column: str | None, days: list[str]) -> pd.DataFrame:
+    """Rows the server logged for ``model_name`` whose event date is in ``days``.
+
+    The event date is the inputs' ``day_column`` when callers send one (bike demand's ``dteday``), else
+    the date the server logged the row.
+    """
     if not log_path.is_file() or not days:
         return pd.DataFrame()
+    day = "json_extract(inputs, ?)" if day_column else "substr(logged_at, 1, 10)"
+    params = (f"$.{day_column}",) if day_column else ()
     with sqlite3.connect(log_path) as conn:
         rows = conn.execute(
             "SELECT inputs, prediction, model_version FROM predictions WHERE model_name = ?"
-            " AND json_extract(inputs, ?) BETWEEN ? AND ? ORDER BY id",
-            (model_name, f"$.{day_column}", days[0], days[-1]),
+            f" AND {day} BETWEEN ? AND ? ORDER BY id",
+            (model_name, *params, days[0], days[-1]),
         ).fetchall()
     if not rows:
         return pd.DataFrame()
@@ -61,6 +67,8 @@ def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) 
     """Join the true target from landed raw partitions onto served rows (delayed labels), where present."""
     day_col, target = spec.source.partition_column, spec.schema_.target
     keys = [day_col, *spec.source.order_by]
+    if not set(keys) <= set(served.columns):  # callers do not send the event keys: labels cannot be joined
+        return served.assign(**{target: float("nan")})
     frames = [
         pd.read_parquet(layout.raw_partition(spec.name, d), columns=[*keys, target])
         for d in sorted(served[day_col].astype(str).unique())
@@ -140,7 +148,8 @@ def check_drift(
         "retrain": False,
     }
     champion = champion_version(settings, spec.registered_model_name)
-    current = served_inputs(layout.prediction_log, spec.registered_model_name, spec.source.partition_column, days)
+    day_column = spec.source.partition_column if spec.source.partition_column in spec.schema_.input_columns else None
+    current = served_inputs(layout.prediction_log, spec.registered_model_name, day_column, days)
     summary |= {"rows": len(current), "champion_version": champion.version if champion else None}
     if champion is None or len(current) < mon.min_rows:
         summary["status"] = "no_champion" if champion is None else "insufficient_data"
@@ -159,9 +168,11 @@ def check_drift(
     current = attach_labels(spec, layout, current)
     labelled = current.dropna(subset=[target])
     if len(labelled):
-        from tasks.evaluate import regression_metrics
+        from tasks.evaluate import target_values
+        from tasks.metrics import score_all
 
-        summary["champion_on_labelled"] = regression_metrics(labelled[target], labelled["prediction"])
+        y = target_values(spec, labelled[target])
+        summary["champion_on_labelled"] = score_all(spec.metric_names, y, labelled["prediction"].to_numpy())
         summary["labelled_rows"] = len(labelled)
     if mon.include_target and len(labelled) >= mon.min_rows:
         # demand itself shifting is the strongest retrain signal once its labels have landed

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tasks.spec import PipelineSpec
@@ -28,19 +29,38 @@ class ReplayResult:
 
 
 def load_dataset(spec: PipelineSpec, datasets_dir: Path) -> pd.DataFrame:
-    """Read the spec's source dataset with every column as text, exactly as shipped."""
+    """Read the spec's source dataset with every column as text, exactly as shipped.
+
+    A dataset without a date column (``source.rows_per_day``) gets one: row ``i`` is delivered on day
+    ``start_date + i // rows_per_day``, in file order, written into the partition column.
+    """
     path = Path(datasets_dir) / spec.source.dataset
     if not path.is_file():
         raise ReplayError(f"dataset {spec.source.dataset} not found under {datasets_dir}")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    data = pd.read_csv(path, dtype=str, keep_default_na=False)
+    per_day = spec.source.rows_per_day
+    if per_day:
+        offsets = pd.to_timedelta(np.arange(len(data)) // per_day, unit="D")
+        days = (pd.Timestamp(spec.start_date) + offsets).strftime("%Y-%m-%d")
+        data.insert(0, spec.source.partition_column, days)
+    return data
 
 
-def corrupt_batch(frame: pd.DataFrame) -> pd.DataFrame:
-    """Damage a day's batch the way broken upstream exports do: out-of-range humidity and a missing value."""
+def corrupt_batch(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Damage a day's batch the way broken upstream exports do: out-of-range values and a missing value.
+
+    A quarter of the rows get an impossible value in the first numeric feature (bike demand: humidity 1.7,
+    any other pipeline: -999) and the last row loses the second one.
+    """
     bad = frame.copy()
     rows = bad.index[: max(1, len(bad) // 4)]
-    bad.loc[rows, "hum"] = "1.7"
-    bad.loc[bad.index[-1], "temp"] = ""
+    if "hum" in bad.columns and "temp" in bad.columns:  # the bike-demand story the docs tell
+        bad.loc[rows, "hum"] = "1.7"
+        bad.loc[bad.index[-1], "temp"] = ""
+        return bad
+    numeric = spec.features.numeric
+    bad.loc[rows, numeric[0]] = "-999"
+    bad.loc[bad.index[-1], numeric[min(1, len(numeric) - 1)]] = ""
     return bad
 
 
@@ -80,7 +100,7 @@ def replay_days(
     for day, batch in window.groupby(day_col, sort=True):
         day = str(day)
         if day in corrupt:
-            batch = corrupt_batch(batch)
+            batch = corrupt_batch(spec, batch)
             corrupted.append(day)
         target = layout.landing_file(spec.name, day)
         with atomic_path(target) as tmp:

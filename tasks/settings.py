@@ -2,7 +2,8 @@
 
 Environment variables (highest precedence): ``ML_ENV`` (layer, default ``local``), ``MLP_DATA_ROOT``,
 ``MLFLOW_TRACKING_URI``, ``MLP_SERVING_URL``, ``MLP_SHARED_DATASETS``, ``MLP_EXECUTION_MODE`` and
-``MLP_TASK_IMAGE`` (the task image of the kubernetes execution mode).
+``MLP_TASK_IMAGE`` (the task image of the kubernetes execution mode), ``MLP_LEDGER_URI`` (the promotion
+ledger's database) and ``MLP_MLFLOW_UI_URL``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _ENV_OVERRIDES = {
     "MLP_SERVING_URL": "serving_url",
     "MLP_SHARED_DATASETS": "shared_datasets",
     "MLP_EXECUTION_MODE": "execution_mode",
+    "MLP_LEDGER_URI": "ledger_uri",
+    "MLP_MLFLOW_UI_URL": "mlflow_ui_url",
 }
 
 
@@ -77,6 +80,11 @@ class Settings(BaseModel):
     mlflow_experiment_prefix: str = ""
     serving_url: str
     serving_timeout_s: float = 60
+    serving_max_batch: int = Field(default=10_000, gt=0, description="Rows per prediction request the server accepts.")
+    ledger_uri: str = Field(description="The promotion ledger's database (sqlite:///... or postgresql://...).")
+    mlflow_ui_url: str | None = Field(
+        default=None, description="MLflow UI address people open; model-card links from Airflow point there."
+    )
     execution_mode: Literal["local", "kubernetes"] = "local"
     shared_datasets: Path
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
@@ -126,10 +134,13 @@ def load_settings(env: str | None = None) -> Settings:
     data_root = _resolve(merged.pop("data_root"))
     uri = merged.pop("mlflow_tracking_uri", None) or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}"
     shared = _resolve(merged.pop("shared_datasets"))
+    ledger = merged.pop("ledger_uri", None) or f"sqlite:///{data_root / 'registry' / 'ledger.sqlite'}"
     if os.environ.get("MLP_TASK_IMAGE"):
         merged["kubernetes"] = (merged.get("kubernetes") or {}) | {"image": os.environ["MLP_TASK_IMAGE"]}
     try:
-        return Settings(env=env, data_root=data_root, mlflow_tracking_uri=uri, shared_datasets=shared, **merged)
+        return Settings(
+            env=env, data_root=data_root, mlflow_tracking_uri=uri, shared_datasets=shared, ledger_uri=ledger, **merged
+        )
     except ValidationError as exc:
         raise SettingsError(f"invalid settings for ML_ENV={env!r}: {exc}") from exc
 

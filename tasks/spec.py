@@ -38,6 +38,15 @@ class SourceSpec(_Strict):
     dataset: str = Field(description="File name under the shared datasets folder, used by the replay tool.")
     partition_column: str = Field(description="Column holding the calendar date (YYYY-MM-DD) of each row.")
     order_by: list[str] = Field(default_factory=list, description="Columns that order rows inside a day.")
+    na_values: list[str] = Field(
+        default_factory=list, description='Text markers of a missing value in landed files (UCI Adult: "?").'
+    )
+    rows_per_day: int | None = Field(
+        default=None,
+        gt=0,
+        description="The dataset has no date column: the replay tool delivers this many rows per day, in file "
+        "order, from the spec's start_date, and writes the day into partition_column.",
+    )
 
 
 class SchemaSpec(_Strict):
@@ -49,6 +58,12 @@ class SchemaSpec(_Strict):
     not_inputs: list[str] = Field(
         default_factory=list,
         description="Columns callers do not know at prediction time (ids, leakage), besides the target.",
+    )
+    positive_label: str | int | None = Field(
+        default=None, description="Classification: the target value that counts as the positive class."
+    )
+    sensitive: list[str] = Field(
+        default_factory=list, description="Sensitive attributes: the gate compares metrics across their groups."
     )
 
     @property
@@ -78,7 +93,7 @@ class FeatureSpec(_Strict):
 class ModelSpec(_Strict):
     """One estimator: a family from the train module's registry plus its hyperparameters."""
 
-    family: Literal["lightgbm", "ridge", "random_forest", "hist_gradient_boosting", "torch"]
+    family: Literal["lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch"]
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
@@ -153,16 +168,90 @@ class ResourcesSpec(_Strict):
         return merged
 
 
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "f1", "log_loss", "calibration_error")
+HIGHER_IS_BETTER = frozenset({"r2", "roc_auc", "pr_auc", "f1"})
+
+
+class Bound(_Strict):
+    """An absolute threshold on one holdout metric."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_side(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs min or max")
+        return self
+
+
+class ChampionCheckSpec(_Strict):
+    """Challenger vs the current champion on the same holdout, judged on a bootstrap confidence interval.
+
+    Improvement is relative, in the primary metric's good direction (0.01 = 1 % better). Exactly one rule:
+    ``min_improvement`` (the interval's lower bound must reach it, and a tie never promotes) or
+    ``max_regression`` (the lower bound may not fall below minus it: "not measurably worse").
+    """
+
+    min_improvement: float | None = Field(default=None, ge=0)
+    max_regression: float | None = Field(default=None, ge=0)
+    bootstrap_samples: int = Field(default=1000, ge=100, le=20000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ChampionCheckSpec:
+        if self.min_improvement is not None and self.max_regression is not None:
+            raise ValueError("set min_improvement or max_regression, not both")
+        return self
+
+    @property
+    def required_improvement(self) -> float | None:
+        """The ``min_improvement`` rule's bar (0 when neither rule is set); None under ``max_regression``."""
+        if self.max_regression is not None:
+            return None
+        return self.min_improvement or 0.0
+
+
+class SliceCheckSpec(_Strict):
+    """Per-group metrics over each sensitive column: the spread between groups may not exceed ``max_gap``."""
+
+    metric: str | None = Field(default=None, description="Metric compared across groups (default: primary metric).")
+    max_gap: float = Field(gt=0)
+    min_rows: int = Field(default=100, gt=0, description="Groups with fewer holdout rows are reported, not judged.")
+
+
+class ApprovalSpec(_Strict):
+    """Optional human approval between the gate and promotion (Airflow's HITL ApprovalOperator)."""
+
+    required: bool = False
+    timeout_hours: float = Field(default=72, gt=0, description="Unanswered requests time out (the run fails).")
+    assigned_users: list[str] = Field(default_factory=list, description="User ids allowed to answer (empty: any).")
+
+
 class GateSpec(_Strict):
-    """Absolute thresholds a candidate must meet before it may become champion."""
+    """What a candidate must show before it may become champion. Every check has its own verdict."""
 
     mode: Literal["disabled", "dry_run", "enabled"] = "enabled"
-    max_rmse: float | None = None
-    max_mae: float | None = None
-    min_r2: float | None = None
-    min_improvement_over_baseline: float = Field(
-        default=0.0, description="Relative RMSE improvement over the baseline model, e.g. 0.1 = 10 %."
+    primary_metric: str = Field(description="The metric compared with the baseline and the champion.")
+    thresholds: dict[str, Bound] = Field(default_factory=dict, description="Absolute limits per holdout metric.")
+    baseline_min_improvement: float = Field(
+        default=0.0, description="Relative improvement of the primary metric over the spec's baseline model."
     )
+    champion: ChampionCheckSpec = ChampionCheckSpec()
+    slices: SliceCheckSpec | None = None
+    decision_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Classification: probability at or above which F1 counts a positive."
+    )
+    approval: ApprovalSpec = ApprovalSpec()
+
+
+class ModelCardSpec(_Strict):
+    """Prose for the model card; the numbers come from the run."""
+
+    intended_use: str = "Not stated in the pipeline spec."
+    limitations: str = "Not stated in the pipeline spec."
+    ethical_considerations: str | None = None
 
 
 class MonitoringSpec(_Strict):
@@ -188,6 +277,7 @@ class PipelineSpec(_Strict):
     domain: str
     start_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     ingest_schedule: str = "@daily"
+    task: Literal["regression", "classification"] = "regression"
     landing_timeout_hours: float = Field(default=12, gt=0, description="How long ingest waits for a landing file.")
     source: SourceSpec
     schema_: SchemaSpec = Field(alias="schema")
@@ -197,19 +287,46 @@ class PipelineSpec(_Strict):
     gate: GateSpec
     monitoring: MonitoringSpec
     resources: ResourcesSpec = ResourcesSpec()
+    model_card: ModelCardSpec = ModelCardSpec()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _columns_known(self) -> PipelineSpec:
         known = set(self.schema_.columns)
-        for col in [*self.features.source_columns, self.schema_.target, self.source.partition_column]:
+        used = [*self.features.source_columns, self.schema_.target, self.source.partition_column]
+        for col in [*used, *self.schema_.sensitive]:
             if col not in known:
                 raise ValueError(f"column {col!r} is used but not declared under schema.columns")
         leaked = set(self.features.source_columns) - set(self.schema_.input_columns)
         if leaked:
             raise ValueError(f"features use columns callers cannot send: {sorted(leaked)}")
         return self
+
+    @model_validator(mode="after")
+    def _task_consistent(self) -> PipelineSpec:
+        metrics = self.metric_names
+        gate = self.gate
+        named = {gate.primary_metric, *gate.thresholds, *([gate.slices.metric] if gate.slices and gate.slices.metric else [])}
+        unknown = sorted(named - set(metrics))
+        if unknown:
+            raise ValueError(f"gate uses metrics {unknown}, not defined for {self.task}; available: {list(metrics)}")
+        if self.task == "classification":
+            if self.schema_.positive_label is None:
+                raise ValueError("classification needs schema.positive_label (the target value of the positive class)")
+            families = {self.training.model.family, self.training.baseline.family}
+            if families & {"ridge", "torch"}:
+                raise ValueError(f"model families {sorted(families & {'ridge', 'torch'})} are regression-only")
+        elif self.training.model.family == "logistic_regression" or self.training.baseline.family == "logistic_regression":
+            raise ValueError("logistic_regression is a classification family; this pipeline's task is regression")
+        if gate.slices and not self.schema_.sensitive:
+            raise ValueError("gate.slices needs schema.sensitive columns to slice by")
+        return self
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Holdout metrics of this pipeline's task."""
+        return CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
 
     def stage_resources(self, stage: str) -> StageResources:
         """Pod resources of a heavy stage (see :class:`ResourcesSpec`)."""

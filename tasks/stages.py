@@ -153,53 +153,159 @@ def train(pipeline: str, datasets: dict[str, Any], lineage: dict[str, str] | Non
     return train_model(spec, settings, datasets, lineage).to_dict()
 
 
-def evaluate(pipeline: str, trained: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
-    """Holdout metrics of candidate and baseline."""
+def evaluate(pipeline: str, trained: dict[str, Any], datasets: dict[str, Any], run_key: str = "adhoc") -> dict[str, Any]:
+    """Holdout metrics of candidate, baseline and current champion; per-row predictions kept for the gate."""
     from tasks.evaluate import evaluate_candidate
 
     spec, settings, _ = _ctx(pipeline)
-    return evaluate_candidate(spec, settings, trained, datasets["holdout"])
+    return evaluate_candidate(spec, settings, trained, datasets["holdout"], run_key)
 
 
-def gate(pipeline: str, trained: dict[str, Any], metrics: dict[str, Any], run_key: str) -> dict[str, Any]:
-    """Apply the spec's gate; record the decision on the run.
+def _card_url(settings: Settings, spec: PipelineSpec, run_id: str) -> str | None:
+    ui = settings.mlflow_ui_url or (settings.mlflow_tracking_uri if settings.mlflow_tracking_uri.startswith("http") else None)
+    if not ui:
+        return None
+    from tasks.tracking import client
+
+    experiment = client(settings).get_run(run_id).info.experiment_id
+    return f"{ui.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}/artifactPath/model_card/model_card.html"
+
+
+def gate(
+    pipeline: str,
+    trained: dict[str, Any],
+    metrics: dict[str, Any],
+    run_key: str,
+    datasets: dict[str, Any] | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Apply the spec's gate to the evaluation; write the model card; record both on the run.
+
+    A rejected candidate (``enabled`` mode) and a ``dry_run`` verdict are also recorded in the promotion
+    ledger. Returns the decision plus ``model_card`` (paths) and ``model_card_url`` (MLflow UI, if known).
 
     Raises:
         GateFailed: In ``enabled`` mode, when any check fails.
     """
-    from tasks.evaluate import GateFailed, decide_promotion, record_decision
+    import mlflow
+
+    from tasks.evaluate import GateFailed, gate_from_predictions, record_decision
+    from tasks.model_card import CARD_DIR, write_card
+    from tasks.registry import record_outcome
 
     spec, settings, layout = _ctx(pipeline)
-    decision = decide_promotion(metrics["candidate"], metrics["baseline"], spec.gate)
-    record_decision(settings, pipeline, trained["run_id"], decision, layout.run_dir(pipeline, run_key) / "gate.json")
+    decision = gate_from_predictions(spec, metrics)
+    out = layout.run_dir(pipeline, run_key)
+    record_decision(settings, pipeline, trained["run_id"], decision, out / "gate.json")
+    result = decision.to_dict()
+    card = write_card(spec, trained, datasets or _datasets_of(out), metrics, result, out)
+    with mlflow.start_run(run_id=trained["run_id"]):
+        mlflow.log_artifact(card["markdown"], artifact_path=CARD_DIR)
+        mlflow.log_artifact(card["html"], artifact_path=CARD_DIR)
+    result |= {
+        "model_card": card,
+        "model_card_url": _card_url(settings, spec, trained["run_id"]),
+        "summary": decision.summary(),
+    }
     log.info("gate (%s): %s\n%s", decision.mode, "passed" if decision.passed else "FAILED", decision.summary())
+    log.info("model card: %s", result["model_card_url"] or card["html"])
     if decision.mode == "enabled" and not decision.passed:
-        raise GateFailed(f"{pipeline} candidate (run {trained['run_id']}) failed the gate:\n{decision.summary()}")
-    return decision.to_dict()
+        failed = [c.name for c in decision.checks if not c.passed]
+        record_outcome(
+            settings, spec.registered_model_name, "rejected", f"gate failed: {', '.join(failed)}", None, actor,
+            trained["run_id"], {"checks": {c.name: c.reason for c in decision.checks}},
+        )
+        raise GateFailed(
+            f"{pipeline} candidate (run {trained['run_id']}) failed the gate:\n{decision.summary()}", result
+        )
+    return result
+
+
+def _datasets_of(run_dir: Any) -> dict[str, Any]:
+    """Rebuild the dataset summary of a run from its files (for callers that did not pass it)."""
+    import pandas as pd
+
+    def days(name: str) -> list[str]:
+        frame = pd.read_parquet(run_dir / name)
+        return sorted(frame.iloc[:, 0].astype(str).unique())
+
+    return {
+        "train_partitions": days("train_raw.parquet"),
+        "holdout_partitions": days("holdout.parquet"),
+        "train_rows": len(pd.read_parquet(run_dir / "train_raw.parquet", columns=[])),
+        "holdout_rows": len(pd.read_parquet(run_dir / "holdout.parquet", columns=[])),
+    }
 
 
 def register(pipeline: str, trained: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
     """Register the candidate as a new version with the ``challenger`` alias; lineage comes from its run."""
+    from pathlib import Path
+
     from tasks.registry import register_candidate
 
     spec, settings, _ = _ctx(pipeline)
-    return register_candidate(settings, spec.registered_model_name, trained, decision).to_dict()
+    card_path = (decision.get("model_card") or {}).get("markdown")
+    card = Path(card_path).read_text() if card_path and Path(card_path).is_file() else None
+    return register_candidate(settings, spec.registered_model_name, trained, decision, card).to_dict()
 
 
-def promote(pipeline: str, version: str) -> dict[str, Any]:
-    """Move the ``champion`` alias to ``version``."""
-    from tasks.registry import promote as promote_version
+def promote(
+    pipeline: str,
+    version: str,
+    decision: dict[str, Any] | None = None,
+    actor: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Move ``champion`` to ``version`` if the gate allows it and nobody else won meanwhile (serialised).
+
+    Without a ``decision`` (manual promotion from the CLI) the version is promoted over whatever is
+    champion. ``dry_run`` verdicts are recorded in the ledger and promote nothing.
+    """
+    from tasks.registry import champion_version, promote as promote_version, record_outcome
 
     spec, settings, _ = _ctx(pipeline)
-    return promote_version(settings, spec.registered_model_name, version)
+    name = spec.registered_model_name
+    if decision is not None and not decision["promote"]:
+        why = f"gate mode {decision['mode']}: verdict {'passed' if decision['passed'] else 'failed'}, not promoted"
+        record_outcome(settings, name, "dry_run", why, version, actor, run_id)
+        return {"name": name, "version": version, "promoted": False, "outcome": "dry_run", "previous": None}
+    if decision is None:
+        current = champion_version(settings, name)
+        expected, reason = (current.version if current else None), "promoted by hand"
+    else:
+        expected = decision.get("champion_version")
+        reason = f"gate {decision['mode']}: " + ("passed" if decision["passed"] else "failed, promoted because the gate is disabled")
+    return promote_version(settings, name, version, expected, actor, reason, run_id)
 
 
-def deploy(pipeline: str, version: str) -> dict[str, Any]:
-    """Make the model server serve the champion ``version``."""
-    from tasks.deploy import deploy_champion
+def deploy(pipeline: str, version: str, actor: str | None = None) -> dict[str, Any]:
+    """Make the model server serve ``version`` (blue/green); if it refuses, the champion alias goes back.
+
+    Raises:
+        DeployError: The server is unreachable (retryable) or refused the version (permanent; the old
+            version keeps serving and the ledger records ``deploy_failed``).
+    """
+    from tasks.deploy import DeployRefused, deploy_version
+    from tasks.registry import revert_failed_deploy
 
     spec, settings, _ = _ctx(pipeline)
-    return deploy_champion(settings.serving_url, spec.registered_model_name, version, settings.serving_timeout_s)
+    name = spec.registered_model_name
+    try:
+        return deploy_version(settings.serving_url, name, version, settings.serving_timeout_s)
+    except DeployRefused as exc:
+        reverted = revert_failed_deploy(settings, name, version, exc.serving, str(exc), actor)
+        kept = f"champion alias back on v{reverted['champion']}" if reverted["reverted"] else "champion alias unchanged"
+        raise DeployRefused(f"{exc} ({kept}; recorded in the promotion ledger)", exc.serving) from exc
+
+
+def rollback(
+    pipeline: str, version: str | None = None, actor: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """Restore ``previous`` (or ``version``) as champion; the deploy stage then serves it."""
+    from tasks.registry import rollback as rollback_version
+
+    spec, settings, _ = _ctx(pipeline)
+    return rollback_version(settings, spec.registered_model_name, version, actor, reason)
 
 
 def monitor(pipeline: str, window_end: str, run_key: str) -> dict[str, Any]:
@@ -222,5 +328,6 @@ STAGES: dict[str, Callable[..., Any]] = {
     "register": register,
     "promote": promote,
     "deploy": deploy,
+    "rollback": rollback,
     "monitor": monitor,
 }

@@ -126,6 +126,13 @@ def write_json(target: Path, payload: Any) -> Path:
     return target
 
 
+def write_text(target: Path, text: str) -> Path:
+    """Atomically write a text file (UTF-8)."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
 def copy_atomic(src: Path, target: Path) -> Path:
     """Atomically copy a file."""
     with atomic_path(target) as tmp:

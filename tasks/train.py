@@ -15,7 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.evaluate import target_values
 from tasks.features import FeatureBuilder
+from tasks.metrics import score_all
 from tasks.settings import Settings
 from tasks.spec import REPO_ROOT, ModelSpec, PipelineSpec
 from tasks.tracking import start_tracking
@@ -43,36 +45,57 @@ class TrainResult:
         return asdict(self)
 
 
-def make_estimator(model: ModelSpec, seed: int) -> Any:
+def make_estimator(model: ModelSpec, seed: int, spec: PipelineSpec | None = None) -> Any:
     """Instantiate an estimator of the spec's family with its hyperparameters.
+
+    For a classification pipeline the family's classifier is wrapped in
+    :class:`tasks.models.binary.PositiveProbability`, so the model predicts P(positive label).
 
     Raises:
         TrainingError: A hyperparameter is not accepted by the family's estimator.
     """
     params: dict[str, Any] = dict(model.params)
+    classify = spec is not None and spec.task == "classification"
     try:
-        if model.family == "lightgbm":
-            import lightgbm as lgb
-
-            # deterministic + row-wise histograms make a re-run reproduce the same model.
-            return lgb.LGBMRegressor(random_state=seed, deterministic=True, force_row_wise=True, verbose=-1, **params)
-        if model.family == "ridge":
-            from sklearn.linear_model import Ridge
-
-            return Ridge(**params)
-        if model.family == "torch":
-            from tasks.models.torch_tabular import TorchTabularRegressor
-
-            return TorchTabularRegressor(random_state=seed, **params)
-        if model.family == "random_forest":
-            from sklearn.ensemble import RandomForestRegressor
-
-            return RandomForestRegressor(random_state=seed, **params)
-        from sklearn.ensemble import HistGradientBoostingRegressor
-
-        return HistGradientBoostingRegressor(random_state=seed, **params)
+        estimator = _family(model.family, params, seed, classify)
     except TypeError as exc:
         raise TrainingError(f"{model.family} does not accept parameters {params}: {exc}") from exc
+    if classify:
+        from tasks.models.binary import PositiveProbability
+
+        return PositiveProbability(estimator, spec.schema_.positive_label)  # type: ignore[union-attr]
+    return estimator
+
+
+def _family(family: str, params: dict[str, Any], seed: int, classify: bool) -> Any:
+    if family == "lightgbm":
+        import lightgbm as lgb
+
+        # deterministic + row-wise histograms make a re-run reproduce the same model.
+        cls = lgb.LGBMClassifier if classify else lgb.LGBMRegressor
+        return cls(random_state=seed, deterministic=True, force_row_wise=True, verbose=-1, **params)
+    if family == "ridge":
+        from sklearn.linear_model import Ridge
+
+        return Ridge(**params)
+    if family == "logistic_regression":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        # features keep their raw scale (capital-gain reaches 99,999): standardise for the solver
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed, **params))
+    if family == "torch":
+        from tasks.models.torch_tabular import TorchTabularRegressor
+
+        return TorchTabularRegressor(random_state=seed, **params)
+    if family == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        return (RandomForestClassifier if classify else RandomForestRegressor)(random_state=seed, **params)
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    return (HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor)(random_state=seed, **params)
 
 
 def code_version() -> str:
@@ -103,7 +126,7 @@ def _fit_and_log(
 
     target = spec.schema_.target
     inputs = spec.schema_.input_columns
-    estimator = make_estimator(model_spec, spec.training.seed)
+    estimator = make_estimator(model_spec, spec.training.seed, spec)
     estimator.fit(features.drop(columns=[target]), features[target])
     model = Pipeline([("features", FeatureBuilder.from_spec(spec.features)), ("model", estimator)])
     X_raw = train_raw[inputs]  # noqa: N806 - ML convention
@@ -122,8 +145,8 @@ def _fit_and_log(
         source = from_pandas(train_raw, source=datasets["train_raw"], name=f"{spec.name}-train", targets=target)
         mlflow.log_input(source, context="training")
         predictions = model.predict(X_raw)
-        residual = predictions - train_raw[target].to_numpy()
-        mlflow.log_metric("train_rmse", float((residual**2).mean() ** 0.5))
+        y_train = target_values(spec, train_raw[target])
+        mlflow.log_metrics({f"train_{k}": v for k, v in score_all(spec.metric_names, y_train, predictions).items() if v is not None})
         report = getattr(estimator, "training_report_", None)  # e.g. the torch family: device, epochs, step time
         if report:
             mlflow.log_metrics({f"fit.{k}": v for k, v in report.items() if isinstance(v, int | float)})

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from mlops_airflow.links import ModelCardLink
 from tasks.errors import PermanentError
 from tasks.stages import RAW_ASSET, RETRAIN_ASSET
 
@@ -97,7 +98,14 @@ def _train_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
 
 def _evaluate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    return {"trained": i["trained"], "datasets": i["datasets"]}
+    return {"trained": i["trained"], "datasets": i["datasets"], "run_key": ctx["run_id"]}
+
+
+def actor(ctx: Any) -> str:
+    """Who acts, for the promotion ledger: the DAG run, and the user who triggered it when there is one."""
+    run = ctx["dag_run"]
+    user = getattr(run, "triggering_user_name", None)
+    return f"airflow:{run.dag_id}/{run.run_id}" + (f" by {user}" if user else "")
 
 
 def _monitor_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -221,10 +229,22 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
             _call(stages.report_quarantine, name, validation)
 
         @task
-        def gate_model(trained: dict[str, Any], metrics: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        def gate_model(trained: dict[str, Any], metrics: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+            from mlops_airflow.links import MODEL_CARD_KEY
             from tasks import stages
+            from tasks.evaluate import GateFailed
 
-            return _call(stages.gate, name, trained, metrics, str(run_id))
+            ctx = get_current_context()
+            ti = ctx["ti"]
+            try:
+                decision = stages.gate(name, trained, metrics, ctx["run_id"], datasets, actor(ctx))
+            except GateFailed as exc:  # the card and its link matter most when the gate says no
+                card = exc.result or {}
+                ti.xcom_push(key=MODEL_CARD_KEY, value=card.get("model_card_url") or _file_url(card))
+                raise AirflowFailException(str(exc)) from exc
+            ti.xcom_push(key=MODEL_CARD_KEY, value=decision.get("model_card_url") or _file_url(decision))
+            ti.xcom_push(key="gate_summary", value=decision["summary"])
+            return decision
 
         @task
         def register_model(trained: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
@@ -233,18 +253,21 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
             return _call(stages.register, name, trained, decision)
 
         @task.short_circuit
-        def promote_model(decision: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any] | None:
+        def promote_model(
+            decision: dict[str, Any], registered: dict[str, Any], trained: dict[str, Any]
+        ) -> dict[str, Any] | None:
             from tasks import stages
 
-            if not decision["promote"]:
-                return None  # dry_run: verdict recorded, champion untouched, nothing to deploy
-            return _call(stages.promote, name, registered["version"])
+            ctx = get_current_context()
+            result = _call(stages.promote, name, registered["version"], decision, actor(ctx), trained["run_id"])
+            # dry_run, or another run became champion since this one was judged (lost_race): nothing to deploy
+            return result if result["promoted"] else None
 
         @task
         def deploy_model(promoted: dict[str, Any]) -> dict[str, Any]:
             from tasks import stages
 
-            return _call(stages.deploy, name, promoted["version"])
+            return _call(stages.deploy, name, promoted["version"], actor(get_current_context()))
 
         plan = plan_training()
         validation = heavy_stage(spec, settings, "validate_data", "validate", {"plan": plan}, _validate_args)
@@ -254,9 +277,88 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
         metrics = heavy_stage(
             spec, settings, "evaluate_model", "evaluate", {"trained": trained, "datasets": datasets}, _evaluate_args
         )
-        decision = gate_model(trained, metrics)
+        decision = gate_model(trained, metrics, datasets)
+        decision.operator.operator_extra_links = (ModelCardLink(),)
         registered = register_model(trained, decision)
-        deploy_model(promote_model(decision, registered))
+        promoted = promote_model(decision, registered, trained)
+        if spec.gate.approval.required:
+            approval = _approval(spec)
+            registered >> approval >> promoted
+        deploy_model(promoted)
+
+    return pipeline()
+
+
+def _file_url(result: dict[str, Any]) -> str:
+    page = (result.get("model_card") or {}).get("html")
+    return f"file://{page}" if page else ""
+
+
+def _approval(spec: PipelineSpec) -> Any:
+    """Airflow's HITL ApprovalOperator between registration and promotion (Browse -> Required Actions).
+
+    Approve: promotion proceeds. Reject: promotion and deploy are skipped; the version stays ``challenger``.
+    """
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    rule = spec.gate.approval
+    users = [{"id": u, "name": u} for u in rule.assigned_users] or None
+    return ApprovalOperator(
+        task_id="approve_promotion",
+        subject=f"Promote {spec.name} v{{{{ ti.xcom_pull(task_ids='register_model')['version'] }}}} to champion?",
+        body=(
+            "The candidate passed the gate.\n\n"
+            "Model card: {{ ti.xcom_pull(task_ids='gate_model', key='model_card_url') }}\n\n"
+            "Gate verdicts:\n\n```\n{{ ti.xcom_pull(task_ids='gate_model', key='gate_summary') }}\n```"
+        ),
+        response_timeout=timedelta(hours=rule.timeout_hours),
+        assigned_users=users,
+    )
+
+
+def rollback_dag(specs: list[PipelineSpec]) -> DAG:
+    """Manual: restore a pipeline's ``previous`` champion (or a named version) and redeploy it."""
+    names = [s.name for s in specs]
+
+    @dag(
+        dag_id="rollback",
+        description="Restore a pipeline's previous champion (or a given version) and redeploy it.",
+        doc_md="""### rollback
+Trigger with `pipeline` (and optionally `version`; default: the version holding the `previous` alias).
+`restore_champion` moves the `champion` alias back (the replaced version becomes `previous`, so a second
+rollback undoes the first) under the promotion lock and records it in the ledger
+(`python -m tasks ledger --pipeline <p>`); `deploy_restored` makes the model server serve it (blue/green,
+smoke-tested). From the CLI: `airflow dags trigger rollback --conf '{"pipeline": "adult_income"}'`.
+""",
+        schedule=None,
+        start_date=datetime(2024, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args={"owner": "ml-platform", "retries": 0},
+        tags=["stage:rollback", "ml"],
+        params={
+            "pipeline": Param(names[0] if names else "", type="string", enum=names or [""], description="Pipeline."),
+            "version": Param(None, type=["null", "string"], description="Version to restore (default: previous)."),
+            "reason": Param("rollback requested", type="string", description="Why: kept in the promotion ledger."),
+        },
+    )
+    def pipeline() -> None:
+        @task
+        def restore_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from tasks import stages
+
+            p = params or {}
+            ctx = get_current_context()
+            return _call(stages.rollback, p["pipeline"], p.get("version"), actor(ctx), p.get("reason"))
+
+        @task
+        def deploy_restored(restored: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from tasks import stages
+
+            pipeline_name = (params or {})["pipeline"]
+            return _call(stages.deploy, pipeline_name, restored["version"], actor(get_current_context()))
+
+        deploy_restored(restore_champion())
 
     return pipeline()
 

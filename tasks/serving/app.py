@@ -4,8 +4,13 @@ Endpoints:
     ``GET /health``                     name and version of every served model
     ``POST /predict``                   the default pipeline's model, ``{"instances": [{col: value}, ...]}``
     ``POST /models/{name}/predict``     a named pipeline's model
-    ``POST /admin/reload``              ``{"model": name}``: load the current champion beside the old
-                                        one, smoke-test it, then switch (the old one keeps serving on failure)
+    ``POST /admin/reload``              ``{"model": name, "version": "3"}``: load that version (default: the
+                                        current champion) beside the served one, smoke-test it, then switch;
+                                        on failure the old one keeps serving and the answer is 409 with why
+
+Payloads are checked against the model signature before the model sees them: a missing, unknown, null
+(where the signature requires a value) or mistyped field is a 422 naming ``instances[i].field``; a batch
+over ``serving_max_batch`` rows is a 413 stating the limit.
 """
 
 from __future__ import annotations
@@ -32,19 +37,21 @@ from tasks.tracking import use_store
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 10_000
+SMOKE_RTOL = 1e-6
+SMOKE_ATOL = 1e-6
 
 
 class PredictRequest(BaseModel):
     """The MLflow / TF-serving ``instances`` convention: one mapping of raw input column -> value per row."""
 
-    instances: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+    instances: list[Any] = Field(min_length=1)
 
 
 class ReloadRequest(BaseModel):
-    """Which pipeline's champion to (re)load."""
+    """Which pipeline's model to (re)load, and which version (default: its current champion)."""
 
     model: str
+    version: str | None = None
 
 
 class ModelLoadError(RuntimeError):
@@ -60,6 +67,8 @@ class ServedModel:
     run_id: str
     model: Any
     input_columns: dict[str, str]
+    required: frozenset[str] = frozenset()
+    smoke: dict[str, Any] = field(default_factory=dict)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def describe(self) -> dict[str, Any]:
@@ -70,6 +79,7 @@ class ServedModel:
             "run_id": self.run_id,
             "loaded_at": self.loaded_at,
             "inputs": self.input_columns,
+            "smoke_test": self.smoke,
         }
 
 
@@ -106,49 +116,128 @@ class PredictionLog:
             )
 
 
-def load_champion(settings: Settings, name: str) -> ServedModel:
-    """Load ``models:/<name>@champion`` and smoke-test it on its logged input example.
+def _smoke_test(model: Any, local: str, uri: str, run_id: str) -> dict[str, Any]:
+    """The checks a version passes before it may serve: signature, input example, offline predictions.
 
     Raises:
-        ModelLoadError: No champion yet, or the model fails to load or predict.
+        ModelLoadError: Naming the check that failed.
     """
     import mlflow
+    import numpy as np
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from tasks.registry import champion_version
+    from tasks.evaluate import EXPECTED_COLUMN, SMOKE_ARTIFACT
 
-    champion = champion_version(settings, name)
-    if champion is None:
-        raise ModelLoadError(f"no version of {name!r} has the champion alias yet")
-    uri = f"models:/{name}/{champion.version}"
+    if model.metadata.get_input_schema() is None:
+        raise ModelLoadError(f"{uri} has no input signature: the server cannot validate payloads for it")
+    example = Model.load(local).load_input_example(local)
+    if example is None:
+        raise ModelLoadError(f"{uri} has no input example to smoke-test with")
+    out = model.predict(example)
+    if len(out) != len(example):
+        raise ModelLoadError(f"{uri} returned {len(out)} predictions for {len(example)} example rows")
+    try:
+        sample_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SMOKE_ARTIFACT)
+    except (MlflowException, OSError):
+        return {"example_rows": len(example), "holdout_rows": 0, "note": f"run has no {SMOKE_ARTIFACT}"}
+    sample = pd.read_parquet(sample_path)
+    expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
+    got = np.asarray(model.predict(sample), dtype="float64")
+    diff = np.abs(got - expected)
+    bad = ~np.isclose(got, expected, rtol=SMOKE_RTOL, atol=SMOKE_ATOL)
+    if bad.any():
+        raise ModelLoadError(
+            f"smoke test failed: {int(bad.sum())} of {len(expected)} holdout rows differ from the offline predictions "
+            f"(max |diff| {diff.max():.6g}, tolerance {SMOKE_ATOL} + {SMOKE_RTOL}*|expected|): the served "
+            "environment does not reproduce what evaluation measured"
+        )
+    return {"example_rows": len(example), "holdout_rows": len(expected), "max_abs_diff": float(diff.max())}
+
+
+def load_version(settings: Settings, name: str, version: str | None = None) -> ServedModel:
+    """Load ``models:/<name>/<version>`` (default: the ``champion``) and smoke-test it.
+
+    Raises:
+        ModelLoadError: No champion yet, no such version, or the version fails to load or its smoke test.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry import champion_version
+    from tasks.tracking import client
+
+    if version is None:
+        champion = champion_version(settings, name)
+        if champion is None:
+            raise ModelLoadError(f"no version of {name!r} has the champion alias yet")
+        version = champion.version
+    uri = f"models:/{name}/{version}"
     try:
         use_store(settings)  # models:/ URIs resolve through the registry URI
+        run_id = client(settings).get_model_version(name, str(version)).run_id
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
         model = mlflow.pyfunc.load_model(local)
-        example = Model.load(local).load_input_example(local)
-        if example is None:
-            raise ModelLoadError(f"{uri} has no input example to smoke-test with")
-        smoke = model.predict(example)
-        if len(smoke) != len(example):
-            raise ModelLoadError(f"{uri} returned {len(smoke)} predictions for {len(example)} example rows")
+        smoke = _smoke_test(model, local, uri, str(run_id))
     except MlflowException as exc:
         raise ModelLoadError(f"cannot load {uri} from {mlflow.get_registry_uri()}: {exc}") from exc
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise ModelLoadError(f"{uri} failed its smoke test: {type(exc).__name__}: {exc}") from exc
     schema = model.metadata.get_input_schema()
-    columns = {c.name: getattr(c.type, "name", str(c.type)) for c in schema.inputs} if schema else {}
-    return ServedModel(name=name, version=champion.version, run_id=champion.run_id, model=model, input_columns=columns)
+    columns = {c.name: getattr(c.type, "name", str(c.type)) for c in schema.inputs}
+    required = frozenset(c.name for c in schema.inputs if getattr(c, "required", True))
+    return ServedModel(
+        name=name,
+        version=str(version),
+        run_id=str(run_id),
+        model=model,
+        input_columns=columns,
+        required=required,
+        smoke=smoke,
+    )
 
 
-def _check_columns(served: ServedModel, rows: list[dict[str, Any]]) -> None:
-    required = set(served.input_columns)
+_KINDS: dict[str, tuple[type, ...]] = {
+    "long": (int,),
+    "integer": (int,),
+    "double": (int, float),
+    "float": (int, float),
+    "string": (str,),
+    "boolean": (bool,),
+}
+
+
+def _type_error(kind: str, value: Any) -> bool:
+    allowed = _KINDS.get(kind)
+    if allowed is None:
+        return False
+    if isinstance(value, bool):
+        return kind != "boolean"
+    if kind in ("long", "integer") and isinstance(value, float):
+        return not value.is_integer()
+    return not isinstance(value, allowed)
+
+
+def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10) -> list[str]:
+    """Every way ``rows`` break the signature, as ``instances[i].field: problem`` (at most ``limit``)."""
+    errors: list[str] = []
+    known = served.input_columns
     for i, row in enumerate(rows):
-        missing = sorted(required - row.keys())
-        if missing:
-            raise HTTPException(
-                422,
-                detail=f"instances[{i}] is missing field(s) {missing}; "
-                f"{served.name} v{served.version} needs {sorted(required)}",
-            )
+        if not isinstance(row, dict):
+            errors.append(f"instances[{i}]: expected an object of input fields, got {type(row).__name__}")
+            continue
+        errors += [f"instances[{i}].{c}: missing (required {known[c]})" for c in sorted(served.required - row.keys())]
+        errors += [f"instances[{i}].{c}: unknown field" for c in sorted(row.keys() - known.keys())]
+        for col, kind in known.items():
+            value = row.get(col)
+            if value is None:
+                if col in row and col in served.required:
+                    errors.append(f"instances[{i}].{col}: null, but a {kind} is required")
+            elif _type_error(kind, value):
+                errors.append(f"instances[{i}].{col}: expected {kind}, got {type(value).__name__} {value!r:.40}")
+        if len(errors) >= limit:
+            break
+    return errors[:limit]
 
 
 class ModelService:
@@ -174,7 +263,7 @@ class ModelService:
         """Load every pipeline's champion that exists; the others answer 503 until deployed."""
         for name in self.pipelines:
             try:
-                self._swap(load_champion(self.settings, name))
+                self._swap(load_version(self.settings, name))
             except ModelLoadError as exc:
                 log.warning("not serving %s yet: %s", name, exc)
 
@@ -183,21 +272,30 @@ class ModelService:
             self.served[candidate.name] = candidate
         log.info("now serving %s v%s", candidate.name, candidate.version)
 
-    def reload(self, name: str) -> dict[str, Any]:
-        """Load the current champion beside the served version, smoke-test it, then switch.
+    def reload(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Blue/green: load ``version`` (default: champion) beside the served one, smoke-test it, then switch.
+
+        Requests keep going to the old version while the new one loads; the switch is one reference swap.
 
         Raises:
-            HTTPException: 404 for an unknown pipeline; 409 when loading fails (the old version keeps serving).
+            HTTPException: 404 for an unknown pipeline; 409 when loading or the smoke test fails (the old
+                version keeps serving).
         """
         self._known(name)
         previous = self.served.get(name)
         try:
-            candidate = load_champion(self.settings, name)
+            candidate = load_version(self.settings, name, version)
         except ModelLoadError as exc:
-            kept = f"; still serving v{previous.version}" if previous else ""
-            raise HTTPException(409, detail=f"reload of {name} failed: {exc}{kept}") from exc
+            kept = f"; still serving v{previous.version}" if previous else "; nothing served"
+            log.error("reload of %s v%s refused: %s%s", name, version or "champion", exc, kept)
+            raise HTTPException(409, detail=f"reload of {name} v{version or 'champion'} failed: {exc}{kept}") from exc
         self._swap(candidate)
-        return {"model": name, "version": candidate.version, "previous": previous.version if previous else None}
+        return {
+            "model": name,
+            "version": candidate.version,
+            "previous": previous.version if previous else None,
+            "smoke_test": candidate.smoke,
+        }
 
     def health(self) -> dict[str, Any]:
         """Name and version of every served model."""
@@ -221,14 +319,26 @@ class ModelService:
         current = self.served.get(name)
         if current is None:
             raise HTTPException(503, detail=f"{name} has no champion yet: train and promote one first")
-        _check_columns(current, request.instances)
-        frame = pd.DataFrame.from_records(request.instances)[list(current.input_columns)]
+        limit = self.settings.serving_max_batch
+        if len(request.instances) > limit:
+            raise HTTPException(
+                413,
+                detail=f"batch of {len(request.instances)} instances exceeds the limit of {limit} per request "
+                "(serving_max_batch); split it into smaller requests",
+            )
+        errors = payload_errors(current, request.instances)
+        if errors:
+            raise HTTPException(
+                422,
+                detail=f"payload does not match {name} v{current.version}'s signature: " + "; ".join(errors),
+            )
+        frame = pd.DataFrame.from_records(request.instances, columns=list(current.input_columns))
         started = time.perf_counter()
         try:
             output = current.model.predict(frame)
-        except MlflowException as exc:
-            detail = f"payload does not match {name} v{current.version}'s signature: {exc.message}"
-            raise HTTPException(422, detail=detail) from exc
+        except (MlflowException, ValueError, TypeError) as exc:
+            message = getattr(exc, "message", str(exc))
+            raise HTTPException(422, detail=f"payload does not match {name} v{current.version}'s signature: {message}") from exc
         values = [float(v) for v in output]
         request_id = uuid.uuid4().hex
         self.log.append(request_id, current, request.instances, values)
@@ -267,7 +377,7 @@ def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
 
     @app.post("/admin/reload")
     def admin_reload(request: ReloadRequest) -> dict[str, Any]:
-        return service.reload(request.model)
+        return service.reload(request.model, request.version)
 
     return app
 

@@ -29,10 +29,10 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         validation = stages.validate("bike_demand", plan["partitions"], "fixture")
         datasets = stages.build_features("bike_demand", validation["valid"], "fixture")
         trained = stages.train("bike_demand", datasets, {"airflow.run_id": "fixture"})
-        metrics = stages.evaluate("bike_demand", trained, datasets)
-        decision = stages.gate("bike_demand", trained, metrics, "fixture")
+        metrics = stages.evaluate("bike_demand", trained, datasets, "fixture")
+        decision = stages.gate("bike_demand", trained, metrics, "fixture", datasets)
         registered = stages.register("bike_demand", trained, decision)
-        promoted = stages.promote("bike_demand", registered["version"])
+        promoted = stages.promote("bike_demand", registered["version"], decision)
         yield {
             "root": root,
             "days": days,

@@ -5,7 +5,7 @@ import threading
 import pytest
 import uvicorn
 
-from tasks.deploy import DeployError, deploy_champion
+from tasks.deploy import DeployError, DeployRefused, deploy_version
 from tasks.serving.app import create_app
 from tasks.settings import get_settings
 from tests.conftest import free_port, wait_healthy
@@ -13,7 +13,7 @@ from tests.conftest import free_port, wait_healthy
 
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(DeployError, match="unreachable"):
-        deploy_champion(f"http://127.0.0.1:{free_port()}", "bike_demand", "1", timeout_s=2)
+        deploy_version(f"http://127.0.0.1:{free_port()}", "bike_demand", "1", timeout_s=2)
 
 
 @pytest.mark.needs_data
@@ -25,10 +25,11 @@ def test_deploy_switches_a_running_server_to_the_champion(use_champion_store):
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
         version = use_champion_store["registered"]["version"]
-        served = deploy_champion(f"http://127.0.0.1:{port}", "bike_demand", version)
+        served = deploy_version(f"http://127.0.0.1:{port}", "bike_demand", version)
         assert served["version"] == version
-        with pytest.raises(DeployError, match="expected v999"):
-            deploy_champion(f"http://127.0.0.1:{port}", "bike_demand", "999")
+        with pytest.raises(DeployRefused, match=r"version=999\) not found; still serving v1") as refused:
+            deploy_version(f"http://127.0.0.1:{port}", "bike_demand", "999")
+        assert refused.value.serving == version
     finally:
         server.should_exit = True
         thread.join(10)

@@ -62,3 +62,27 @@ def test_pipelines_dir_override(tmp_path, monkeypatch):
     assert [s.name for s in list_specs()] == ["bike_demand"]
     monkeypatch.setenv("MLP_PIPELINES_DIR", str(tmp_path / "empty"))
     assert list_specs() == []
+
+
+def test_adult_income_is_a_classification_spec_with_sensitive_slices():
+    spec = load_spec("adult_income")
+    assert spec.task == "classification" and spec.schema_.positive_label == ">50K"
+    assert set(spec.schema_.sensitive) == {"sex", "race"}
+    assert not {"sex", "race", "fnlwgt", "batch_date"} & set(spec.schema_.input_columns)
+    assert spec.gate.slices is not None and spec.gate.primary_metric == "roc_auc"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gate.primary_metric": "roc_auc"}, "not defined for regression"),
+        ({"gate.thresholds": {"f1": {"min": 0.5}}}, "not defined for regression"),
+        ({"training.baseline": {"family": "logistic_regression"}}, "classification family"),
+        ({"task": "classification", "gate.primary_metric": "roc_auc", "gate.thresholds": {}}, "positive_label"),
+        ({"gate.slices": {"max_gap": 0.1}}, "schema.sensitive"),
+        ({"gate.thresholds": {"rmse": {}}}, "needs min or max"),
+    ],
+)
+def test_gate_and_task_mismatches_are_spec_errors(tmp_path, changes, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(_write_variant(tmp_path, **changes))

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
-from tasks.serving.app import MAX_BATCH, create_app
+from tasks.serving.app import create_app
 from tasks.settings import get_settings
 from tasks.storage import DataLayout
 from tests.conftest import SHARED
@@ -64,8 +64,9 @@ def test_wrong_type_is_a_422_not_a_500(server):
 def test_empty_and_oversized_batches_are_refused(server):
     assert server.post("/predict", json={"instances": []}).status_code == 422
     row = _instances("2012-06-18", "2012-06-18")[0]
-    reply = server.post("/predict", json={"instances": [row] * (MAX_BATCH + 1)})
-    assert reply.status_code == 422 and str(MAX_BATCH) in reply.text
+    limit = get_settings().serving_max_batch
+    reply = server.post("/predict", json={"instances": [row] * (limit + 1)})
+    assert reply.status_code == 413 and f"limit of {limit}" in reply.json()["detail"]
 
 
 def test_unknown_model_is_404(server):
@@ -88,11 +89,11 @@ def test_champion_loads_from_the_settings_store_whatever_registry_the_process_in
     a model server started from such a process must still resolve models:/ URIs in its settings' store."""
     import mlflow
 
-    from tasks.serving.app import load_champion
+    from tasks.serving.app import load_version
     from tasks.settings import get_settings
 
     other = f"sqlite:///{tmp_path / 'other.db'}"
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", other)
     monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
-    served = load_champion(get_settings(), "bike_demand")
+    served = load_version(get_settings(), "bike_demand")
     assert served.version == use_champion_store["registered"]["version"]

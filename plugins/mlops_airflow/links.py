@@ -1,0 +1,26 @@
+"""Extra links from Airflow tasks to what they produced (shown on the task instance page).
+
+Airflow 3 resolves a task's links on the worker when the task finishes and keeps them as XCom, so a link
+here only reads the XCom the task pushed; failed tasks keep their links too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperatorLink
+
+MODEL_CARD_KEY = "model_card_url"
+
+
+class ModelCardLink(BaseOperatorLink):
+    """The candidate's model card (MLflow UI, or the HTML file when no MLflow UI address is configured)."""
+
+    name = "Model card"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        """The URL the gate task pushed under ``model_card_url`` (empty when it pushed none)."""
+        pull = getattr(ti_key, "xcom_pull", None)
+        if pull is None:
+            return ""
+        return str(pull(task_ids=ti_key.task_id, key=MODEL_CARD_KEY) or "")
