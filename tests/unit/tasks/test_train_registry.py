@@ -46,8 +46,8 @@ def test_registered_version_has_champion_alias_and_tags(use_champion_store):
     mv = client(settings).get_model_version("bike_demand", version)
     assert mv.tags["gate.passed"] == "True" and mv.tags["run_id"] == use_champion_store["trained"]["run_id"]
     assert "champion" in mv.aliases
-    newest = max(int(v.version) for v in client(settings).search_model_versions("name = 'bike_demand'"))
-    assert int(client(settings).get_model_version_by_alias("bike_demand", "challenger").version) == newest
+    challenger = client(settings).get_model_version_by_alias("bike_demand", "challenger")  # latest registered
+    assert int(challenger.version) >= int(version) and challenger.tags["gate.mode"] == "enabled"
     assert mv.tags["gate.check.beats_baseline"] == "pass" and mv.tags["gate.champion_at_evaluation"] == "None"
     assert json.loads(mv.tags["data.train_partitions"])[0] == "2011-05-30" and mv.tags["code_version"]
     assert mv.description.startswith("# Model card: bike_demand")  # the card is the version's description
