@@ -333,6 +333,9 @@ class ModelService:
                 detail=f"payload does not match {name} v{current.version}'s signature: " + "; ".join(errors),
             )
         frame = pd.DataFrame.from_records(request.instances, columns=list(current.input_columns))
+        for col, kind in current.input_columns.items():  # 5.0 for an integer field was accepted above: make it 5
+            if kind in ("long", "integer") and frame[col].dtype.kind == "f" and frame[col].notna().all():
+                frame[col] = frame[col].astype("int64" if kind == "long" else "int32")
         started = time.perf_counter()
         try:
             output = current.model.predict(frame)

@@ -59,6 +59,34 @@ def test_wrong_type_is_a_422_not_a_500(server):
     row = _instances("2012-06-18", "2012-06-18")[0] | {"hr": "noon"}
     reply = server.post("/predict", json={"instances": [row]})
     assert reply.status_code == 422, reply.text
+    assert "instances[0].hr: expected long, got str 'noon'" in reply.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"temp": None}, "instances[1].temp: null, but a double is required"),
+        ({"humidity": 0.5}, "instances[1].humidity: unknown field"),
+        ({"weathersit": 1.5}, "instances[1].weathersit: expected long, got float 1.5"),
+        ({"holiday": True}, "instances[1].holiday: expected long, got bool True"),
+    ],
+)
+def test_each_malformed_field_is_named_with_its_row(server, change, expected):
+    rows = _instances("2012-06-18", "2012-06-18")[:2]
+    rows[1] = rows[1] | change
+    reply = server.post("/models/bike_demand/predict", json={"instances": rows})
+    assert reply.status_code == 422 and expected in reply.json()["detail"], reply.text
+
+
+def test_integral_floats_are_accepted_for_integer_fields(server):
+    row = _instances("2012-06-18", "2012-06-18")[0]
+    reply = server.post("/predict", json={"instances": [row | {"hr": 5.0}]})
+    assert reply.status_code == 200, reply.text
+
+
+def test_non_object_instance_is_a_422(server):
+    reply = server.post("/predict", json={"instances": [[1, 2, 3]]})
+    assert reply.status_code == 422 and "instances[0]: expected an object" in reply.json()["detail"]
 
 
 def test_empty_and_oversized_batches_are_refused(server):
