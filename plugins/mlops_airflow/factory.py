@@ -334,8 +334,8 @@ smoke-tested). From the CLI: `airflow dags trigger rollback --conf '{"pipeline":
         start_date=datetime(2024, 1, 1),
         catchup=False,
         max_active_runs=1,
-        default_args={"owner": "ml-platform", "retries": 0},
-        tags=["stage:rollback", "ml"],
+        default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+        tags=["stage:rollback"],
         params={
             "pipeline": Param(names[0] if names else "", type="string", enum=names or [""], description="Pipeline."),
             "version": Param(None, type=["null", "string"], description="Version to restore (default: previous)."),
@@ -343,7 +343,7 @@ smoke-tested). From the CLI: `airflow dags trigger rollback --conf '{"pipeline":
         },
     )
     def pipeline() -> None:
-        @task
+        @task(retries=0)  # a retry after a committed rollback would roll back again
         def restore_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from tasks import stages
 

@@ -13,7 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 HEAVY = ["pandas", "numpy", "sklearn", "lightgbm", "torch", "mlflow", "great_expectations", "evidently", "boto3"]
-APPROVED_STAGES = {"stage:ingest", "stage:train", "stage:monitor"}
+APPROVED_STAGES = {"stage:ingest", "stage:train", "stage:monitor", "stage:rollback"}
+MANUAL_DAGS = {"rollback"}  # operational DAGs a person triggers: no schedule
+NO_RETRY = {("rollback", "restore_champion")}  # a retry after a committed rollback would roll back again
 # This machine imports slowly (airflow.sdk alone takes ~5 s cold); the budget is for the DAG file's own work.
 PARSE_BUDGET_S = 2.0
 
@@ -45,11 +47,17 @@ def test_no_import_errors_and_every_file_has_a_dag(dagbag):
         assert any(Path(d.fileloc) == path for d in dagbag.dags.values()), f"{path.name} defines no DAG"
 
 
-def test_each_pipeline_spec_yields_its_three_dags(dagbag):
+def test_each_pipeline_spec_yields_its_three_dags_and_one_rollback_serves_all(dagbag):
     from tasks.spec import list_specs
 
-    for spec in list_specs():
-        assert {f"{spec.name}_ingest", f"{spec.name}_train", f"{spec.name}_monitor"} <= set(dagbag.dag_ids)
+    names = [s.name for s in list_specs()]
+    assert {"adult_income", "bike_demand"} <= set(names)
+    for name in names:
+        assert {f"{name}_ingest", f"{name}_train", f"{name}_monitor"} <= set(dagbag.dag_ids)
+    rollback = dagbag.dags["rollback"]
+    assert rollback.params.get_param("pipeline").schema["enum"] == names
+    assert rollback.params["version"] is None
+    assert [t.task_id for t in rollback.topological_sort()] == ["restore_champion", "deploy_restored"]
 
 
 def test_no_connection_or_variable_lookups_at_parse_time(dagbag):
@@ -61,10 +69,14 @@ def test_dag_conventions(dagbag):
     for dag_id, dag in dagbag.dags.items():
         dag.check_cycle()
         assert set(dag.tags) <= approved, f"{dag_id} has unapproved tags {set(dag.tags) - approved}"
-        assert dag.timetable.can_be_scheduled, f"{dag_id} needs an explicit schedule, not None"
+        if dag_id not in MANUAL_DAGS:
+            assert dag.timetable.can_be_scheduled, f"{dag_id} needs an explicit schedule, not None"
         assert dag.catchup is False, f"{dag_id}: catchup must be off (backfills are explicit)"
         assert dag.doc_md, f"{dag_id} has no doc_md for the UI"
         for t in dag.tasks:
+            if (dag_id, t.task_id) in NO_RETRY:
+                assert t.retries == 0
+                continue
             assert t.retries is not None and t.retries >= 1, f"{dag_id}.{t.task_id} has retries={t.retries}"
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
 
@@ -78,6 +90,34 @@ def test_train_is_scheduled_on_new_data_and_on_retrain_requests(dagbag):
     assert [o.uri for o in ingest.outlets] == ["ml://bike_demand/raw"]
     monitor = dagbag.dags["bike_demand_monitor"].get_task("request_retrain")
     assert [o.uri for o in monitor.outlets] == ["ml://bike_demand/retrain"]
+
+
+def test_gate_task_links_to_the_model_card_and_promotion_follows_registration(dagbag):
+    for name in ("bike_demand", "adult_income"):
+        train = dagbag.dags[f"{name}_train"]
+        gate = train.get_task("gate_model")
+        assert [link.name for link in gate.operator_extra_links] == ["Model card"]
+        assert train.get_task("promote_model").upstream_task_ids == {"gate_model", "register_model", "train_model"}
+        assert "approve_promotion" not in train.task_ids  # approval is off in both shipped specs
+
+
+def test_spec_with_approval_puts_a_hitl_approval_between_registration_and_promotion(tmp_path, monkeypatch):
+    import yaml
+
+    from mlops_airflow.factory import build_pipeline_dags
+    from tasks.spec import load_spec
+
+    raw = yaml.safe_load((REPO / "config" / "pipelines" / "adult_income.yaml").read_text())
+    raw["gate"]["approval"] = {"required": True, "timeout_hours": 48, "assigned_users": ["risk-officer"]}
+    (tmp_path / "adult_income.yaml").write_text(yaml.safe_dump(raw))
+    train = build_pipeline_dags(load_spec(tmp_path / "adult_income.yaml"))["adult_income_train"]
+    approval = train.get_task("approve_promotion")
+    assert type(approval).__name__ == "ApprovalOperator"
+    assert approval.upstream_task_ids == {"register_model"}
+    assert "approve_promotion" in train.get_task("promote_model").upstream_task_ids
+    assert approval.response_timeout.total_seconds() == 48 * 3600
+    assert [u["id"] for u in approval.assigned_users] == ["risk-officer"]
+    assert "model_card_url" in approval.body and "gate_summary" in approval.body
 
 
 _PROBE = """
