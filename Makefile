@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install demo stop status airflow lock test test-unit test-dags test-e2e lint typecheck clean
+.PHONY: install demo stop status ledger airflow lock test test-unit test-dags test-e2e lint typecheck clean
 
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.4"
@@ -15,7 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)  ## create .venv from the lock (uv), the project installed editable
 
-demo: install  ## start Airflow, MLflow UI and the model server; run the bike-demand story
+demo: install  ## start Airflow, MLflow UI and the model server; run the bike-demand story, then adult income
 	$(PY) scripts/demo.py run
 
 stop:  ## stop what `make demo` started
@@ -23,6 +23,9 @@ stop:  ## stop what `make demo` started
 
 status: install
 	$(PY) scripts/demo.py status
+
+ledger: install  ## the demo stack's promotion ledger (who promoted, rolled back or lost, when and why)
+	$(PY) scripts/demo.py ledger $(ARGS)
 
 airflow: install  ## the Airflow CLI against the demo stack, e.g. make airflow CMD="dags list"
 	$(PY) scripts/demo.py airflow $(CMD)

@@ -1,7 +1,7 @@
-"""One set of DAGs per pipeline spec in `config/pipelines/`: `<p>_ingest`, `<p>_train`, `<p>_monitor`,
-plus one `rollback` DAG for all of them.
+"""DAGs of every pipeline spec in `config/pipelines/`, and one `rollback` DAG for all of them.
 
-Add a pipeline by adding a spec (and its expectation suite); no DAG code changes.
+Each spec yields `<p>_ingest`, `<p>_train` and `<p>_monitor`. Add a pipeline by adding a spec (and
+its expectation suite); no DAG code changes.
 """
 
 from __future__ import annotations

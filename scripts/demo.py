@@ -1,6 +1,6 @@
 """`make demo`: start the local stack and drive the bike-demand lifecycle through Airflow.
 
-Usage: ``python scripts/demo.py [run|up|story|stop|status|airflow ARGS...]`` (``run``: up + the story).
+Usage: ``python scripts/demo.py [run|up|story|stop|status|ledger|airflow ARGS...]`` (``run``: up + the story).
 
 The story (all through Airflow's scheduler, driven over its REST API):
   1. replay June 2011 into the landing zone (one day deliberately corrupted) and ingest it, a run per day;
@@ -8,7 +8,9 @@ The story (all through Airflow's scheduler, driven over its REST API):
      and the model server starts serving it;
   3. serve a week of June 2012 traffic; the delayed labels (June 2012 partitions) land and are ingested;
   4. the nightly monitor sees the drift (2012 is hotter and demand much higher) and requests a retrain;
-  5. the retrain on 2012 data becomes champion v2, deployed without restarting anything.
+  5. the retrain on 2012 data becomes champion v2, deployed without restarting anything;
+  6. a second pipeline from its spec alone: UCI Adult income classification, gated on ROC AUC, calibration
+     and per-group gaps over sex and race, with a model card linked from the gate task, served beside bike.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _components(e: dict[str, str]) -> dict[str, list[str]]:
             "--workers",
             "1",
         ],
-        "model-server": [sys.executable, "-m", "tasks", "serve", "--pipelines", P, "--port", "8000"],
+        "model-server": [sys.executable, "-m", "tasks", "serve", "--port", "8000"],  # every pipeline's champion
     }
 
 
@@ -237,10 +239,10 @@ def now_iso() -> str:
 # ---- the story -----------------------------------------------------------------------------------
 
 
-def stage(name: str, **kwargs: Any) -> Any:
+def stage(name: str, pipeline: str = P, **kwargs: Any) -> Any:
     """Run a stage function in a subprocess with the stack's environment (replay is a data-delivery tool)."""
     out = subprocess.run(
-        [sys.executable, "-m", "tasks", name, "--pipeline", P, "--args", json.dumps(kwargs)],
+        [sys.executable, "-m", "tasks", name, "--pipeline", pipeline, "--args", json.dumps(kwargs)],
         env=env(),
         cwd=REPO,
         capture_output=True,
@@ -250,7 +252,7 @@ def stage(name: str, **kwargs: Any) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ingest_days(start: str, end: str) -> None:
+def ingest_days(start: str, end: str, pipeline: str = P) -> None:
     """One ``bike_demand_ingest`` run per day, each naming its partition.
 
     ``airflow backfill create`` does the same job, but on SQLite Airflow cannot create a backfill while the
@@ -262,10 +264,11 @@ def ingest_days(start: str, end: str) -> None:
     d0, d1 = date.fromisoformat(start), date.fromisoformat(end)
     days = [(d0 + timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]
     since = now_iso()
-    say(f"{P}_ingest: one run per day {start}..{end} ({len(days)} runs)")
+    say(f"{pipeline}_ingest: one run per day {start}..{end} ({len(days)} runs)")
     for day in days:
-        api("POST", f"/dags/{P}_ingest/dagRuns", json={"logical_date": f"{day}T00:00:00Z", "conf": {"partition": day}})
-    wait_runs(f"{P}_ingest", len(days), since)
+        body = {"logical_date": f"{day}T00:00:00Z", "conf": {"partition": day}}
+        api("POST", f"/dags/{pipeline}_ingest/dagRuns", json=body)
+    wait_runs(f"{pipeline}_ingest", len(days), since)
 
 
 def serve_traffic(start: str, end: str) -> tuple[str, float]:
@@ -290,12 +293,12 @@ def health() -> dict[str, Any]:
 
 
 def story() -> None:
-    say("1/5 replay June 2011 into the landing zone (2011-06-08 deliberately corrupted)")
+    say("1/6 replay June 2011 into the landing zone (2011-06-08 deliberately corrupted)")
     stage("replay", start="2011-05-30", end="2011-06-26", corrupt=["2011-06-08"])
     unpause(f"{P}_ingest")
     ingest_days("2011-05-30", "2011-06-26")
 
-    say("2/5 train the first model (validation -> features -> LightGBM + ridge -> gate -> registry -> deploy)")
+    say("2/6 train the first model (validation -> features -> LightGBM + ridge -> gate -> registry -> deploy)")
     since = now_iso()
     unpause(f"{P}_train")
     api("POST", f"/dags/{P}_train/dagRuns", json={"logical_date": None, "conf": {}})
@@ -313,7 +316,7 @@ def story() -> None:
         raise SystemExit(f"no champion is being served after training: {h}; see {API}")
     say(f"model server serves {h['model']} v{h['version']}")
 
-    say("3/5 serve a week of June 2012 traffic, then the delayed labels land and are ingested")
+    say("3/6 serve a week of June 2012 traffic, then the delayed labels land and are ingested")
     v1, mae1 = serve_traffic("2012-06-18", "2012-06-24")
     say(f"served 168 hourly requests with v{v1}: mean absolute error vs actual demand {mae1:.1f} rentals/hour")
     stage("replay", start="2012-05-28", end="2012-06-24")
@@ -321,7 +324,7 @@ def story() -> None:
     ingest_days("2012-05-28", "2012-06-24")
     wait_idle(f"{P}_train", since)
 
-    say("4/5 the nightly monitor for 2012-06-25 compares served traffic with v1's training data")
+    say("4/6 the nightly monitor for 2012-06-25 compares served traffic with v1's training data")
     since = now_iso()
     unpause(f"{P}_monitor")
     run = api("POST", f"/dags/{P}_monitor/dagRuns", json={"logical_date": "2012-06-25T02:00:00Z", "conf": {}})
@@ -330,11 +333,12 @@ def story() -> None:
     summary = json.loads(summary_path.read_text())
     say(f"drift check: {summary['status']} - {summary.get('reason')}; drifted: {summary.get('drifted_columns')}")
 
-    say("5/5 the retrain request schedules bike_demand_train on 2012 data")
+    say("5/6 the retrain request schedules bike_demand_train on 2012 data")
     wait_idle(f"{P}_train", since)
     h = health()
     v2, mae2 = serve_traffic("2012-06-18", "2012-06-24")
     quarantined = sorted(p.name for p in (Path(env()["MLP_DATA_ROOT"]) / "quarantine" / P).glob("dt=*"))
+    adult = adult_story()
     print(
         f"""
 ================================================================================
@@ -346,8 +350,12 @@ def story() -> None:
  Look around:
    Airflow UI      {API}            (DAGs bike_demand_ingest / _train / _monitor; no login locally)
    MLflow UI       {MLFLOW}            (experiment bike_demand; model bike_demand @champion)
+   adult_income    v{adult["version"]} ROC AUC {adult["auc"]:.3f} on its holdout; gate {adult["verdicts"]}
+   Model card      {adult["card"]}
    Drift report    {summary.get("report_html")}
-   Model endpoint  {SERVER}/health   and   POST {SERVER}/predict
+   Model endpoint  {SERVER}/health   POST {SERVER}/predict (bike)   POST {SERVER}/models/adult_income/predict
+   Ledger          make ledger      (every promotion, lost race, rejection and rollback: who, when, why)
+   Roll back       the 'rollback' DAG in the Airflow UI (param pipeline; optional version)
    Data root       {env()["MLP_DATA_ROOT"]}  (landing/ raw/ quarantine/ runs/ monitoring/ serving/)
 
  Try it:  curl -s {SERVER}/health
@@ -355,6 +363,48 @@ def story() -> None:
 ================================================================================""",
         flush=True,
     )  # noqa: T201
+
+
+A = "adult_income"
+
+
+def adult_story() -> dict[str, Any]:
+    """The second pipeline, from its spec alone: 14 days of UCI Adult, one training run, one prediction."""
+    say("6/6 adult_income: a classification pipeline from a spec and a suite (UCI Adult, 2,000 rows a day)")
+    stage("replay", A, start="2024-01-01", end="2024-01-14")
+    unpause(f"{A}_ingest")
+    ingest_days("2024-01-01", "2024-01-14", A)
+    since = now_iso()
+    unpause(f"{A}_train")
+    api("POST", f"/dags/{A}_train/dagRuns", json={"logical_date": None, "conf": {}})
+    wait_idle(f"{A}_train", since)
+    gate = json.loads(
+        max(
+            (Path(env()["MLP_DATA_ROOT"]) / "runs" / A).glob("*/gate.json"), key=lambda p: p.stat().st_mtime
+        ).read_text()
+    )
+    for c in gate["checks"]:
+        say(f"  gate [{'PASS' if c['passed'] else 'FAIL'}] {c['name']}: {c['reason']}")
+    version = health()["models"].get(A, {}).get("version")
+    if not version:
+        raise SystemExit(f"adult_income is not served after training; see {API}")
+    row = {"age": 45, "workclass": "Private", "education": "Masters", "education-num": 14,
+           "marital-status": "Married-civ-spouse", "occupation": "Exec-managerial", "relationship": "Husband",
+           "capital-gain": 0, "capital-loss": 0, "hours-per-week": 50, "native-country": "United-States"}  # fmt: skip
+    reply = httpx.post(f"{SERVER}/models/{A}/predict", json={"instances": [row]}, timeout=30).json()
+    say(f"  P(income >50K) for a 45-year-old married manager with a master's degree: {reply['predictions'][0]:.2f}")
+    links = api("GET", f"/dags/{A}_train/dagRuns", params={"limit": 1, "order_by": "-run_after"})["dag_runs"]
+    card = ""
+    if links:
+        found = api("GET", f"/dags/{A}_train/dagRuns/{links[0]['dag_run_id']}/taskInstances/gate_model/links")
+        card = (found.get("extra_links") or {}).get("Model card", "")
+    passed = sum(c["passed"] for c in gate["checks"])
+    return {
+        "version": version,
+        "auc": gate["metrics"]["candidate"]["roc_auc"],
+        "verdicts": f"{passed}/{len(gate['checks'])} checks passed",
+        "card": card or "(see the gate_model task's 'Model card' link)",
+    }
 
 
 def _safe(run_id: str) -> str:
@@ -373,6 +423,8 @@ def main() -> None:
         print(json.dumps(health(), indent=2))  # noqa: T201
     elif cmd == "airflow":  # the Airflow CLI against the demo stack's metadata DB and settings
         raise SystemExit(subprocess.call([str(BIN / "airflow"), *sys.argv[2:]], env=env(), cwd=REPO))
+    elif cmd == "ledger":  # the promotion ledger of the demo stack
+        raise SystemExit(subprocess.call([sys.executable, "-m", "tasks", "ledger", *sys.argv[2:]], env=env(), cwd=REPO))
     elif cmd == "story":
         story()
     elif cmd == "run":

@@ -1,5 +1,7 @@
-"""Command line: ``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve``
-and ``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger).
+"""Command line: stages, the model server and the promotion ledger.
+
+``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve`` and
+``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger).
 
 This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call. With
 ``--result`` the outcome is written as a manifest in the shared store, which is how a pod's result gets

@@ -11,8 +11,10 @@ from tasks.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
+
 class DeployError(RuntimeError):
     """The model server is unreachable or serves another version afterwards (retrying may help)."""
+
 
 class DeployRefused(PermanentError, DeployError):
     """The server loaded the new version beside the old one and refused it (failed smoke test).
@@ -25,10 +27,12 @@ class DeployRefused(PermanentError, DeployError):
         super().__init__(message)
         self.serving = serving
 
+
 def _served(base: str, name: str) -> str | None:
     health = httpx.get(f"{base}/health", timeout=10)
     version = ((health.json().get("models") or {}).get(name) or {}).get("version")
     return None if version is None else str(version)
+
 
 def deploy_version(serving_url: str, name: str, version: str, timeout_s: float = 60) -> dict[str, Any]:
     """Make the server at ``serving_url`` serve ``name`` version ``version``.
@@ -56,7 +60,9 @@ def deploy_version(serving_url: str, name: str, version: str, timeout_s: float =
         detail = reply.json().get("detail", reply.text)
         raise DeployRefused(f"model server refused {name} v{version}: {detail}", served)
     if reply.status_code != 200:
-        raise DeployError(f"model server answered HTTP {reply.status_code} to the reload of {name} v{version}: {reply.text}")
+        raise DeployError(
+            f"model server answered HTTP {reply.status_code} to the reload of {name} v{version}: {reply.text}"
+        )
     if served != str(version):
         raise DeployError(f"after reload the server serves {name} v{served}, expected v{version}")
     log.info("model server %s now serves %s v%s", base, name, version)

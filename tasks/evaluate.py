@@ -166,7 +166,9 @@ def _champion_check(
         )
     if "champion" not in predictions:
         why = champion_error or "no predictions"
-        return Check("beats_champion", False, None, need, f"champion v{champion_version} could not score this holdout: {why}")
+        return Check(
+            "beats_champion", False, None, need, f"champion v{champion_version} could not score this holdout: {why}"
+        )
     name = gate.primary_metric
     point = float(
         m.improvement(
@@ -176,7 +178,13 @@ def _champion_check(
         )
     )
     gains = _bootstrap_gain(
-        name, y, predictions["candidate"], predictions["champion"], rule.bootstrap_samples, seed, gate.decision_threshold
+        name,
+        y,
+        predictions["candidate"],
+        predictions["champion"],
+        rule.bootstrap_samples,
+        seed,
+        gate.decision_threshold,
     )
     if gains.size == 0 or np.isnan(point):
         return Check("beats_champion", False, None, need, f"{name} is undefined on this holdout: cannot compare")
@@ -218,16 +226,21 @@ def _slice_checks(
         for group in sorted(pd.unique(values.astype(str))):
             mask = values.astype(str) == group
             rows = int(mask.sum())
-            value = float(m.score(name, y[mask], candidate[mask], threshold=gate.decision_threshold)) if rows else np.nan
-            judged = rows >= rule.min_rows and not np.isnan(value)
-            note = "" if judged else (f"fewer than {rule.min_rows} rows" if rows < rule.min_rows else f"{name} undefined")
-            per_group[group] = {"rows": rows, name: None if np.isnan(value) else value, "judged": judged, "note": note}
+            value = (
+                float(m.score(name, y[mask], candidate[mask], threshold=gate.decision_threshold)) if rows else np.nan
+            )
+            ok = rows >= rule.min_rows and not np.isnan(value)
+            note = "" if ok else (f"fewer than {rule.min_rows} rows" if rows < rule.min_rows else f"{name} undefined")
+            per_group[group] = {"rows": rows, name: None if np.isnan(value) else value, "judged": ok, "note": note}
         table[column] = per_group
         judged = {g: r[name] for g, r in per_group.items() if r["judged"]}
         skipped = sorted(g for g, r in per_group.items() if not r["judged"])
         skip_note = f"; not judged: {', '.join(skipped)}" if skipped else ""
         if len(judged) < 2:
-            reason = f"fewer than 2 groups of {column} with >= {rule.min_rows} rows and a defined {name}: no gap to judge{skip_note}"
+            reason = (
+                f"fewer than 2 groups of {column} with >= {rule.min_rows} rows and a defined {name}: "
+                f"no gap to judge{skip_note}"
+            )
             checks.append(Check(f"slice_gap_{column}", True, None, rule.max_gap, reason, {"groups": per_group}))
             continue
         best, worst = max(judged, key=lambda g: judged[g]), min(judged, key=lambda g: judged[g])
@@ -294,7 +307,9 @@ def decide_promotion(
     )
 
 
-def _champion_predictions(settings: Settings, spec: PipelineSpec, X: pd.DataFrame) -> tuple[str | None, Any, str | None]:  # noqa: N803
+def _champion_predictions(
+    settings: Settings, spec: PipelineSpec, X: pd.DataFrame
+) -> tuple[str | None, Any, str | None]:  # noqa: N803
     """The current champion's version and its predictions on ``X`` (or why it could not predict)."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -359,7 +374,11 @@ def evaluate_candidate(
         smoke.to_parquet(tmp, index=False)
 
     with mlflow.start_run(run_id=trained["run_id"]):
-        for role, prefix in (("candidate", "holdout_"), ("baseline", "baseline_holdout_"), ("champion", "champion_holdout_")):
+        for role, prefix in (
+            ("candidate", "holdout_"),
+            ("baseline", "baseline_holdout_"),
+            ("champion", "champion_holdout_"),
+        ):
             mlflow.log_metrics({f"{prefix}{k}": v for k, v in scores.get(role, {}).items() if v is not None})
         mlflow.log_artifact(str(smoke_path), artifact_path=str(Path(SMOKE_ARTIFACT).parent))
     log.info(

@@ -45,7 +45,7 @@ def _cast(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFrame, list[s
             continue
         if kind == "str":
             if spec.source.na_values:
-                frame[col] = frame[col].where(~frame[col].isin(spec.source.na_values), None)
+                frame[col] = frame[col].mask(frame[col].isin(spec.source.na_values))  # NaN in text: missing
             continue
         text = frame[col].where(~frame[col].isin(markers))
         values = pd.to_numeric(text, errors="coerce")

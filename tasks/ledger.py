@@ -212,7 +212,9 @@ def format_table(entries: list[Entry]) -> str:
     """The ledger as a fixed-width table for a terminal."""
     if not entries:
         return "(no ledger entries)"
-    head = f"{'seq':>4}  {'at (UTC)':<23}  {'pipeline':<14} {'action':<13} {'from':>4} -> {'to':<4}  {'actor':<40} reason"
+    head = (
+        f"{'seq':>4}  {'at (UTC)':<23}  {'pipeline':<14} {'action':<13} {'from':>4} -> {'to':<4}  {'actor':<40} reason"
+    )
     lines = [head, "-" * len(head)]
     for e in entries:
         lines.append(

@@ -48,31 +48,42 @@ def build_sections(
     """The card's content."""
     verdict = "PASSED" if decision["passed"] else "FAILED"
     promote = "will be promoted" if decision["promote"] else "will not be promoted"
+    schema = spec.schema_
+    if spec.task == "classification":
+        output = f"probability that {schema.target} = {schema.positive_label}"
+    else:
+        output = f"predicted {schema.target}"
     overview = Section(
         "Model",
         paragraphs=[spec.description],
         items=[
             f"pipeline `{spec.name}`, task {spec.task}, owner {spec.owner}",
-            f"family `{trained['family']}` (baseline `{spec.training.baseline.family}`), MLflow run `{trained['run_id']}`",
-            f"output: {'probability that ' + spec.schema_.target + ' = ' + str(spec.schema_.positive_label) if spec.task == 'classification' else 'predicted ' + spec.schema_.target}",
+            f"family `{trained['family']}` (baseline `{spec.training.baseline.family}`), "
+            f"MLflow run `{trained['run_id']}`",
+            f"output: {output}",
             f"gate ({decision['mode']}): **{verdict}**; the candidate {promote}",
         ],
     )
     train_days, holdout_days = datasets["train_partitions"], datasets["holdout_partitions"]
+    as_inputs = "also inputs" if set(schema.sensitive) & set(schema.input_columns) else "never inputs"
     data = Section(
         "Data",
         items=[
-            f"training: {datasets['train_rows']:,} rows from {len(train_days)} partitions ({train_days[0]} .. {train_days[-1]})",
-            f"holdout: {datasets['holdout_rows']:,} rows from {len(holdout_days)} partitions ({holdout_days[0]} .. {holdout_days[-1]}), "
-            "the most recent ones (time-based split)",
-            f"inputs: {', '.join(spec.schema_.input_columns)}",
-            f"sensitive columns (sliced, {'never inputs' if not set(spec.schema_.sensitive) & set(spec.schema_.input_columns) else 'also inputs'}): "
-            f"{', '.join(spec.schema_.sensitive) or 'none declared'}",
+            f"training: {datasets['train_rows']:,} rows from {len(train_days)} partitions "
+            f"({train_days[0]} .. {train_days[-1]})",
+            f"holdout: {datasets['holdout_rows']:,} rows from {len(holdout_days)} partitions "
+            f"({holdout_days[0]} .. {holdout_days[-1]}), the most recent ones (time-based split)",
+            f"inputs: {', '.join(schema.input_columns)}",
+            f"sensitive columns (sliced, {as_inputs}): {', '.join(schema.sensitive) or 'none declared'}",
         ],
     )
     roles = [r for r in ("candidate", "baseline", "champion") if decision["metrics"].get(r)]
     champion = evaluation.get("champion_version")
-    names = {"candidate": "candidate", "baseline": f"baseline ({spec.training.baseline.family})", "champion": f"champion v{champion}"}
+    names = {
+        "candidate": "candidate",
+        "baseline": f"baseline ({spec.training.baseline.family})",
+        "champion": f"champion v{champion}",
+    }
     metrics = Section(
         "Holdout metrics",
         paragraphs=[f"Primary metric: `{decision['primary_metric']}`. All models scored on the same holdout rows."],
@@ -83,7 +94,9 @@ def build_sections(
     for column, groups in (decision.get("slices") or {}).items():
         metric = next((k for k in next(iter(groups.values())) if k not in {"rows", "judged", "note"}), "metric")
         for group, row in groups.items():
-            slices.rows.append([column, group, f"{row['rows']:,}", _num(row.get(metric)), "yes" if row["judged"] else row["note"]])
+            slices.rows.append(
+                [column, group, f"{row['rows']:,}", _num(row.get(metric)), "yes" if row["judged"] else row["note"]]
+            )
         slices.header = ["column", "group", "holdout rows", metric, "judged"]
     if not slices.rows:
         slices.paragraphs.append("No slice check configured (gate.slices) or no sensitive columns declared.")

@@ -167,7 +167,14 @@ def record_outcome(
     """Append a decision that moves no alias (``rejected``, ``dry_run``) to the ledger."""
     current = champion_version(settings, name)
     entry = Entry(
-        name, action, actor or default_actor(), reason, current.version if current else None, version, run_id, details or {}
+        name,
+        action,
+        actor or default_actor(),
+        reason,
+        current.version if current else None,
+        version,
+        run_id,
+        details or {},
     )
     return ledger(settings).append(entry)
 

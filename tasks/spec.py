@@ -307,7 +307,11 @@ class PipelineSpec(_Strict):
     def _task_consistent(self) -> PipelineSpec:
         metrics = self.metric_names
         gate = self.gate
-        named = {gate.primary_metric, *gate.thresholds, *([gate.slices.metric] if gate.slices and gate.slices.metric else [])}
+        named = {
+            gate.primary_metric,
+            *gate.thresholds,
+            *([gate.slices.metric] if gate.slices and gate.slices.metric else []),
+        }
         unknown = sorted(named - set(metrics))
         if unknown:
             raise ValueError(f"gate uses metrics {unknown}, not defined for {self.task}; available: {list(metrics)}")
@@ -317,7 +321,10 @@ class PipelineSpec(_Strict):
             families = {self.training.model.family, self.training.baseline.family}
             if families & {"ridge", "torch"}:
                 raise ValueError(f"model families {sorted(families & {'ridge', 'torch'})} are regression-only")
-        elif self.training.model.family == "logistic_regression" or self.training.baseline.family == "logistic_regression":
+        elif (
+            self.training.model.family == "logistic_regression"
+            or self.training.baseline.family == "logistic_regression"
+        ):
             raise ValueError("logistic_regression is a classification family; this pipeline's task is regression")
         if gate.slices and not self.schema_.sensitive:
             raise ValueError("gate.slices needs schema.sensitive columns to slice by")

@@ -153,7 +153,9 @@ def train(pipeline: str, datasets: dict[str, Any], lineage: dict[str, str] | Non
     return train_model(spec, settings, datasets, lineage).to_dict()
 
 
-def evaluate(pipeline: str, trained: dict[str, Any], datasets: dict[str, Any], run_key: str = "adhoc") -> dict[str, Any]:
+def evaluate(
+    pipeline: str, trained: dict[str, Any], datasets: dict[str, Any], run_key: str = "adhoc"
+) -> dict[str, Any]:
     """Holdout metrics of candidate, baseline and current champion; per-row predictions kept for the gate."""
     from tasks.evaluate import evaluate_candidate
 
@@ -162,7 +164,9 @@ def evaluate(pipeline: str, trained: dict[str, Any], datasets: dict[str, Any], r
 
 
 def _card_url(settings: Settings, spec: PipelineSpec, run_id: str) -> str | None:
-    ui = settings.mlflow_ui_url or (settings.mlflow_tracking_uri if settings.mlflow_tracking_uri.startswith("http") else None)
+    ui = settings.mlflow_ui_url or (
+        settings.mlflow_tracking_uri if settings.mlflow_tracking_uri.startswith("http") else None
+    )
     if not ui:
         return None
     from tasks.tracking import client
@@ -212,8 +216,14 @@ def gate(
     if decision.mode == "enabled" and not decision.passed:
         failed = [c.name for c in decision.checks if not c.passed]
         record_outcome(
-            settings, spec.registered_model_name, "rejected", f"gate failed: {', '.join(failed)}", None, actor,
-            trained["run_id"], {"checks": {c.name: c.reason for c in decision.checks}},
+            settings,
+            spec.registered_model_name,
+            "rejected",
+            f"gate failed: {', '.join(failed)}",
+            None,
+            actor,
+            trained["run_id"],
+            {"checks": {c.name: c.reason for c in decision.checks}},
         )
         raise GateFailed(
             f"{pipeline} candidate (run {trained['run_id']}) failed the gate:\n{decision.summary()}", result
@@ -261,7 +271,8 @@ def promote(
     Without a ``decision`` (manual promotion from the CLI) the version is promoted over whatever is
     champion. ``dry_run`` verdicts are recorded in the ledger and promote nothing.
     """
-    from tasks.registry import champion_version, promote as promote_version, record_outcome
+    from tasks.registry import champion_version, record_outcome
+    from tasks.registry import promote as promote_version
 
     spec, settings, _ = _ctx(pipeline)
     name = spec.registered_model_name
@@ -274,7 +285,9 @@ def promote(
         expected, reason = (current.version if current else None), "promoted by hand"
     else:
         expected = decision.get("champion_version")
-        reason = f"gate {decision['mode']}: " + ("passed" if decision["passed"] else "failed, promoted because the gate is disabled")
+        reason = f"gate {decision['mode']}: " + (
+            "passed" if decision["passed"] else "failed, promoted because the gate is disabled"
+        )
     return promote_version(settings, name, version, expected, actor, reason, run_id)
 
 

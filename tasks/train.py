@@ -146,7 +146,9 @@ def _fit_and_log(
         mlflow.log_input(source, context="training")
         predictions = model.predict(X_raw)
         y_train = target_values(spec, train_raw[target])
-        mlflow.log_metrics({f"train_{k}": v for k, v in score_all(spec.metric_names, y_train, predictions).items() if v is not None})
+        mlflow.log_metrics(
+            {f"train_{k}": v for k, v in score_all(spec.metric_names, y_train, predictions).items() if v is not None}
+        )
         report = getattr(estimator, "training_report_", None)  # e.g. the torch family: device, epochs, step time
         if report:
             mlflow.log_metrics({f"fit.{k}": v for k, v in report.items() if isinstance(v, int | float)})

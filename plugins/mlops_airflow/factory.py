@@ -278,7 +278,7 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
             spec, settings, "evaluate_model", "evaluate", {"trained": trained, "datasets": datasets}, _evaluate_args
         )
         decision = gate_model(trained, metrics, datasets)
-        decision.operator.operator_extra_links = (ModelCardLink(),)
+        decision.operator.operator_extra_links = (ModelCardLink(),)  # type: ignore[attr-defined]
         registered = register_model(trained, decision)
         promoted = promote_model(decision, registered, trained)
         if spec.gate.approval.required:

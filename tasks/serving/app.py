@@ -341,7 +341,9 @@ class ModelService:
             output = current.model.predict(frame)
         except (MlflowException, ValueError, TypeError) as exc:
             message = getattr(exc, "message", str(exc))
-            raise HTTPException(422, detail=f"payload does not match {name} v{current.version}'s signature: {message}") from exc
+            raise HTTPException(
+                422, detail=f"payload does not match {name} v{current.version}'s signature: {message}"
+            ) from exc
         values = [float(v) for v in output]
         request_id = uuid.uuid4().hex
         self.log.append(request_id, current, request.instances, values)

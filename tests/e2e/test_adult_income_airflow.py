@@ -120,7 +120,12 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     v1 = registry.get_model_version_by_alias(P, "champion")
     assert v1.version == 1 and v1.tags["gate.check.slice_gap_sex"] == "pass"
     decision = _xcom(run, "gate_model", "return_value")
-    assert {c["name"] for c in decision["checks"]} >= {"min_roc_auc", "beats_baseline", "beats_champion", "slice_gap_race"}
+    assert {c["name"] for c in decision["checks"]} >= {
+        "min_roc_auc",
+        "beats_baseline",
+        "beats_champion",
+        "slice_gap_race",
+    }
     assert decision["metrics"]["candidate"]["roc_auc"] > decision["metrics"]["baseline"]["roc_auc"] > 0.85
 
     # the model card: on disk, on the MLflow run, as the version's description, linked from the gate task
@@ -143,11 +148,15 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
 
     # two more days land through the ingest DAG; a forced retrain is judged against champion v1
     for day in DAYS[8:]:
-        ingest = dags[f"{P}_ingest"].test(logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1))
+        ingest = dags[f"{P}_ingest"].test(
+            logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+        )
         assert str(ingest.state) == "success", _states(ingest)
     run = dags[f"{P}_train"].test(run_conf={"force": True})
     assert _states(run)["deploy_model"] == "success", _states(run)
-    champion_check = next(c for c in _xcom(run, "gate_model", "return_value")["checks"] if c["name"] == "beats_champion")
+    champion_check = next(
+        c for c in _xcom(run, "gate_model", "return_value")["checks"] if c["name"] == "beats_champion"
+    )
     assert "champion v1" in champion_check["reason"] and "CI" in champion_check["reason"]
     assert registry.get_model_version_by_alias(P, "champion").version == 2
     assert httpx.get(f"{url}/health").json()["models"][P]["version"] == "2"

@@ -118,8 +118,12 @@ def test_concurrent_promotions_yield_one_champion_and_record_the_losers(store: d
     start = time.time() + 20  # enough for every racer to import the stack before the common start
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", _RACER, v, str(start)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", _RACER, v, str(start)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for v in candidates
     ]

@@ -188,7 +188,9 @@ def test_small_and_single_class_groups_are_reported_not_judged():
 
 def test_empty_holdout_is_refused():
     with pytest.raises(EvaluationError, match="no rows"):
-        decide_promotion(CLASSIFICATION_METRICS, _gate(), np.array([]), {"candidate": np.array([]), "baseline": np.array([])})
+        decide_promotion(
+            CLASSIFICATION_METRICS, _gate(), np.array([]), {"candidate": np.array([]), "baseline": np.array([])}
+        )
 
 
 # ---- modes ----

@@ -118,12 +118,22 @@ def test_ledger_command_prints_a_table_and_json(registry):
     env = dict(os.environ)
     table = subprocess.run(
         [sys.executable, "-m", "tasks", "ledger", "--pipeline", P, "--limit", "1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     assert "promote" in table and "cli:ledger-test" in table and f"{v1} -> {v2}" in table
     lines = subprocess.run(
         [sys.executable, "-m", "tasks", "ledger", "--json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout.splitlines()
     last = json.loads(lines[-1])
     assert last["action"] == "promote" and last["to_version"] == v2 and last["seq"] > 0
@@ -143,12 +153,17 @@ def _tampered_version(c: dict[str, Any], shift: float) -> str:
     uri = f"models:/{P}/{c['registered']['version']}"
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     meta = Model.load(local)
-    sample = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=c["trained"]["run_id"], artifact_path=SMOKE_ARTIFACT))
+    sample = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(run_id=c["trained"]["run_id"], artifact_path=SMOKE_ARTIFACT)
+    )
     sample[EXPECTED_COLUMN] += shift
-    with mlflow.start_run(run_name="tampered") as run:
+    with mlflow.start_run(run_name="tampered"):
         info = mlflow.sklearn.log_model(
-            mlflow.sklearn.load_model(uri), name="model", signature=meta.signature,
-            input_example=meta.load_input_example(local), serialization_format="cloudpickle",
+            mlflow.sklearn.load_model(uri),
+            name="model",
+            signature=meta.signature,
+            input_example=meta.load_input_example(local),
+            serialization_format="cloudpickle",
         )
         path = c["root"] / "holdout_sample.parquet"
         sample.to_parquet(path, index=False)
@@ -172,7 +187,9 @@ def test_deploy_that_fails_its_smoke_test_keeps_the_old_version_serving(registry
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLP_SERVING_URL", url)
             get_settings.cache_clear()
-            with pytest.raises(DeployRefused, match=r"smoke test failed: (\d+) of \1 holdout rows differ .*max \|diff\| 5") as refused:
+            with pytest.raises(
+                DeployRefused, match=r"smoke test failed: (\d+) of \1 holdout rows differ .*max \|diff\| 5"
+            ) as refused:
                 stages.deploy(P, bad, actor="airflow:test")
         get_settings.cache_clear()
         assert "still serving v" + v1 in str(refused.value) and "champion alias back on v" + v1 in str(refused.value)
