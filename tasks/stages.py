@@ -180,7 +180,7 @@ def gate(
     trained: dict[str, Any],
     metrics: dict[str, Any],
     run_key: str,
-    datasets: dict[str, Any] | None = None,
+    datasets: dict[str, Any],
     actor: str | None = None,
 ) -> dict[str, Any]:
     """Apply the spec's gate to the evaluation; write the model card; record both on the run.
@@ -202,7 +202,7 @@ def gate(
     out = layout.run_dir(pipeline, run_key)
     record_decision(settings, pipeline, trained["run_id"], decision, out / "gate.json")
     result = decision.to_dict()
-    card = write_card(spec, trained, datasets or _datasets_of(out), metrics, result, out)
+    card = write_card(spec, trained, datasets, metrics, result, out)
     with mlflow.start_run(run_id=trained["run_id"]):
         mlflow.log_artifact(card["markdown"], artifact_path=CARD_DIR)
         mlflow.log_artifact(card["html"], artifact_path=CARD_DIR)
@@ -229,22 +229,6 @@ def gate(
             f"{pipeline} candidate (run {trained['run_id']}) failed the gate:\n{decision.summary()}", result
         )
     return result
-
-
-def _datasets_of(run_dir: Any) -> dict[str, Any]:
-    """Rebuild the dataset summary of a run from its files (for callers that did not pass it)."""
-    import pandas as pd
-
-    def days(name: str) -> list[str]:
-        frame = pd.read_parquet(run_dir / name)
-        return sorted(frame.iloc[:, 0].astype(str).unique())
-
-    return {
-        "train_partitions": days("train_raw.parquet"),
-        "holdout_partitions": days("holdout.parquet"),
-        "train_rows": len(pd.read_parquet(run_dir / "train_raw.parquet", columns=[])),
-        "holdout_rows": len(pd.read_parquet(run_dir / "holdout.parquet", columns=[])),
-    }
 
 
 def register(pipeline: str, trained: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, airflow_db: None) -> Any:
     (specs / f"{P}.yaml").write_text(yaml.safe_dump(raw))
     port = free_port()
     with pytest.MonkeyPatch.context() as mp:
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these: undone on exit
+            mp.delenv(var, raising=False)
         mp.setenv("MLP_PIPELINES_DIR", str(specs))
         mp.setenv("MLP_DATA_ROOT", str(tmp / "data"))
         mp.setenv("MLP_SERVING_URL", f"http://127.0.0.1:{port}")

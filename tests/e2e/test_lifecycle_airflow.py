@@ -34,6 +34,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path, airflow
     write_spec(tmp / "specs", landing_timeout_hours=0.01)
     port = free_port()
     with pytest.MonkeyPatch.context() as mp:
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these: undone on exit
+            mp.delenv(var, raising=False)
         mp.setenv("MLP_PIPELINES_DIR", str(tmp / "specs"))
         mp.setenv("MLP_DATA_ROOT", str(tmp / "data"))
         mp.setenv("MLP_SERVING_URL", f"http://127.0.0.1:{port}")

@@ -258,6 +258,11 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     with closing(_pg(stack["dbs"]["MLFLOW_DB"])) as conn, conn.cursor() as cur:
         cur.execute("SELECT name, alias, version FROM registered_model_aliases")
         assert ("bike_demand", "champion", int(champion.version)) in cur.fetchall()
+        # compose puts the promotion ledger beside MLflow's tables: the Airflow task recorded the promotion there
+        cur.execute("SELECT action, to_version, actor FROM promotion_ledger WHERE pipeline = 'bike_demand'")
+        action, to_version, who = cur.fetchall()[-1]
+        assert (action, to_version) == ("promote", str(champion.version))
+        assert who.startswith("airflow:bike_demand_train/")
     with closing(_pg(stack["dbs"]["AIRFLOW_DB"])) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM dag_run WHERE dag_id = 'bike_demand_ingest' AND run_type = 'backfill' "

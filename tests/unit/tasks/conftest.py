@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ WINDOW = ("2011-05-30", "2011-06-26")
 def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Run the stages on June 2011 (real data) into a session data root; v1 is champion."""
     root = tmp_path_factory.mktemp("champion") / "data"
-    old = os.environ.get("MLP_DATA_ROOT")
-    os.environ["MLP_DATA_ROOT"] = str(root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLP_DATA_ROOT", str(root))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these into os.environ
+        mp.delenv(var, raising=False)
     get_settings.cache_clear()
     try:
         stages.replay("bike_demand", *WINDOW)
@@ -44,10 +45,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             "promoted": promoted,
         }
     finally:
-        if old is None:
-            os.environ.pop("MLP_DATA_ROOT", None)
-        else:
-            os.environ["MLP_DATA_ROOT"] = old
+        mp.undo()
         get_settings.cache_clear()
 
 
@@ -55,6 +53,8 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 def use_champion_store(champion_store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """Point this test's settings at the session's champion store."""
     monkeypatch.setenv("MLP_DATA_ROOT", str(champion_store["root"]))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # never another test's store
+        monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()
     yield champion_store
     get_settings.cache_clear()
