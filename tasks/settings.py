@@ -80,6 +80,9 @@ class Settings(BaseModel):
     mlflow_experiment_prefix: str = ""
     serving_url: str
     serving_timeout_s: float = 60
+    serving_default_model: str | None = Field(
+        default=None, description="Pipeline answering POST /predict (others: /models/<name>/predict)."
+    )
     serving_max_batch: int = Field(default=10_000, gt=0, description="Rows per prediction request the server accepts.")
     ledger_uri: str = Field(description="The promotion ledger's database (sqlite:///... or postgresql://...).")
     mlflow_ui_url: str | None = Field(

@@ -185,8 +185,9 @@ def gate(
 ) -> dict[str, Any]:
     """Apply the spec's gate to the evaluation; write the model card; record both on the run.
 
-    A rejected candidate (``enabled`` mode) and a ``dry_run`` verdict are also recorded in the promotion
-    ledger. Returns the decision plus ``model_card`` (paths) and ``model_card_url`` (MLflow UI, if known).
+    A candidate rejected in ``enabled`` mode is also recorded in the promotion ledger (``dry_run`` verdicts
+    are recorded by :func:`promote`). Returns the decision plus ``model_card`` (paths), ``model_card_url``
+    (MLflow UI, if known) and ``summary`` (one line per check).
 
     Raises:
         GateFailed: In ``enabled`` mode, when any check fails.

@@ -2,7 +2,8 @@
 
 Endpoints:
     ``GET /health``                     name and version of every served model
-    ``POST /predict``                   the default pipeline's model, ``{"instances": [{col: value}, ...]}``
+    ``POST /predict``                   the default pipeline's model (``serving_default_model``),
+                                        ``{"instances": [{col: value}, ...]}``
     ``POST /models/{name}/predict``     a named pipeline's model
     ``POST /admin/reload``              ``{"model": name, "version": "3"}``: load that version (default: the
                                         current champion) beside the served one, smoke-test it, then switch;
@@ -244,13 +245,15 @@ class ModelService:
     """The served models of several pipelines, their swaps and the prediction log (framework-free core)."""
 
     def __init__(self, settings: Settings, pipelines: list[str]) -> None:
-        """Serve ``pipelines``; the first one answers ``/predict``."""
+        """Serve ``pipelines``; ``/predict`` answers for ``serving_default_model`` (else the first of them)."""
         if not pipelines:
             raise ValueError("the model server needs at least one pipeline to serve")
         from tasks.storage import DataLayout
 
         self.settings = settings
         self.pipelines = list(pipelines)
+        wanted = settings.serving_default_model
+        self.default = wanted if wanted in self.pipelines else self.pipelines[0]
         self.served: dict[str, ServedModel] = {}
         self._swap_lock = threading.Lock()
         self.log = PredictionLog(DataLayout(settings.data_root).prediction_log)
@@ -299,10 +302,10 @@ class ModelService:
 
     def health(self) -> dict[str, Any]:
         """Name and version of every served model."""
-        default = self.served.get(self.pipelines[0])
+        default = self.served.get(self.default)
         return {
             "status": "ok" if default else "no_model",
-            "model": self.pipelines[0],
+            "model": self.default,
             "version": default.version if default else None,
             "models": {name: m.describe() for name, m in self.served.items()},
         }
@@ -374,7 +377,7 @@ def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
 
     @app.post("/predict")
     def predict(request: PredictRequest) -> dict[str, Any]:
-        return service.predict(service.pipelines[0], request)
+        return service.predict(service.default, request)
 
     @app.post("/models/{name}/predict")
     def predict_named(name: str, request: PredictRequest) -> dict[str, Any]:

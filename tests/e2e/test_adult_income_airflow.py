@@ -145,6 +145,7 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     scores = np.array(reply.json()["predictions"])
     assert ((scores >= 0) & (scores <= 1)).all() and roc_auc_score(y, scores) > 0.85
     assert httpx.post(f"{url}/models/bike_demand/predict", json={"instances": [{}]}).status_code == 503
+    assert httpx.get(f"{url}/health").json()["model"] == "bike_demand"  # POST /predict stays bike demand's
     bad = httpx.post(f"{url}/models/{P}/predict", json={"instances": [rows[0] | {"age": "forty"}]})
     assert bad.status_code == 422 and "instances[0].age: expected long" in bad.json()["detail"]
 

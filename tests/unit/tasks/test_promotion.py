@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import uvicorn
 
 from tasks import stages
 from tasks.deploy import DeployRefused
+from tasks.evaluate import GateFailed
 from tasks.ledger import Entry, PromotionLedger
 from tasks.registry import CHAMPION, RollbackError, champion_version
 from tasks.serving.app import create_app
@@ -73,6 +75,20 @@ def test_a_candidate_judged_against_an_old_champion_loses_the_race(registry):
     assert client(get_settings()).get_model_version(P, b).tags["promotion.outcome"] == "lost_race"
     lost = _entries(registry)[-1]
     assert lost.action == "lost_race" and lost.to_version == b and f"to v{a}" in lost.reason
+
+
+def test_retrain_identical_to_the_champion_is_rejected_recorded_and_still_gets_its_card(registry):
+    c, v1 = registry, registry["registered"]["version"]
+    metrics = stages.evaluate(P, c["trained"], c["datasets"], "tie")  # the champion judged against itself
+    assert metrics["champion_version"] == v1 and metrics["champion"] == metrics["candidate"]
+    with pytest.raises(GateFailed, match="tie never promotes") as failed:
+        stages.gate(P, c["trained"], metrics, "tie", c["datasets"], actor="cli:tie-test")
+    card = Path(failed.value.result["model_card"]["html"]).read_text()
+    assert "beats_champion" in card and f"champion v{v1}" in card and 'class="fail"' in card
+    entry = _entries(c)[-1]
+    assert (entry.action, entry.actor, entry.from_version, entry.to_version) == ("rejected", "cli:tie-test", v1, None)
+    assert entry.reason == "gate failed: beats_champion" and "tie" in entry.details["checks"]["beats_champion"]
+    assert champion_version(get_settings(), P).version == v1
 
 
 def test_dry_run_verdict_is_recorded_and_moves_nothing(registry):
