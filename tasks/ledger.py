@@ -212,13 +212,13 @@ def format_table(entries: list[Entry]) -> str:
     """The ledger as a fixed-width table for a terminal."""
     if not entries:
         return "(no ledger entries)"
-    head = (
-        f"{'seq':>4}  {'at (UTC)':<23}  {'pipeline':<14} {'action':<13} {'from':>4} -> {'to':<4}  {'actor':<40} reason"
-    )
+    width = min(max(len(e.actor) for e in entries), 72)
+    head = f"{'seq':>4}  {'at (UTC)':<23}  {'pipeline':<14} {'action':<13} {'from':>4} -> {'to':<4}  "
+    head += f"{'actor':<{width}}  reason"
     lines = [head, "-" * len(head)]
     for e in entries:
         lines.append(
             f"{e.seq or '':>4}  {e.at[:23]:<23}  {e.pipeline:<14} {e.action:<13} {e.from_version or '-':>4} -> "
-            f"{e.to_version or '-':<4}  {e.actor[:40]:<40} {e.reason}"
+            f"{e.to_version or '-':<4}  {e.actor[:width]:<{width}}  {e.reason}"
         )
     return "\n".join(lines)

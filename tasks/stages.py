@@ -270,9 +270,9 @@ def promote(
         expected, reason = (current.version if current else None), "promoted by hand"
     else:
         expected = decision.get("champion_version")
-        reason = f"gate {decision['mode']}: " + (
-            "passed" if decision["passed"] else "failed, promoted because the gate is disabled"
-        )
+        verdict = "passed" if decision["passed"] else "failed, promoted because the gate is disabled"
+        versus = next((c["reason"] for c in decision.get("checks", []) if c["name"] == "beats_champion"), None)
+        reason = f"gate {decision['mode']}: {verdict}" + (f"; {versus}" if versus else "")
     return promote_version(settings, name, version, expected, actor, reason, run_id)
 
 
