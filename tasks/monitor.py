@@ -117,6 +117,70 @@ def _column_results(snapshot: dict[str, Any], p_value: float) -> tuple[float, di
     return share, columns
 
 
+def _performance_decay(
+    spec: PipelineSpec, settings: Settings, run_id: str, summary: dict[str, Any], labelled_rows: int
+) -> dict[str, Any] | None:
+    """The champion's primary metric on labelled served rows against its own holdout figure."""
+    limit = spec.monitoring.max_performance_decay
+    on_labelled = summary.get("champion_on_labelled") or {}
+    name = spec.gate.primary_metric
+    if limit is None or labelled_rows < spec.monitoring.min_rows or on_labelled.get(name) is None:
+        return None
+    from tasks.metrics import improvement
+    from tasks.tracking import client
+
+    holdout = client(settings).get_run(run_id).data.metrics.get(f"holdout_{name}")
+    if holdout is None:
+        return None
+    worse = -float(improvement(name, on_labelled[name], holdout))
+    return {
+        "metric": name,
+        "holdout": holdout,
+        "served": on_labelled[name],
+        "relative_worsening": worse,
+        "max": limit,
+        "violated": worse > limit,
+    }
+
+
+def _decide(spec: PipelineSpec, layout: DataLayout, summary: dict[str, Any], violations: list[str]) -> None:
+    """Apply the trigger policy to this window, log the decision, and report on the last retrain's effect."""
+    from tasks.monitor_policy import DecisionLog, decide
+
+    decisions = DecisionLog(layout.root / "monitoring" / spec.name / "decisions.jsonl")
+    history = decisions.read()
+    champion = summary.get("champion_version")
+    decision = decide(spec.monitoring.trigger, history, summary["window_end"], violations, champion)
+    figures = {k: summary[k] for k in ("drift_share", "performance_decay") if k in summary}
+    record = decision.to_dict() | {"figures": figures, "status": summary.get("status")}
+    requested = [h for h in history if h["retrain"] and h["window_end"] < summary["window_end"]]
+    if requested and requested[-1].get("champion_version") != champion and champion is not None:
+        then = requested[-1]
+        before, after = then.get("figures", {}), figures
+        closed = not violations
+        summary["after_retrain"] = {
+            "requested_for_window": then["window_end"],
+            "champion_then": then.get("champion_version"),
+            "champion_now": champion,
+            "violations_then": then["violations"],
+            "violations_now": violations,
+            "drift_share": {"then": before.get("drift_share"), "now": after.get("drift_share")},
+            "performance_decay": {
+                "then": (before.get("performance_decay") or {}).get("relative_worsening"),
+                "now": (after.get("performance_decay") or {}).get("relative_worsening"),
+            },
+            "gap_closed": closed,
+            "verdict": (
+                f"champion v{champion} (retrained after the window ending {then['window_end']}) "
+                + ("closed the gap: no violation now" if closed else f"did not close it: still {', '.join(violations)}")
+            ),
+        }
+        log.info("after retrain: %s", summary["after_retrain"]["verdict"])
+    decisions.append_record(record)
+    summary |= {"violations": violations, "retrain": decision.retrain, "decision": decision.reason}
+    log.info("trigger policy: %s", decision.reason)
+
+
 def check_drift(
     spec: PipelineSpec, settings: Settings, window_end: str, run_key: str, layout: DataLayout | None = None
 ) -> dict[str, Any]:
@@ -158,6 +222,7 @@ def check_drift(
             if champion is None
             else f"{len(current)} served rows in the window, fewer than min_rows={mon.min_rows}"
         )
+        _decide(spec, layout, summary, [])
         write_json(out / "summary.json", summary)
         log.info("drift check skipped: %s", summary["reason"])
         return summary
@@ -210,10 +275,16 @@ def check_drift(
         "report_html": str(html),
         "served_versions": sorted(current["model_version"].astype(str).unique()),
     }
-    summary["retrain"] = summary["status"] == "drift"
     summary["reason"] = (
         f"{len(drifted)}/{len(per_column)} columns drifted (share {share:.2f}, threshold {mon.drift_share_threshold})"
     )
+    violations = ["data_drift"] if summary["status"] == "drift" else []
+    decay = _performance_decay(spec, settings, champion.run_id, summary, len(labelled))
+    if decay is not None:
+        summary["performance_decay"] = decay
+        if decay["violated"]:
+            violations.append("performance_decay")
+    _decide(spec, layout, summary, violations)
     write_json(out / "summary.json", summary)
     log.info("drift check %s: %s; report %s", summary["status"], summary["reason"], html)
     return summary

@@ -254,6 +254,22 @@ class ModelCardSpec(_Strict):
     ethical_considerations: str | None = None
 
 
+class TriggerPolicySpec(_Strict):
+    """When violations become a retrain request (see :mod:`tasks.monitor_policy`)."""
+
+    k: int = Field(default=1, ge=1, description="Violating windows needed among the last n (the latest included).")
+    n: int = Field(default=1, ge=1)
+    cooldown_days: float = Field(default=0, ge=0, description="No new request this soon after the last one.")
+    max_retrains: int = Field(default=4, ge=1, description="At most this many requests per period.")
+    period_days: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> TriggerPolicySpec:
+        if self.k > self.n:
+            raise ValueError(f"trigger.k={self.k} cannot exceed trigger.n={self.n}")
+        return self
+
+
 class MonitoringSpec(_Strict):
     """The nightly drift check."""
 
@@ -266,6 +282,13 @@ class MonitoringSpec(_Strict):
     include_target: bool = Field(
         default=True, description="Once labels for served rows have landed, also compare the target distribution."
     )
+    max_performance_decay: float | None = Field(
+        default=None,
+        gt=0,
+        description="Relative worsening of the gate's primary metric on labelled served rows, against the "
+        "champion's own holdout figure, that counts as a violation (0.25 = 25 % worse).",
+    )
+    trigger: TriggerPolicySpec = TriggerPolicySpec()
 
 
 class PipelineSpec(_Strict):

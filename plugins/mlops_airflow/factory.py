@@ -375,8 +375,12 @@ def monitor_dag(spec: PipelineSpec, settings: Settings) -> DAG:
 Compares the model server's logged inputs whose event date falls in the {mon.window_days} day(s) before the
 run's logical date with the champion's training sample (Evidently; KS / chi-square, p < {mon.column_p_value}).
 Once labels for those rows have landed in the raw store the target is compared too. When the share of
-drifted columns reaches {mon.drift_share_threshold}, `request_retrain` updates `{retrain.uri}`, which
-schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and `summary.json` under the data root.
+drifted columns reaches {mon.drift_share_threshold} (or the champion's error on labelled rows decays past
+`max_performance_decay`), the window violates; the trigger policy (k={mon.trigger.k} of n={mon.trigger.n} windows,
+cooldown {mon.trigger.cooldown_days} days, at most {mon.trigger.max_retrains} per {mon.trigger.period_days} days)
+decides, every decision goes to `monitoring/{name}/decisions.jsonl`, and `request_retrain` updates
+`{retrain.uri}`, which schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and
+`summary.json` under the data root.
 """,
         schedule=mon.schedule,
         max_active_runs=1,
@@ -389,9 +393,9 @@ schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and `
 
         @task(outlets=[retrain])
         def request_retrain(summary: dict[str, Any]) -> str:
-            keep = ("drift_share", "drifted_columns", "window_days", "champion_version", "reason")
+            keep = ("drift_share", "drifted_columns", "window_days", "champion_version", "violations", "decision")
             get_current_context()["outlet_events"][retrain].extra = {k: summary.get(k) for k in keep}
-            return f"retrain requested: {summary['reason']}"
+            return f"retrain requested: {summary['decision']}"
 
         summary = heavy_stage(spec, settings, "check_drift", "monitor", {}, _monitor_args)
         drift_detected(summary) >> request_retrain(summary)

@@ -45,6 +45,13 @@ def test_drift_on_2012_traffic_requests_retrain_and_saves_reports(use_champion_s
     assert summary["rows"] == 168 and summary["labelled_rows"] == 168
     assert {"temp", "atemp", "cnt"} <= set(summary["drifted_columns"]) and summary["target_drifted"]
     assert summary["champion_on_labelled"]["mae"] > 0
+    # the champion's RMSE on the labelled 2012 week is far above its own holdout RMSE: decay, a second violation
+    decay = summary["performance_decay"]
+    assert decay["metric"] == "rmse" and decay["served"] > decay["holdout"] and decay["violated"]
+    assert summary["violations"] == ["data_drift", "performance_decay"] and "k=1 of n=1" in summary["decision"]
+    decisions = DataLayout(use_champion_store["root"]).root / "monitoring" / "bike_demand" / "decisions.jsonl"
+    logged = [json.loads(line) for line in decisions.read_text().splitlines()]
+    assert logged[-1]["window_end"] == "2012-07-09T02:00:00+00:00" and logged[-1]["retrain"] is True
     out = DataLayout(use_champion_store["root"]).monitoring_dir("bike_demand", "m1")
     assert "<html" in (out / "drift.html").read_text()[:2000].lower()
     assert json.loads((out / "summary.json").read_text())["drift_share"] == summary["drift_share"]
