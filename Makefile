@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install demo stop status ledger airflow lock test test-unit test-dags test-e2e lint typecheck clean
+.PHONY: install demo stop status ledger bench airflow lock test test-unit test-dags test-e2e lint typecheck clean
 
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.4"
@@ -23,6 +23,9 @@ stop:  ## stop what `make demo` started
 
 status: install
 	$(PY) scripts/demo.py status
+
+bench: install  ## monitoring, validation and training vs scipy / pandas / bare LightGBM at 1e4..1e6 rows (not in make test)
+	$(PY) scripts/bench.py $(ARGS)
 
 ledger: install  ## the demo stack's promotion ledger (who promoted, rolled back or lost, when and why)
 	$(PY) scripts/demo.py ledger $(ARGS)

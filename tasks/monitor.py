@@ -117,6 +117,39 @@ def _column_results(snapshot: dict[str, Any], p_value: float) -> tuple[float, di
     return share, columns
 
 
+def drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numerical: list[str],
+    categorical: list[str],
+    drift_share: float,
+    p_value: float,
+) -> tuple[Any, float, dict[str, dict[str, Any]]]:
+    """Evidently's data-drift preset over the columns: KS for numeric, chi-square for categorical columns.
+
+    Returns:
+        The Evidently snapshot (``save_html``), the share of drifted columns and one result per column.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    columns = numerical + categorical
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=columns, drift_share=drift_share, num_method="ks", cat_method="chisquare", threshold=p_value
+            )
+        ]
+    )
+    snapshot = report.run(
+        current_data=Dataset.from_pandas(current[columns], data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+    )
+    share, per_column = _column_results(snapshot.dict(), p_value)
+    return snapshot, share, per_column
+
+
 def _performance_decay(
     spec: PipelineSpec, settings: Settings, run_id: str, summary: dict[str, Any], labelled_rows: int
 ) -> dict[str, Any] | None:
@@ -197,9 +230,6 @@ def check_drift(
         The summary also written to ``summary.json``: ``status`` is ``drift``, ``no_drift``, ``no_champion``
         or ``insufficient_data``; ``retrain`` says whether to request a retrain.
     """
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
     layout = layout or DataLayout(settings.data_root)
     mon = spec.monitoring
     days = window_days(window_end, mon.window_days)
@@ -243,27 +273,12 @@ def check_drift(
         # demand itself shifting is the strongest retrain signal once its labels have landed
         numerical.append(target)
         current = labelled
-    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
-    columns = numerical + categorical
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=columns,
-                drift_share=mon.drift_share_threshold,
-                num_method="ks",
-                cat_method="chisquare",
-                threshold=mon.column_p_value,
-            )
-        ]
-    )
-    snapshot = report.run(
-        current_data=Dataset.from_pandas(current[columns], data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+    snapshot, share, per_column = drift_report(
+        reference, current, numerical, categorical, mon.drift_share_threshold, mon.column_p_value
     )
     html = out / "drift.html"
     with atomic_path(html) as tmp:
         snapshot.save_html(str(tmp))
-    share, per_column = _column_results(snapshot.dict(), mon.column_p_value)
     drifted = sorted(c for c, r in per_column.items() if r["drifted"])
     summary |= {
         "status": "drift" if share >= mon.drift_share_threshold else "no_drift",

@@ -1,0 +1,255 @@
+"""`make bench`: the monitoring, validation and training steps against their raw baselines, side by side.
+
+For each size (10^4, 10^5, 10^6 rows by default) and step, our implementation and its baseline run on the
+same data, each in a fresh process (so peak memory is that process's own maximum resident set):
+
+    monitoring   tasks.monitor.drift_report (Evidently, KS / chi-square)  vs  scipy ks_2samp / chi2_contingency
+                 on 20 columns of served rows against a 5,000-row reference
+    validation   tasks.validate.validate_frame (Great Expectations, the bike suite)  vs  the same checks as
+                 plain vectorised pandas
+    training     the train stage's model (FeatureBuilder + LightGBM from the spec)  vs  bare LightGBM with the
+                 same parameters on the already-featurised matrix
+
+Rows are drawn with replacement from the real bike-sharing data (plus five jittered copies of numeric
+columns to reach 20 monitored columns). Usage: ``python scripts/bench.py [--sizes 10000,100000,1000000]``.
+Times exclude imports and data generation; ratio = ours / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+NUMERIC = ["temp", "atemp", "hum", "windspeed", "hr", "weekday", "mnth", "casual", "registered", "cnt"]
+CATEGORICAL = ["season", "yr", "holiday", "workingday", "weathersit"]
+JITTERED = ["temp", "atemp", "hum", "windspeed", "cnt"]  # + 5 copies: 20 monitored columns
+REFERENCE_ROWS = 5000
+
+
+def _rows(n: int, seed: int, shift: float = 0.0) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    data = pd.read_csv(REPO.parent / "shared" / "datasets" / "bike_sharing_hour.csv.gz")
+    rng = np.random.default_rng(seed)
+    frame = data.iloc[rng.integers(0, len(data), n)].reset_index(drop=True)
+    if shift:
+        frame["temp"] = (frame["temp"] + shift).clip(0, 1)
+    return frame
+
+
+def _monitoring_columns(frame: Any, seed: int) -> Any:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = frame[NUMERIC + CATEGORICAL].copy()
+    for col in JITTERED:
+        out[f"{col}_j"] = out[col] + rng.normal(0, 0.01, len(out))
+    return out
+
+
+def _numeric_columns() -> list[str]:
+    return NUMERIC + [f"{c}_j" for c in JITTERED]
+
+
+# ---- the measured bodies (each runs in its own process) ----------------------------------------------
+
+
+def monitoring_ours(n: int) -> dict[str, Any]:
+    from tasks.monitor import drift_report
+
+    reference = _monitoring_columns(_rows(REFERENCE_ROWS, 1), 1)
+    current = _monitoring_columns(_rows(n, 2, shift=0.05), 2)
+    t0 = time.perf_counter()
+    _, share, columns = drift_report(reference, current, _numeric_columns(), CATEGORICAL, 0.3, 0.05)
+    return {"seconds": time.perf_counter() - t0, "result": f"share {share:.2f} of {len(columns)}"}
+
+
+def monitoring_baseline(n: int) -> dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    reference = _monitoring_columns(_rows(REFERENCE_ROWS, 1), 1)
+    current = _monitoring_columns(_rows(n, 2, shift=0.05), 2)
+    t0 = time.perf_counter()
+    drifted = 0
+    for col in _numeric_columns():
+        drifted += stats.ks_2samp(reference[col].to_numpy(), current[col].to_numpy()).pvalue < 0.05
+    for col in CATEGORICAL:
+        table = pd.concat([reference[col].value_counts(), current[col].value_counts()], axis=1).fillna(0)
+        table = table.loc[table.sum(axis=1) > 0].to_numpy()
+        drifted += table.shape[0] > 1 and stats.chi2_contingency(table)[1] < 0.05
+    share = float(drifted) / (len(_numeric_columns()) + len(CATEGORICAL))
+    return {"seconds": time.perf_counter() - t0, "result": f"share {share:.2f} of {np.int64(20)}"}
+
+
+def _suite() -> Any:
+    from tasks.spec import load_spec
+    from tasks.validate import load_suite
+
+    suite = load_suite(load_spec("bike_demand").expectations_path)
+    # a day has at most 24 rows; here one batch holds n rows: drop the row-count bound, keep every other check
+    suite.expectations = [e for e in suite.expectations if e.expectation_type != "expect_table_row_count_to_be_between"]
+    return suite
+
+
+def validation_ours(n: int) -> dict[str, Any]:
+    from tasks.validate import validate_frame
+
+    suite = _suite()
+    frame = _rows(n, 3)
+    t0 = time.perf_counter()
+    failures = validate_frame(frame, suite)
+    return {"seconds": time.perf_counter() - t0, "result": f"{len(failures)} failed of {len(suite.expectations)}"}
+
+
+def validation_baseline(n: int) -> dict[str, Any]:
+    suite = _suite()
+    checks = [(e.expectation_type, dict(e.configuration.kwargs)) for e in suite.expectations]
+    frame = _rows(n, 3)
+    t0 = time.perf_counter()
+    failed = 0
+    for kind, kw in checks:
+        col = frame[kw["column"]] if "column" in kw else None
+        if kind == "expect_table_columns_to_match_set":
+            bad = set(frame.columns) != set(kw["column_set"])
+        elif kind == "expect_column_values_to_not_be_null":
+            bad = bool(col.isna().any())
+        elif kind == "expect_column_values_to_be_between":
+            values = col.dropna()
+            bad = bool(
+                ((values < kw.get("min_value", -float("inf"))) | (values > kw.get("max_value", float("inf")))).any()
+            )
+        elif kind == "expect_column_values_to_be_in_set":
+            bad = bool((~col.dropna().isin(kw["value_set"])).any())
+        elif kind == "expect_column_values_to_be_in_type_list":
+            bad = col.dtype.name not in kw["type_list"]
+        elif kind == "expect_column_values_to_be_unique":
+            bad = bool(col.duplicated().any())
+        elif kind == "expect_column_values_to_match_regex":
+            bad = bool((~col.dropna().astype(str).str.match(kw["regex"])).any())
+        elif kind == "expect_column_mean_to_be_between":
+            mean = col.mean()
+            bad = not (kw.get("min_value", -float("inf")) <= mean <= kw.get("max_value", float("inf")))
+        else:
+            raise SystemExit(f"baseline has no pandas version of {kind}; add one to keep the comparison fair")
+        failed += bad
+    return {"seconds": time.perf_counter() - t0, "result": f"{failed} failed of {len(checks)}"}
+
+
+def _training_data(n: int) -> tuple[Any, Any, Any]:
+    from tasks.features import FeatureBuilder
+    from tasks.spec import load_spec
+
+    spec = load_spec("bike_demand")
+    frame = _rows(n, 4)
+    return spec, frame, FeatureBuilder.from_spec(spec.features)
+
+
+def training_ours(n: int) -> dict[str, Any]:
+    from sklearn.pipeline import Pipeline
+
+    from tasks.train import make_estimator
+
+    spec, frame, builder = _training_data(n)
+    inputs = frame[spec.schema_.input_columns]
+    t0 = time.perf_counter()
+    model = Pipeline([("features", builder), ("model", make_estimator(spec.training.model, spec.training.seed, spec))])
+    model.fit(inputs, frame[spec.schema_.target])
+    return {"seconds": time.perf_counter() - t0, "result": f"{model[-1].n_estimators_} trees"}
+
+
+def training_baseline(n: int) -> dict[str, Any]:
+    import lightgbm as lgb
+
+    spec, frame, builder = _training_data(n)
+    matrix = builder.transform(frame).to_numpy()  # the same matrix, built before the clock starts
+    target = frame[spec.schema_.target].to_numpy()
+    t0 = time.perf_counter()
+    model = lgb.LGBMRegressor(random_state=spec.training.seed, verbose=-1, **spec.training.model.params)
+    model.fit(matrix, target)
+    return {"seconds": time.perf_counter() - t0, "result": f"{model.n_estimators_} trees"}
+
+
+STEPS = {
+    "monitoring": (monitoring_ours, monitoring_baseline, "scipy ks_2samp / chi2"),
+    "validation": (validation_ours, validation_baseline, "vectorised pandas"),
+    "training": (training_ours, training_baseline, "bare LightGBM"),
+}
+
+
+def _child(fn_name: str, n: int, queue: Any) -> None:
+    import logging
+    import traceback
+    import warnings
+
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    try:
+        result = globals()[fn_name](n)
+    except BaseException:  # noqa: BLE001 - report any failure to the parent, which names the step
+        queue.put({"error": traceback.format_exc()})
+        return
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def measure(fn_name: str, n: int) -> dict[str, Any]:
+    """Run one body in a fresh process; its time and its own peak resident memory."""
+    import queue as queues
+
+    ctx = mp.get_context("spawn")
+    channel = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn_name, n, channel))
+    proc.start()
+    while True:
+        try:
+            result = channel.get(timeout=5)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"{fn_name}({n:,}) died with exit code {proc.exitcode} (out of memory?)") from None
+    proc.join()
+    if "error" in result:
+        raise SystemExit(f"{fn_name}({n:,}) failed:\n{result['error']}")
+    return dict(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    header = f"{'step':<11} {'rows':>9}  {'ours s':>8} {'baseline s':>10} {'ratio':>6}  {'ours MB':>8} {'base MB':>8}  baseline"
+    print(header, flush=True)  # noqa: T201 - the benchmark's output
+    print("-" * len(header), flush=True)  # noqa: T201
+    rows = []
+    for step in args.steps.split(","):
+        ours, base, label = STEPS[step]
+        for n in sizes:
+            a, b = measure(ours.__name__, n), measure(base.__name__, n)
+            ratio = a["seconds"] / b["seconds"] if b["seconds"] else float("inf")
+            rows.append({"step": step, "rows": n, "ours": a, "baseline": b, "ratio": ratio})
+            print(  # noqa: T201
+                f"{step:<11} {n:>9,}  {a['seconds']:>8.2f} {b['seconds']:>10.2f} {ratio:>5.1f}x  "
+                f"{a['peak_mb']:>8.0f} {b['peak_mb']:>8.0f}  {label} ({a['result']} | {b['result']})",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
