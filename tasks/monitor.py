@@ -178,7 +178,7 @@ def _performance_decay(
 
 def _decide(spec: PipelineSpec, layout: DataLayout, summary: dict[str, Any], violations: list[str]) -> None:
     """Apply the trigger policy to this window, log the decision, and report on the last retrain's effect."""
-    from tasks.monitor_policy import DecisionLog, decide
+    from tasks.monitor_policy import DecisionLog, decide, render_trend
 
     decisions = DecisionLog(layout.root / "monitoring" / spec.name / "decisions.jsonl")
     history = decisions.read()
@@ -210,7 +210,15 @@ def _decide(spec: PipelineSpec, layout: DataLayout, summary: dict[str, Any], vio
         }
         log.info("after retrain: %s", summary["after_retrain"]["verdict"])
     decisions.append_record(record)
-    summary |= {"violations": violations, "retrain": decision.retrain, "decision": decision.reason}
+    trend = decisions.path.with_name("trend.html")
+    with atomic_path(trend) as tmp:
+        tmp.write_text(render_trend(spec.name, [*history, record], spec.monitoring.drift_share_threshold))
+    summary |= {
+        "violations": violations,
+        "retrain": decision.retrain,
+        "decision": decision.reason,
+        "trend_html": str(trend),
+    }
     log.info("trigger policy: %s", decision.reason)
 
 

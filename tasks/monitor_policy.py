@@ -133,3 +133,49 @@ class DecisionLog:
             handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
             handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def render_trend(pipeline: str, history: list[dict[str, Any]], threshold: float) -> str:
+    """A standalone HTML page: drift share per window (SVG line, threshold, retrain markers) and every decision."""
+    import html
+
+    windows = latest_per_window(history)
+    shares = [(w["window_end"][:10], (w.get("figures") or {}).get("drift_share"), w["retrain"]) for w in windows]
+    width, height, pad = 720, 220, 30
+    points = [(i, s) for i, (_, s, _) in enumerate(shares) if s is not None]
+    step = (width - 2 * pad) / max(len(shares) - 1, 1)
+
+    def xy(i: int, share: float) -> tuple[float, float]:
+        return pad + i * step, height - pad - share * (height - 2 * pad)
+
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, s) for i, s in points))
+    marks = "".join(
+        f'<circle cx="{xy(i, s)[0]:.1f}" cy="{xy(i, s)[1]:.1f}" r="{6 if shares[i][2] else 3}" '
+        f'fill="{"#c0392b" if shares[i][2] else "#2c3e50"}"><title>{shares[i][0]}: {s:.2f}</title></circle>'
+        for i, s in points
+    )
+    _, ty = xy(0, threshold)
+    svg = (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="drift share per window">'
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fafafa"/>'
+        f'<line x1="{pad}" y1="{ty:.1f}" x2="{width - pad}" y2="{ty:.1f}" stroke="#e67e22" stroke-dasharray="4"/>'
+        f'<text x="{pad}" y="{ty - 4:.1f}" font-size="11" fill="#e67e22">threshold {threshold}</text>'
+        f'<polyline points="{line}" fill="none" stroke="#2c3e50" stroke-width="1.5"/>{marks}</svg>'
+    )
+    rows = "".join(
+        f"<tr{' class=retrain' if w['retrain'] else ''}><td>{html.escape(w['window_end'])}</td>"
+        f"<td>{html.escape(str(w.get('champion_version')))}</td><td>{html.escape(str(w.get('status', '')))}</td>"
+        f"<td>{(w.get('figures') or {}).get('drift_share', '')}</td><td>{html.escape(', '.join(w['violations']))}</td>"
+        f"<td>{'yes' if w['retrain'] else 'no'}</td><td>{html.escape(w['reason'])}</td></tr>"
+        for w in reversed(windows)
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{pipeline}: monitoring trend</title>'
+        "<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}tr.retrain td{background:#fde8e8}</style>"
+        f"</head><body><h1>{html.escape(pipeline)}: drift share per monitoring window</h1>"
+        f"<p>Red points: a retrain was requested. Newest window first below.</p>{svg}"
+        "<table><thead><tr><th>window end</th><th>champion</th><th>status</th><th>drift share</th>"
+        f"<th>violations</th><th>retrain</th><th>decision</th></tr></thead><tbody>{rows}</tbody></table>"
+        "</body></html>\n"
+    )

@@ -117,3 +117,7 @@ def test_every_window_is_logged_and_the_next_one_after_a_retrain_says_if_the_gap
     assert not still["after_retrain"]["gap_closed"] and "did not close it" in still["after_retrain"]["verdict"]
     lines = (tmp_path / "monitoring" / "bike_demand" / "decisions.jsonl").read_text().splitlines()
     assert [json.loads(line)["status"] for line in lines] == ["drift", "no_drift", "drift"]
+    trend = (tmp_path / "monitoring" / "bike_demand" / "trend.html").read_text()
+    assert still["trend_html"].endswith("trend.html") and trend.count("<circle") == 3
+    assert trend.count("class=retrain") == 1 and "threshold 0.3" in trend  # window 9 only:
+    assert still["retrain"] is False and "cooldown" in still["decision"]  # 11 is within the 3-day cooldown
