@@ -8,9 +8,6 @@ retrains on new days (challenger vs champion on the same holdout), then restores
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,8 @@ import pytest
 import yaml
 
 from tasks.settings import get_settings
-from tests.conftest import REPO, SHARED, free_port, wait_healthy, write_spec
+from tests.conftest import REPO, SHARED, write_spec
+from tests.e2e.conftest import airflow_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data]
 P = "adult_income"
@@ -39,37 +37,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, airflow_db: None) -> Any:
     raw["gate"]["champion"] = {"max_regression": 0.02, "bootstrap_samples": 300}
     raw["gate"]["slices"]["max_gap"] = 0.10  # a 2-day holdout has ~120 rows of its smallest judged group
     (specs / f"{P}.yaml").write_text(yaml.safe_dump(raw))
-    port = free_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these: undone on exit
-            mp.delenv(var, raising=False)
-        mp.setenv("MLP_PIPELINES_DIR", str(specs))
-        mp.setenv("MLP_DATA_ROOT", str(tmp / "data"))
-        mp.setenv("MLP_SERVING_URL", f"http://127.0.0.1:{port}")
-        get_settings.cache_clear()
-        from tasks.tracking import ensure_store
-
-        ensure_store(get_settings())
-        log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed below
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tasks", "serve", "--port", str(port)],  # every spec: adult and bike
-            env=dict(os.environ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, timeout_s=120)
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-        assert bag.import_errors == {}
-        try:
-            yield {"url": url, "dags": bag.dags, "root": tmp / "data"}
-        finally:
-            server.terminate()
-            server.wait(10)
-            log.close()
-            get_settings.cache_clear()
+    with airflow_stack(tmp, specs, []) as stack:  # serves every spec: adult and bike
+        yield stack
 
 
 def _states(run: Any) -> dict[str, str]:

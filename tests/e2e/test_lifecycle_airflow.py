@@ -6,8 +6,6 @@ real model server process. The spec is the shipped one with a shorter window, so
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,8 @@ import httpx
 import pytest
 
 from tasks.settings import get_settings
-from tests.conftest import REPO, SHARED, free_port, wait_healthy, write_spec
+from tests.conftest import SHARED, write_spec
+from tests.e2e.conftest import airflow_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data]
 DROP = ["instant", "casual", "registered", "cnt"]
@@ -32,39 +31,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, session_state: Path, airflow
     tmp = tmp_path_factory.mktemp("e2e")
     # landing timeout: a missing file fails the sensor in ~36 s instead of waiting 12 h
     write_spec(tmp / "specs", landing_timeout_hours=0.01)
-    port = free_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these: undone on exit
-            mp.delenv(var, raising=False)
-        mp.setenv("MLP_PIPELINES_DIR", str(tmp / "specs"))
-        mp.setenv("MLP_DATA_ROOT", str(tmp / "data"))
-        mp.setenv("MLP_SERVING_URL", f"http://127.0.0.1:{port}")
-        get_settings.cache_clear()
-        import os
-
-        from tasks.tracking import ensure_store
-
-        ensure_store(get_settings())
-        log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed below
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tasks", "serve", "--pipelines", "bike_demand", "--port", str(port)],
-            env=dict(os.environ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, timeout_s=120)
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-        assert bag.import_errors == {}
-        try:
-            yield {"url": url, "dags": bag.dags, "root": tmp / "data", "log": tmp / "server.log"}
-        finally:
-            server.terminate()
-            server.wait(10)
-            log.close()
-            get_settings.cache_clear()
+    with airflow_stack(tmp, tmp / "specs", ["--pipelines", "bike_demand"]) as stack:
+        yield stack
 
 
 def _states(run: Any) -> dict[str, str]:

@@ -75,6 +75,14 @@ def _pg(dbname: str = "postgres") -> Any:
     return conn
 
 
+def require_postgres() -> None:
+    """Skip the calling test, with the reason, when PostgreSQL does not answer."""
+    try:
+        _pg().close()
+    except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
+        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER!r} ({exc}); CI machines have it")
+
+
 def _clean_env() -> dict[str, str]:
     """This process's environment without the test session's own Airflow/MLflow/pipeline settings."""
     prefixes = ("AIRFLOW", "MLP_", "MLFLOW_", "ML_ENV")
@@ -83,10 +91,7 @@ def _clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    try:
-        _pg().close()
-    except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
-        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER!r} ({exc}); CI machines have it")
+    require_postgres()
     tmp = tmp_path_factory.mktemp("stack")
     suffix = secrets.token_hex(4)
     dbs = {"AIRFLOW_DB": f"mlp_stack_airflow_{suffix}", "MLFLOW_DB": f"mlp_stack_mlflow_{suffix}"}

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, SHARED, free_port, wait_healthy
-from tests.stack.test_compose_stack import PG_HOST, PG_PORT, PG_USER, _clean_env, _pg
+from tests.stack.test_compose_stack import PG_HOST, PG_PORT, PG_USER, _clean_env, _pg, require_postgres
 
 pytestmark = [pytest.mark.needs_data, pytest.mark.needs_postgres]
 RACERS = 5
@@ -41,10 +41,7 @@ print(json.dumps(stages.promote("bike_demand", version, decision, f"racer-{versi
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A fresh PostgreSQL database behind an ``mlflow server`` and the ledger."""
-    try:
-        _pg().close()
-    except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
-        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER!r} ({exc}); CI machines have it")
+    require_postgres()
     tmp = tmp_path_factory.mktemp("race")
     db = f"mlp_race_{secrets.token_hex(4)}"
     with closing(_pg()) as conn, conn.cursor() as cur:

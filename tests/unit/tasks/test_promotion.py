@@ -130,29 +130,20 @@ def test_ledger_is_append_only_in_the_database(registry):
         Entry(P, "promoted-by-magic", "me", "why")
 
 
+def _ledger_cli(*args: str) -> str:
+    command = [sys.executable, "-m", "tasks", "ledger", *args]
+    out = subprocess.run(
+        command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=60, check=True
+    )
+    return out.stdout
+
+
 def test_ledger_command_prints_a_table_and_json(registry):
     v1, v2 = registry["registered"]["version"], _new_version(registry)
     stages.promote(P, v2, _judged_against(registry, v1), actor="cli:ledger-test")
-    env = dict(os.environ)
-    table = subprocess.run(
-        [sys.executable, "-m", "tasks", "ledger", "--pipeline", P, "--limit", "1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    table = _ledger_cli("--pipeline", P, "--limit", "1")
     assert "promote" in table and "cli:ledger-test" in table and f"{v1} -> {v2}" in table
-    lines = subprocess.run(
-        [sys.executable, "-m", "tasks", "ledger", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.splitlines()
+    lines = _ledger_cli("--json").splitlines()
     last = json.loads(lines[-1])
     assert last["action"] == "promote" and last["to_version"] == v2 and last["seq"] > 0
 
