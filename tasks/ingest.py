@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from tasks.errors import PermanentError
 from tasks.spec import PipelineSpec
-from tasks.storage import DataLayout, atomic_path, parse_day
+from tasks.storage import DataLayout, atomic_path, parse_day, write_json
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,9 @@ class IngestResult:
     uri: str
     rows: int
     uncast_columns: list[str]
+    sha256: str = ""
+    skipped: bool = False
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Small, JSON-able form for XCom."""
@@ -60,16 +67,24 @@ def _cast(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFrame, list[s
     return frame, uncast
 
 
-def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str) -> IngestResult:
+def _source_record(layout: DataLayout, pipeline: str, day: str) -> Path:
+    return layout.raw_partition(pipeline, day).with_name("_source.json")
+
+
+def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str, skip_if_unchanged: bool = False) -> IngestResult:
     """Read ``landing/<pipeline>/<day>.csv`` and write ``raw/<pipeline>/dt=<day>/part.parquet`` atomically.
 
     Re-running a day rewrites the same partition byte for byte. The batch is stored even when it looks
     wrong: deciding what is valid is the validation stage's job, which quarantines it with reasons.
+    The landing file's SHA-256 is kept beside the partition (``_source.json``); with ``skip_if_unchanged``
+    (upstream events, which may arrive twice or late) a file already ingested unchanged is not processed
+    again, while a corrected delivery (new bytes) is.
 
     Args:
         spec: The pipeline.
         layout: Data root layout.
         day: The partition date (the data interval start), ``YYYY-MM-DD``.
+        skip_if_unchanged: Return without rewriting when this exact file was already ingested.
 
     Returns:
         The partition written.
@@ -84,6 +99,15 @@ def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str) -> Ingest
             f"no landing file for {spec.name} partition {day}: expected {source}. "
             "Has the upstream delivered it? Re-run this task once it lands."
         )
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    record = _source_record(layout, spec.name, day)
+    target = layout.raw_partition(spec.name, day)
+    if skip_if_unchanged and target.is_file() and record.is_file():
+        seen = json.loads(record.read_text())
+        if seen.get("sha256") == digest:
+            why = f"already ingested from an identical landing file at {seen.get('ingested_at')}: nothing to do"
+            log.info("%s partition %s: %s", spec.name, day, why)
+            return IngestResult(day, str(target), int(seen.get("rows", 0)), [], digest, True, why)
     try:
         frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -92,10 +116,11 @@ def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str) -> Ingest
     order = [c for c in spec.source.order_by if c in frame.columns]
     if order:
         frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
-    target = layout.raw_partition(spec.name, day)
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)
+    ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json(record, {"sha256": digest, "rows": len(frame), "source": str(source), "ingested_at": ingested_at})
     if uncast:
         log.warning("partition %s: columns %s did not cast to their declared types", day, uncast)
     log.info("ingested %s rows of %s partition %s -> %s", len(frame), spec.name, day, target)
-    return IngestResult(partition=day, uri=str(target), rows=len(frame), uncast_columns=uncast)
+    return IngestResult(partition=day, uri=str(target), rows=len(frame), uncast_columns=uncast, sha256=digest)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 RETRAIN_ASSET = "ml://{pipeline}/retrain"
 RAW_ASSET = "ml://{pipeline}/raw"
+LANDING_ASSET = "ml://{pipeline}/landing"
 
 
 def _ctx(pipeline: str) -> tuple[PipelineSpec, Settings, DataLayout]:
@@ -45,12 +46,12 @@ def landing_ready(pipeline: str, day: str) -> bool:
     return layout.landing_file(pipeline, parse_day(day)).is_file()
 
 
-def ingest(pipeline: str, day: str) -> dict[str, Any]:
-    """Landing file of ``day`` -> raw partition."""
+def ingest(pipeline: str, day: str, skip_if_unchanged: bool = False) -> dict[str, Any]:
+    """Landing file of ``day`` -> raw partition (``skip_if_unchanged``: skip a file already ingested as is)."""
     from tasks.ingest import ingest_partition
 
     spec, _, layout = _ctx(pipeline)
-    return ingest_partition(spec, layout, day).to_dict()
+    return ingest_partition(spec, layout, day, skip_if_unchanged).to_dict()
 
 
 def _champion_data_end(settings: Settings, spec: PipelineSpec) -> tuple[str | None, str | None]:

@@ -151,6 +151,8 @@ def _quarantine(
     # reasons first, then the move: a crash in between leaves the data in raw/, never nowhere.
     write_json(target_dir / "reasons.json", asdict(entry))
     os.replace(raw, target_dir / "part.parquet")
+    for sidecar in raw.parent.iterdir():  # e.g. _source.json (the landing file's hash) travels with the data
+        os.replace(sidecar, target_dir / sidecar.name)
     raw.parent.rmdir()
     return entry
 

@@ -16,12 +16,21 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronDataIntervalTimetable,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
 from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow.links import ModelCardLink
 from tasks.errors import PermanentError
-from tasks.stages import RAW_ASSET, RETRAIN_ASSET
+from tasks.stages import LANDING_ASSET, RAW_ASSET, RETRAIN_ASSET
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.xcom_arg import XComArg
@@ -124,16 +133,35 @@ def retrain_asset(pipeline: str) -> Asset:
     return Asset(RETRAIN_ASSET.format(pipeline=pipeline), group="ml")
 
 
-def _partition(params: dict[str, Any] | None, data_interval_start: Any) -> str:
-    day = (params or {}).get("partition") or (data_interval_start and data_interval_start.date().isoformat())
-    if not day:
-        raise AirflowFailException("no data interval: trigger with a 'partition' date (YYYY-MM-DD)")
-    return str(day)
+def landing_asset(pipeline: str) -> Asset:
+    """Updated by upstream systems (REST API) when a day's file has landed: ``extra = {"partition": day}``."""
+    return Asset(LANDING_ASSET.format(pipeline=pipeline), group="ml")
+
+
+def _partitions(params: dict[str, Any] | None, data_interval_start: Any, events: Any) -> list[str]:
+    """The days one ingest run handles: the trigger form's, the upstream events' (deduplicated), or the interval's."""
+    if (params or {}).get("partition"):
+        return [str(params["partition"])]  # type: ignore[index]
+    if events:
+        days = []
+        for asset, asset_events in events.items():
+            for event in asset_events:
+                day = (event.extra or {}).get("partition")
+                if not day:
+                    raise AirflowFailException(
+                        f"an event on {asset.uri} carries no 'partition' in its extra: "
+                        'record it with extra {"partition": "YYYY-MM-DD"}'
+                    )
+                days.append(str(day)[:10])
+        return sorted(set(days))  # duplicate events merged into one run are one partition
+    if data_interval_start:
+        return [data_interval_start.date().isoformat()]
+    raise AirflowFailException("no data interval: trigger with a 'partition' date (YYYY-MM-DD)")
 
 
 def ingest_dag(spec: PipelineSpec) -> DAG:
-    """Daily: the data interval's landing file becomes a raw partition; updates the raw Asset."""
-    name, raw = spec.name, raw_asset(spec.name)
+    """Daily, or when upstream records a landing event: landing files become raw partitions; updates the raw Asset."""
+    name, raw, landing = spec.name, raw_asset(spec.name), landing_asset(spec.name)
 
     @dag(
         dag_id=f"{name}_ingest",
@@ -145,8 +173,14 @@ interval, takes it and writes
 `{raw.uri}`, which schedules `{name}_train`. Backfill history with
 `airflow backfill create --dag-id {name}_ingest --from-date 2011-01-01 --to-date 2011-01-31`.
 Validation happens in `{name}_train`, per partition, so one bad day never blocks the others.
+
+Upstream systems can also start it: an event on the Asset `{landing.uri}` with `extra = {{"partition": "YYYY-MM-DD"}}`
+(Airflow REST API `POST /api/v2/assets/events`) ingests that day at once. Events for a file already ingested
+unchanged (duplicates, late repeats) are skipped and say so; a re-delivered, corrected file is ingested again.
 """,
-        schedule=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"), assets=[landing]
+        ),
         max_active_runs=8,
         **_common(spec, "ingest"),
         params={
@@ -161,21 +195,33 @@ Validation happens in `{name}_train`, per partition, so one bad day never blocks
     def pipeline() -> None:
         # reschedule mode: no worker slot is held between pokes while upstream has not delivered yet
         @task.sensor(poke_interval=300, timeout=spec.landing_timeout_hours * 3600, mode="reschedule")
-        def wait_for_landing(params: dict[str, Any] | None = None, data_interval_start: Any = None) -> bool:
+        def wait_for_landing(
+            params: dict[str, Any] | None = None, data_interval_start: Any = None, triggering_asset_events: Any = None
+        ) -> bool:
             from tasks import stages
 
-            return stages.landing_ready(name, _partition(params, data_interval_start))
+            days = _partitions(params, data_interval_start, triggering_asset_events)
+            return all(stages.landing_ready(name, day) for day in days)
 
         @task(outlets=[raw])
-        def ingest_partition(params: dict[str, Any] | None = None, data_interval_start: Any = None) -> dict[str, Any]:
+        def ingest_partition(
+            params: dict[str, Any] | None = None, data_interval_start: Any = None, triggering_asset_events: Any = None
+        ) -> dict[str, Any]:
             from tasks import stages
 
-            result = _call(stages.ingest, name, _partition(params, data_interval_start))
+            days = _partitions(params, data_interval_start, triggering_asset_events)
+            from_event = bool(triggering_asset_events) and not (params or {}).get("partition")
+            results = [_call(stages.ingest, name, day, from_event) for day in days]
+            new = [r for r in results if not r["skipped"]]
+            for r in results:
+                if r["skipped"]:
+                    print(f"{name} partition {r['partition']}: {r['reason']}")  # noqa: T201 - the task log
             get_current_context()["outlet_events"][raw].extra = {
-                "partition": result["partition"],
-                "rows": result["rows"],
+                "partitions": [r["partition"] for r in new],
+                "skipped": [r["partition"] for r in results if r["skipped"]],
+                "rows": sum(r["rows"] for r in new),
             }
-            return result
+            return {"partitions": results}
 
         wait_for_landing() >> ingest_partition()
 

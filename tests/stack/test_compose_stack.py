@@ -285,3 +285,32 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     reply = httpx.post(f"{server}/predict", json={"instances": rows}, timeout=30)
     assert reply.status_code == 200, reply.text
     assert len(reply.json()["predictions"]) == 24 and reply.json()["model_version"] == str(champion.version)
+
+    # an upstream system announces a new day through the REST API: ingestion runs at once; a repeat is a no-op
+    replay = subprocess.run(
+        [sys.executable, "-m", "tasks", "replay", "--pipeline", "bike_demand", "--args",
+         '{"start": "2011-06-21", "end": "2011-06-21"}'],
+        env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    (asset,) = _api(base, "GET", "/assets", params={"uri_pattern": "ml://bike_demand/landing"})["assets"]
+    for attempt in (1, 2):  # the second event repeats the first (an at-least-once upstream)
+        event = {"asset_id": asset["id"], "extra": {"partition": "2011-06-21", "source": "upstream-export"}}
+        _api(base, "POST", "/assets/events", json=event)
+
+        def event_run(n: int = attempt) -> dict[str, Any] | None:
+            runs = [r for r in _runs(base, "bike_demand_ingest") if r["run_type"] == "asset_triggered"]
+            done = [r for r in runs if r["state"] in ("success", "failed")]
+            return done[-1] if len(done) >= n else None
+
+        run = _wait_until(f"the asset-triggered ingest run {attempt}", event_run, 240, logs)
+        assert run["state"] == "success", run
+        xcom = _api(
+            base,
+            "GET",
+            f"/dags/bike_demand_ingest/dagRuns/{run['dag_run_id']}/taskInstances/ingest_partition/xcomEntries/return_value",
+        )["value"]
+        (result,) = xcom["partitions"]
+        assert result["partition"] == "2011-06-21" and result["skipped"] is (attempt == 2), result
+    assert (stack["root"] / "raw" / "bike_demand" / "dt=2011-06-21" / "part.parquet").is_file()
+    assert "identical landing file" in result["reason"]

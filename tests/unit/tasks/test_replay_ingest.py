@@ -52,3 +52,15 @@ def test_ingest_keeps_a_bad_batch_for_validation_to_judge(spec, layout):
 def test_missing_landing_file_says_what_to_do(spec, layout):
     with pytest.raises(IngestError, match="no landing file for bike_demand partition 2011-07-01.*Re-run"):
         ingest_partition(spec, layout, "2011-07-01")
+
+
+def test_duplicate_event_skips_an_unchanged_file_but_a_corrected_delivery_is_ingested(spec, layout):
+    replay_days(spec, layout, SHARED, "2011-06-02", "2011-06-02")
+    first = ingest_partition(spec, layout, "2011-06-02", skip_if_unchanged=True)
+    assert not first.skipped and len(first.sha256) == 64
+    again = ingest_partition(spec, layout, "2011-06-02", skip_if_unchanged=True)  # the same event, twice
+    assert again.skipped and again.rows == 24 and "identical landing file" in again.reason
+    landing = layout.landing_file("bike_demand", "2011-06-02")
+    landing.write_text(landing.read_text().replace(",0.8,", ",0.81,", 1))  # upstream re-delivers a correction
+    corrected = ingest_partition(spec, layout, "2011-06-02", skip_if_unchanged=True)
+    assert not corrected.skipped and corrected.sha256 != first.sha256

@@ -23,6 +23,8 @@ def three_days(spec, layout):
 
 def test_bad_partition_is_quarantined_with_reasons_and_good_ones_pass(spec, layout, three_days):
     bad_bytes = layout.raw_partition("bike_demand", "2011-06-02").read_bytes()
+    sidecar = layout.raw_partition("bike_demand", "2011-06-02").with_name("_source.json")
+    sidecar.write_text('{"sha256": "abc"}')  # what ingest keeps beside a partition
     result = validate_partitions(spec, layout, three_days, "run1")
     assert result.valid == ["2011-06-01", "2011-06-03"]
     assert [q.partition for q in result.quarantined] == ["2011-06-02"]
@@ -30,6 +32,7 @@ def test_bad_partition_is_quarantined_with_reasons_and_good_ones_pass(spec, layo
     assert not layout.raw_partition("bike_demand", "2011-06-02").exists()
     qdir = layout.quarantine_dir("bike_demand", "2011-06-02") / "run1"
     assert (qdir / "part.parquet").read_bytes() == bad_bytes
+    assert (qdir / "_source.json").is_file() and not sidecar.parent.exists()  # the whole partition moved
     reasons = json.loads((qdir / "reasons.json").read_text())
     failed = {(f["expectation"], f["column"]): f for f in reasons["failures"]}
     hum = failed[("expect_column_values_to_be_between", "hum")]
