@@ -19,7 +19,7 @@ import pandas as pd
 from tasks import metrics as m
 from tasks.errors import PermanentError
 from tasks.settings import Settings
-from tasks.spec import HIGHER_IS_BETTER, GateSpec, PipelineSpec
+from tasks.spec import GateSpec, PipelineSpec
 from tasks.storage import DataLayout, atomic_path, write_json
 from tasks.tracking import start_tracking
 
@@ -47,7 +47,7 @@ class EvaluationError(RuntimeError):
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """RMSE, MAE and R2 (kept for the monitor's performance-on-labels figures).
+    """RMSE, MAE and R2 of one prediction vector, with the input checked (a convenience over :mod:`tasks.metrics`).
 
     Raises:
         EvaluationError: The arrays are empty or differ in length.
@@ -417,8 +417,19 @@ def gate_from_predictions(spec: PipelineSpec, evaluation: dict[str, Any]) -> Gat
     )
 
 
-def record_decision(settings: Settings, pipeline: str, run_id: str, decision: GateDecision, report_path: Any) -> None:
-    """Keep the decision beside the run's outputs and on the MLflow run (tags + gate.json artifact)."""
+def record_decision(
+    settings: Settings,
+    pipeline: str,
+    run_id: str,
+    decision: GateDecision,
+    report_path: Any,
+    extra_artifacts: dict[str, list[str]] | None = None,
+) -> None:
+    """Keep the decision beside the run's outputs and on the MLflow run, in one visit to the run.
+
+    Tags (mode, verdict, one per check), ``gate.json``, and ``extra_artifacts`` (artifact folder -> files,
+    e.g. the model card).
+    """
     import mlflow
 
     write_json(report_path, decision.to_dict())
@@ -428,6 +439,6 @@ def record_decision(settings: Settings, pipeline: str, run_id: str, decision: Ga
         tags |= {f"gate.check.{c.name}": "pass" if c.passed else "fail" for c in decision.checks}
         mlflow.set_tags(tags)
         mlflow.log_artifact(str(report_path))
-
-
-__all__ = ["HIGHER_IS_BETTER", "Check", "GateDecision", "GateFailed", "decide_promotion", "evaluate_candidate"]
+        for folder, files in (extra_artifacts or {}).items():
+            for path in files:
+                mlflow.log_artifact(path, artifact_path=folder)

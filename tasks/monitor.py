@@ -178,7 +178,7 @@ def _performance_decay(
 
 def _decide(spec: PipelineSpec, layout: DataLayout, summary: dict[str, Any], violations: list[str]) -> None:
     """Apply the trigger policy to this window, log the decision, and report on the last retrain's effect."""
-    from tasks.monitor_policy import DecisionLog, decide, render_trend
+    from tasks.monitor_policy import DecisionLog, decide, render_trend, requests_before
 
     decisions = DecisionLog(layout.root / "monitoring" / spec.name / "decisions.jsonl")
     history = decisions.read()
@@ -186,7 +186,7 @@ def _decide(spec: PipelineSpec, layout: DataLayout, summary: dict[str, Any], vio
     decision = decide(spec.monitoring.trigger, history, summary["window_end"], violations, champion)
     figures = {k: summary[k] for k in ("drift_share", "performance_decay") if k in summary}
     record = decision.to_dict() | {"figures": figures, "status": summary.get("status")}
-    requested = [h for h in history if h["retrain"] and h["window_end"] < summary["window_end"]]
+    requested = requests_before(history, summary["window_end"])
     if requested and requested[-1].get("champion_version") != champion and champion is not None:
         then = requested[-1]
         before, after = then.get("figures", {}), figures

@@ -48,6 +48,12 @@ def latest_per_window(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_window[k] for k in sorted(by_window, key=_day)]
 
 
+def requests_before(history: list[dict[str, Any]], window_end: str) -> list[dict[str, Any]]:
+    """The windows before ``window_end`` whose (latest) decision requested a retrain, oldest first."""
+    end = _day(window_end)
+    return [h for h in latest_per_window(history) if h["retrain"] and _day(h["window_end"]) < end]
+
+
 def decide(
     policy: TriggerPolicySpec,
     history: list[dict[str, Any]],
@@ -88,7 +94,7 @@ def decide(
             f"{what}: {count} of the last {seen} window(s) against champion v{champion_version} violated, "
             f"fewer than k={policy.k} of n={policy.n}: waiting to see if it persists",
         )
-    requested = [h for h in earlier if h["retrain"]]
+    requested = requests_before(history, window_end)
     if requested:
         last = requested[-1]
         since = (end - _day(last["window_end"])).total_seconds() / 86400

@@ -193,8 +193,6 @@ def gate(
     Raises:
         GateFailed: In ``enabled`` mode, when any check fails.
     """
-    import mlflow
-
     from tasks.evaluate import GateFailed, gate_from_predictions, record_decision
     from tasks.model_card import CARD_DIR, write_card
     from tasks.registry import record_outcome
@@ -202,12 +200,10 @@ def gate(
     spec, settings, layout = _ctx(pipeline)
     decision = gate_from_predictions(spec, metrics)
     out = layout.run_dir(pipeline, run_key)
-    record_decision(settings, pipeline, trained["run_id"], decision, out / "gate.json")
     result = decision.to_dict()
     card = write_card(spec, trained, datasets, metrics, result, out)
-    with mlflow.start_run(run_id=trained["run_id"]):
-        mlflow.log_artifact(card["markdown"], artifact_path=CARD_DIR)
-        mlflow.log_artifact(card["html"], artifact_path=CARD_DIR)
+    cards = {CARD_DIR: [card["markdown"], card["html"]]}
+    record_decision(settings, pipeline, trained["run_id"], decision, out / "gate.json", cards)
     result |= {
         "model_card": card,
         "model_card_url": _card_url(settings, spec, trained["run_id"]),

@@ -148,3 +148,22 @@ def test_parse_is_fast_and_imports_nothing_heavy(path, ml_env):
     heavy = sorted({m.split(".")[0] for m in probe["new"]} & set(HEAVY))
     assert heavy == [], f"{path.name} imports {heavy} at parse time"
     assert probe["elapsed"] < PARSE_BUDGET_S, f"{path.name} ({ml_env}) took {probe['elapsed']:.2f}s to parse"
+
+
+def test_ingest_partitions_come_from_the_form_the_upstream_events_or_the_interval():
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.factory import _partitions, landing_asset
+
+    landing = landing_asset("bike_demand")
+    events = {landing: [SimpleNamespace(extra={"partition": d}) for d in ("2011-06-02", "2011-06-01", "2011-06-02")]}
+    assert _partitions(None, None, events) == ["2011-06-01", "2011-06-02"]  # a duplicate event is one partition
+    assert _partitions({"partition": "2011-07-01"}, None, events) == ["2011-07-01"]  # the trigger form wins
+    assert _partitions({}, datetime(2011, 6, 5, tzinfo=UTC), None) == ["2011-06-05"]
+    with pytest.raises(AirflowFailException, match="carries no 'partition'"):
+        _partitions(None, None, {landing: [SimpleNamespace(extra={"source": "export"})]})
+    with pytest.raises(AirflowFailException, match="trigger with a 'partition'"):
+        _partitions(None, None, None)
