@@ -97,24 +97,63 @@ def reference_sample(settings: Settings, run_id: str) -> pd.DataFrame:
     return pd.read_parquet(local)
 
 
-def _column_results(snapshot: dict[str, Any], p_value: float) -> tuple[float, dict[str, dict[str, Any]]]:
-    share = 0.0
+PREDICTION = "prediction"
+TWO_SAMPLE_CHI2 = "chisquare_two_sample"
+
+
+def _two_sample_chi2(
+    reference: pd.Series, current: pd.Series, feature_type: Any, threshold: float
+) -> tuple[float, bool]:
+    """Chi-square test of homogeneity on the 2 x k table of category counts (reference vs current).
+
+    Evidently's ``chisquare`` is a goodness-of-fit test: it treats the reference proportions as exact, so
+    with a small reference sample and a large window its own sampling noise reads as drift (at 10^5 served
+    rows it flagged 3x the columns scipy's two-sample test did). Both samples are samples; this test says so.
+    """
+    from scipy.stats import chi2_contingency
+
+    table = pd.concat([reference.value_counts(), current.value_counts()], axis=1).fillna(0).to_numpy()
+    table = table[table.sum(axis=1) > 0]
+    if table.shape[0] < 2:  # one category in both windows: nothing can have drifted
+        return 1.0, False
+    p_value = float(chi2_contingency(table, correction=False)[1])
+    return p_value, p_value < threshold
+
+
+def _register_two_sample_chi2() -> None:
+    from evidently.legacy.calculations.stattests.registry import StatTest, _registered_stat_tests, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    if TWO_SAMPLE_CHI2 in _registered_stat_tests:
+        return
+    register_stattest(
+        StatTest(
+            name=TWO_SAMPLE_CHI2,
+            display_name="chi-square two-sample p_value",
+            allowed_feature_types=[ColumnType.Categorical],
+        ),
+        default_impl=_two_sample_chi2,
+    )
+
+
+def _column_results(snapshot: dict[str, Any], p_value: float, distances: dict[str, float]) -> dict[str, dict[str, Any]]:
     columns: dict[str, dict[str, Any]] = {}
     for metric in snapshot["metrics"]:
         cfg = metric["config"]
-        if cfg["type"].endswith("DriftedColumnsCount"):
-            share = float(metric["value"]["share"])
-        elif cfg["type"].endswith("ValueDrift"):
-            value = float(metric["value"])
-            entry: dict[str, Any] = {"method": cfg.get("method")}
-            if math.isnan(value):
-                # chi-square of a category constant in both windows (season in June): nothing can have drifted
-                entry |= {"score": None, "drifted": False, "note": "constant in reference and current: no test"}
-            else:
-                # check_drift pins both tests to p-value tests (KS, chi-square): drift is a small p-value
-                entry |= {"score": value, "drifted": value < p_value}
-            columns[cfg["column"]] = entry
-    return share, columns
+        if not cfg["type"].endswith("ValueDrift"):
+            continue
+        value = float(metric["value"])
+        column = cfg["column"]
+        entry: dict[str, Any] = {"method": cfg.get("method")}
+        if math.isnan(value):
+            # a category constant in both windows (season in June): nothing can have drifted
+            entry |= {"score": None, "drifted": False, "note": "constant in reference and current: no test"}
+        elif column in distances:  # a distance: drift is a large value
+            entry |= {"score": value, "threshold": distances[column], "drifted": value >= distances[column]}
+        else:  # KS / two-sample chi-square p-values: drift is a small value
+            entry |= {"score": value, "drifted": value < p_value}
+        columns[column] = entry
+    return columns
 
 
 def drift_report(
@@ -124,30 +163,93 @@ def drift_report(
     categorical: list[str],
     drift_share: float,
     p_value: float,
+    prediction_threshold: float | None = None,
+    summary: bool = False,
 ) -> tuple[Any, float, dict[str, dict[str, Any]]]:
-    """Evidently's data-drift preset over the columns: KS for numeric, chi-square for categorical columns.
+    """Evidently's data-drift preset: KS for numeric, two-sample chi-square for categorical columns.
+
+    When both frames carry a ``prediction`` column it is compared too (prediction drift), by normalised
+    Wasserstein distance against ``prediction_threshold`` (default 0.1), and is left out of the drifted share,
+    which is about the inputs (and the target). ``summary`` adds Evidently's data summary preset (missing
+    values, ranges, constant and duplicated columns of both frames) to the same report.
 
     Returns:
-        The Evidently snapshot (``save_html``), the share of drifted columns and one result per column.
+        The Evidently snapshot (``save_html``), the share of drifted input columns and one result per column.
     """
     from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
 
-    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
-    columns = numerical + categorical
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=columns, drift_share=drift_share, num_method="ks", cat_method="chisquare", threshold=p_value
-            )
-        ]
-    )
-    snapshot = report.run(
+    _register_two_sample_chi2()
+    numeric = list(numerical)
+    with_prediction = PREDICTION in reference.columns and PREDICTION in current.columns
+    distances = {PREDICTION: prediction_threshold or 0.1} if with_prediction else {}
+    if with_prediction:
+        numeric.append(PREDICTION)
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    columns = numeric + categorical
+    presets: list[Any] = [
+        DataDriftPreset(
+            columns=columns,
+            drift_share=drift_share,
+            num_method="ks",
+            cat_method=TWO_SAMPLE_CHI2,
+            threshold=p_value,
+            per_column_method={c: "wasserstein" for c in distances},
+            per_column_threshold=distances,
+        )
+    ]
+    if summary:
+        presets.append(DataSummaryPreset(columns=[c for c in columns if c != PREDICTION]))
+    snapshot = Report(presets).run(
         current_data=Dataset.from_pandas(current[columns], data_definition=definition),
         reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
     )
-    share, per_column = _column_results(snapshot.dict(), p_value)
+    per_column = _column_results(snapshot.dict(), p_value, distances)
+    inputs = [r for c, r in per_column.items() if c != PREDICTION]
+    share = sum(r["drifted"] for r in inputs) / len(inputs) if inputs else 0.0
     return snapshot, share, per_column
+
+
+def input_quality(
+    spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str], categorical: list[str]
+) -> dict[str, Any]:
+    """Data quality of served inputs against the reference sample: missing values, stuck columns, range.
+
+    Returns:
+        ``{"columns": {column: figures}, "breaches": [one sentence per breach]}``.
+    """
+    rules = spec.monitoring.quality
+    columns: dict[str, dict[str, Any]] = {}
+    breaches: list[str] = []
+    for col in [*numerical, *categorical]:
+        if col not in current.columns:
+            breaches.append(f"{col}: absent from every served row")
+            columns[col] = {"absent": True}
+            continue
+        ref, cur = reference[col], current[col]
+        miss_ref, miss_cur = float(ref.isna().mean()), float(cur.isna().mean())
+        entry: dict[str, Any] = {"missing_reference": miss_ref, "missing_served": miss_cur}
+        if miss_cur - miss_ref > rules.max_missing_increase:
+            breaches.append(f"{col}: {miss_cur:.1%} missing in served rows vs {miss_ref:.1%} in the reference")
+        distinct_ref, distinct_cur = ref.nunique(), cur.nunique()
+        # a measurement stuck at one value (a client default); calendar-like columns are legitimately
+        # constant over a short window, so only columns with many reference values qualify
+        if rules.flag_constant and distinct_cur <= 1 and distinct_ref >= 10 and len(cur) > 1:
+            value = cur.dropna().iloc[0].item() if cur.notna().any() else None
+            breaches.append(
+                f"{col}: constant ({value!r}) in all {len(cur)} served rows, {distinct_ref} values in the reference"
+            )
+            entry["constant"] = True
+        if col in numerical:
+            values = pd.to_numeric(cur, errors="coerce").dropna()
+            lo, hi = float(ref.min()), float(ref.max())
+            outside = float(((values < lo) | (values > hi)).mean()) if len(values) else 0.0
+            entry |= {"reference_range": [lo, hi], "out_of_range": outside}
+            limit = rules.max_out_of_range_share
+            if limit is not None and outside > limit:
+                breaches.append(f"{col}: {outside:.1%} of served values outside the reference range [{lo:g}, {hi:g}]")
+        columns[col] = entry
+    return {"columns": columns, "breaches": breaches}
 
 
 def _performance_decay(
@@ -222,6 +324,54 @@ def _decide(spec: PipelineSpec, layout: DataLayout, summary: dict[str, Any], vio
     log.info("trigger policy: %s", decision.reason)
 
 
+def _publish(spec: PipelineSpec, settings: Settings, run_key: str, summary: dict[str, Any], out: Path) -> None:
+    """Write ``summary.json`` and keep the window's reports on an MLflow run (experiment ``<p>-monitoring``).
+
+    One MLflow run per monitoring run key: a re-run of the same Airflow run replaces its artifacts rather
+    than adding a second record. ``summary["report_url"]`` is where a person opens the report (the
+    ``check_drift`` task's *Drift report* link). The files under the data root are written first and stay
+    whatever happens to MLflow: a tracking-store outage costs the link, not the report.
+    """
+    import mlflow
+
+    from tasks.tracking import artifact_url, start_tracking
+
+    try:
+        experiment_id = start_tracking(settings, f"{spec.name}-monitoring")
+        found = mlflow.search_runs(
+            [experiment_id], filter_string=f"tags.run_key = '{run_key}'", max_results=1, output_format="list"
+        )
+        run_id = found[0].info.run_id if found else None
+        with mlflow.start_run(run_id=run_id, run_name=f"window-{summary['window_end'][:10]}") as run:
+            page = "drift.html" if "report_html" in summary else "summary.json"
+            summary["report_url"] = artifact_url(settings, run.info.run_id, page, experiment_id)
+            write_json(out / "summary.json", summary)
+            mlflow.set_tags(
+                {
+                    "pipeline": spec.name,
+                    "run_key": run_key,
+                    "window_end": summary["window_end"],
+                    "status": summary["status"],
+                    "champion_version": str(summary.get("champion_version")),
+                    "violations": ",".join(summary.get("violations", [])) or "none",
+                    "retrain": str(summary.get("retrain")),
+                }
+            )
+            figures = {"rows": summary.get("rows", 0), "drift_share": summary.get("drift_share")}
+            figures["prediction_drift"] = (summary.get("prediction_drift") or {}).get("score")
+            figures["performance_decay"] = (summary.get("performance_decay") or {}).get("relative_worsening")
+            mlflow.log_metrics({k: float(v) for k, v in figures.items() if v is not None})
+            for name in ("drift.html", "summary.json"):
+                if (out / name).is_file():
+                    mlflow.log_artifact(str(out / name))
+            if summary.get("trend_html"):
+                mlflow.log_artifact(summary["trend_html"])
+    except Exception as exc:  # noqa: BLE001 - the reports are on disk; the MLflow copy is a convenience
+        log.warning("could not keep the monitoring reports on MLflow (%s); they are under %s", exc, out)
+        summary.pop("report_url", None)
+        write_json(out / "summary.json", summary)
+
+
 def check_drift(
     spec: PipelineSpec, settings: Settings, window_end: str, run_key: str, layout: DataLayout | None = None
 ) -> dict[str, Any]:
@@ -261,7 +411,7 @@ def check_drift(
             else f"{len(current)} served rows in the window, fewer than min_rows={mon.min_rows}"
         )
         _decide(spec, layout, summary, [])
-        write_json(out / "summary.json", summary)
+        _publish(spec, settings, run_key, summary, out)
         log.info("drift check skipped: %s", summary["reason"])
         return summary
     reference = reference_sample(settings, champion.run_id)
@@ -277,37 +427,60 @@ def check_drift(
         y = target_values(spec, labelled[target])
         summary["champion_on_labelled"] = score_all(spec.metric_names, y, labelled["prediction"].to_numpy())
         summary["labelled_rows"] = len(labelled)
+    compared = list(numerical)
     if mon.include_target and len(labelled) >= mon.min_rows:
         # demand itself shifting is the strongest retrain signal once its labels have landed
-        numerical.append(target)
+        compared.append(target)
         current = labelled
     snapshot, share, per_column = drift_report(
-        reference, current, numerical, categorical, mon.drift_share_threshold, mon.column_p_value
+        reference,
+        current,
+        compared,
+        categorical,
+        mon.drift_share_threshold,
+        mon.column_p_value,
+        mon.prediction_drift_threshold,
+        summary=True,
     )
     html = out / "drift.html"
     with atomic_path(html) as tmp:
         snapshot.save_html(str(tmp))
-    drifted = sorted(c for c, r in per_column.items() if r["drifted"])
+    inputs = {c: r for c, r in per_column.items() if c != PREDICTION}
+    drifted = sorted(c for c, r in inputs.items() if r["drifted"])
     summary |= {
         "status": "drift" if share >= mon.drift_share_threshold else "no_drift",
         "reference_rows": len(reference),
         "drift_share": share,
         "drifted_columns": drifted,
         "target_drifted": bool(per_column.get(target, {}).get("drifted", False)),
-        "columns": per_column,
+        "columns": inputs,
         "report_html": str(html),
         "served_versions": sorted(current["model_version"].astype(str).unique()),
     }
     summary["reason"] = (
-        f"{len(drifted)}/{len(per_column)} columns drifted (share {share:.2f}, threshold {mon.drift_share_threshold})"
+        f"{len(drifted)}/{len(inputs)} columns drifted (share {share:.2f}, threshold {mon.drift_share_threshold})"
     )
     violations = ["data_drift"] if summary["status"] == "drift" else []
+    if PREDICTION in per_column:
+        summary["prediction_drift"] = per_column[PREDICTION] | {"reference_rows": len(reference)}
+        if mon.prediction_drift_threshold is not None and per_column[PREDICTION]["drifted"]:
+            violations.append("prediction_drift")
+    else:
+        summary["prediction_drift"] = {
+            "note": "the champion's reference sample has no predictions (trained before "
+            "prediction drift was tracked): not compared"
+        }
+    quality = input_quality(spec, reference, current, numerical, categorical)
+    summary["input_quality"] = quality
+    if quality["breaches"]:
+        violations.append("data_quality")
+        log.warning("served-input quality: %s", "; ".join(quality["breaches"]))
     decay = _performance_decay(spec, settings, champion.run_id, summary, len(labelled))
     if decay is not None:
         summary["performance_decay"] = decay
         if decay["violated"]:
             violations.append("performance_decay")
     _decide(spec, layout, summary, violations)
-    write_json(out / "summary.json", summary)
+    _publish(spec, settings, run_key, summary, out)
     log.info("drift check %s: %s; report %s", summary["status"], summary["reason"], html)
     return summary

@@ -32,6 +32,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class EventSourcesSpec(_Strict):
+    """What, besides the daily schedule and REST-recorded Asset events, starts ingestion of a partition."""
+
+    redis_channel: str | None = Field(
+        default=None,
+        description="Redis pub/sub channel on which upstream announces a landed partition (message: "
+        '{"partition": "YYYY-MM-DD"} or the bare date); an AssetWatcher in the triggerer listens.',
+    )
+    redis_conn_id: str = Field(default="redis_default", description="Airflow connection of that Redis.")
+    watch_landing: bool = Field(
+        default=False,
+        description="An AssetWatcher polls the landing zone and announces each new or changed day file "
+        "(deferrable: it runs in the triggerer, no worker slot is held while waiting).",
+    )
+    poll_seconds: float = Field(default=5, gt=0, description="How often both watchers look.")
+
+
 class SourceSpec(_Strict):
     """Where the pipeline's data lands and how it is partitioned."""
 
@@ -47,6 +64,7 @@ class SourceSpec(_Strict):
         description="The dataset has no date column: the replay tool delivers this many rows per day, in file "
         "order, from the spec's start_date, and writes the day into partition_column.",
     )
+    events: EventSourcesSpec = EventSourcesSpec()
 
 
 class SchemaSpec(_Strict):
@@ -119,7 +137,7 @@ class TrainingSpec(_Strict):
         return self
 
 
-HEAVY_STAGES = ("validate", "features", "train", "evaluate", "monitor")
+HEAVY_STAGES = ("validate", "validate_new", "features", "train", "evaluate", "monitor")
 """Stages that run as pods in the kubernetes execution mode; the others are light and stay in Airflow."""
 
 
@@ -270,6 +288,30 @@ class TriggerPolicySpec(_Strict):
         return self
 
 
+class InputQualitySpec(_Strict):
+    """Data quality of served inputs, against the champion's reference sample."""
+
+    max_missing_increase: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="A column's share of missing values in served rows may exceed its share in the reference by "
+        "at most this much (0.1 = ten percentage points).",
+    )
+    flag_constant: bool = Field(
+        default=True,
+        description="A column with 10 or more distinct reference values that is constant in served rows "
+        "(a stuck default).",
+    )
+    max_out_of_range_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Share of served values of a numeric column outside the reference's [min, max] that counts as a "
+        "violation; reported either way (seasonal inputs leave a short reference's range legitimately).",
+    )
+
+
 class MonitoringSpec(_Strict):
     """The nightly drift check."""
 
@@ -288,6 +330,14 @@ class MonitoringSpec(_Strict):
         description="Relative worsening of the gate's primary metric on labelled served rows, against the "
         "champion's own holdout figure, that counts as a violation (0.25 = 25 % worse).",
     )
+    prediction_drift_threshold: float | None = Field(
+        default=0.1,
+        gt=0,
+        description="Normalised Wasserstein distance between the champion's predictions on served rows and on its "
+        "reference sample that counts as prediction drift (a distance, not a p-value: at 10^6 rows every "
+        "difference is significant). None: report, never violate.",
+    )
+    quality: InputQualitySpec = InputQualitySpec()
     trigger: TriggerPolicySpec = TriggerPolicySpec()
 
 
@@ -362,7 +412,8 @@ class PipelineSpec(_Strict):
         """Pod resources of a heavy stage (see :class:`ResourcesSpec`)."""
         if stage not in HEAVY_STAGES:
             raise SpecError(f"{stage!r} is not a heavy stage; heavy stages: {list(HEAVY_STAGES)}")
-        return self.resources.for_stage(stage, self.training.model.family)
+        # ingest-time validation of new partitions asks for what validation asks for
+        return self.resources.for_stage("validate" if stage == "validate_new" else stage, self.training.model.family)
 
     @property
     def registered_model_name(self) -> str:

@@ -126,6 +126,19 @@ def validate(pipeline: str, partitions: list[str], run_key: str) -> dict[str, An
     return result
 
 
+def validate_new(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
+    """Validate newly ingested partitions (at ingest time); quarantine failures.
+
+    Never raises on bad data: ``report_quarantine`` says so after the valid days were announced.
+    """
+    if not partitions:
+        return {"valid": [], "quarantined": [], "report_uri": ""}
+    from tasks.validate import validate_partitions
+
+    spec, _, layout = _ctx(pipeline)
+    return validate_partitions(spec, layout, partitions, run_key).to_dict()
+
+
 def report_quarantine(pipeline: str, validation: dict[str, Any]) -> None:
     """Fail with an actionable message if validation quarantined anything (after the good data was used).
 
@@ -165,15 +178,9 @@ def evaluate(
 
 
 def _card_url(settings: Settings, spec: PipelineSpec, run_id: str) -> str | None:
-    ui = settings.mlflow_ui_url or (
-        settings.mlflow_tracking_uri if settings.mlflow_tracking_uri.startswith("http") else None
-    )
-    if not ui:
-        return None
-    from tasks.tracking import client
+    from tasks.tracking import artifact_url
 
-    experiment = client(settings).get_run(run_id).info.experiment_id
-    return f"{ui.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}/artifactPath/model_card/model_card.html"
+    return artifact_url(settings, run_id, "model_card/model_card.html")
 
 
 def gate(
@@ -316,6 +323,7 @@ STAGES: dict[str, Callable[..., Any]] = {
     "ingest": ingest,
     "plan": plan_training,
     "validate": validate,
+    "validate_new": validate_new,
     "features": build_features,
     "train": train,
     "evaluate": evaluate,

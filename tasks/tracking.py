@@ -62,6 +62,17 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
+def artifact_url(settings: Settings, run_id: str, path: str, experiment_id: str | None = None) -> str | None:
+    """Where a person opens one of a run's artifacts in the MLflow UI (None when no UI address is known)."""
+    ui = settings.mlflow_ui_url or (
+        settings.mlflow_tracking_uri if settings.mlflow_tracking_uri.startswith("http") else None
+    )
+    if not ui:
+        return None
+    experiment = experiment_id or client(settings).get_run(run_id).info.experiment_id
+    return f"{ui.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}/artifactPath/{path}"
+
+
 def ensure_store(settings: Settings) -> None:
     """Create/upgrade the tracking store's schema once, before several processes open it concurrently."""
     client(settings).search_experiments(max_results=1)

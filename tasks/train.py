@@ -162,7 +162,8 @@ def _fit_and_log(
         )
         if reference_rows:
             # The champion's reference sample for drift monitoring travels with its run.
-            sample = train_raw.tail(reference_rows)
+            # with the model's own predictions on it: the reference for prediction drift
+            sample = train_raw.tail(reference_rows).assign(prediction=predictions[-reference_rows:])
             ref_path = Path(datasets["train_raw"]).with_name("reference.parquet")
             sample.to_parquet(ref_path, index=False)
             mlflow.log_artifact(str(ref_path), artifact_path="reference")

@@ -24,3 +24,17 @@ class ModelCardLink(BaseOperatorLink):
         if pull is None:
             return ""
         return str(pull(task_ids=ti_key.task_id, key=MODEL_CARD_KEY) or "")
+
+
+class DriftReportLink(BaseOperatorLink):
+    """The monitoring window's Evidently report, kept on its MLflow run (``report_url`` in the task's result)."""
+
+    name = "Drift report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        """``report_url`` from the check's returned summary (empty when MLflow has no UI address)."""
+        pull = getattr(ti_key, "xcom_pull", None)
+        if pull is None:
+            return ""
+        summary = pull(task_ids=ti_key.task_id, key="return_value")
+        return str((summary or {}).get("report_url") or "") if isinstance(summary, dict) else ""
