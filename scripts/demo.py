@@ -4,7 +4,8 @@ Usage: ``python scripts/demo.py [run|up|story|stop|status|ledger|airflow ARGS...
 
 The story (all through Airflow's scheduler, driven over its REST API):
   1. replay June 2011 into the landing zone (one day deliberately corrupted) and ingest it, a run per day;
-  2. train: validation quarantines the bad day, LightGBM beats the ridge baseline, v1 becomes champion
+     each run validates its day, and the corrupted one is quarantined on arrival;
+  2. train: LightGBM beats the ridge baseline on the good days, v1 becomes champion
      and the model server starts serving it;
   3. serve a week of June 2012 traffic; the delayed labels (June 2012 partitions) land and are ingested;
   4. the nightly monitor sees the drift (2012 is hotter and demand much higher) and requests a retrain;
@@ -310,7 +311,7 @@ def story() -> None:
             for f in q["failures"]
         )
         say(f"quarantined {q['partition']}: {broken}")
-        say("  -> report_quarantine fails that run on purpose, after training used the good days")
+        say("  -> on arrival: that day's ingest run fails at report_quarantine on purpose; training never saw it")
     h = health()
     if not h.get("version"):
         raise SystemExit(f"no champion is being served after training: {h}; see {API}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +73,90 @@ def _source_record(layout: DataLayout, pipeline: str, day: str) -> Path:
     return layout.raw_partition(pipeline, day).with_name("_source.json")
 
 
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
+    """The partitions an upstream Asset event announces, whichever way it came.
+
+    - REST (``POST /api/v2/assets/events``): ``{"partition": "YYYY-MM-DD", ...}``.
+    - An AssetWatcher: ``{"from_trigger": true, "payload": ...}`` where the payload is the landing-file
+      watcher's ``{"partitions": [...]}`` or a Redis message whose ``data`` is ``{"partition": ...}`` JSON
+      or the bare date.
+
+    Returns:
+        ``YYYY-MM-DD`` days; empty when the event names none.
+    """
+    extra = extra or {}
+    if extra.get("partition"):
+        return [str(extra["partition"])[:10]]
+    payload = extra.get("payload")
+    if not isinstance(payload, dict):
+        return []
+    if payload.get("partitions"):
+        return [str(d)[:10] for d in payload["partitions"]]
+    if payload.get("partition"):
+        return [str(payload["partition"])[:10]]
+    data = payload.get("data")
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError:
+            return [data.strip()[:10]] if _DAY.match(data.strip()) else []
+    if isinstance(data, dict) and data.get("partition"):
+        return [str(data["partition"])[:10]]
+    if isinstance(data, str) and _DAY.match(data):
+        return [data[:10]]
+    return []
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pending_landing_files(
+    layout: DataLayout, pipeline: str, seen: dict[str, tuple[int, int, str]]
+) -> list[tuple[str, str]]:
+    """Landing files not yet ingested as they are now, once they have settled: ``[(day, sha256)]``.
+
+    A file counts once its size and modification time are the same as at the previous look (an upstream
+    still writing it is not announced half-written); its SHA-256 is then compared with the one recorded
+    beside the raw partition, so a file already ingested is not announced again and a corrected
+    re-delivery is. ``seen`` is the caller's memory across looks (``day -> (mtime_ns, size, sha256)``).
+    """
+    folder = layout.landing_file(pipeline, "0000-00-00").parent
+    pending = []
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        day = path.stem
+        if not _DAY.match(day):
+            continue
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # moved away between the listing and now
+            continue
+        before = seen.get(day)
+        if before is None or before[:2] != (stat.st_mtime_ns, stat.st_size):
+            seen[day] = (stat.st_mtime_ns, stat.st_size, "")  # first sight, or still changing: look again
+            continue
+        digest = before[2] or sha256_of(path)
+        seen[day] = (stat.st_mtime_ns, stat.st_size, digest)
+        if digest not in _judged_digests(layout, pipeline, day):
+            pending.append((day, digest))
+    return pending
+
+
+def _judged_digests(layout: DataLayout, pipeline: str, day: str) -> set[str]:
+    """SHA-256 of the landing files of ``day`` already ingested (raw) or already quarantined."""
+    records = [_source_record(layout, pipeline, day)]
+    records += layout.quarantine_dir(pipeline, day).glob("*/_source.json")
+    return {json.loads(r.read_text()).get("sha256") for r in records if r.is_file()}
+
+
 def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str, skip_if_unchanged: bool = False) -> IngestResult:
     """Read ``landing/<pipeline>/<day>.csv`` and write ``raw/<pipeline>/dt=<day>/part.parquet`` atomically.
 
@@ -99,9 +185,20 @@ def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str, skip_if_u
             f"no landing file for {spec.name} partition {day}: expected {source}. "
             "Has the upstream delivered it? Re-run this task once it lands."
         )
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    record = _source_record(layout, spec.name, day)
     target = layout.raw_partition(spec.name, day)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one ingest of a partition at a time: two events for the same day (REST, queue, file watcher) racing
+    # each other must not both process it; the second waits, then finds the file already ingested
+    with (target.parent / ".ingest.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ingest_locked(spec, layout, day, source, target, skip_if_unchanged)
+
+
+def _ingest_locked(
+    spec: PipelineSpec, layout: DataLayout, day: str, source: Path, target: Path, skip_if_unchanged: bool
+) -> IngestResult:
+    digest = sha256_of(source)
+    record = _source_record(layout, spec.name, day)
     if skip_if_unchanged and target.is_file() and record.is_file():
         seen = json.loads(record.read_text())
         if seen.get("sha256") == digest:

@@ -71,9 +71,15 @@ def airflow_db() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def write_spec(folder: Path, landing_timeout_hours: float | None = None, **training: Any) -> Path:
+def write_spec(
+    folder: Path,
+    landing_timeout_hours: float | None = None,
+    events: dict[str, Any] | None = None,
+    **training: Any,
+) -> Path:
     """The shipped bike-demand spec with a 20-day window (fast tests), optionally other training settings.
 
+    ``events`` replaces ``source.events`` (the shipped Redis channel is shared by everything on this machine).
     Returns the folder, ready for ``MLP_PIPELINES_DIR``.
     """
     import yaml
@@ -81,6 +87,7 @@ def write_spec(folder: Path, landing_timeout_hours: float | None = None, **train
     spec = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
     spec["training"] |= {"window_days": 20, "holdout_days": 4, "min_partitions": 15, **training}
     spec["monitoring"] |= {"window_days": 3}
+    spec["source"]["events"] = events or {}
     if landing_timeout_hours is not None:
         spec["landing_timeout_hours"] = landing_timeout_hours
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from airflow.sdk import (
     DAG,
     Asset,
     AssetOrTimeSchedule,
+    AssetWatcher,
     CronDataIntervalTimetable,
     Param,
     dag,
@@ -28,7 +29,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
-from mlops_airflow.links import ModelCardLink
+from mlops_airflow.links import DriftReportLink, ModelCardLink
 from tasks.errors import PermanentError
 from tasks.stages import LANDING_ASSET, RAW_ASSET, RETRAIN_ASSET
 
@@ -97,6 +98,10 @@ def _validate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return {"partitions": i["plan"]["partitions"], "run_key": ctx["run_id"]}
 
 
+def _validate_new_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    return {"partitions": i["ingested"]["new"], "run_key": ctx["run_id"]}
+
+
 def _features_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return {"partitions": i["validation"]["valid"], "run_key": ctx["run_id"]}
 
@@ -133,9 +138,31 @@ def retrain_asset(pipeline: str) -> Asset:
     return Asset(RETRAIN_ASSET.format(pipeline=pipeline), group="ml")
 
 
-def landing_asset(pipeline: str) -> Asset:
-    """Updated by upstream systems (REST API) when a day's file has landed: ``extra = {"partition": day}``."""
-    return Asset(LANDING_ASSET.format(pipeline=pipeline), group="ml")
+def landing_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Settings | None = None) -> Asset:
+    """Updated when a day's file has landed.
+
+    By upstream over REST (``extra = {"partition": day}``) and by the spec's watchers (``source.events``): a
+    Redis channel, the landing zone itself. Both watchers run in the triggerer.
+    """
+    uri = LANDING_ASSET.format(pipeline=pipeline)
+    events = spec.source.events if spec is not None else None
+    watchers = []
+    if events is not None and events.redis_channel:
+        from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+        queue = MessageQueueTrigger(
+            scheme="redis+pubsub",
+            channels=[events.redis_channel],
+            redis_conn_id=events.redis_conn_id,
+            poll_interval=events.poll_seconds,
+        )
+        watchers.append(AssetWatcher(name=f"{pipeline}_redis_announcements", trigger=queue))
+    if events is not None and events.watch_landing and settings is not None:
+        from mlops_airflow.triggers import LandingFileTrigger
+
+        files = LandingFileTrigger(pipeline, str(settings.data_root), events.poll_seconds)
+        watchers.append(AssetWatcher(name=f"{pipeline}_landing_files", trigger=files))
+    return Asset(uri, group="ml", watchers=watchers) if watchers else Asset(uri, group="ml")
 
 
 def _partitions(params: dict[str, Any] | None, data_interval_start: Any, events: Any) -> list[str]:
@@ -143,25 +170,27 @@ def _partitions(params: dict[str, Any] | None, data_interval_start: Any, events:
     if (params or {}).get("partition"):
         return [str(params["partition"])]  # type: ignore[index]
     if events:
+        from tasks.ingest import partitions_from_event
+
         days = []
         for asset, asset_events in events.items():
             for event in asset_events:
-                day = (event.extra or {}).get("partition")
-                if not day:
+                named = partitions_from_event(event.extra)
+                if not named:
                     raise AirflowFailException(
-                        f"an event on {asset.uri} carries no 'partition' in its extra: "
-                        'record it with extra {"partition": "YYYY-MM-DD"}'
+                        f"an event on {asset.uri} names no partition (extra {event.extra!r}): record it with "
+                        'extra {"partition": "YYYY-MM-DD"}, or publish {"partition": "YYYY-MM-DD"} on the channel'
                     )
-                days.append(str(day)[:10])
+                days += named
         return sorted(set(days))  # duplicate events merged into one run are one partition
     if data_interval_start:
         return [data_interval_start.date().isoformat()]
     raise AirflowFailException("no data interval: trigger with a 'partition' date (YYYY-MM-DD)")
 
 
-def ingest_dag(spec: PipelineSpec) -> DAG:
-    """Daily, or when upstream records a landing event: landing files become raw partitions; updates the raw Asset."""
-    name, raw, landing = spec.name, raw_asset(spec.name), landing_asset(spec.name)
+def ingest_dag(spec: PipelineSpec, settings: Settings) -> DAG:
+    """Daily, or on a landing event: landing files become validated raw partitions; updates the raw Asset."""
+    name, raw, landing = spec.name, raw_asset(spec.name), landing_asset(spec.name, spec, settings)
 
     @dag(
         dag_id=f"{name}_ingest",
@@ -169,14 +198,17 @@ def ingest_dag(spec: PipelineSpec) -> DAG:
         doc_md=f"""### {name}: ingest
 Waits (reschedule mode, up to {spec.landing_timeout_hours} h) for `landing/{name}/<day>.csv` of the run's data
 interval, takes it and writes
-`raw/{name}/dt=<day>/part.parquet` atomically (a re-run rewrites the same bytes), then updates the Asset
-`{raw.uri}`, which schedules `{name}_train`. Backfill history with
+`raw/{name}/dt=<day>/part.parquet` atomically (a re-run rewrites the same bytes), validates it with
+`{spec.expectations}` (a failing day is moved to `quarantine/` and `report_quarantine` fails, saying why),
+then `publish_partitions` updates the Asset `{raw.uri}` with the valid days, which schedules `{name}_train`.
+Backfill history with
 `airflow backfill create --dag-id {name}_ingest --from-date 2011-01-01 --to-date 2011-01-31`.
-Validation happens in `{name}_train`, per partition, so one bad day never blocks the others.
 
 Upstream systems can also start it: an event on the Asset `{landing.uri}` with `extra = {{"partition": "YYYY-MM-DD"}}`
-(Airflow REST API `POST /api/v2/assets/events`) ingests that day at once. Events for a file already ingested
-unchanged (duplicates, late repeats) are skipped and say so; a re-delivered, corrected file is ingested again.
+(Airflow REST API `POST /api/v2/assets/events`) ingests that day at once; so do the spec's watchers
+(`source.events`: a Redis channel, the landing zone itself), which run in the triggerer. Events for a file
+already ingested unchanged (duplicates, late repeats) are skipped and say so; a re-delivered, corrected file
+is ingested again.
 """,
         schedule=AssetOrTimeSchedule(
             timetable=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"), assets=[landing]
@@ -203,7 +235,7 @@ unchanged (duplicates, late repeats) are skipped and say so; a re-delivered, cor
             days = _partitions(params, data_interval_start, triggering_asset_events)
             return all(stages.landing_ready(name, day) for day in days)
 
-        @task(outlets=[raw])
+        @task
         def ingest_partition(
             params: dict[str, Any] | None = None, data_interval_start: Any = None, triggering_asset_events: Any = None
         ) -> dict[str, Any]:
@@ -212,18 +244,41 @@ unchanged (duplicates, late repeats) are skipped and say so; a re-delivered, cor
             days = _partitions(params, data_interval_start, triggering_asset_events)
             from_event = bool(triggering_asset_events) and not (params or {}).get("partition")
             results = [_call(stages.ingest, name, day, from_event) for day in days]
-            new = [r for r in results if not r["skipped"]]
             for r in results:
                 if r["skipped"]:
                     print(f"{name} partition {r['partition']}: {r['reason']}")  # noqa: T201 - the task log
-            get_current_context()["outlet_events"][raw].extra = {
-                "partitions": [r["partition"] for r in new],
-                "skipped": [r["partition"] for r in results if r["skipped"]],
-                "rows": sum(r["rows"] for r in new),
-            }
-            return {"partitions": results}
+            return {"partitions": results, "new": [r["partition"] for r in results if not r["skipped"]]}
 
-        wait_for_landing() >> ingest_partition()
+        @task(outlets=[raw])
+        def publish_partitions(ingested: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            valid = validation["valid"]
+            if not valid:  # nothing new, or all of it quarantined: no raw event, training is not disturbed
+                raise AirflowSkipException("no new valid partition to announce")
+            rows = {r["partition"]: r["rows"] for r in ingested["partitions"]}
+            extra = {
+                "partitions": valid,
+                "skipped": [r["partition"] for r in ingested["partitions"] if r["skipped"]],
+                "quarantined": [q["partition"] for q in validation["quarantined"]],
+                "rows": sum(rows.get(d, 0) for d in valid),
+            }
+            get_current_context()["outlet_events"][raw].extra = extra
+            return extra
+
+        @task
+        def report_quarantine(validation: dict[str, Any]) -> None:
+            from tasks import stages
+
+            _call(stages.report_quarantine, name, validation)
+
+        ingested = ingest_partition()
+        wait_for_landing() >> ingested
+        validation = heavy_stage(
+            spec, settings, "validate_partitions", "validate_new", {"ingested": ingested}, _validate_new_args
+        )
+        publish_partitions(ingested, validation)
+        report_quarantine(validation)
 
     return pipeline()
 
@@ -419,14 +474,17 @@ def monitor_dag(spec: PipelineSpec, settings: Settings) -> DAG:
         description=f"Nightly drift check of the {name} model's served traffic.",
         doc_md=f"""### {name}: monitor
 Compares the model server's logged inputs whose event date falls in the {mon.window_days} day(s) before the
-run's logical date with the champion's training sample (Evidently; KS / chi-square, p < {mon.column_p_value}).
-Once labels for those rows have landed in the raw store the target is compared too. When the share of
-drifted columns reaches {mon.drift_share_threshold} (or the champion's error on labelled rows decays past
-`max_performance_decay`), the window violates; the trigger policy (k={mon.trigger.k} of n={mon.trigger.n} windows,
+run's logical date with the champion's training sample (Evidently; KS / two-sample chi-square,
+p < {mon.column_p_value}). Once labels for those rows have landed in the raw store the target is compared too.
+The window violates on: data drift (share of drifted columns >= {mon.drift_share_threshold}), prediction drift
+(normalised Wasserstein distance of the champion's predictions >= {mon.prediction_drift_threshold}), data quality
+of served inputs (missing values, stuck columns), and performance decay on labelled rows
+(`max_performance_decay`); the trigger policy (k={mon.trigger.k} of n={mon.trigger.n} windows,
 cooldown {mon.trigger.cooldown_days} days, at most {mon.trigger.max_retrains} per {mon.trigger.period_days} days)
 decides, every decision goes to `monitoring/{name}/decisions.jsonl`, and `request_retrain` updates
 `{retrain.uri}`, which schedules `{name}_train`. Reports: `monitoring/{name}/<run_id>/drift.html` and
-`summary.json` under the data root.
+`summary.json` under the data root, also on the MLflow experiment `{name}-monitoring` (the **Drift report**
+link on `check_drift`), and `monitoring/{name}/trend.html` across windows.
 """,
         schedule=mon.schedule,
         max_active_runs=1,
@@ -444,6 +502,7 @@ decides, every decision goes to `monitoring/{name}/decisions.jsonl`, and `reques
             return f"retrain requested: {summary['decision']}"
 
         summary = heavy_stage(spec, settings, "check_drift", "monitor", {}, _monitor_args)
+        summary.operator.operator_extra_links = (DriftReportLink(),)  # type: ignore[attr-defined]
         drift_detected(summary) >> request_retrain(summary)
 
     return pipeline()
@@ -455,5 +514,5 @@ def build_pipeline_dags(spec: PipelineSpec, settings: Settings | None = None) ->
         from tasks.settings import get_settings
 
         settings = get_settings()
-    dags = (ingest_dag(spec), train_dag(spec, settings), monitor_dag(spec, settings))
+    dags = (ingest_dag(spec, settings), train_dag(spec, settings), monitor_dag(spec, settings))
     return {d.dag_id: d for d in dags}

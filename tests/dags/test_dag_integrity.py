@@ -86,8 +86,10 @@ def test_train_is_scheduled_on_new_data_and_on_retrain_requests(dagbag):
     condition = train.timetable.asset_condition
     assert type(condition).__name__ == "AssetAny", "either new data or a retrain request must start training"
     assert {a.uri for a in condition.objects} == {"ml://bike_demand/raw", "ml://bike_demand/retrain"}
-    ingest = dagbag.dags["bike_demand_ingest"].get_task("ingest_partition")
-    assert [o.uri for o in ingest.outlets] == ["ml://bike_demand/raw"]
+    ingest = dagbag.dags["bike_demand_ingest"]
+    assert [o.uri for o in ingest.get_task("publish_partitions").outlets] == ["ml://bike_demand/raw"]
+    assert not ingest.get_task("ingest_partition").outlets  # only validated partitions are announced
+    assert ingest.get_task("validate_partitions").upstream_task_ids == {"ingest_partition"}
     monitor = dagbag.dags["bike_demand_monitor"].get_task("request_retrain")
     assert [o.uri for o in monitor.outlets] == ["ml://bike_demand/retrain"]
 
@@ -97,6 +99,8 @@ def test_gate_task_links_to_the_model_card_and_promotion_follows_registration(da
         train = dagbag.dags[f"{name}_train"]
         gate = train.get_task("gate_model")
         assert [link.name for link in gate.operator_extra_links] == ["Model card"]
+        check = dagbag.dags[f"{name}_monitor"].get_task("check_drift")
+        assert [link.name for link in check.operator_extra_links] == ["Drift report"]
         assert train.get_task("promote_model").upstream_task_ids == {"gate_model", "register_model", "train_model"}
         assert "approve_promotion" not in train.task_ids  # approval is off in both shipped specs
 
@@ -163,7 +167,16 @@ def test_ingest_partitions_come_from_the_form_the_upstream_events_or_the_interva
     assert _partitions(None, None, events) == ["2011-06-01", "2011-06-02"]  # a duplicate event is one partition
     assert _partitions({"partition": "2011-07-01"}, None, events) == ["2011-07-01"]  # the trigger form wins
     assert _partitions({}, datetime(2011, 6, 5, tzinfo=UTC), None) == ["2011-06-05"]
-    with pytest.raises(AirflowFailException, match="carries no 'partition'"):
-        _partitions(None, None, {landing: [SimpleNamespace(extra={"source": "export"})]})
+    # what the watchers record: the landing-file trigger's payload, a Redis message (JSON or the bare date)
+    watched = [
+        {"from_trigger": True, "payload": {"partitions": ["2011-06-03"], "source": "landing_file"}},
+        {"from_trigger": True, "payload": {"type": "message", "channel": "c", "data": '{"partition": "2011-06-04"}'}},
+        {"from_trigger": True, "payload": {"type": "message", "channel": "c", "data": "2011-06-03"}},
+    ]
+    events = {landing: [SimpleNamespace(extra=e) for e in watched]}
+    assert _partitions(None, None, events) == ["2011-06-03", "2011-06-04"]
+    for junk in ({"source": "export"}, {"from_trigger": True, "payload": {"type": "message", "data": "hello"}}):
+        with pytest.raises(AirflowFailException, match="names no partition"):
+            _partitions(None, None, {landing: [SimpleNamespace(extra=junk)]})
     with pytest.raises(AirflowFailException, match="trigger with a 'partition'"):
         _partitions(None, None, None)

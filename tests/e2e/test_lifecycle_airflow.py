@@ -54,18 +54,27 @@ def test_bike_demand_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     dags, url, root = stack["dags"], stack["url"], stack["root"]
     stages.replay("bike_demand", TRAIN_DAYS[0], TRAIN_DAYS[-1], corrupt=["2011-06-05"])
 
-    # ingest: one DAG run per day; every partition lands in raw/ (validation judges them later)
+    # ingest: one DAG run per day; each validates its partition; the corrupt day is quarantined on arrival
     for day in TRAIN_DAYS:
         run = _ingest(dags, day)
-        assert str(run.state) == "success", (day, _states(run))
-    assert len(list((root / "raw" / "bike_demand").glob("dt=*/part.parquet"))) == len(TRAIN_DAYS)
+        states = _states(run)
+        if day == "2011-06-05":
+            assert str(run.state) == "failed" and states["report_quarantine"] == "failed", states  # it says so
+            assert states["publish_partitions"] == "skipped", states  # and training hears nothing of it
+        else:
+            assert str(run.state) == "success", (day, states)
+    quarantined = root / "quarantine" / "bike_demand" / "dt=2011-06-05"
+    assert list(quarantined.glob("*/reasons.json")) and list(quarantined.glob("*/part.parquet"))
+    assert "2011-06-05" in next(quarantined.glob("*/reasons.json")).read_text()
+    assert not (root / "raw" / "bike_demand" / "dt=2011-06-05").exists()
+    assert len(list((root / "raw" / "bike_demand").glob("dt=*/part.parquet"))) == len(TRAIN_DAYS) - 1
 
-    # train: validation quarantines the corrupt day, the rest trains, gates, registers, deploys
+    # train: the good days go all the way through
     run = dags["bike_demand_train"].test()
     states = _states(run)
-    assert states["report_quarantine"] == "failed", states  # the run says loudly that a day was bad ...
     for task_id in (
         "validate_data",
+        "report_quarantine",
         "build_features",
         "train_model",
         "evaluate_model",
@@ -74,10 +83,7 @@ def test_bike_demand_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
         "promote_model",
         "deploy_model",
     ):
-        assert states[task_id] == "success", states  # ... after the good days went all the way through
-    quarantined = root / "quarantine" / "bike_demand" / "dt=2011-06-05"
-    assert list(quarantined.glob("*/reasons.json")) and list(quarantined.glob("*/part.parquet"))
-    assert not (root / "raw" / "bike_demand" / "dt=2011-06-05").exists()
+        assert states[task_id] == "success", states
 
     from mlflow import MlflowClient
 
@@ -106,6 +112,10 @@ def test_bike_demand_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     assert _states(run) == {"check_drift": "success", "drift_detected": "success", "request_retrain": "success"}
     reports = list((root / "monitoring" / "bike_demand").glob("*/drift.html"))
     assert reports and list((root / "monitoring" / "bike_demand").glob("*/summary.json"))
+    # the task links to the report kept on the window's MLflow run
+    check = next(t for t in run.get_task_instances() if t.task_id == "check_drift")
+    report_url = check.xcom_pull(task_ids="check_drift", key="_link_DriftReportLink")
+    assert report_url.startswith("http://localhost:5000/#/experiments/") and report_url.endswith("/drift.html")
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select

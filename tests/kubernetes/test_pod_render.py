@@ -18,6 +18,7 @@ from tests.kubernetes.conftest import CLAIM, SECRET
 
 STAGE_OF_TASK = {
     "validate_data": "validate",
+    "validate_partitions": "validate_new",  # ingest-time validation
     "build_features": "features",
     "train_model": "train",
     "evaluate_model": "evaluate",

@@ -13,6 +13,7 @@ Skipped, with the reason, where PostgreSQL is not reachable on 127.0.0.1:5432.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -94,6 +95,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     require_postgres()
     tmp = tmp_path_factory.mktemp("stack")
     suffix = secrets.token_hex(4)
+    channel = f"mlp.test.{suffix}.bike_demand.landing"  # this stack's own: Redis is shared by the machine
     dbs = {"AIRFLOW_DB": f"mlp_stack_airflow_{suffix}", "MLFLOW_DB": f"mlp_stack_mlflow_{suffix}"}
     with closing(_pg()) as conn, conn.cursor() as cur:
         for db in dbs.values():
@@ -112,9 +114,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "AIRFLOW_API_HOST": "127.0.0.1",
         "MLFLOW_HOST": "127.0.0.1",
         "MODEL_SERVER_HOST": "127.0.0.1",
+        "REDIS_HOST": "127.0.0.1",
         "PROJECT_DIR": str(REPO),
         "DATA_ROOT": str(tmp / "data"),
-        "PIPELINES_DIR": str(write_spec(tmp / "specs")),  # 20-day window: the run stays short
+        "PIPELINES_DIR": str(_specs(tmp / "specs", channel)),
         "SHARED_DATASETS": str(SHARED),
         "MLFLOW_ARTIFACTS": str(tmp / "mlartifacts"),
         **dbs,
@@ -152,6 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "dbs": dbs,
             "root": tmp / "data",
             "logs": tmp / "logs",
+            "channel": channel,
         }
     finally:
         for proc in procs.values():
@@ -165,6 +169,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with closing(_pg()) as conn, conn.cursor() as cur:
             for db in dbs.values():
                 cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def _specs(folder: Path, channel: str) -> Path:
+    """Bike demand (20-day window) announced on a Redis channel; adult income announced by its landing files."""
+    write_spec(folder, events={"redis_channel": channel, "poll_seconds": 1})
+    adult = yaml.safe_load((REPO / "config" / "pipelines" / "adult_income.yaml").read_text())
+    adult["source"]["events"] = {"watch_landing": True, "poll_seconds": 2}
+    (folder / "adult_income.yaml").write_text(yaml.safe_dump(adult))
+    return folder
 
 
 def _wait(url: str, procs: dict[str, subprocess.Popen[bytes]], tmp: Path, timeout: float = 180) -> None:
@@ -214,7 +227,7 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
         env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr[-2000:]
-    _wait_until("the DAGs to be parsed", lambda: _api(base, "GET", "/dags")["total_entries"] >= 3, 180, logs)
+    _wait_until("the DAGs to be parsed", lambda: _api(base, "GET", "/dags")["total_entries"] >= 7, 180, logs)
     for dag_id in ("bike_demand_ingest", "bike_demand_train"):
         _api(base, "PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
@@ -314,3 +327,148 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
         assert result["partition"] == "2011-06-21" and result["skipped"] is (attempt == 2), result
     assert (stack["root"] / "raw" / "bike_demand" / "dt=2011-06-21" / "part.parquet").is_file()
     assert "identical landing file" in result["reason"]
+
+
+def _replay(stack: dict[str, Any], pipeline: str, start: str, end: str, corrupt: list[str] | None = None) -> None:
+    """Upstream delivers landing files (the stage CLI, with the services' environment)."""
+    args = json.dumps({"start": start, "end": end, "corrupt": corrupt or []})
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks", "replay", "--pipeline", pipeline, "--args", args],
+        env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _landing_events(base: str, pipeline: str) -> list[dict[str, Any]]:
+    (asset,) = _api(base, "GET", "/assets", params={"uri_pattern": f"ml://{pipeline}/landing"})["assets"]
+    return _api(base, "GET", "/assets/events", params={"asset_id": asset["id"], "limit": 100})["asset_events"]
+
+
+def _event_runs(base: str, dag_id: str) -> list[dict[str, Any]]:
+    runs = [r for r in _runs(base, dag_id) if r["run_type"] == "asset_triggered"]
+    return sorted(runs, key=lambda r: r["run_after"])
+
+
+def _ingested(base: str, dag_id: str, run: dict[str, Any]) -> list[dict[str, Any]]:
+    path = f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances/ingest_partition/xcomEntries/return_value"
+    return _api(base, "GET", path)["value"]["partitions"]
+
+
+def _task_states(base: str, dag_id: str, run: dict[str, Any]) -> dict[str, str]:
+    tis = _api(base, "GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+    return {t["task_id"]: t["state"] for t in tis}
+
+
+def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, Any]) -> None:
+    import redis
+
+    base, logs, channel = stack["urls"]["airflow"], stack["logs"], stack["channel"]
+    queue = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        queue.ping()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); CI machines have it")
+    _replay(stack, "bike_demand", "2011-06-22", "2011-06-22")
+    before = len(_event_runs(base, "bike_demand_ingest"))
+    for attempt in (1, 2):  # the second message repeats the first (an at-least-once publisher)
+        # pub/sub only reaches a listening subscriber: the AssetWatcher in the triggerer (it re-subscribes after
+        # each message it turns into an event)
+        _wait_until(
+            "the triggerer's Redis subscription",
+            lambda: dict(queue.pubsub_numsub(channel)).get(channel.encode(), 0) >= 1,
+            120,
+            logs / "airflow-triggerer.log",
+        )
+        assert queue.publish(channel, json.dumps({"partition": "2011-06-22"})) >= 1
+
+        def done(n: int = attempt) -> dict[str, Any] | None:
+            runs = [r for r in _event_runs(base, "bike_demand_ingest")[before:] if r["state"] in ("success", "failed")]
+            return runs[-1] if len(runs) >= n else None
+
+        run = _wait_until(f"the Redis-triggered ingest run {attempt}", done, 240, logs)
+        assert run["state"] == "success", (run, _task_states(base, "bike_demand_ingest", run))
+        (result,) = _ingested(base, "bike_demand_ingest", run)
+        assert result["partition"] == "2011-06-22" and result["skipped"] is (attempt == 2), result
+    # the Asset events say where they came from: the watcher, with the message
+    from_redis = [e for e in _landing_events(base, "bike_demand") if (e["extra"] or {}).get("from_trigger")]
+    assert len(from_redis) == 2 and {e["extra"]["payload"]["channel"] for e in from_redis} == {channel}
+    assert (stack["root"] / "raw" / "bike_demand" / "dt=2011-06-22" / "part.parquet").is_file()
+
+
+def test_a_landed_file_starts_ingestion_and_a_bad_one_is_quarantined_on_arrival(stack: dict[str, Any]) -> None:
+    base, logs, root = stack["urls"]["airflow"], stack["logs"], stack["root"]
+    _api(base, "PATCH", "/dags/adult_income_ingest", json={"is_paused": False})
+    # upstream drops two days into the landing zone; the second is corrupted. Nobody calls anything.
+    _replay(stack, "adult_income", "2024-01-01", "2024-01-02", corrupt=["2024-01-02"])
+
+    def both_judged() -> list[dict[str, Any]] | None:
+        runs = [r for r in _event_runs(base, "adult_income_ingest") if r["state"] in ("success", "failed")]
+        days = {p["partition"] for r in runs for p in _ingested(base, "adult_income_ingest", r)}
+        return runs if days >= {"2024-01-01", "2024-01-02"} else None
+
+    runs = _wait_until("ingest runs started by the landing-zone watcher", both_judged, 300, logs)
+    assert (root / "raw" / "adult_income" / "dt=2024-01-01" / "part.parquet").is_file()
+    reasons = next((root / "quarantine" / "adult_income" / "dt=2024-01-02").glob("*/reasons.json")).read_text()
+    assert "age" in reasons and not (root / "raw" / "adult_income" / "dt=2024-01-02").exists()
+    # the run that took the bad day says so: report_quarantine failed with the reasons; training hears of the good day
+    bad = next(r for r in runs if "2024-01-02" in {p["partition"] for p in _ingested(base, "adult_income_ingest", r)})
+    assert bad["state"] == "failed" and _task_states(base, "adult_income_ingest", bad)["report_quarantine"] == "failed"
+    (raw,) = _api(base, "GET", "/assets", params={"uri_pattern": "ml://adult_income/raw"})["assets"]
+    published = _api(base, "GET", "/assets/events", params={"asset_id": raw["id"]})["asset_events"]
+    assert {d for e in published for d in e["extra"]["partitions"]} == {"2024-01-01"}
+    # each file was announced once: a file already ingested (or quarantined) as it is is not announced again
+    time.sleep(8)  # four more looks of the watcher
+    announced = [d for e in _landing_events(base, "adult_income") for d in e["extra"]["payload"]["partitions"]]
+    assert sorted(announced) == ["2024-01-01", "2024-01-02"], announced
+
+
+def test_a_backfill_rerun_is_byte_identical_runs_beside_the_monitor_and_retrains_nothing(
+    stack: dict[str, Any],
+) -> None:
+    import hashlib
+
+    base, logs, root = stack["urls"]["airflow"], stack["logs"], stack["root"]
+    days = DAYS[1:4]
+    parts = [root / "raw" / "bike_demand" / f"dt={d}" / "part.parquet" for d in days]
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in parts]
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(stack["urls"]["mlflow"], stack["urls"]["mlflow"])
+    versions = len(registry.search_model_versions("name = 'bike_demand'"))
+    champion = registry.get_model_version_by_alias("bike_demand", "champion").version
+    # the nightly monitor runs while the same days are backfilled again (reprocess: completed runs too)
+    _api(base, "PATCH", "/dags/bike_demand_monitor", json={"is_paused": False})
+    monitor = _api(base, "POST", "/dags/bike_demand_monitor/dagRuns", json={"logical_date": "2011-06-22T02:00:00Z"})
+    _api(
+        base,
+        "POST",
+        "/backfills",
+        json={"dag_id": "bike_demand_ingest", "from_date": f"{days[0]}T00:00:00Z", "to_date": f"{days[-1]}T00:00:00Z",
+              "max_active_runs": 3, "reprocess_behavior": "completed"},
+    )  # fmt: skip
+
+    def settled() -> bool:
+        backfilled = [r for r in _runs(base, "bike_demand_ingest") if r["run_type"] == "backfill"]
+        again = [r for r in backfilled if r["logical_date"][:10] in days]
+        m = _api(base, "GET", f"/dags/bike_demand_monitor/dagRuns/{monitor['dag_run_id']}")
+        busy = [r for r in _runs(base, "bike_demand_train") if r["state"] not in ("success", "failed")]
+        return (
+            all(r["state"] in ("success", "failed") for r in again)
+            and any(r["end_date"] and r["end_date"] > monitor["queued_at"] for r in again)
+            and m["state"] in ("success", "failed")
+            and not busy
+        )
+
+    _wait_until("the re-run backfill, the monitor and any training run", settled, 420, logs)
+    again = [r for r in _runs(base, "bike_demand_ingest") if r["run_type"] == "backfill"]
+    again = [r for r in again if r["logical_date"][:10] in days]
+    assert {r["state"] for r in again} == {"success"}
+    assert _api(base, "GET", f"/dags/bike_demand_monitor/dagRuns/{monitor['dag_run_id']}")["state"] == "success"
+    # the same bytes, the same rows: a re-run interval rewrites its partition identically
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in parts] == before
+    import pandas as pd
+
+    assert [len(pd.read_parquet(p)) for p in parts] == [24, 24, 24]
+    # the re-announced days reached the training DAG, whose retrain policy trained nothing new
+    assert len(registry.search_model_versions("name = 'bike_demand'")) == versions
+    assert registry.get_model_version_by_alias("bike_demand", "champion").version == champion

@@ -64,3 +64,45 @@ def test_duplicate_event_skips_an_unchanged_file_but_a_corrected_delivery_is_ing
     landing.write_text(landing.read_text().replace(",0.8,", ",0.81,", 1))  # upstream re-delivers a correction
     corrected = ingest_partition(spec, layout, "2011-06-02", skip_if_unchanged=True)
     assert not corrected.skipped and corrected.sha256 != first.sha256
+
+
+def test_landing_watcher_announces_settled_new_files_once_and_a_correction_again(spec, layout):
+    import os
+
+    from tasks.ingest import pending_landing_files
+
+    seen: dict[str, tuple[int, int, str]] = {}
+    replay_days(spec, layout, SHARED, "2011-06-02", "2011-06-03")
+    assert pending_landing_files(layout, "bike_demand", seen) == []  # first sight: maybe still being written
+    pending = pending_landing_files(layout, "bike_demand", seen)
+    assert [day for day, _ in pending] == ["2011-06-02", "2011-06-03"]
+    ingest_partition(spec, layout, "2011-06-02")
+    assert [day for day, _ in pending_landing_files(layout, "bike_demand", seen)] == ["2011-06-03"]
+    # a file still growing between two looks is not announced until it has settled
+    landing = layout.landing_file("bike_demand", "2011-06-02")
+    landing.write_text(landing.read_text().replace(",0.8,", ",0.81,", 1))
+    os.utime(landing, ns=(1, 1))
+    assert [day for day, _ in pending_landing_files(layout, "bike_demand", seen)] == ["2011-06-03"]
+    assert [day for day, _ in pending_landing_files(layout, "bike_demand", seen)] == ["2011-06-02", "2011-06-03"]
+
+
+def test_landing_trigger_puts_one_look_into_one_event(spec, layout):
+    import asyncio
+
+    from mlops_airflow.triggers import LandingFileTrigger
+
+    replay_days(spec, layout, SHARED, "2011-06-02", "2011-06-04")
+    trigger = LandingFileTrigger("bike_demand", str(layout.root), poll_seconds=0.05)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "mlops_airflow.triggers.LandingFileTrigger" and kwargs["data_root"] == str(layout.root)
+
+    async def first_event() -> dict:
+        events = trigger.run()
+        try:
+            return (await asyncio.wait_for(anext(events), 10)).payload
+        finally:
+            await events.aclose()
+
+    payload = asyncio.run(first_event())
+    assert payload["partitions"] == ["2011-06-02", "2011-06-03", "2011-06-04"]
+    assert payload["source"] == "landing_file" and len(payload["sha256"]["2011-06-03"]) == 64
