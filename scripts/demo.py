@@ -333,6 +333,13 @@ def story() -> None:
     summary_path = Path(env()["MLP_DATA_ROOT"]) / "monitoring" / P / _safe(run["dag_run_id"]) / "summary.json"
     summary = json.loads(summary_path.read_text())
     say(f"drift check: {summary['status']} - {summary.get('reason')}; drifted: {summary.get('drifted_columns')}")
+    pred = summary.get("prediction_drift") or {}
+    if pred.get("score") is not None:
+        say(
+            f"prediction drift: Wasserstein {pred['score']:.3f} (threshold {pred['threshold']}); input quality: "
+            + ("; ".join(summary["input_quality"]["breaches"]) or "no breach")
+        )
+    say(f"violations: {', '.join(summary.get('violations') or []) or 'none'} -> {summary.get('decision')}")
 
     say("5/6 the retrain request schedules bike_demand_train on 2012 data")
     wait_idle(f"{P}_train", since)
@@ -353,7 +360,7 @@ def story() -> None:
    MLflow UI       {MLFLOW}            (experiment bike_demand; model bike_demand @champion)
    adult_income    v{adult["version"]} ROC AUC {adult["auc"]:.3f} on its holdout; gate {adult["verdicts"]}
    Model card      {adult["card"]}
-   Drift report    {summary.get("report_html")}
+   Drift report    {summary.get("report_url") or summary.get("report_html")}  (check_drift's "Drift report" link)
    Model endpoint  {SERVER}/health   POST {SERVER}/predict (bike)   POST {SERVER}/models/adult_income/predict
    Ledger          make ledger      (every promotion, lost race, rejection and rollback: who, when, why)
    Roll back       the 'rollback' DAG in the Airflow UI (param pipeline; optional version)
