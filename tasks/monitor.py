@@ -235,7 +235,8 @@ def input_quality(
         # a measurement stuck at one value (a client default); calendar-like columns are legitimately
         # constant over a short window, so only columns with many reference values qualify
         if rules.flag_constant and distinct_cur <= 1 and distinct_ref >= 10 and len(cur) > 1:
-            value = cur.dropna().iloc[0].item() if cur.notna().any() else None
+            first: Any = cur.dropna().iloc[0] if cur.notna().any() else None
+            value = first.item() if hasattr(first, "item") else first  # numpy scalar -> plain, text stays text
             breaches.append(
                 f"{col}: constant ({value!r}) in all {len(cur)} served rows, {distinct_ref} values in the reference"
             )

@@ -13,6 +13,12 @@ from airflow.sdk import BaseOperatorLink
 MODEL_CARD_KEY = "model_card_url"
 
 
+def _pull(ti_key: Any, key: str) -> Any:
+    """The XCom the task pushed under ``key`` (None outside a task instance)."""
+    pull = getattr(ti_key, "xcom_pull", None)
+    return pull(task_ids=ti_key.task_id, key=key) if pull is not None else None
+
+
 class ModelCardLink(BaseOperatorLink):
     """The candidate's model card (MLflow UI, or the HTML file when no MLflow UI address is configured)."""
 
@@ -20,10 +26,7 @@ class ModelCardLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         """The URL the gate task pushed under ``model_card_url`` (empty when it pushed none)."""
-        pull = getattr(ti_key, "xcom_pull", None)
-        if pull is None:
-            return ""
-        return str(pull(task_ids=ti_key.task_id, key=MODEL_CARD_KEY) or "")
+        return str(_pull(ti_key, MODEL_CARD_KEY) or "")
 
 
 class DriftReportLink(BaseOperatorLink):
@@ -33,8 +36,5 @@ class DriftReportLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         """``report_url`` from the check's returned summary (empty when MLflow has no UI address)."""
-        pull = getattr(ti_key, "xcom_pull", None)
-        if pull is None:
-            return ""
-        summary = pull(task_ids=ti_key.task_id, key="return_value")
-        return str((summary or {}).get("report_url") or "") if isinstance(summary, dict) else ""
+        summary = _pull(ti_key, "return_value")
+        return str(summary.get("report_url") or "") if isinstance(summary, dict) else ""

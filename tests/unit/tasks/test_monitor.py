@@ -124,3 +124,21 @@ def test_too_few_served_rows_is_reported_not_judged(use_champion_store):
     summary = stages.monitor("bike_demand", "2010-01-02T02:00:00+00:00", "m3")
     assert summary["status"] == "insufficient_data" and "min_rows" in summary["reason"]
     assert served_inputs(DataLayout(use_champion_store["root"]).prediction_log, "bike_demand", "dteday", []).empty
+
+
+def test_input_quality_names_a_stuck_text_column_and_missing_values(spec):
+    import numpy as np
+    import pandas as pd
+
+    from tasks.monitor import input_quality
+
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({"job": [f"j{i % 12}" for i in range(600)], "hum": rng.random(600)})
+    hum = np.where(np.arange(200) < 60, np.nan, 0.5 + rng.random(200) / 2)  # 30 % missing
+    served = pd.DataFrame({"job": ["j3"] * 200, "hum": hum})
+    quality = input_quality(spec, reference, served, ["hum"], ["job"])
+    assert quality["breaches"] == [
+        "hum: 30.0% missing in served rows vs 0.0% in the reference",
+        "job: constant ('j3') in all 200 served rows, 12 values in the reference",
+    ]
+    assert quality["columns"]["hum"]["out_of_range"] == 0.0
