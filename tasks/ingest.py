@@ -120,16 +120,17 @@ def sha256_of(path: Path) -> str:
 
 
 def pending_landing_files(
-    layout: DataLayout, pipeline: str, seen: dict[str, tuple[int, int, str]]
+    layout: DataLayout, pipeline: str, seen: dict[str, tuple[int, int, str, bool]]
 ) -> list[tuple[str, str]]:
     """Landing files not yet ingested as they are now, once they have settled: ``[(day, sha256)]``.
 
     A file counts once its size and modification time are the same as at the previous look (an upstream
     still writing it is not announced half-written); its SHA-256 is then compared with the one recorded
-    beside the raw partition, so a file already ingested is not announced again and a corrected
-    re-delivery is. ``seen`` is the caller's memory across looks (``day -> (mtime_ns, size, sha256)``).
+    beside the raw (or quarantined) partition, so a file already ingested is not announced again and a
+    corrected re-delivery is. ``seen`` is the caller's memory across looks
+    (``day -> (mtime_ns, size, sha256, judged)``): an unchanged file already judged is not read again.
     """
-    folder = layout.landing_file(pipeline, "0000-00-00").parent
+    folder = layout.landing_dir(pipeline)
     pending = []
     for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
         day = path.stem
@@ -141,11 +142,14 @@ def pending_landing_files(
             continue
         before = seen.get(day)
         if before is None or before[:2] != (stat.st_mtime_ns, stat.st_size):
-            seen[day] = (stat.st_mtime_ns, stat.st_size, "")  # first sight, or still changing: look again
+            seen[day] = (stat.st_mtime_ns, stat.st_size, "", False)  # first sight, or still changing: look again
             continue
+        if before[3]:
+            continue  # unchanged since it was found ingested or quarantined
         digest = before[2] or sha256_of(path)
-        seen[day] = (stat.st_mtime_ns, stat.st_size, digest)
-        if digest not in _judged_digests(layout, pipeline, day):
+        judged = digest in _judged_digests(layout, pipeline, day)
+        seen[day] = (stat.st_mtime_ns, stat.st_size, digest, judged)
+        if not judged:
             pending.append((day, digest))
     return pending
 

@@ -177,12 +177,6 @@ def evaluate(
     return evaluate_candidate(spec, settings, trained, datasets["holdout"], run_key)
 
 
-def _card_url(settings: Settings, spec: PipelineSpec, run_id: str) -> str | None:
-    from tasks.tracking import artifact_url
-
-    return artifact_url(settings, run_id, "model_card/model_card.html")
-
-
 def gate(
     pipeline: str,
     trained: dict[str, Any],
@@ -203,6 +197,7 @@ def gate(
     from tasks.evaluate import GateFailed, gate_from_predictions, record_decision
     from tasks.model_card import CARD_DIR, write_card
     from tasks.registry import record_outcome
+    from tasks.tracking import artifact_url
 
     spec, settings, layout = _ctx(pipeline)
     decision = gate_from_predictions(spec, metrics)
@@ -213,7 +208,7 @@ def gate(
     record_decision(settings, pipeline, trained["run_id"], decision, out / "gate.json", cards)
     result |= {
         "model_card": card,
-        "model_card_url": _card_url(settings, spec, trained["run_id"]),
+        "model_card_url": artifact_url(settings, trained["run_id"], "model_card/model_card.html"),
         "summary": decision.summary(),
     }
     log.info("gate (%s): %s\n%s", decision.mode, "passed" if decision.passed else "FAILED", decision.summary())

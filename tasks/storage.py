@@ -38,9 +38,13 @@ class DataLayout:
         """Create a layout rooted at ``root`` (created lazily by writers)."""
         self.root = Path(root)
 
+    def landing_dir(self, pipeline: str) -> Path:
+        """Landing-zone folder of a pipeline (one ``<day>.csv`` per day)."""
+        return self.root / "landing" / pipeline
+
     def landing_file(self, pipeline: str, day: str) -> Path:
         """Landing-zone file for one day."""
-        return self.root / "landing" / pipeline / f"{day}.csv"
+        return self.landing_dir(pipeline) / f"{day}.csv"
 
     def raw_partition(self, pipeline: str, day: str) -> Path:
         """Ingested partition file for one day."""

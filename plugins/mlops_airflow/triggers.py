@@ -68,7 +68,7 @@ class LandingFileTrigger(BaseEventTrigger):
         from tasks.storage import DataLayout
 
         layout = DataLayout(Path(self.data_root))
-        seen: dict[str, tuple[int, int, str]] = {}
+        seen: dict[str, tuple[int, int, str, bool]] = {}
         announced: dict[str, tuple[str, float]] = {}
         while True:
             pending = await asyncio.to_thread(pending_landing_files, layout, self.pipeline, seen)

@@ -218,27 +218,63 @@ def _wait_until(what: str, check: Any, timeout: float, logs: Path) -> Any:
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n--- scheduler log ---\n{scheduler}")
 
 
+def _replay(stack: dict[str, Any], pipeline: str, start: str, end: str, corrupt: list[str] | None = None) -> None:
+    """Upstream delivers landing files (the stage CLI, with the services' environment)."""
+    args = json.dumps({"start": start, "end": end, "corrupt": corrupt or []})
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks", "replay", "--pipeline", pipeline, "--args", args],
+        env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _landing_events(base: str, pipeline: str) -> list[dict[str, Any]]:
+    (asset,) = _api(base, "GET", "/assets", params={"uri_pattern": f"ml://{pipeline}/landing"})["assets"]
+    return _api(base, "GET", "/assets/events", params={"asset_id": asset["id"], "limit": 100})["asset_events"]
+
+
+def _event_runs(base: str, dag_id: str) -> list[dict[str, Any]]:
+    runs = [r for r in _runs(base, dag_id) if r["run_type"] == "asset_triggered"]
+    return sorted(runs, key=lambda r: r["run_after"])
+
+
+def _ingested(base: str, dag_id: str, run: dict[str, Any]) -> list[dict[str, Any]]:
+    path = f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances/ingest_partition/xcomEntries/return_value"
+    return _api(base, "GET", path)["value"]["partitions"]
+
+
+def _finished_event_run(base: str, dag_id: str, n: int, skip: int = 0) -> dict[str, Any] | None:
+    """The latest finished asset-triggered run once at least ``n`` have finished (ignoring the first ``skip``)."""
+    done = [r for r in _event_runs(base, dag_id)[skip:] if r["state"] in ("success", "failed")]
+    return done[-1] if len(done) >= n else None
+
+
+def _backfill(base: str, days: list[str], max_active_runs: int, reprocess: str) -> dict[str, Any]:
+    """``airflow backfill create`` of the bike ingest DAG over ``days``, through the REST API."""
+    return _api(
+        base,
+        "POST",
+        "/backfills",
+        json={"dag_id": "bike_demand_ingest", "from_date": f"{days[0]}T00:00:00Z", "to_date": f"{days[-1]}T00:00:00Z",
+              "max_active_runs": max_active_runs, "reprocess_behavior": reprocess},
+    )  # fmt: skip
+
+
+def _task_states(base: str, dag_id: str, run: dict[str, Any]) -> dict[str, str]:
+    tis = _api(base, "GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+    return {t["task_id"]: t["state"] for t in tis}
+
+
 def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) -> None:
     base, logs = stack["urls"]["airflow"], stack["logs"]
     # upstream delivers 20 days into the landing zone (the stage CLI, with the services' environment)
-    replay = subprocess.run(
-        [sys.executable, "-m", "tasks", "replay", "--pipeline", "bike_demand", "--args",
-         f'{{"start": "{DAYS[0]}", "end": "{DAYS[-1]}"}}'],
-        env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert replay.returncode == 0, replay.stderr[-2000:]
+    _replay(stack, "bike_demand", DAYS[0], DAYS[-1])
     _wait_until("the DAGs to be parsed", lambda: _api(base, "GET", "/dags")["total_entries"] >= 7, 180, logs)
     for dag_id in ("bike_demand_ingest", "bike_demand_train"):
         _api(base, "PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     # a real backfill (PostgreSQL metadata: no SQLite write-lock limits)
-    backfill = _api(
-        base,
-        "POST",
-        "/backfills",
-        json={"dag_id": "bike_demand_ingest", "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[-1]}T00:00:00Z",
-              "max_active_runs": 4, "reprocess_behavior": "none"},
-    )  # fmt: skip
+    backfill = _backfill(base, DAYS, max_active_runs=4, reprocess="none")
     assert backfill["dag_id"] == "bike_demand_ingest"
 
     def ingested() -> list[dict[str, Any]] | None:
@@ -300,63 +336,23 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     assert len(reply.json()["predictions"]) == 24 and reply.json()["model_version"] == str(champion.version)
 
     # an upstream system announces a new day through the REST API: ingestion runs at once; a repeat is a no-op
-    replay = subprocess.run(
-        [sys.executable, "-m", "tasks", "replay", "--pipeline", "bike_demand", "--args",
-         '{"start": "2011-06-21", "end": "2011-06-21"}'],
-        env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert replay.returncode == 0, replay.stderr[-2000:]
+    _replay(stack, "bike_demand", "2011-06-21", "2011-06-21")
     (asset,) = _api(base, "GET", "/assets", params={"uri_pattern": "ml://bike_demand/landing"})["assets"]
     for attempt in (1, 2):  # the second event repeats the first (an at-least-once upstream)
         event = {"asset_id": asset["id"], "extra": {"partition": "2011-06-21", "source": "upstream-export"}}
         _api(base, "POST", "/assets/events", json=event)
 
-        def event_run(n: int = attempt) -> dict[str, Any] | None:
-            runs = [r for r in _runs(base, "bike_demand_ingest") if r["run_type"] == "asset_triggered"]
-            done = [r for r in runs if r["state"] in ("success", "failed")]
-            return done[-1] if len(done) >= n else None
-
-        run = _wait_until(f"the asset-triggered ingest run {attempt}", event_run, 240, logs)
+        run = _wait_until(
+            f"the asset-triggered ingest run {attempt}",
+            lambda n=attempt: _finished_event_run(base, "bike_demand_ingest", n),
+            240,
+            logs,
+        )
         assert run["state"] == "success", run
-        xcom = _api(
-            base,
-            "GET",
-            f"/dags/bike_demand_ingest/dagRuns/{run['dag_run_id']}/taskInstances/ingest_partition/xcomEntries/return_value",
-        )["value"]
-        (result,) = xcom["partitions"]
+        (result,) = _ingested(base, "bike_demand_ingest", run)
         assert result["partition"] == "2011-06-21" and result["skipped"] is (attempt == 2), result
     assert (stack["root"] / "raw" / "bike_demand" / "dt=2011-06-21" / "part.parquet").is_file()
     assert "identical landing file" in result["reason"]
-
-
-def _replay(stack: dict[str, Any], pipeline: str, start: str, end: str, corrupt: list[str] | None = None) -> None:
-    """Upstream delivers landing files (the stage CLI, with the services' environment)."""
-    args = json.dumps({"start": start, "end": end, "corrupt": corrupt or []})
-    out = subprocess.run(
-        [sys.executable, "-m", "tasks", "replay", "--pipeline", pipeline, "--args", args],
-        env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-
-
-def _landing_events(base: str, pipeline: str) -> list[dict[str, Any]]:
-    (asset,) = _api(base, "GET", "/assets", params={"uri_pattern": f"ml://{pipeline}/landing"})["assets"]
-    return _api(base, "GET", "/assets/events", params={"asset_id": asset["id"], "limit": 100})["asset_events"]
-
-
-def _event_runs(base: str, dag_id: str) -> list[dict[str, Any]]:
-    runs = [r for r in _runs(base, dag_id) if r["run_type"] == "asset_triggered"]
-    return sorted(runs, key=lambda r: r["run_after"])
-
-
-def _ingested(base: str, dag_id: str, run: dict[str, Any]) -> list[dict[str, Any]]:
-    path = f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances/ingest_partition/xcomEntries/return_value"
-    return _api(base, "GET", path)["value"]["partitions"]
-
-
-def _task_states(base: str, dag_id: str, run: dict[str, Any]) -> dict[str, str]:
-    tis = _api(base, "GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
-    return {t["task_id"]: t["state"] for t in tis}
 
 
 def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, Any]) -> None:
@@ -381,11 +377,12 @@ def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, An
         )
         assert queue.publish(channel, json.dumps({"partition": "2011-06-22"})) >= 1
 
-        def done(n: int = attempt) -> dict[str, Any] | None:
-            runs = [r for r in _event_runs(base, "bike_demand_ingest")[before:] if r["state"] in ("success", "failed")]
-            return runs[-1] if len(runs) >= n else None
-
-        run = _wait_until(f"the Redis-triggered ingest run {attempt}", done, 240, logs)
+        run = _wait_until(
+            f"the Redis-triggered ingest run {attempt}",
+            lambda n=attempt: _finished_event_run(base, "bike_demand_ingest", n, skip=before),
+            240,
+            logs,
+        )
         assert run["state"] == "success", (run, _task_states(base, "bike_demand_ingest", run))
         (result,) = _ingested(base, "bike_demand_ingest", run)
         assert result["partition"] == "2011-06-22" and result["skipped"] is (attempt == 2), result
@@ -439,13 +436,7 @@ def test_a_backfill_rerun_is_byte_identical_runs_beside_the_monitor_and_retrains
     # the nightly monitor runs while the same days are backfilled again (reprocess: completed runs too)
     _api(base, "PATCH", "/dags/bike_demand_monitor", json={"is_paused": False})
     monitor = _api(base, "POST", "/dags/bike_demand_monitor/dagRuns", json={"logical_date": "2011-06-22T02:00:00Z"})
-    _api(
-        base,
-        "POST",
-        "/backfills",
-        json={"dag_id": "bike_demand_ingest", "from_date": f"{days[0]}T00:00:00Z", "to_date": f"{days[-1]}T00:00:00Z",
-              "max_active_runs": 3, "reprocess_behavior": "completed"},
-    )  # fmt: skip
+    _backfill(base, days, max_active_runs=3, reprocess="completed")
 
     def settled() -> bool:
         backfilled = [r for r in _runs(base, "bike_demand_ingest") if r["run_type"] == "backfill"]

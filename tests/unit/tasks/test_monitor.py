@@ -142,3 +142,23 @@ def test_input_quality_names_a_stuck_text_column_and_missing_values(spec):
         "job: constant ('j3') in all 200 served rows, 12 values in the reference",
     ]
     assert quality["columns"]["hum"]["out_of_range"] == 0.0
+
+
+def test_an_unreachable_tracking_store_costs_the_link_not_the_report(data_root, monkeypatch, caplog):
+    from tasks.monitor import _publish
+    from tasks.spec import load_spec
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    get_settings.cache_clear()
+    out = DataLayout(data_root).monitoring_dir("bike_demand", "m9")
+    out.mkdir(parents=True)
+    (out / "drift.html").write_text("<html>report</html>")
+    summary = {"window_end": "2012-07-09T02:00:00+00:00", "status": "drift", "report_html": str(out / "drift.html")}
+    _publish(load_spec("bike_demand"), get_settings(), "m9", summary, out)
+    assert "report_url" not in summary and "could not keep the monitoring reports on MLflow" in caplog.text
+    assert json.loads((out / "summary.json").read_text())["status"] == "drift"
+    assert (out / "drift.html").read_text() == "<html>report</html>"
+    get_settings.cache_clear()

@@ -71,7 +71,7 @@ def test_landing_watcher_announces_settled_new_files_once_and_a_correction_again
 
     from tasks.ingest import pending_landing_files
 
-    seen: dict[str, tuple[int, int, str]] = {}
+    seen: dict[str, tuple[int, int, str, bool]] = {}
     replay_days(spec, layout, SHARED, "2011-06-02", "2011-06-03")
     assert pending_landing_files(layout, "bike_demand", seen) == []  # first sight: maybe still being written
     pending = pending_landing_files(layout, "bike_demand", seen)
