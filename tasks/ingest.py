@@ -1,227 +1,200 @@
-"""Ingest: copy one day's landing file into the raw store as a typed Parquet partition."""
+"""Ingest: check one day's landing file and stage it, typed, beside the raw partition; refuse it with reasons.
+
+The flow every entry point shares (a scheduled run, the trigger form, a REST / Redis / landing-watcher event,
+``python -m tasks ingest``):
+
+1. the day must be a calendar date (:func:`tasks.landing.strict_day`);
+2. the landing file must be complete under the spec's ``source.completion`` (:func:`tasks.landing.readiness`;
+   not yet: :class:`LandingNotReady`, retryable);
+3. :func:`tasks.reader.read_landing_file` reads and checks it; a refused file leaves a quarantine record
+   (``reasons.json``, a copy of the landing file, its SHA-256) and raises
+   :class:`tasks.reader.LandingFileRefused` (permanent); nothing is written to the raw partition;
+4. the typed batch is written to ``raw/<p>/dt=<day>/.staged/<sha256>/part.parquet``. Validation
+   (:func:`tasks.validate.validate_staged`) judges it there and only a valid batch replaces ``part.parquet``.
+"""
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import logging
-import re
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from tasks.errors import PermanentError
+from tasks.landing import (  # noqa: F401 - re-exported: callers and tests use them from here
+    Contract,
+    Look,
+    partitions_from_event,
+    pending_landing_files,
+    readiness,
+    sha256_of,
+    strict_day,
+)
+from tasks.partitions import (
+    SOURCE,
+    QuarantinedPartition,
+    current_source,
+    now_iso,
+    partition_lock,
+    quarantine_batch,
+    read_json,
+    staged_dir,
+    staging_stamp,
+)
+from tasks.reader import LandingFileRefused, read_landing_file
 from tasks.spec import PipelineSpec
-from tasks.storage import DataLayout, atomic_path, parse_day, write_json
+from tasks.storage import DataLayout, atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 
 class IngestError(PermanentError, RuntimeError):
-    """The landing file for a partition is missing or unreadable."""
+    """The landing file for a partition is missing."""
+
+
+class LandingNotReady(RuntimeError):
+    """The landing file is still being written (or not marked complete yet): a retry may find it complete."""
 
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What one ingest wrote."""
+    """What one ingest did with a day's landing file.
+
+    ``outcome``: ``staged`` (waiting for validation at ``staged``), ``skipped`` (this exact file was judged
+    before; ``reason`` says how), ``accepted`` / ``superseded`` (after validation, when run in one call).
+    """
 
     partition: str
     uri: str
     rows: int
-    uncast_columns: list[str]
     sha256: str = ""
     skipped: bool = False
     reason: str = ""
+    outcome: str = "staged"
+    staged: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Small, JSON-able form for XCom."""
         return asdict(self)
 
 
-def _cast(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFrame, list[str]]:
-    """Cast declared columns; a column that does not cast is kept as text for validation to report.
+def ingest_partition(
+    spec: PipelineSpec, layout: DataLayout, day: str, skip_if_unchanged: bool = False, run_key: str = "manual"
+) -> IngestResult:
+    """Check ``landing/<p>/<day>.csv`` and stage it as ``raw/<p>/dt=<day>/.staged/<sha256>/part.parquet``.
 
-    Empty cells and the spec's ``na_values`` markers become missing values (NaN / None).
-    """
-    uncast = []
-    markers = {"", *spec.source.na_values}
-    for col, kind in spec.schema_.columns.items():
-        if col not in frame.columns:
-            continue
-        if kind == "str":
-            if spec.source.na_values:
-                frame[col] = frame[col].mask(frame[col].isin(spec.source.na_values))  # NaN in text: missing
-            continue
-        text = frame[col].where(~frame[col].isin(markers))
-        values = pd.to_numeric(text, errors="coerce")
-        lost = values.isna() & text.notna()
-        if lost.any():
-            uncast.append(col)
-            continue
-        if kind == "int" and values.notna().all() and (values == values.round()).all():
-            frame[col] = values.astype("int64")
-        else:
-            frame[col] = values.astype("float64")
-    return frame, uncast
-
-
-def _source_record(layout: DataLayout, pipeline: str, day: str) -> Path:
-    return layout.raw_partition(pipeline, day).with_name("_source.json")
-
-
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
-
-
-def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
-    """The partitions an upstream Asset event announces, whichever way it came.
-
-    - REST (``POST /api/v2/assets/events``): ``{"partition": "YYYY-MM-DD", ...}``.
-    - An AssetWatcher: ``{"from_trigger": true, "payload": ...}`` where the payload is the landing-file
-      watcher's ``{"partitions": [...]}`` or a Redis message whose ``data`` is ``{"partition": ...}`` JSON
-      or the bare date.
-
-    Returns:
-        ``YYYY-MM-DD`` days; empty when the event names none.
-    """
-    extra = extra or {}
-    if extra.get("partition"):
-        return [str(extra["partition"])[:10]]
-    payload = extra.get("payload")
-    if not isinstance(payload, dict):
-        return []
-    if payload.get("partitions"):
-        return [str(d)[:10] for d in payload["partitions"]]
-    if payload.get("partition"):
-        return [str(payload["partition"])[:10]]
-    data = payload.get("data")
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError:
-            return [data.strip()[:10]] if _DAY.match(data.strip()) else []
-    if isinstance(data, dict) and data.get("partition"):
-        return [str(data["partition"])[:10]]
-    if isinstance(data, str) and _DAY.match(data):
-        return [data[:10]]
-    return []
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def pending_landing_files(
-    layout: DataLayout, pipeline: str, seen: dict[str, tuple[int, int, str, bool]]
-) -> list[tuple[str, str]]:
-    """Landing files not yet ingested as they are now, once they have settled: ``[(day, sha256)]``.
-
-    A file counts once its size and modification time are the same as at the previous look (an upstream
-    still writing it is not announced half-written); its SHA-256 is then compared with the one recorded
-    beside the raw (or quarantined) partition, so a file already ingested is not announced again and a
-    corrected re-delivery is. ``seen`` is the caller's memory across looks
-    (``day -> (mtime_ns, size, sha256, judged)``): an unchanged file already judged is not read again.
-    """
-    folder = layout.landing_dir(pipeline)
-    pending = []
-    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        day = path.stem
-        if not _DAY.match(day):
-            continue
-        try:
-            stat = path.stat()
-        except FileNotFoundError:  # moved away between the listing and now
-            continue
-        before = seen.get(day)
-        if before is None or before[:2] != (stat.st_mtime_ns, stat.st_size):
-            seen[day] = (stat.st_mtime_ns, stat.st_size, "", False)  # first sight, or still changing: look again
-            continue
-        if before[3]:
-            continue  # unchanged since it was found ingested or quarantined
-        digest = before[2] or sha256_of(path)
-        judged = digest in _judged_digests(layout, pipeline, day)
-        seen[day] = (stat.st_mtime_ns, stat.st_size, digest, judged)
-        if not judged:
-            pending.append((day, digest))
-    return pending
-
-
-def _judged_digests(layout: DataLayout, pipeline: str, day: str) -> set[str]:
-    """SHA-256 of the landing files of ``day`` already ingested (raw) or already quarantined."""
-    records = [_source_record(layout, pipeline, day)]
-    records += layout.quarantine_dir(pipeline, day).glob("*/_source.json")
-    return {json.loads(r.read_text()).get("sha256") for r in records if r.is_file()}
-
-
-def ingest_partition(spec: PipelineSpec, layout: DataLayout, day: str, skip_if_unchanged: bool = False) -> IngestResult:
-    """Read ``landing/<pipeline>/<day>.csv`` and write ``raw/<pipeline>/dt=<day>/part.parquet`` atomically.
-
-    Re-running a day rewrites the same partition byte for byte. The batch is stored even when it looks
-    wrong: deciding what is valid is the validation stage's job, which quarantines it with reasons.
-    The landing file's SHA-256 is kept beside the partition (``_source.json``); with ``skip_if_unchanged``
-    (upstream events, which may arrive twice or late) a file already ingested unchanged is not processed
-    again, while a corrected delivery (new bytes) is.
+    Re-running a day stages the same bytes again. With ``skip_if_unchanged`` (upstream events, which may
+    arrive twice or late) a file that is the current partition's source, or was already quarantined, is not
+    processed again, while a corrected delivery (new bytes) is.
 
     Args:
         spec: The pipeline.
         layout: Data root layout.
-        day: The partition date (the data interval start), ``YYYY-MM-DD``.
-        skip_if_unchanged: Return without rewriting when this exact file was already ingested.
+        day: The partition date, ``YYYY-MM-DD``.
+        skip_if_unchanged: Return without staging when this exact file was already judged.
+        run_key: The run, for quarantine folders and the version history.
 
     Returns:
-        The partition written.
+        The staged batch (or the skip).
 
     Raises:
-        IngestError: No landing file for the day, or it is not CSV.
+        BadPartition: ``day`` is not a calendar date.
+        IngestError: No landing file for the day.
+        LandingNotReady: The file is not complete yet (retryable).
+        LandingFileRefused: The file was refused; the quarantine record is ``exc.record``.
     """
-    day = parse_day(day)
+    day = strict_day(day)
     source = layout.landing_file(spec.name, day)
     if not source.is_file():
         raise IngestError(
             f"no landing file for {spec.name} partition {day}: expected {source}. "
             "Has the upstream delivered it? Re-run this task once it lands."
         )
-    target = layout.raw_partition(spec.name, day)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    state = readiness(Contract.of(spec.source), source, wait=True)
+    if not state.ready or state.look is None:
+        raise LandingNotReady(f"{spec.name} partition {day}: {state.reason}; not read, a retry will look again")
     # one ingest of a partition at a time: two events for the same day (REST, queue, file watcher) racing
-    # each other must not both process it; the second waits, then finds the file already ingested
-    with (target.parent / ".ingest.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _ingest_locked(spec, layout, day, source, target, skip_if_unchanged)
+    # each other must not both process it; the second waits, then finds the file already judged
+    with partition_lock(layout, spec.name, day):
+        return _stage_locked(spec, layout, day, source, state.look, skip_if_unchanged, run_key)
 
 
-def _ingest_locked(
-    spec: PipelineSpec, layout: DataLayout, day: str, source: Path, target: Path, skip_if_unchanged: bool
+def _already_judged(layout: DataLayout, pipeline: str, day: str, digest: str) -> str | None:
+    current = current_source(layout, pipeline, day)
+    if current and current.get("sha256") == digest:
+        when = current.get("ingested_at")
+        return f"already ingested from an identical landing file at {when}: nothing to do"
+    for record in sorted(layout.quarantine_dir(pipeline, day).glob("*/_source.json")):
+        if (read_json(record) or {}).get("sha256") == digest:
+            where = record.parent / "reasons.json"
+            return f"this identical landing file was already quarantined ({where}): nothing to do"
+    return None
+
+
+def _stage_locked(
+    spec: PipelineSpec,
+    layout: DataLayout,
+    day: str,
+    source: Path,
+    look: Look,
+    skip_if_unchanged: bool,
+    run_key: str,
 ) -> IngestResult:
-    digest = sha256_of(source)
-    record = _source_record(layout, spec.name, day)
-    if skip_if_unchanged and target.is_file() and record.is_file():
-        seen = json.loads(record.read_text())
-        if seen.get("sha256") == digest:
-            why = f"already ingested from an identical landing file at {seen.get('ingested_at')}: nothing to do"
+    target = layout.raw_partition(spec.name, day)
+    if skip_if_unchanged:
+        digest = sha256_of(source)
+        why = _already_judged(layout, spec.name, day, digest)
+        if why:
             log.info("%s partition %s: %s", spec.name, day, why)
-            return IngestResult(day, str(target), int(seen.get("rows", 0)), [], digest, True, why)
+            rows = int((current_source(layout, spec.name, day) or {}).get("rows", 0))
+            return IngestResult(day, str(target), rows, digest, True, why, "skipped")
     try:
-        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise IngestError(f"landing file {source} is not readable CSV: {exc}") from exc
-    frame, uncast = _cast(frame, spec)
-    order = [c for c in spec.source.order_by if c in frame.columns]
-    if order:
-        frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
-    with atomic_path(target) as tmp:
-        frame.to_parquet(tmp, index=False)
-    ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
-    write_json(record, {"sha256": digest, "rows": len(frame), "source": str(source), "ingested_at": ingested_at})
-    if uncast:
-        log.warning("partition %s: columns %s did not cast to their declared types", day, uncast)
-    log.info("ingested %s rows of %s partition %s -> %s", len(frame), spec.name, day, target)
-    return IngestResult(partition=day, uri=str(target), rows=len(frame), uncast_columns=uncast, sha256=digest)
+        batch = read_landing_file(spec, source, day)
+    except LandingFileRefused as exc:
+        _unchanged_since(source, look)
+        entry = QuarantinedPartition(
+            partition=day, source=str(source), quarantined_at="", reasons=exc.reasons, sha256=exc.sha256, stage="ingest"
+        )
+        entry = quarantine_batch(layout, spec.name, day, run_key, entry, landing=source)
+        exc.record = entry.record
+        exc.entry = entry.to_dict()  # type: ignore[attr-defined]
+        log.error("refused %s partition %s (%s): %s", spec.name, day, entry.record, "; ".join(exc.reasons))
+        raise
+    _unchanged_since(source, look)
+    folder = staged_dir(layout, spec.name, day, batch.sha256)
+    with atomic_path(folder / "part.parquet") as tmp:
+        batch.frame.to_parquet(tmp, index=False)
+    write_json(
+        folder / SOURCE,
+        {
+            "sha256": batch.sha256,
+            "bytes": batch.size,
+            "rows": len(batch.frame),
+            "parquet_sha256": sha256_of(folder / "part.parquet"),
+            "source": str(source),
+            "ingested_at": now_iso(),
+            "staged_at_ns": staging_stamp(),
+            "run": run_key,
+            "notes": batch.notes,
+        },
+    )
+    log.info("staged %s rows of %s partition %s -> %s", len(batch.frame), spec.name, day, folder)
+    return IngestResult(
+        partition=day,
+        uri=str(target),
+        rows=len(batch.frame),
+        sha256=batch.sha256,
+        outcome="staged",
+        staged=str(folder / "part.parquet"),
+        notes=batch.notes,
+    )
+
+
+def _unchanged_since(source: Path, look: Look) -> None:
+    """The file read is the file judged complete: a write meanwhile means it was not complete after all."""
+    if not look.same_file(Look.of(source)):
+        raise LandingNotReady(
+            f"{source} changed while it was read (it was not complete after all): nothing was kept; a retry will "
+            "look again"
+        )

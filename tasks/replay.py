@@ -1,4 +1,9 @@
-"""Replay a shipped dataset into the landing zone, one file per day, as an upstream system would deliver it."""
+"""Replay a shipped dataset into the landing zone, one file per day, as an upstream system would deliver it.
+
+The files keep the landing contract ingest checks: UTF-8 CSV with the header line, a final newline, one day's
+rows per file, written under a temporary name and renamed (and, for ``source.completion: marker``, followed
+by ``<day>.csv.done``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.landing import marker_path
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, atomic_path, parse_day
 
@@ -103,8 +109,11 @@ def replay_days(
             batch = corrupt_batch(spec, batch)
             corrupted.append(day)
         target = layout.landing_file(spec.name, day)
-        with atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:  # written aside and renamed: the landing contract's "rename"
             batch.to_csv(tmp, index=False)
+        if spec.source.completion == "marker":  # the marker goes after the file it vouches for
+            with atomic_path(marker_path(target)) as tmp:
+                tmp.write_bytes(b"")
         files.append(str(target))
     log.info("replayed %d rows into %d landing files (%s .. %s)", len(window), len(files), start, end)
     return ReplayResult(files=files, rows=len(window), corrupted=corrupted)

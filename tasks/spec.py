@@ -49,11 +49,70 @@ class EventSourcesSpec(_Strict):
     poll_seconds: float = Field(default=5, gt=0, description="How often both watchers look.")
 
 
+class RowsPerPartitionSpec(_Strict):
+    """How many rows a complete partition has: a file cut short or doubled up is refused at ingest."""
+
+    expected: int = Field(gt=0, description="Rows of a complete partition (bike demand: 24, one per hour).")
+    tolerance: int = Field(
+        default=0,
+        ge=0,
+        description="Accepted difference from expected, either way (real days miss an hour or two at the source).",
+    )
+    exceptions: dict[str, int] = Field(
+        default_factory=dict,
+        description="Days the source itself has a different number of rows for (outages, storms): "
+        "day (YYYY-MM-DD) -> that exact number. Such a day is accepted with exactly that many rows.",
+    )
+
+    @model_validator(mode="after")
+    def _exception_days(self) -> RowsPerPartitionSpec:
+        for day, rows in self.exceptions.items():
+            if not _is_calendar_day(day):
+                raise ValueError(f"rows_per_partition.exceptions: {day!r} is not a calendar date (YYYY-MM-DD)")
+            if rows < 1:
+                raise ValueError(f"rows_per_partition.exceptions[{day}]: a partition has at least one row")
+        return self
+
+    def refusal(self, day: str, rows: int) -> str | None:
+        """Why ``rows`` rows are wrong for ``day``, or None when they are right."""
+        if day in self.exceptions:
+            known = self.exceptions[day]
+            if rows == known:
+                return None
+            return (
+                f"{rows} rows, but the source has exactly {known} for {day} (source.rows_per_partition.exceptions): "
+                "is the file complete?"
+            )
+        low, high = max(self.expected - self.tolerance, 1), self.expected + self.tolerance
+        if low <= rows <= high:
+            return None
+        return (
+            f"{rows} rows, expected {self.expected} ± {self.tolerance} ({low} to {high}, "
+            f"source.rows_per_partition): is the file complete, or does it hold more than the day? If the source "
+            f"really has {rows} rows for {day}, list it under source.rows_per_partition.exceptions"
+        )
+
+
+def _is_calendar_day(value: str) -> bool:
+    from datetime import date
+
+    if not isinstance(value, str) or len(value) != 10:
+        return False
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 class SourceSpec(_Strict):
-    """Where the pipeline's data lands and how it is partitioned."""
+    """Where the pipeline's data lands, how it is partitioned, and what a landing file must look like."""
 
     dataset: str = Field(description="File name under the shared datasets folder, used by the replay tool.")
-    partition_column: str = Field(description="Column holding the calendar date (YYYY-MM-DD) of each row.")
+    partition_column: str = Field(
+        description="Column holding the calendar date (YYYY-MM-DD) of each row; every row of a day's file must "
+        "hold that day."
+    )
     order_by: list[str] = Field(default_factory=list, description="Columns that order rows inside a day.")
     na_values: list[str] = Field(
         default_factory=list, description='Text markers of a missing value in landed files (UCI Adult: "?").'
@@ -64,7 +123,44 @@ class SourceSpec(_Strict):
         description="The dataset has no date column: the replay tool delivers this many rows per day, in file "
         "order, from the spec's start_date, and writes the day into partition_column.",
     )
+    encoding: str = Field(
+        default="utf-8",
+        description="Text encoding of landing files. A file that does not decode is refused, naming the byte; a "
+        "UTF-8 byte-order mark is removed.",
+    )
+    max_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        gt=0,
+        description="Larger landing files are refused (quarantined, naming the size) before they are read: this "
+        "bounds the memory one ingest takes.",
+    )
+    final_newline: bool = Field(
+        default=True,
+        description="A complete file ends with a newline; one that does not is refused as possibly cut off.",
+    )
+    completion: Literal["settle", "marker", "rename"] = Field(
+        default="settle",
+        description="When a landing file counts as complete. settle: its size and modification time are the same "
+        "at two looks settle_seconds apart. marker: once <day>.csv.done exists (written after the file). rename: "
+        "upstream writes a temporary name (.<name>.tmp, *.partial) and renames it, so a final name is complete.",
+    )
+    settle_seconds: float = Field(
+        default=5, ge=0, le=3600, description="completion: settle: how long a file must stay unchanged."
+    )
+    rows_per_partition: RowsPerPartitionSpec | None = Field(
+        default=None, description="Rows of a complete partition; unset: any number of rows."
+    )
     events: EventSourcesSpec = EventSourcesSpec()
+
+    @model_validator(mode="after")
+    def _known_encoding(self) -> SourceSpec:
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError as exc:
+            raise ValueError(f"source.encoding {self.encoding!r} is not a known text encoding") from exc
+        return self
 
 
 class SchemaSpec(_Strict):

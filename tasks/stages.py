@@ -38,20 +38,97 @@ def replay(pipeline: str, start: str, end: str, corrupt: list[str] | None = None
     return asdict(replay_days(spec, layout, settings.shared_datasets, start, end, frozenset(corrupt or [])))
 
 
-def landing_ready(pipeline: str, day: str) -> bool:
-    """Whether upstream has delivered the landing file for ``day``."""
-    from tasks.storage import parse_day
+def landing_status(pipeline: str, day: str) -> dict[str, Any]:
+    """Whether the landing file of ``day`` is complete under the spec's ``source.completion``, and why.
 
-    _, _, layout = _ctx(pipeline)
-    return layout.landing_file(pipeline, parse_day(day)).is_file()
+    Waits at most ``source.settle_seconds`` for a file that changed just now. Never reads the file.
 
-
-def ingest(pipeline: str, day: str, skip_if_unchanged: bool = False) -> dict[str, Any]:
-    """Landing file of ``day`` -> raw partition (``skip_if_unchanged``: skip a file already ingested as is)."""
-    from tasks.ingest import ingest_partition
+    Raises:
+        BadPartition: ``day`` is not a calendar date.
+    """
+    from tasks.landing import Contract, readiness, strict_day
 
     spec, _, layout = _ctx(pipeline)
-    return ingest_partition(spec, layout, day, skip_if_unchanged).to_dict()
+    day = strict_day(day)
+    state = readiness(Contract.of(spec.source), layout.landing_file(pipeline, day), wait=True)
+    log.info("%s partition %s: %s", pipeline, day, state.reason)
+    return {"partition": day, "ready": state.ready, "reason": state.reason}
+
+
+def landing_ready(pipeline: str, day: str) -> bool:
+    """Whether upstream has delivered the landing file for ``day`` completely (see :func:`landing_status`)."""
+    return bool(landing_status(pipeline, day)["ready"])
+
+
+def _manual_run_key() -> str:
+    from datetime import UTC, datetime
+
+    return "manual__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def ingest_days(
+    pipeline: str, days: list[str], skip_if_unchanged: bool = False, run_key: str | None = None
+) -> dict[str, Any]:
+    """Stage each day's landing file for validation; a refused file is recorded, not fatal to the other days.
+
+    Returns:
+        ``partitions`` (each day's result), ``new`` (days staged), ``staged`` (day -> landing SHA-256) and
+        ``refused`` (quarantine records, which ``validate_new`` reports with its own).
+
+    Raises:
+        BadPartition: A day is not a calendar date.
+        IngestError: A day has no landing file.
+        LandingNotReady: A file is not complete yet (retryable).
+    """
+    from tasks.ingest import ingest_partition
+    from tasks.reader import LandingFileRefused
+
+    spec, _, layout = _ctx(pipeline)
+    run_key = run_key or _manual_run_key()
+    results, refused = [], []
+    for day in days:
+        try:
+            results.append(ingest_partition(spec, layout, day, skip_if_unchanged, run_key).to_dict())
+        except LandingFileRefused as exc:
+            entry = getattr(exc, "entry", {})
+            refused.append(entry)
+            results.append(
+                {
+                    "partition": day,
+                    "uri": "",
+                    "rows": 0,
+                    "sha256": exc.sha256,
+                    "skipped": False,
+                    "reason": str(exc),
+                    "outcome": "quarantined",
+                    "staged": "",
+                    "notes": [],
+                }
+            )
+    staged = {r["partition"]: r["sha256"] for r in results if r["outcome"] == "staged"}
+    return {"partitions": results, "new": list(staged), "staged": staged, "refused": refused}
+
+
+def ingest(pipeline: str, day: str, skip_if_unchanged: bool = False, run_key: str | None = None) -> dict[str, Any]:
+    """Landing file of ``day`` -> validated raw partition (the ingest DAG's ingest and validation in one call).
+
+    Raises:
+        LandingFileRefused: The file was refused (quarantine record in the message).
+        ValidationFailed: The batch failed the expectation suite and was quarantined; the current partition
+            of the day, if any, stays as it was.
+    """
+    from tasks.ingest import ingest_partition
+    from tasks.validate import ValidationFailed, quarantine_message, validate_staged
+
+    spec, _, layout = _ctx(pipeline)
+    run_key = run_key or _manual_run_key()
+    result = ingest_partition(spec, layout, day, skip_if_unchanged, run_key).to_dict()
+    if result["skipped"]:
+        return result
+    validation = validate_staged(spec, layout, {result["partition"]: result["sha256"]}, run_key).to_dict()
+    if validation["quarantined"]:
+        raise ValidationFailed(quarantine_message(pipeline, validation["quarantined"], 0))
+    return result | {"outcome": "accepted", "staged": ""}
 
 
 def _champion_data_end(settings: Settings, spec: PipelineSpec) -> tuple[str | None, str | None]:
@@ -126,17 +203,24 @@ def validate(pipeline: str, partitions: list[str], run_key: str) -> dict[str, An
     return result
 
 
-def validate_new(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
-    """Validate newly ingested partitions (at ingest time); quarantine failures.
+def validate_new(
+    pipeline: str,
+    partitions: list[str],
+    run_key: str,
+    staged: dict[str, str] | None = None,
+    refused: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Validate newly staged batches (at ingest time): valid ones become partitions, the others are quarantined.
 
+    ``staged`` names each day's batch by its landing file's SHA-256 (default: the latest staged batch of each
+    of ``partitions``); ``refused`` are the files ingest refused in the same run, reported with the rest.
     Never raises on bad data: ``report_quarantine`` says so after the valid days were announced.
     """
-    if not partitions:
-        return {"valid": [], "quarantined": [], "report_uri": ""}
-    from tasks.validate import validate_partitions
+    from tasks.validate import validate_staged
 
     spec, _, layout = _ctx(pipeline)
-    return validate_partitions(spec, layout, partitions, run_key).to_dict()
+    batches: dict[str, str | None] = {d: (staged or {}).get(d) for d in partitions}
+    return validate_staged(spec, layout, batches, run_key, refused).to_dict()
 
 
 def report_quarantine(pipeline: str, validation: dict[str, Any]) -> None:
@@ -316,6 +400,7 @@ def monitor(pipeline: str, window_end: str, run_key: str) -> dict[str, Any]:
 STAGES: dict[str, Callable[..., Any]] = {
     "replay": replay,
     "ingest": ingest,
+    "ingest_days": ingest_days,
     "plan": plan_training,
     "validate": validate,
     "validate_new": validate_new,

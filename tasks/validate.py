@@ -1,15 +1,21 @@
-"""Validate: run the pipeline's Great Expectations suite on each raw partition; quarantine the failures.
+"""Validate: run the pipeline's Great Expectations suite on each batch; quarantine the failures.
 
-Each partition is its own batch, so one bad day never hides the good days around it. A failing
-partition is *moved* (not copied, not deleted) from ``raw/`` to ``quarantine/<pipeline>/dt=<day>/<run>/``
-beside a ``reasons.json`` that names the file, each failed expectation and how many rows broke it.
+Each partition is its own batch, so one bad day never hides the good days around it.
+
+- At ingest (:func:`validate_staged`): the staged batch is judged beside the current partition; a valid one
+  replaces ``part.parquet`` (one rename), an invalid one is *moved* to ``quarantine/<p>/dt=<day>/<run>/``
+  and the current partition stays byte for byte.
+- At training (:func:`validate_partitions`): the raw partitions of the window are judged again (the suite may
+  have changed since); a failing partition is moved from ``raw/`` to quarantine with its sidecars.
+
+Either way ``reasons.json`` names the file, each failed expectation and how many rows broke it, and the
+day's ``_versions.jsonl`` records the outcome.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +23,19 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks.errors import PermanentError
+from tasks.landing import sha256_of
+from tasks.partitions import (
+    SOURCE,
+    QuarantinedPartition,
+    current_source,
+    partition_lock,
+    promote_staged,
+    quarantine_batch,
+    quarantine_current,
+    read_json,
+    staged_batches,
+    staged_dir,
+)
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, write_json
 
@@ -48,16 +67,6 @@ class ExpectationFailure:
             rows = f"{self.unexpected_count} of {self.element_count} rows"
             return f"{self.expectation} on {where}: {rows} unexpected (e.g. {self.examples[:3]}) {self.detail}".strip()
         return f"{self.expectation} on {where}: {self.detail}".strip()
-
-
-@dataclass(frozen=True)
-class QuarantinedPartition:
-    """A partition moved out of the raw store."""
-
-    partition: str
-    source: str
-    quarantined_at: str
-    failures: list[ExpectationFailure]
 
 
 @dataclass
@@ -138,27 +147,22 @@ def validate_frame(
     return _failures(batch.validate(suite, result_format="SUMMARY"))
 
 
-def _quarantine(
-    spec: PipelineSpec, layout: DataLayout, day: str, run_key: str, failures: list[ExpectationFailure]
+def _entry(
+    spec: PipelineSpec, layout: DataLayout, day: str, sha: str, failures: list[ExpectationFailure], stage: str
 ) -> QuarantinedPartition:
-    raw = layout.raw_partition(spec.name, day)
-    target_dir = layout.quarantine_dir(spec.name, day) / run_key
-    target_dir.mkdir(parents=True, exist_ok=True)
-    landing = layout.landing_file(spec.name, day)
-    entry = QuarantinedPartition(
-        partition=day, source=str(landing), quarantined_at=str(target_dir / "part.parquet"), failures=failures
+    return QuarantinedPartition(
+        partition=day,
+        source=str(layout.landing_file(spec.name, day)),
+        quarantined_at="",
+        failures=[asdict(f) for f in failures],
+        reasons=[f.describe() for f in failures],
+        sha256=sha,
+        stage=stage,
     )
-    # reasons first, then the move: a crash in between leaves the data in raw/, never nowhere.
-    write_json(target_dir / "reasons.json", asdict(entry))
-    os.replace(raw, target_dir / "part.parquet")
-    for sidecar in raw.parent.iterdir():  # e.g. _source.json (the landing file's hash) travels with the data
-        os.replace(sidecar, target_dir / sidecar.name)
-    raw.parent.rmdir()
-    return entry
 
 
 def validate_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str], run_key: str) -> ValidationResult:
-    """Validate each raw partition in ``days``; move failing ones to quarantine.
+    """Validate each raw partition in ``days`` (training time); move failing ones to quarantine.
 
     Args:
         spec: The pipeline (its suite and schema).
@@ -179,32 +183,109 @@ def validate_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str],
         path = layout.raw_partition(spec.name, day)
         if not path.is_file():
             raise ValidationFailed(f"partition {day} of {spec.name} is not in the raw store ({path})")
+        judged = sha256_of(path)
         failures = validate_frame(pd.read_parquet(path), suite, batch_definition)
-        if failures:
-            entry = _quarantine(spec, layout, day, run_key, failures)
-            result.quarantined.append(entry)
-            log.error("quarantined %s partition %s: %s", spec.name, day, "; ".join(f.describe() for f in failures))
-        else:
+        if not failures:
             result.valid.append(day)
+            continue
+        landing_sha = (current_source(layout, spec.name, day) or {}).get("sha256", "")
+        entry = _entry(spec, layout, day, landing_sha, failures, "validation (training)")
+        moved = quarantine_current(layout, spec.name, day, run_key, entry, judged)
+        if moved is None:  # replaced meanwhile by a batch validated at ingest: that one is judged next time
+            result.valid.append(day)
+            continue
+        result.quarantined.append(moved)
+        log.error("quarantined %s partition %s: %s", spec.name, day, "; ".join(moved.reasons))
+    return _report(spec, layout, run_key, result, len(days))
+
+
+def _report(spec: PipelineSpec, layout: DataLayout, run_key: str, result: ValidationResult, n: int) -> ValidationResult:
     report = layout.run_dir(spec.name, run_key) / "validation.json"
     result.report_uri = str(report)
     write_json(report, result.to_dict())
-    log.info("validated %d partitions: %d valid, %d quarantined", len(days), len(result.valid), len(result.quarantined))
+    log.info("validated %d partitions: %d valid, %d quarantined", n, len(result.valid), len(result.quarantined))
     return result
+
+
+def _find_staged(layout: DataLayout, pipeline: str, day: str, sha: str | None) -> Path | None:
+    if sha:
+        path = staged_dir(layout, pipeline, day, sha) / "part.parquet"
+        return path if path.is_file() else None
+    batches = staged_batches(layout, pipeline, day)
+    return batches[-1] if batches else None
+
+
+def validate_staged(
+    spec: PipelineSpec,
+    layout: DataLayout,
+    staged: dict[str, str | None],
+    run_key: str,
+    refused: list[dict[str, Any]] | None = None,
+) -> ValidationResult:
+    """Judge staged batches (ingest time): a valid one becomes the day's partition, an invalid one is quarantined.
+
+    Args:
+        spec: The pipeline (its suite).
+        layout: Data root layout.
+        staged: Day -> the landing file's SHA-256 of the batch staged for it (None: the latest staged batch).
+        run_key: Identifies this run in quarantine paths and the report.
+        refused: Quarantine records of files ingest refused in the same run (reported with the rest).
+
+    Returns:
+        Valid days (now in ``raw/``), quarantined batches (with the refusals), the report path.
+
+    Raises:
+        ValidationFailed: The suite cannot be loaded, or a day has no staged batch and no partition from it.
+    """
+    result = ValidationResult(suite=str(spec.expectations_path))
+    result.quarantined += [QuarantinedPartition(**r) for r in refused or []]
+    if not staged:
+        return _report(spec, layout, run_key, result, len(result.quarantined))
+    suite = load_suite(spec.expectations_path)
+    batch_definition = _batch_definition(suite.name)
+    for day, sha in staged.items():
+        path = _find_staged(layout, spec.name, day, sha)
+        if path is None:
+            current = current_source(layout, spec.name, day)
+            if current and sha and current.get("sha256") == sha:  # a concurrent run already promoted these bytes
+                result.valid.append(day)
+                continue
+            raise ValidationFailed(
+                f"no staged batch of {spec.name} partition {day}"
+                + (f" from landing file {sha}" if sha else "")
+                + ": run ingest for the day first"
+            )
+        failures = validate_frame(pd.read_parquet(path), suite, batch_definition)
+        record = read_json(path.with_name(SOURCE)) or {}
+        with partition_lock(layout, spec.name, day):
+            if failures:
+                entry = _entry(spec, layout, day, str(record.get("sha256", "")), failures, "validation")
+                landing = layout.landing_file(spec.name, day)
+                entry = quarantine_batch(layout, spec.name, day, run_key, entry, landing, path.parent)
+                result.quarantined.append(entry)
+                log.error("quarantined %s partition %s: %s", spec.name, day, "; ".join(entry.reasons))
+            else:
+                outcome = promote_staged(layout, spec.name, day, path, run_key)
+                result.valid.append(day)
+                log.info("%s partition %s: staged batch %s", spec.name, day, outcome)
+    return _report(spec, layout, run_key, result, len(staged) + len(refused or []))
 
 
 def quarantine_message(spec_name: str, quarantined: list[dict[str, Any]], valid_count: int) -> str:
     """Explain quarantined partitions to a person: which file, which expectation, how many rows, what to do."""
     lines = [
-        f"{len(quarantined)} {spec_name} partition(s) failed validation and were quarantined; "
+        f"{len(quarantined)} {spec_name} partition(s) were quarantined (refused at ingest or failed validation); "
         f"the {valid_count} valid partition(s) were processed without them."
     ]
     for q in quarantined:
-        lines.append(f"- partition {q['partition']} (landing file {q['source']}), moved to {q['quarantined_at']}:")
-        for f in q["failures"]:
-            lines.append(f"    * {ExpectationFailure(**f).describe()}")
+        where = q.get("record") or q["quarantined_at"]
+        stage = "refused at ingest" if q.get("stage") == "ingest" else "failed validation"
+        lines.append(f"- partition {q['partition']} (landing file {q['source']}), {stage}; record {where}:")
+        reasons = q.get("reasons") or [ExpectationFailure(**f).describe() for f in q.get("failures", [])]
+        lines += [f"    * {r}" for r in reasons]
     lines.append(
         "Fix or re-deliver the landing file, re-run the ingest DAG for that date, and the next training run "
-        "picks it up. The reasons are kept beside each quarantined file in reasons.json."
+        "picks it up. The current partition of a day (if any) was kept as it was. The reasons are kept in each "
+        "record (reasons.json) beside the quarantined data."
     )
     return "\n".join(lines)

@@ -99,7 +99,13 @@ def _validate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
 
 def _validate_new_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    return {"partitions": i["ingested"]["new"], "run_key": ctx["run_id"]}
+    ingested = i["ingested"]
+    return {
+        "partitions": ingested["new"],
+        "run_key": ctx["run_id"],
+        "staged": ingested.get("staged", {}),
+        "refused": ingested.get("refused", []),
+    }
 
 
 def _features_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -145,7 +151,8 @@ def landing_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Set
     Redis channel, the landing zone itself. Both watchers run in the triggerer.
     """
     uri = LANDING_ASSET.format(pipeline=pipeline)
-    events = spec.source.events if spec is not None else None
+    source = spec.source if spec is not None else None
+    events = source.events if source is not None else None
     watchers = []
     if events is not None and events.redis_channel:
         from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
@@ -157,10 +164,16 @@ def landing_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Set
             poll_interval=events.poll_seconds,
         )
         watchers.append(AssetWatcher(name=f"{pipeline}_redis_announcements", trigger=queue))
-    if events is not None and events.watch_landing and settings is not None:
+    if source is not None and source.events.watch_landing and settings is not None:
         from mlops_airflow.triggers import LandingFileTrigger
 
-        files = LandingFileTrigger(pipeline, str(settings.data_root), events.poll_seconds)
+        files = LandingFileTrigger(
+            pipeline,
+            str(settings.data_root),
+            source.events.poll_seconds,
+            completion=source.completion,
+            settle_seconds=source.settle_seconds,
+        )
         watchers.append(AssetWatcher(name=f"{pipeline}_landing_files", trigger=files))
     return Asset(uri, group="ml", watchers=watchers) if watchers else Asset(uri, group="ml")
 
@@ -170,7 +183,7 @@ def _partitions(params: dict[str, Any] | None, data_interval_start: Any, events:
     if (params or {}).get("partition"):
         return [str(params["partition"])]  # type: ignore[index]
     if events:
-        from tasks.ingest import partitions_from_event
+        from tasks.landing import partitions_from_event
 
         days = []
         for asset, asset_events in events.items():
@@ -196,19 +209,22 @@ def ingest_dag(spec: PipelineSpec, settings: Settings) -> DAG:
         dag_id=f"{name}_ingest",
         description=f"Ingest {name} landing files into the raw store, one partition per day.",
         doc_md=f"""### {name}: ingest
-Waits (reschedule mode, up to {spec.landing_timeout_hours} h) for `landing/{name}/<day>.csv` of the run's data
-interval, takes it and writes
-`raw/{name}/dt=<day>/part.parquet` atomically (a re-run rewrites the same bytes), validates it with
-`{spec.expectations}` (a failing day is moved to `quarantine/` and `report_quarantine` fails, saying why),
-then `publish_partitions` updates the Asset `{raw.uri}` with the valid days, which schedules `{name}_train`.
+Waits (reschedule mode, up to {spec.landing_timeout_hours} h) until `landing/{name}/<day>.csv` of the run's data
+interval is complete (`source.completion: {spec.source.completion}`: a file still being written is never read),
+then checks it (encoding, header, rows, values, every row of the day, the row count) and stages it beside
+`raw/{name}/dt=<day>/part.parquet`; a refused file is quarantined with its reasons and nothing reaches raw.
+`validate_partitions` judges the staged batch with `{spec.expectations}`: only a valid batch replaces the
+partition (a bad re-delivery never touches the last valid version); `report_quarantine` fails the run, saying
+why, when anything was quarantined. `publish_partitions` then updates the Asset `{raw.uri}` with the valid days,
+which schedules `{name}_train`. Every version of a day is in `raw/{name}/dt=<day>/_versions.jsonl`.
 Backfill history with
 `airflow backfill create --dag-id {name}_ingest --from-date 2011-01-01 --to-date 2011-01-31`.
 
 Upstream systems can also start it: an event on the Asset `{landing.uri}` with `extra = {{"partition": "YYYY-MM-DD"}}`
 (Airflow REST API `POST /api/v2/assets/events`) ingests that day at once; so do the spec's watchers
 (`source.events`: a Redis channel, the landing zone itself), which run in the triggerer. Events for a file
-already ingested unchanged (duplicates, late repeats) are skipped and say so; a re-delivered, corrected file
-is ingested again.
+already ingested (or quarantined) unchanged are skipped and say so; a re-delivered, corrected file is
+ingested again.
 """,
         schedule=AssetOrTimeSchedule(
             timetable=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"), assets=[landing]
@@ -225,15 +241,18 @@ is ingested again.
         },
     )
     def pipeline() -> None:
-        # reschedule mode: no worker slot is held between pokes while upstream has not delivered yet
-        @task.sensor(poke_interval=300, timeout=spec.landing_timeout_hours * 3600, mode="reschedule")
+        # reschedule mode: no worker slot is held between pokes while upstream has not delivered yet; the
+        # same completeness check ingest makes (it never reads the file)
+        timeout = spec.landing_timeout_hours * 3600
+
+        @task.sensor(poke_interval=min(300.0, timeout), timeout=timeout, mode="reschedule")
         def wait_for_landing(
             params: dict[str, Any] | None = None, data_interval_start: Any = None, triggering_asset_events: Any = None
         ) -> bool:
             from tasks import stages
 
             days = _partitions(params, data_interval_start, triggering_asset_events)
-            return all(stages.landing_ready(name, day) for day in days)
+            return all(_call(stages.landing_ready, name, day) for day in days)
 
         @task
         def ingest_partition(
@@ -243,11 +262,8 @@ is ingested again.
 
             days = _partitions(params, data_interval_start, triggering_asset_events)
             from_event = bool(triggering_asset_events) and not (params or {}).get("partition")
-            results = [_call(stages.ingest, name, day, from_event) for day in days]
-            for r in results:
-                if r["skipped"]:
-                    print(f"{name} partition {r['partition']}: {r['reason']}")  # noqa: T201 - the task log
-            return {"partitions": results, "new": [r["partition"] for r in results if not r["skipped"]]}
+            run_id = get_current_context()["run_id"]
+            return _call(stages.ingest_days, name, days, from_event, run_id)
 
         @task(outlets=[raw])
         def publish_partitions(ingested: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:

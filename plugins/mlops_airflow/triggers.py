@@ -2,7 +2,7 @@
 
 They run in the triggerer as AssetWatchers on ``ml://<p>/landing``: no worker slot is held while waiting.
 Each announcement becomes an Asset event ``{"from_trigger": true, "payload": {...}}`` that schedules
-``<p>_ingest``; :func:`tasks.ingest.partition_from_event` reads the day back out of it.
+``<p>_ingest``; :func:`tasks.landing.partitions_from_event` reads the day back out of it.
 """
 
 from __future__ import annotations
@@ -17,28 +17,39 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 class LandingFileTrigger(BaseEventTrigger):
     """Announce each landing file of a pipeline that is new or changed since it was last ingested.
 
-    Polls ``landing/<pipeline>/`` every ``poll_seconds``; a file is announced once it has settled (same size
-    and modification time at two looks) and its SHA-256 differs from the one recorded beside the raw (or
-    quarantined) partition. Files delivered while the triggerer was down are announced when it comes back.
-    A file is announced once per content, and again if it is still not ingested ``reannounce_seconds``
-    later (a lost event, a failed run) or after a triggerer restart; ingest reports an unchanged file
-    it already took as such and skips it.
+    Polls ``landing/<pipeline>/`` every ``poll_seconds``; a file is announced once it is complete under the
+    spec's ``source.completion`` (the same :func:`tasks.landing.readiness` the ingest sensor asks: settled over
+    two looks ``settle_seconds`` apart, marked with ``<day>.csv.done``, or a final name) and its SHA-256 differs
+    from the one recorded beside the raw partition and in the day's quarantine records. Files delivered while
+    the triggerer was down are announced when it comes back. A file is announced once per content, and again
+    if it is still not ingested ``reannounce_seconds`` later (a lost event, a failed run) or after a triggerer
+    restart; ingest reports an unchanged file it already took (or refused) as such and skips it.
 
     Args:
         pipeline: The pipeline name.
         data_root: The data root holding ``landing/`` and ``raw/``.
         poll_seconds: Seconds between looks.
         reannounce_seconds: Announce a day again when it is still not ingested this long after.
+        completion: The spec's ``source.completion``.
+        settle_seconds: The spec's ``source.settle_seconds``.
     """
 
     def __init__(
-        self, pipeline: str, data_root: str, poll_seconds: float = 5.0, reannounce_seconds: float = 300.0
+        self,
+        pipeline: str,
+        data_root: str,
+        poll_seconds: float = 5.0,
+        reannounce_seconds: float = 300.0,
+        completion: str = "settle",
+        settle_seconds: float = 5.0,
     ) -> None:
         super().__init__()
         self.pipeline = pipeline
         self.data_root = data_root
         self.poll_seconds = poll_seconds
         self.reannounce_seconds = reannounce_seconds
+        self.completion = completion
+        self.settle_seconds = settle_seconds
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and arguments, for the triggerer to rebuild it."""
@@ -49,6 +60,8 @@ class LandingFileTrigger(BaseEventTrigger):
                 "data_root": self.data_root,
                 "poll_seconds": self.poll_seconds,
                 "reannounce_seconds": self.reannounce_seconds,
+                "completion": self.completion,
+                "settle_seconds": self.settle_seconds,
             },
         )
 
@@ -64,14 +77,15 @@ class LandingFileTrigger(BaseEventTrigger):
         import time
         from pathlib import Path
 
-        from tasks.ingest import pending_landing_files
+        from tasks.landing import Contract, Seen, pending_landing_files
         from tasks.storage import DataLayout
 
         layout = DataLayout(Path(self.data_root))
-        seen: dict[str, tuple[int, int, str, bool]] = {}
+        contract = Contract(self.completion, self.settle_seconds)
+        seen: Seen = {}
         announced: dict[str, tuple[str, float]] = {}
         while True:
-            pending = await asyncio.to_thread(pending_landing_files, layout, self.pipeline, seen)
+            pending = await asyncio.to_thread(pending_landing_files, layout, self.pipeline, seen, contract)
             now = time.monotonic()
             due = [
                 (day, digest)

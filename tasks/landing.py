@@ -1,0 +1,286 @@
+"""The landing contract: which day a request names, and when a landing file is complete enough to read.
+
+One mechanism for every entry point: the ingest DAG's sensor, ingest itself (a scheduled run, the trigger
+form, a REST / Redis / landing-watcher event, the stage CLI) and the landing-zone watcher in the triggerer
+all ask :func:`readiness`. Light on purpose (no pandas): the triggerer imports it.
+
+Completion rules (spec ``source.completion``):
+
+- ``settle`` (default): a file is complete once its size, modification time and inode are the same at two
+  looks ``settle_seconds`` apart. A caller without an earlier look (the sensor, ingest) counts the file's own
+  modification time as the first look, so a file last written ``settle_seconds`` ago is complete at once
+  (this trusts the writer's and the reader's clocks to agree to within ``settle_seconds``; an upstream on a
+  skewed network share should use ``marker`` or ``rename``); otherwise it waits and looks again.
+- ``marker``: complete once ``<day>.csv.done`` exists and is not older than the file (a file rewritten after
+  its marker waits for a new one).
+- ``rename``: upstream writes ``.<name>.tmp`` or ``<name>.partial`` and renames; a final name is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.errors import PermanentError
+
+if TYPE_CHECKING:
+    from tasks.spec import SourceSpec
+    from tasks.storage import DataLayout
+
+MARKER_SUFFIX = ".done"
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_STRICT_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class BadPartition(PermanentError, ValueError):
+    """A partition day that is not a calendar date (``2011-02-30``, ``2011-6-1``, ``yesterday``)."""
+
+
+def strict_day(value: Any) -> str:
+    """``value`` if it is a calendar date written ``YYYY-MM-DD``.
+
+    Raises:
+        BadPartition: Anything else, saying so.
+    """
+    text = str(value)
+    if _STRICT_DAY.match(text):
+        try:
+            return date.fromisoformat(text).isoformat()
+        except ValueError:
+            pass
+    raise BadPartition(f"partition {text!r} is not a calendar date (YYYY-MM-DD): nothing was read or written")
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The completion rule of one pipeline's landing files (from ``source``; serialisable for the triggerer)."""
+
+    completion: str = "settle"
+    settle_seconds: float = 5.0
+
+    @classmethod
+    def of(cls, source: SourceSpec) -> Contract:
+        """The contract a spec's ``source`` declares."""
+        return cls(source.completion, float(source.settle_seconds))
+
+
+@dataclass(frozen=True)
+class Look:
+    """One look at a file: what changes when anybody writes it, and when we looked (wall clock)."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    at: float
+
+    @classmethod
+    def of(cls, path: Path, clock: Callable[[], float] = time.time) -> Look | None:
+        """Look at ``path`` now; None when it does not exist."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, clock())
+
+    def same_file(self, other: Look | None) -> bool:
+        """Nothing was written between the two looks."""
+        return other is not None and (self.size, self.mtime_ns, self.inode) == (other.size, other.mtime_ns, other.inode)
+
+    @property
+    def quiet_seconds(self) -> float:
+        """Seconds between the file's last write and this look."""
+        return self.at - self.mtime_ns / 1e9
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a landing file may be read now, and why (or why not) in words."""
+
+    ready: bool
+    reason: str
+    look: Look | None = None
+
+
+def marker_path(path: Path) -> Path:
+    """The completion marker of a landing file: ``<day>.csv.done``."""
+    return path.with_name(path.name + MARKER_SUFFIX)
+
+
+def readiness(
+    contract: Contract,
+    path: Path,
+    earlier: Look | None = None,
+    wait: bool = False,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Readiness:
+    """Is the landing file at ``path`` complete under ``contract``?
+
+    Args:
+        contract: The pipeline's completion rule.
+        path: The landing file.
+        earlier: A previous look at the file, by a caller that remembers (the landing watcher).
+        wait: ``settle`` only: when the file changed less than ``settle_seconds`` ago, wait out the rest and
+            look again (the sensor and ingest; at most ``settle_seconds``) instead of answering "not yet".
+        clock: Wall clock (tests).
+        sleep: How to wait (tests).
+
+    Returns:
+        Ready or not, the reason, and the look taken (for the next call's ``earlier``).
+    """
+    now = Look.of(path, clock)
+    if now is None:
+        return Readiness(False, f"no landing file {path.name} yet")
+    if contract.completion == "rename":
+        return Readiness(True, f"{path.name} has its final name (source.completion: rename)", now)
+    if contract.completion == "marker":
+        return _marked(path, now, clock)
+    return _settled(contract.settle_seconds, path, now, earlier, wait, clock, sleep)
+
+
+def _marked(path: Path, now: Look, clock: Callable[[], float]) -> Readiness:
+    marker = Look.of(marker_path(path), clock)
+    if marker is None:
+        return Readiness(False, f"waiting for the marker {marker_path(path).name} (source.completion: marker)", now)
+    if marker.mtime_ns < now.mtime_ns:
+        why = f"{path.name} was written after its marker {marker_path(path).name}: waiting for a new marker"
+        return Readiness(False, why, now)
+    return Readiness(True, f"{path.name} is marked complete by {marker_path(path).name}", now)
+
+
+def _settled(
+    settle: float,
+    path: Path,
+    now: Look,
+    earlier: Look | None,
+    wait: bool,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> Readiness:
+    if earlier is not None and earlier.same_file(now) and now.at - earlier.at >= settle:
+        return Readiness(True, f"{path.name} unchanged over two looks {now.at - earlier.at:.1f}s apart", now)
+    if now.quiet_seconds >= settle:
+        return Readiness(True, f"{path.name} unchanged for {now.quiet_seconds:.0f}s (settle_seconds={settle:g})", now)
+    if not wait:
+        quiet = max(now.quiet_seconds, 0)
+        why = f"{path.name} changed {quiet:.1f}s ago: waiting until it has been unchanged for {settle:g}s"
+        return Readiness(False, why, now)
+    sleep(settle - min(max(now.quiet_seconds, 0.0), settle))
+    again = Look.of(path, clock)
+    if again is None:
+        return Readiness(False, f"{path.name} disappeared while it was watched", None)
+    if again.same_file(now):
+        return Readiness(True, f"{path.name} unchanged over two looks {again.at - now.at:.1f}s apart", again)
+    return Readiness(
+        False,
+        f"{path.name} is still being written: {now.size} -> {again.size} bytes between two looks "
+        f"{again.at - now.at:.1f}s apart (source.completion: settle)",
+        again,
+    )
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
+    """The partitions an upstream Asset event announces, whichever way it came.
+
+    - REST (``POST /api/v2/assets/events``): ``{"partition": "YYYY-MM-DD", ...}``.
+    - An AssetWatcher: ``{"from_trigger": true, "payload": ...}`` where the payload is the landing-file
+      watcher's ``{"partitions": [...]}`` or a Redis message whose ``data`` is ``{"partition": ...}`` JSON
+      or the bare date.
+
+    Returns:
+        The named days (their first ten characters; ingest checks that they are calendar dates); empty when
+        the event names none.
+    """
+    extra = extra or {}
+    if extra.get("partition"):
+        return [str(extra["partition"])[:10]]
+    payload = extra.get("payload")
+    if not isinstance(payload, dict):
+        return []
+    if payload.get("partitions"):
+        return [str(d)[:10] for d in payload["partitions"]]
+    if payload.get("partition"):
+        return [str(payload["partition"])[:10]]
+    data = payload.get("data")
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError:
+            return [data.strip()[:10]] if _DAY.match(data.strip()) else []
+    if isinstance(data, dict) and data.get("partition"):
+        return [str(data["partition"])[:10]]
+    if isinstance(data, str) and _DAY.match(data):
+        return [data[:10]]
+    return []
+
+
+Seen = dict[str, tuple[Look, str, bool]]
+"""The landing watcher's memory across looks: day -> (last look, sha256 once read, already judged)."""
+
+
+def pending_landing_files(
+    layout: DataLayout, pipeline: str, seen: Seen, contract: Contract | None = None
+) -> list[tuple[str, str]]:
+    """Landing files that are complete and not yet judged as they are now: ``[(day, sha256)]``.
+
+    Completeness is :func:`readiness` with the previous poll as the earlier look, so a file still being
+    written is not announced half-written. A complete file's SHA-256 is then compared with the one recorded
+    beside the raw partition and in every quarantine record of the day, so a file already ingested (or
+    refused) is not announced again and a corrected re-delivery is. An unchanged file already judged is not
+    read again. Only final names ``<YYYY-MM-DD>.csv`` count (not ``.tmp``, ``.partial`` or hidden files).
+    """
+    contract = contract or Contract()
+    folder = layout.landing_dir(pipeline)
+    pending = []
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        day = path.stem
+        if not _STRICT_DAY.match(day):
+            continue
+        before = seen.get(day)
+        state = readiness(contract, path, before[0] if before else None)
+        if state.look is None:  # moved away between the listing and now
+            seen.pop(day, None)
+            continue
+        unchanged = before is not None and before[0].same_file(state.look)
+        if not state.ready:
+            # keep the first look of an unchanged file: two looks settle_seconds apart are what settles it
+            seen[day] = (before[0], "", False) if unchanged and before else (state.look, "", False)
+            continue
+        if unchanged and before and before[2]:
+            continue  # unchanged since it was found ingested or quarantined
+        digest = before[1] if unchanged and before and before[1] else sha256_of(path)
+        judged = digest in judged_digests(layout, pipeline, day)
+        seen[day] = (state.look, digest, judged)
+        if not judged:
+            pending.append((day, digest))
+    return pending
+
+
+def judged_digests(layout: DataLayout, pipeline: str, day: str) -> set[str]:
+    """SHA-256 of the landing files of ``day`` already ingested (the raw partition's) or already quarantined."""
+    raw_dir = layout.raw_partition(pipeline, day).parent
+    records = [raw_dir / "_source.json"] if (raw_dir / "part.parquet").is_file() else []
+    records += layout.quarantine_dir(pipeline, day).glob("*/_source.json")
+    digests = set()
+    for record in records:
+        try:
+            digests.add(json.loads(record.read_text()).get("sha256"))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return digests
