@@ -46,6 +46,14 @@ from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, atomic_path, write_json
 
 log = logging.getLogger(__name__)
+_ROW_GROUP = 1 << 17  # rows per Parquet row group: bounds the writer's buffers on a large file
+
+
+def write_parquet(table: Any, path: Path) -> None:
+    """Write a staged batch (deterministic: the same table gives the same bytes)."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, row_group_size=_ROW_GROUP)
 
 
 class IngestError(PermanentError, RuntimeError):
@@ -164,13 +172,13 @@ def _stage_locked(
     _unchanged_since(source, look)
     folder = staged_dir(layout, spec.name, day, batch.sha256)
     with atomic_path(folder / "part.parquet") as tmp:
-        batch.frame.to_parquet(tmp, index=False)
+        write_parquet(batch.table, tmp)
     write_json(
         folder / SOURCE,
         {
             "sha256": batch.sha256,
             "bytes": batch.size,
-            "rows": len(batch.frame),
+            "rows": batch.rows,
             "parquet_sha256": sha256_of(folder / "part.parquet"),
             "source": str(source),
             "ingested_at": now_iso(),
@@ -179,11 +187,11 @@ def _stage_locked(
             "notes": batch.notes,
         },
     )
-    log.info("staged %s rows of %s partition %s -> %s", len(batch.frame), spec.name, day, folder)
+    log.info("staged %s rows of %s partition %s -> %s", batch.rows, spec.name, day, folder)
     return IngestResult(
         partition=day,
         uri=str(target),
-        rows=len(batch.frame),
+        rows=batch.rows,
         sha256=batch.sha256,
         outcome="staged",
         staged=str(folder / "part.parquet"),

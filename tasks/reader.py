@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from tasks.errors import PermanentError
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
 
     from tasks.spec import PipelineSpec
@@ -67,10 +66,15 @@ class LandingFileRefused(PermanentError, RuntimeError):
 class LandingBatch:
     """A landing file read and typed, ready to stage."""
 
-    frame: pd.DataFrame
+    table: pa.Table
     sha256: str
     size: int
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        """Rows read."""
+        return int(self.table.num_rows)
 
 
 def _mib(size: int) -> str:
@@ -158,65 +162,8 @@ def _header_reasons(names: list[str], expected: list[str], line: str) -> list[st
     return reasons
 
 
-def _line_of(index: int, line_numbers: Any) -> int:
-    """The physical line of table row ``index`` (the header is line 1)."""
-    return int(line_numbers[index])
-
-
-def _cast(table: pa.Table, spec: PipelineSpec, line_numbers: Any) -> tuple[dict[str, Any], list[str]]:
-    """Cast each declared column; returns the typed arrays and the refusals (values that are not numbers)."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    markers = pa.array(["", *spec.source.na_values], pa.string())
-    na = pa.array(list(spec.source.na_values), pa.string())
-    out: dict[str, Any] = {}
-    reasons = []
-    for col, kind in spec.schema_.columns.items():
-        text = table.column(col)
-        if kind == "str":
-            out[col] = pc.if_else(pc.is_in(text, value_set=na), None, text) if spec.source.na_values else text
-            continue
-        cleaned = pc.if_else(pc.is_in(text, value_set=markers), None, text)
-        try:
-            values = pc.cast(cleaned, pa.float64()).to_numpy(zero_copy_only=False)
-        except pa.ArrowInvalid:  # pandas is more lenient (surrounding spaces); it also finds the culprits
-            series = pd.Series(cleaned.to_pandas(), dtype=object)
-            numeric = pd.to_numeric(series, errors="coerce")
-            lost = np.flatnonzero((numeric.isna() & series.notna()).to_numpy())
-            if len(lost):
-                shown = lost[:_EXAMPLES]
-                examples = ", ".join(f"{series.iloc[i]!r} on line {_line_of(i, line_numbers)}" for i in shown)
-                reasons.append(
-                    f"column {col!r}: {len(lost)} of {len(series)} values are not numbers (e.g. {examples}); "
-                    f"the schema declares it {kind}"
-                )
-                continue
-            values = numeric.to_numpy(dtype="float64")
-        if kind == "int":
-            present = ~np.isnan(values)
-            fraction = np.flatnonzero(present & (values != np.round(values)))
-            if len(fraction):
-                raw = text.to_pylist()
-                examples = ", ".join(f"{raw[i]!r} on line {_line_of(i, line_numbers)}" for i in fraction[:_EXAMPLES])
-                reasons.append(
-                    f"column {col!r}: {len(fraction)} of {len(values)} values are not whole numbers (e.g. {examples}); "
-                    "the schema declares it int"
-                )
-                continue
-            out[col] = values.astype("int64") if present.all() else values  # missing values: float, for the suite
-        else:
-            out[col] = values
-    return out, reasons
-
-
-def _membership(frame_days: Any, day: str, column: str) -> list[str]:
+def _membership(counts: dict[str, int], day: str, column: str) -> list[str]:
     """Every row must hold the partition day; other values are named with their row counts."""
-    import pyarrow.compute as pc
-
-    counts = {str(v["values"]): int(v["counts"]) for v in pc.value_counts(frame_days).to_pylist()}
     reasons = []
     not_dates = {v: n for v, n in counts.items() if v != day and not _calendar_day(v)}
     others = {v: n for v, n in counts.items() if v != day and v not in not_dates}
@@ -266,16 +213,12 @@ def read_landing_file(spec: PipelineSpec, path: Path, day: str) -> LandingBatch:
             "truncated in transfer?)"
         )
     names = _check_header(spec, path, scan, reasons)
-    table, bad_rows, line_numbers = _parse(path, names, source.encoding, scan.bom)
-    reasons += bad_rows
-    if table.num_rows == 0 and not bad_rows:
-        reasons.append("the file has a header but no rows")
-    if reasons:
-        raise LandingFileRefused(path, reasons, scan.sha256)
-    typed, reasons = _cast(table, spec, line_numbers)
-    reasons += _membership(table.column(source.partition_column), day, source.partition_column)
-    if source.rows_per_partition is not None:
-        why = source.rows_per_partition.refusal(day, table.num_rows)
+    typed, found, typer = _stream(spec, path, names, scan.bom)
+    reasons += found
+    if typer.rows:
+        reasons += _membership(typer.days, day, source.partition_column)
+    if typer.rows and source.rows_per_partition is not None:
+        why = source.rows_per_partition.refusal(day, typer.rows)
         reasons += [why] if why else []
     if reasons:
         raise LandingFileRefused(path, reasons, scan.sha256)
@@ -285,7 +228,7 @@ def read_landing_file(spec: PipelineSpec, path: Path, day: str) -> LandingBatch:
         *(["CRLF line ends"] if scan.crlf else []),
         *(["columns reordered to the schema's order"] if names != expected else []),
     ]
-    return LandingBatch(_frame(typed, expected, source.order_by), scan.sha256, scan.size, notes)
+    return LandingBatch(_table(typed, expected, source.order_by), scan.sha256, scan.size, notes)
 
 
 def _check_bytes(spec: PipelineSpec, path: Path) -> _Scan:
@@ -334,25 +277,120 @@ def _empty_sha() -> str:
     return hashlib.sha256(b"").hexdigest()
 
 
-def _parse(path: Path, names: list[str], encoding: str, bom: bool) -> tuple[pa.Table, list[str], Any]:
-    """All columns as text; rows with the wrong number of fields are collected (with their lines), not guessed."""
+class _Typer:
+    """Casts record batches as they stream in and keeps only the typed columns (no table of text is held).
+
+    Numbers are parsed by Arrow; a column Arrow will not parse goes through pandas' more lenient parser, which
+    also names the values that are not numbers. An ``int`` column is stored as int64 when every value is a
+    whole number and none is missing, else as float64 (missing values are the suite's to judge).
+    """
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        import pyarrow as pa
+
+        self.spec = spec
+        self.markers = pa.array(["", *spec.source.na_values], pa.string())
+        self.na = pa.array(list(spec.source.na_values), pa.string())
+        self.chunks: dict[str, list[Any]] = {c: [] for c in spec.schema_.columns}
+        self.not_numbers: dict[str, list[tuple[int, str]]] = {}
+        self.lost: dict[str, int] = {}
+        self.days: dict[str, int] = {}
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Type one batch of text rows."""
+        import pyarrow.compute as pc
+
+        for col, kind in self.spec.schema_.columns.items():
+            text = batch.column(col)
+            if kind == "str":
+                keep = pc.if_else(pc.is_in(text, value_set=self.na), None, text) if len(self.na) else text
+                self.chunks[col].append(keep)
+            else:
+                self.chunks[col].append(self._number(col, text))
+        for item in pc.value_counts(batch.column(self.spec.source.partition_column)).to_pylist():
+            self.days[str(item["values"])] = self.days.get(str(item["values"]), 0) + int(item["counts"])
+        self.rows += batch.num_rows
+
+    def _number(self, col: str, text: Any) -> Any:
+        import numpy as np
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        cleaned = pc.if_else(pc.is_in(text, value_set=self.markers), None, text)
+        try:
+            return pc.cast(cleaned, pa.float64())
+        except pa.ArrowInvalid:  # surrounding spaces, or not a number at all
+            series = pd.Series(cleaned.to_pandas(), dtype=object)
+            numeric = pd.to_numeric(series, errors="coerce")
+            lost = np.flatnonzero((numeric.isna() & series.notna()).to_numpy())
+            if len(lost):
+                self.lost[col] = self.lost.get(col, 0) + len(lost)
+                seen = self.not_numbers.setdefault(col, [])
+                seen += [(self.rows + int(i), str(series.iloc[i])) for i in lost[: _EXAMPLES - len(seen)]]
+            return pa.array(numeric.to_numpy(dtype="float64"), from_pandas=True)
+
+    def finish(self, lines: Any) -> tuple[dict[str, Any], list[str]]:
+        """The typed columns and what is wrong with the values, if anything."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        out: dict[str, Any] = {}
+        reasons = []
+        for col, kind in self.spec.schema_.columns.items():
+            chunks, self.chunks[col] = self.chunks[col], []
+            if kind == "str":
+                out[col] = pa.chunked_array(chunks, pa.string())
+                continue
+            if col in self.lost:
+                shown = ", ".join(f"{v!r} on line {lines(i)}" for i, v in self.not_numbers[col])
+                reasons.append(
+                    f"column {col!r}: {self.lost[col]} of {self.rows} values are not numbers (e.g. {shown}); "
+                    f"the schema declares it {kind}"
+                )
+                continue
+            values = pa.chunked_array(chunks, pa.float64())
+            del chunks
+            if kind == "int":
+                whole = pc.equal(values, pc.round(values))  # null where missing
+                fraction = pc.indices_nonzero(pc.invert(pc.fill_null(whole, True)))
+                if len(fraction):
+                    shown = ", ".join(
+                        f"{values[int(i)].as_py():g} on line {lines(int(i))}" for i in fraction[:_EXAMPLES].to_pylist()
+                    )
+                    reasons.append(
+                        f"column {col!r}: {len(fraction)} of {self.rows} values are not whole numbers (e.g. "
+                        f"{shown}); the schema declares it int"
+                    )
+                    continue
+                if values.null_count == 0 and not pc.any(pc.is_nan(values)).as_py():
+                    values = pc.cast(values, pa.int64())
+            out[col] = values
+        return out, reasons
+
+
+def _stream(spec: PipelineSpec, path: Path, names: list[str], bom: bool) -> tuple[dict[str, Any], list[str], _Typer]:
+    """Parse (every column as text) and type in blocks; rows with the wrong number of fields are named."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    encoding = spec.source.encoding
     bad: list[tuple[int, int, int]] = []
 
     def invalid(row: Any) -> str:
         bad.append((int(row.number or 0), int(row.actual_columns), int(row.expected_columns)))
         return "skip"
 
+    typer = _Typer(spec)
     with path.open("rb") as f:
         if bom:
             f.seek(len(_BOM))
-        table = pacsv.read_csv(
+        reader = pacsv.open_csv(
             f,
             read_options=pacsv.ReadOptions(
-                encoding="utf8" if _is_utf8(encoding) else encoding, use_threads=False, block_size=1 << 24
+                encoding="utf8" if _is_utf8(encoding) else encoding, use_threads=False, block_size=1 << 22
             ),
             parse_options=pacsv.ParseOptions(delimiter=",", invalid_row_handler=invalid, newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(
@@ -362,44 +400,64 @@ def _parse(path: Path, names: list[str], encoding: str, bom: bool) -> tuple[pa.T
                 null_values=[],
             ),
         )
+        for batch in reader:
+            typer.add(batch)
+    skipped = np.array(sorted(b[0] for b in bad), dtype="int64")
+
+    def line(index: int) -> int:  # the physical line of a kept row: header on line 1, skipped rows shift it
+        n = index + 2
+        for s in skipped:
+            if s <= n:
+                n += 1
+        return n
+
+    reasons = _field_count_reasons(bad)
+    if reasons or typer.rows == 0:
+        return {}, reasons or ["the file has a header but no rows"], typer
+    typed, value_reasons = typer.finish(line)
+    return typed, value_reasons, typer
+
+
+def _field_count_reasons(bad: list[tuple[int, int, int]]) -> list[str]:
     reasons = []
-    if bad:
-        short = [b for b in bad if b[1] < b[2]]
-        long = [b for b in bad if b[1] > b[2]]
-        if short:
-            shown = ", ".join(f"line {n} has {got}" for n, got, _ in short[:_EXAMPLES])
-            more = f" and {len(short) - _EXAMPLES} more" if len(short) > _EXAMPLES else ""
-            reasons.append(
-                f"{len(short)} row(s) with fewer fields than the header's {short[0][2]} ({shown}{more}): a row cut "
-                "short, is the file truncated?"
-            )
-        if long:
-            shown = ", ".join(f"line {n} has {got}" for n, got, _ in long[:_EXAMPLES])
-            more = f" and {len(long) - _EXAMPLES} more" if len(long) > _EXAMPLES else ""
-            reasons.append(
-                f"{len(long)} row(s) with more fields than the header's {long[0][2]} ({shown}{more}): a value "
-                "holding an unquoted ',' or rows glued together?"
-            )
-    # physical line of each kept row: header on line 1, rows from line 2, skipped rows shift the rest
-    lines = np.arange(table.num_rows) + 2
-    for skipped, _, _ in sorted(bad):
-        lines[lines >= skipped] += 1
-    return table, reasons, lines
+    short = [b for b in bad if b[1] < b[2]]
+    long = [b for b in bad if b[1] > b[2]]
+    if short:
+        shown = ", ".join(f"line {n} has {got}" for n, got, _ in short[:_EXAMPLES])
+        more = f" and {len(short) - _EXAMPLES} more" if len(short) > _EXAMPLES else ""
+        reasons.append(
+            f"{len(short)} row(s) with fewer fields than the header's {short[0][2]} ({shown}{more}): a row cut "
+            "short, is the file truncated?"
+        )
+    if long:
+        shown = ", ".join(f"line {n} has {got}" for n, got, _ in long[:_EXAMPLES])
+        more = f" and {len(long) - _EXAMPLES} more" if len(long) > _EXAMPLES else ""
+        reasons.append(
+            f"{len(long)} row(s) with more fields than the header's {long[0][2]} ({shown}{more}): a value "
+            "holding an unquoted ',' or rows glued together?"
+        )
+    return reasons
 
 
-def _frame(typed: dict[str, Any], columns: list[str], order_by: list[str]) -> pd.DataFrame:
-    import pandas as pd
+def _table(typed: dict[str, Any], columns: list[str], order_by: list[str]) -> pa.Table:
+    """The typed columns as a table in schema order, sorted by ``order_by`` (stable; a column at a time)."""
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    data = {}
-    for col in columns:
-        values = typed[col]
-        if isinstance(values, (pa.ChunkedArray, pa.Array)):
-            data[col] = pd.Series(values.to_pandas(), dtype=object) if len(values) else pd.Series([], dtype=object)
+    arrays = [typed.pop(c) for c in columns]
+    keys = [c for c in order_by if c in columns]
+    if keys:
+        key_arrays = [arrays[columns.index(k)] for k in keys]
+        if len(keys) == 1 and len(key_arrays[0]) > 1:
+            values = key_arrays[0].to_numpy(zero_copy_only=False)
+            in_order = bool(np.all(values[1:] >= values[:-1])) if values.dtype.kind in "iuf" else False
         else:
-            data[col] = values
-    frame = pd.DataFrame(data, columns=columns)
-    order = [c for c in order_by if c in frame.columns]
-    if order:
-        frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
-    return frame
+            in_order = len(key_arrays[0]) <= 1
+        if not in_order:
+            order = pc.sort_indices(
+                pa.table(dict(zip(keys, key_arrays, strict=True))), [(k, "ascending") for k in keys]
+            )
+            for i in range(len(arrays)):  # one column at a time: the unsorted copy is freed as we go
+                arrays[i] = pc.take(arrays[i], order)
+    return pa.table(arrays, names=columns)
