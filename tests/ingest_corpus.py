@@ -93,8 +93,6 @@ def _duplicate_hour(day: str) -> bytes:
     return _write([*rows[:10], rows[9], *rows[10:]])
 
 
-
-
 def write_big(path: Path, day: str) -> int:
     """Write a 200 MiB landing file of the day's real rows repeated; returns its size."""
     head, *body = _lines(real(day))
@@ -218,7 +216,10 @@ CASES: list[Case] = [
 
 def markdown() -> str:
     """The corpus as a Markdown table."""
-    lines = ["| # | case | file (from real bike rows) | outcome | reason (asserted substring) |", "|---|---|---|---|---|"]
+    lines = [
+        "| # | case | file (from real bike rows) | outcome | reason (asserted substring) |",
+        "|---|---|---|---|---|",
+    ]
     for i, c in enumerate(CASES, 1):
         outcome = f"{c.outcome} ({c.stage})" if c.stage else c.outcome
         reason = c.reason.replace("|", "\\|") or "—"

@@ -154,8 +154,48 @@ def _check_rejected(case: Case, dag: Any, root: Path) -> None:
     assert not (root / "quarantine" / P / f"dt={case.day}").exists()
 
 
+def _prepare(case: Case, root: Path, writers: dict[str, _SlowWriter]) -> Path:
+    """Deliver the case's file the way its upstream would."""
+    landing = root / "landing" / P / f"{case.day}.csv"
+    if case.id == "over_max_bytes_200mib":
+        write_big(landing, case.day)
+    elif case.id == "still_being_written":
+        writers[case.day] = _SlowWriter(landing, real(case.day))
+        writers[case.day].start()
+        time.sleep(0.5)
+    elif case.id == "finished_after_waiting":
+        writers[case.day].finish.set()
+        writers[case.day].join(10)
+    elif case.id == "marker_written":
+        (landing.parent / f"{landing.name}.done").write_bytes(b"")
+    elif case.id == "rename_temporary_name":
+        landing.with_name(f".{landing.name}.tmp").write_bytes(real(case.day))
+    elif case.build is not None:
+        _deliver(root, case.day, case.build())
+    return landing
+
+
+def _run_case(case: Case, dag: Any, root: Path, writers: dict[str, _SlowWriter]) -> None:
+    if case.outcome == "rejected":
+        _deliver(root, case.day, case.build() if case.build else b"")
+        _check_rejected(case, dag, root)
+        return
+    landing = _prepare(case, root, writers)
+    run = dag.test(run_conf={"partition": case.day})
+    if case.outcome == "waiting":
+        _check_waiting(case, root, run)
+    elif case.outcome == "quarantined":
+        _check_quarantined(case, root, run, _sha(landing))
+    else:
+        _check_ingested(case, root, run, _sha(landing))
+    if case.id == "over_max_bytes_200mib":
+        for big in (landing, *root.glob(f"quarantine/{P}/dt={case.day}/*/{landing.name}")):
+            os.remove(big)  # 400 MiB of test data need not outlive the case
+
+
 def test_every_corpus_case_through_the_ingest_dag(corpus_stack: dict[str, Any]) -> None:
     from tasks import stages
+    from tasks.storage import DataLayout
 
     dag, root, specs = corpus_stack["dag"], corpus_stack["root"], corpus_stack["specs"]
     assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
@@ -168,52 +208,20 @@ def test_every_corpus_case_through_the_ingest_dag(corpus_stack: dict[str, Any]) 
     good = {d: _sha(root / "raw" / P / f"dt={d}" / "part.parquet") for d in GOOD_DAYS}
 
     source: dict[str, Any] = {}
-    writer: _SlowWriter | None = None
+    writers: dict[str, _SlowWriter] = {}
     timings = []
     for case in CASES:
         if case.source != source:
             _spec(specs, **case.source)
             source = case.source
         t0 = time.monotonic()
-        if case.outcome == "rejected":
-            _deliver(root, case.day, case.build() if case.build else b"")
-            _check_rejected(case, dag, root)
-            continue
-        landing = root / "landing" / P / f"{case.day}.csv"
-        if case.id == "over_max_bytes_200mib":
-            write_big(landing, case.day)
-        elif case.id == "still_being_written":
-            writer = _SlowWriter(landing, real(case.day))
-            writer.start()
-            time.sleep(0.5)
-        elif case.id == "finished_after_waiting":
-            assert writer is not None
-            writer.finish.set()
-            writer.join(10)
-        elif case.id == "marker_written":
-            (landing.parent / f"{landing.name}.done").write_bytes(b"")
-        elif case.id == "rename_temporary_name":
-            landing.with_name(f".{landing.name}.tmp").write_bytes(real(case.day))
-        elif case.build is not None:
-            _deliver(root, case.day, case.build())
-        run = dag.test(run_conf={"partition": case.day})
-        if case.outcome == "waiting":
-            _check_waiting(case, root, run)
-        elif case.outcome == "quarantined":
-            _check_quarantined(case, root, run, _sha(landing))
-        else:
-            _check_ingested(case, root, run, _sha(landing))
+        _run_case(case, dag, root, writers)
         if case.day in good:  # whatever was re-delivered, the last valid version is untouched
             assert _sha(root / "raw" / P / f"dt={case.day}" / "part.parquet") == good[case.day], case.id
         timings.append((case.id, round(time.monotonic() - t0, 1)))
-        if case.id == "over_max_bytes_200mib":
-            for big in (landing, *root.glob(f"quarantine/{P}/dt={case.day}/*/{landing.name}")):
-                os.remove(big)  # 400 MiB of test data need not outlive the case
 
     assert {d: _sha(root / "raw" / P / f"dt={d}" / "part.parquet") for d in GOOD_DAYS} == good
     # training only ever sees validated partitions: the good days and the cases that were ingested
     ingested = sorted({*GOOD_DAYS, *(c.day for c in CASES if c.outcome == "ingested")})
-    from tasks.storage import DataLayout
-
     assert DataLayout(root).raw_partitions(P) == ingested
     print("corpus timings (s):", timings)  # noqa: T201 - for whoever tunes the test's wall time
