@@ -66,7 +66,7 @@ def test_bike_demand_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     quarantined = root / "quarantine" / "bike_demand" / "dt=2011-06-05"
     assert list(quarantined.glob("*/reasons.json")) and list(quarantined.glob("*/part.parquet"))
     assert "2011-06-05" in next(quarantined.glob("*/reasons.json")).read_text()
-    assert not (root / "raw" / "bike_demand" / "dt=2011-06-05").exists()
+    assert not (root / "raw" / "bike_demand" / "dt=2011-06-05" / "part.parquet").exists()  # its history stays
     assert len(list((root / "raw" / "bike_demand").glob("dt=*/part.parquet"))) == len(TRAIN_DAYS) - 1
 
     # train: the good days go all the way through

@@ -406,7 +406,7 @@ def test_a_landed_file_starts_ingestion_and_a_bad_one_is_quarantined_on_arrival(
     runs = _wait_until("ingest runs started by the landing-zone watcher", both_judged, 300, logs)
     assert (root / "raw" / "adult_income" / "dt=2024-01-01" / "part.parquet").is_file()
     reasons = next((root / "quarantine" / "adult_income" / "dt=2024-01-02").glob("*/reasons.json")).read_text()
-    assert "age" in reasons and not (root / "raw" / "adult_income" / "dt=2024-01-02").exists()
+    assert "age" in reasons and not (root / "raw" / "adult_income" / "dt=2024-01-02" / "part.parquet").exists()
     # the run that took the bad day says so: report_quarantine failed with the reasons; training hears of the good day
     bad = next(r for r in runs if "2024-01-02" in {p["partition"] for p in _ingested(base, "adult_income_ingest", r)})
     assert bad["state"] == "failed" and _task_states(base, "adult_income_ingest", bad)["report_quarantine"] == "failed"
