@@ -258,8 +258,14 @@ def validate_staged(
         failures = validate_frame(pd.read_parquet(path), suite, batch_definition)
         record = read_json(path.with_name(SOURCE)) or {}
         with partition_lock(layout, spec.name, day):
+            entry = _entry(spec, layout, day, str(record.get("sha256", "")), failures, "validation")
+            if not path.is_file():  # a concurrent run judged the same bytes meanwhile: its verdict stands
+                if failures:
+                    result.quarantined.append(entry)
+                else:
+                    result.valid.append(day)
+                continue
             if failures:
-                entry = _entry(spec, layout, day, str(record.get("sha256", "")), failures, "validation")
                 landing = layout.landing_file(spec.name, day)
                 entry = quarantine_batch(layout, spec.name, day, run_key, entry, landing, path.parent)
                 result.quarantined.append(entry)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks import stages
 from tasks.features import FeatureBuilder, FeatureError, build_datasets
-from tasks.ingest import ingest_partition
 from tasks.replay import replay_days
 from tests.conftest import SHARED
 
@@ -45,7 +45,7 @@ def test_time_split_puts_the_last_days_in_the_holdout(spec, layout):
     days = [f"2011-06-{d:02d}" for d in range(1, 11)]
     replay_days(spec, layout, SHARED, days[0], days[-1])
     for d in days:
-        ingest_partition(spec, layout, d)
+        stages.ingest("bike_demand", d)  # checked, staged, validated, promoted into raw/
     uris = build_datasets(spec, layout, days, "run")
     assert uris.holdout_partitions == days[-7:] and uris.train_partitions == days[:3]
     holdout = pd.read_parquet(uris.holdout)

@@ -167,3 +167,27 @@ def test_the_stage_cli_reports_a_refusal_as_permanent_with_the_record(data_root,
     assert failure["permanent"] is True and failure["error_type"] == "LandingFileRefused"
     assert "rows of other days in the file for 2011-07-02: 2011-07-01 (24 rows)" in failure["error"]
     assert list((data_root / "quarantine" / "bike_demand" / "dt=2011-07-02").glob("manual__*/reasons.json"))
+
+
+def test_the_source_rules_are_validated_when_the_spec_loads(tmp_path):
+    import yaml
+
+    from tasks.spec import SpecError, load_spec
+    from tests.conftest import REPO
+
+    shipped = load_spec("bike_demand").source
+    assert (shipped.completion, shipped.settle_seconds, shipped.max_bytes) == ("settle", 5, 100 * 1024 * 1024)
+    assert shipped.encoding == "utf-8" and shipped.final_newline is True
+    for change, error in (
+        ({"completion": "eventually"}, "completion"),
+        ({"encoding": "klingon-8"}, "not a known text encoding"),
+        ({"max_bytes": 0}, "max_bytes"),
+        ({"rows_per_partition": {"expected": 24, "exceptions": {"2012-02-30": 3}}}, "'2012-02-30' is not a calendar"),
+        ({"rows_per_partition": {"expected": 24, "surplus": 1}}, "surplus"),
+    ):
+        raw = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
+        raw["source"] |= change
+        path = tmp_path / "variant.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(SpecError, match=error):
+            load_spec(path)

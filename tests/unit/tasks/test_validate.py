@@ -128,3 +128,36 @@ def test_too_few_valid_partitions_refuses_to_train(data_root, three_days):
     with pytest.raises(ValidationFailed, match="only 2 valid partitions, fewer than min_partitions=21") as err:
         stages.validate("bike_demand", three_days, "run4")
     assert "partition 2011-06-02" in str(err.value)  # the quarantine explanation comes with it
+
+
+def test_two_runs_judging_the_same_staged_batch_at_once_promote_it_once(spec, layout, monkeypatch):
+    import threading
+
+    from tasks import validate
+
+    replay_days(spec, layout, SHARED, "2011-06-07", "2011-06-07")
+    _age(layout)
+    staged = ingest_partition(spec, layout, "2011-06-07", run_key="r1")
+    ingest_partition(spec, layout, "2011-06-07", run_key="r2")  # a duplicate announcement stages the same bytes
+    both_read = threading.Barrier(2, timeout=60)
+    judge = validate.validate_frame
+
+    def judge_together(*args, **kwargs):  # both runs have read the batch before either takes the lock
+        failures = judge(*args, **kwargs)
+        both_read.wait()
+        return failures
+
+    monkeypatch.setattr(validate, "validate_frame", judge_together)
+    results: dict[str, validate.ValidationResult] = {}
+
+    def run(key: str) -> None:
+        results[key] = validate_staged(spec, layout, {"2011-06-07": staged.sha256}, key)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in ("r1", "r2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert {k: r.valid for k, r in results.items()} == {"r1": ["2011-06-07"], "r2": ["2011-06-07"]}
+    assert [v["outcome"] for v in versions(layout, "bike_demand", "2011-06-07")] == ["accepted"]
+    assert current_source(layout, "bike_demand", "2011-06-07")["sha256"] == staged.sha256
