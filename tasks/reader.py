@@ -113,10 +113,11 @@ def _scan(path: Path, encoding: str) -> _Scan:
             if undecodable is None and nul_at is None:
                 try:
                     decoder.decode(block)
-                except UnicodeDecodeError as exc:
-                    offset = size + exc.start
-                    line = lines + block.count(b"\n", 0, exc.start) + 1
-                    undecodable = f"byte 0x{block[exc.start]:02x} at offset {offset} (line {line})"
+                except UnicodeDecodeError as exc:  # exc.object: bytes held back from the last block + this one
+                    held = len(exc.object) - len(block)
+                    offset = size - held + exc.start
+                    line = lines + block.count(b"\n", 0, max(exc.start - held, 0)) + 1
+                    undecodable = f"byte 0x{exc.object[exc.start]:02x} at offset {offset} (line {line})"
             lines += block.count(b"\n")
             size += len(block)
             last = block[-1:]
