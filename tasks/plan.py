@@ -1,26 +1,149 @@
-"""When monitoring asks for a retrain: k of the last n windows, a cooldown, a cap, and a decision log.
+"""Plans: whether a training run is worth it, and whether a monitoring window requests a retrain.
 
-A single bad night should not retrain a model, a persistent shift should retrain it *once*, and a broken
-upstream must not cause a retrain storm. :func:`decide` is a pure function of the window's violations and
-the earlier decisions; :class:`DecisionLog` keeps every decision (trigger or not, and why) as JSON lines in
-``monitoring/<pipeline>/decisions.jsonl``. Windows are identified by their end (event time), so a re-run
-of a window replaces its earlier decision in the policy's eyes (the log keeps both lines).
+**Training plan** (:func:`plan_training`, the ``plan_training`` stage): never on fewer than
+``min_partitions`` partitions; always on a retrain request, ``force`` or when no champion exists;
+otherwise only once ``retrain_after_new_partitions`` partitions are newer than the champion's data. Many
+raw-data events therefore consolidate into few retrains.
+
+**Trigger policy** (:func:`decide`, called by the monitor): k of the last n windows, a cooldown, a cap, and a
+decision log. A single bad night should not retrain a model, a persistent shift should retrain it *once*,
+and a broken upstream must not cause a retrain storm. :func:`decide` is a pure function of the window's
+violations and the earlier decisions; :class:`DecisionLog` keeps every decision (trigger or not, and why)
+as JSON lines in ``monitoring/<pipeline>/decisions.jsonl``. Windows are identified by their end (event
+time), so a re-run of a window replaces its earlier decision in the policy's eyes (the log keeps both lines).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.spec import TriggerPolicySpec
+from tasks.errors import PermanentError
+from tasks.names import RETRAIN_ASSET, TAG_HOLDOUT_PARTITIONS
+from tasks.results import TrainingPlan
+from tasks.spec import TrainingSpec, TriggerPolicySpec
+from tasks.storage import parse_day
+
+if TYPE_CHECKING:
+    from tasks.results import Registered
+    from tasks.settings import Settings
+    from tasks.spec import PipelineSpec
+    from tasks.storage import DataLayout
+
+log = logging.getLogger(__name__)
+
+
+class PlanError(PermanentError, ValueError):
+    """A plan's input is unusable (e.g. ``as_of`` is not a date)."""
+
+
+# ---- training plan ----
+
+
+def champion_data_end(champion: Registered | None) -> str | None:
+    """The last partition the champion saw (the end of its holdout), from its version tags."""
+    if champion is None:
+        return None
+    days = json.loads(champion.tags.get(TAG_HOLDOUT_PARTITIONS, "[]"))
+    return max(days) if days else None
+
+
+def decide_training(
+    training: TrainingSpec,
+    days: list[str],
+    champion_version: str | None,
+    data_end: str | None,
+    retrain_requested: bool = False,
+    force: bool = False,
+) -> TrainingPlan:
+    """The training policy as a pure function of the ingested days and the champion.
+
+    Args:
+        training: The spec's training block (window, minimum and retrain thresholds).
+        days: Ingested partitions, oldest first.
+        champion_version: The current champion (None before the first model).
+        data_end: The last partition the champion saw.
+        retrain_requested: Monitoring requested a retrain (the retrain Asset triggered the run).
+        force: The trigger form's ``force``.
+    """
+    window = days[-training.window_days :]
+    if len(window) < training.min_partitions:
+        why = f"waiting for data: {len(window)} of {training.min_partitions} partitions ingested"
+        return TrainingPlan(train=False, reason=why, partitions=window)
+    new = len([d for d in days if data_end is None or d > data_end])
+    need = training.retrain_after_new_partitions
+
+    def plan(train: bool, reason: str) -> TrainingPlan:
+        return TrainingPlan(
+            train=train,
+            reason=reason,
+            partitions=window,
+            champion_version=champion_version,
+            champion_data_end=data_end,
+            new_partitions=new,
+        )
+
+    if retrain_requested:
+        return plan(True, "retrain requested by monitoring")
+    if force:
+        return plan(True, "forced from the trigger form")
+    if champion_version is None:
+        return plan(True, "no champion yet: first model")
+    if new >= need:
+        return plan(True, f"{new} partitions newer than champion v{champion_version}'s data (>= {need})")
+    why = f"champion v{champion_version} trained on data up to {data_end}; {new} newer partition(s) < {need}"
+    return plan(False, why + ": no retrain")
+
+
+def plan_training(
+    spec: PipelineSpec,
+    settings: Settings,
+    layout: DataLayout,
+    triggered_by: list[str] | None = None,
+    as_of: str | None = None,
+    force: bool = False,
+) -> TrainingPlan:
+    """Decide whether a training run is worth it and which partitions it uses (see the module's policy).
+
+    Args:
+        spec: The pipeline.
+        settings: Environment settings (the registry, for the champion's data).
+        layout: Data root layout (the ingested partitions).
+        triggered_by: URIs of the Assets whose events started the run.
+        as_of: Use partitions up to this day only.
+        force: Train even if the policy says no.
+
+    Raises:
+        PlanError: ``as_of`` is not a date.
+    """
+    from tasks.registry import champion
+
+    try:
+        last = parse_day(as_of) if as_of else None
+    except ValueError as exc:
+        raise PlanError(f"as_of: {exc}") from exc
+    days = [d for d in layout.raw_partitions(spec.name) if last is None or d <= last]
+    requested = RETRAIN_ASSET.format(pipeline=spec.name) in (triggered_by or [])
+    current = None
+    if len(days[-spec.training.window_days :]) >= spec.training.min_partitions:  # no registry call while waiting
+        current = champion(settings, spec.registered_model_name)
+    plan = decide_training(
+        spec.training, days, current.version if current else None, champion_data_end(current), requested, force
+    )
+    log.info("training plan for %s: %s", spec.name, plan.reason)
+    return plan
+
+
+# ---- monitoring trigger policy ----
 
 
 @dataclass(frozen=True)
-class Decision:
+class RetrainDecision:
     """One window's verdict."""
 
     window_end: str
@@ -60,7 +183,7 @@ def decide(
     window_end: str,
     violations: list[str],
     champion_version: str | None,
-) -> Decision:
+) -> RetrainDecision:
     """Should this window request a retrain?
 
     Rules, in order: the window itself must violate; at least ``k`` of the last ``n`` windows judged against
@@ -70,7 +193,7 @@ def decide(
 
     Args:
         policy: The spec's trigger policy.
-        history: Earlier decisions (dicts of :class:`Decision`), any order; later windows are ignored.
+        history: Earlier decisions (dicts of :class:`RetrainDecision`), any order; later windows are ignored.
         window_end: This window's end (ISO datetime).
         violations: What this window violated (e.g. ``data_drift``, ``performance_decay``).
         champion_version: The champion the window was judged against.
@@ -78,8 +201,8 @@ def decide(
     end = _day(window_end)
     earlier = [h for h in latest_per_window(history) if _day(h["window_end"]) < end]
 
-    def verdict(retrain: bool, reason: str) -> Decision:
-        return Decision(window_end, champion_version, list(violations), retrain, reason)
+    def verdict(retrain: bool, reason: str) -> RetrainDecision:
+        return RetrainDecision(window_end, champion_version, list(violations), retrain, reason)
 
     if not violations:
         return verdict(False, "no violation in this window")
@@ -127,7 +250,7 @@ class DecisionLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def append(self, decision: Decision) -> None:
+    def append(self, decision: RetrainDecision) -> None:
         """Add one decision."""
         self.append_record(decision.to_dict())
 
@@ -185,3 +308,71 @@ def render_trend(pipeline: str, history: list[dict[str, Any]], threshold: float)
         f"<th>violations</th><th>retrain</th><th>decision</th></tr></thead><tbody>{rows}</tbody></table>"
         "</body></html>\n"
     )
+
+
+@dataclass(frozen=True)
+class WindowVerdict:
+    """A window's retrain decision, the line the decision log gets, and the after-retrain comparison (if any)."""
+
+    decision: RetrainDecision
+    record: dict[str, Any]
+    after_retrain: dict[str, Any] | None = None
+
+
+def _after_retrain(
+    history: list[dict[str, Any]],
+    window_end: str,
+    champion_version: str | None,
+    violations: list[str],
+    figures: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The first window judged against a champion that replaced the one a retrain was requested for: did it help?"""
+    requested = requests_before(history, window_end)
+    if not requested or champion_version is None or requested[-1].get("champion_version") == champion_version:
+        return None
+    then = requested[-1]
+    before = then.get("figures", {})
+    closed = not violations
+    return {
+        "requested_for_window": then["window_end"],
+        "champion_then": then.get("champion_version"),
+        "champion_now": champion_version,
+        "violations_then": then["violations"],
+        "violations_now": list(violations),
+        "drift_share": {"then": before.get("drift_share"), "now": figures.get("drift_share")},
+        "performance_decay": {
+            "then": (before.get("performance_decay") or {}).get("relative_worsening"),
+            "now": (figures.get("performance_decay") or {}).get("relative_worsening"),
+        },
+        "gap_closed": closed,
+        "verdict": (
+            f"champion v{champion_version} (retrained after the window ending {then['window_end']}) "
+            + ("closed the gap: no violation now" if closed else f"did not close it: still {', '.join(violations)}")
+        ),
+    }
+
+
+def judge_window(
+    policy: TriggerPolicySpec,
+    history: list[dict[str, Any]],
+    window_end: str,
+    violations: list[str],
+    champion_version: str | None,
+    figures: dict[str, Any],
+    status: str,
+) -> WindowVerdict:
+    """Apply the trigger policy to one window and compare with the last retrain request (pure; writes nothing).
+
+    Args:
+        policy: The spec's trigger policy.
+        history: The decision log so far.
+        window_end: This window's end.
+        violations: What this window violated.
+        champion_version: The champion it was judged against.
+        figures: The window's headline figures (``drift_share``, ``performance_decay``), kept in the log.
+        status: The window's status (``drift``, ``no_drift``, ...), kept in the log.
+    """
+    decision = decide(policy, history, window_end, violations, champion_version)
+    record = decision.to_dict() | {"figures": figures, "status": status}
+    after = _after_retrain(history, window_end, champion_version, violations, figures)
+    return WindowVerdict(decision=decision, record=record, after_retrain=after)
