@@ -29,18 +29,20 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         plan = stages.plan_training("bike_demand")
         validation = stages.validate("bike_demand", plan["partitions"], "fixture")
         datasets = stages.build_features("bike_demand", validation["valid"], "fixture")
-        trained = stages.train("bike_demand", datasets, {"airflow.run_id": "fixture"})
-        metrics = stages.evaluate("bike_demand", trained, datasets, "fixture")
-        decision = stages.gate("bike_demand", trained, metrics, "fixture", datasets)
-        registered = stages.register("bike_demand", trained, decision)
-        promoted = stages.promote("bike_demand", registered["version"], decision)
+        trained = stages.train_model("bike_demand", datasets, "fixture", {"airflow.run_id": "fixture"})
+        evaluation = stages.evaluate_model("bike_demand", trained, datasets, "fixture")
+        gated = stages.gate_model("bike_demand", trained, datasets, evaluation, "fixture")
+        registered = stages.register_model("bike_demand", trained, gated)
+        promoted = stages.promote_model("bike_demand", registered["version"], gated["decision"])
         yield {
             "root": root,
             "days": days,
+            "plan": plan,
             "datasets": datasets,
             "trained": trained,
-            "metrics": metrics,
-            "decision": decision,
+            "evaluation": evaluation,
+            "gated": gated,
+            "decision": gated["decision"],
             "registered": registered,
             "promoted": promoted,
         }
