@@ -86,10 +86,20 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _predict(uri: str, X: pd.DataFrame) -> np.ndarray:  # noqa: N803 - ML convention
-    import mlflow
+def _predict(role: str, uri: str, X: pd.DataFrame) -> np.ndarray:  # noqa: N803 - ML convention
+    """The model's predictions; loading may meet an outage (retried), predicting on these rows is deterministic.
 
-    return np.asarray(mlflow.pyfunc.load_model(uri).predict(X), dtype="float64")
+    Raises:
+        EvaluationError: The model cannot score the holdout rows (e.g. a column no longer matches its signature).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    model = mlflow.pyfunc.load_model(uri)
+    try:
+        return np.asarray(model.predict(X), dtype="float64")
+    except (MlflowException, ValueError, KeyError, TypeError) as exc:
+        raise EvaluationError(f"the {role} ({uri}) cannot score the holdout: {type(exc).__name__}: {exc}") from exc
 
 
 def evaluate_model(
@@ -103,7 +113,8 @@ def evaluate_model(
     and ``reference/predictions.parquet`` to the candidate's run.
 
     Raises:
-        EvaluationError: The holdout is empty, or a model returns a different number of predictions.
+        EvaluationError: The holdout is empty, or the candidate or baseline cannot score it or returns a different
+            number of predictions (a champion that cannot score it is reported, and fails the gate's check).
     """
     import mlflow
 
@@ -115,7 +126,10 @@ def evaluate_model(
     start_tracking(settings, spec.name)
     X = holdout[spec.schema_.input_columns]  # noqa: N806 - ML convention
     y = target_values(spec, holdout[spec.schema_.target])
-    preds = {"candidate": _predict(trained.model_uri, X), "baseline": _predict(trained.baseline_model_uri, X)}
+    preds = {
+        "candidate": _predict("candidate", trained.model_uri, X),
+        "baseline": _predict("baseline", trained.baseline_model_uri, X),
+    }
     champion, champion_preds, champion_error = _champion_predictions(settings, spec, X)
     if champion_preds is not None:
         preds["champion"] = champion_preds

@@ -76,19 +76,27 @@ def event_column(spec: PipelineSpec) -> str | None:
 
 
 def event_time(value: Any) -> str | None:
-    """A row's event date/time as an ISO UTC string (dates stay ``YYYY-MM-DD``); None when it is not one."""
+    """A row's event date/time as an ISO UTC string (a date stays ``YYYY-MM-DD``); None when it is not one.
+
+    Accepts ISO 8601 text (``2012-06-18``, ``2012-06-18T13:00+02:00``; naive times are UTC) and date objects;
+    numbers and anything else are not event dates.
+    """
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, date):
         return value.isoformat()
-    else:
-        text = str(value).strip() if value is not None else ""
+    elif isinstance(value, str):
+        text = value.strip()
         try:
-            if len(text) == 10:
-                return date.fromisoformat(text).isoformat()
+            return date.fromisoformat(text).isoformat()
+        except ValueError:
+            pass
+        try:
             moment = datetime.fromisoformat(text)
         except ValueError:
             return None
+    else:
+        return None
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat()
 
