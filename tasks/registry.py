@@ -196,7 +196,7 @@ def promote(
             return Promotion(
                 name=name, version=version, promoted=False, outcome="already_champion", previous=now, champion=now
             )
-        _move_champion(settings, name, version, now, "champion")
+        _move_champion(settings, name, version, now, CHAMPION)  # outcome: it became champion
         tx.append(Entry(name, "promote", actor, reason, now, version, mlflow_run_id))
     log.info("%s champion: %s -> %s", name, now or "none", version)
     return Promotion(name=name, version=version, promoted=True, outcome="promoted", previous=now, champion=version)
