@@ -36,9 +36,11 @@ from tasks.names import (
     TAG_WINDOW_END,
     holdout_metric,
 )
-from tasks.results import DriftReport, Metrics, Registered
+from tasks.results import DriftReport, DriftStatus, Metrics, Registered
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tasks.plan import WindowVerdict
     from tasks.settings import Settings
     from tasks.spec import PipelineSpec
@@ -387,7 +389,7 @@ def performance_decay(
 class Assessment:
     """The window's verdict before the trigger policy: status, reason, violations and the report's sections."""
 
-    status: str
+    status: DriftStatus
     reason: str
     violations: list[str] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)
@@ -429,7 +431,7 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
     )
     inputs = {c: r for c, r in per_column.items() if c != PREDICTION}
     drifted = sorted(c for c, r in inputs.items() if r["drifted"])
-    status = "drift" if share >= mon.drift_share_threshold else "no_drift"
+    status: DriftStatus = "drift" if share >= mon.drift_share_threshold else "no_drift"
     violations = ["data_drift"] if status == "drift" else []
     prediction = _prediction_drift(per_column, reference)
     if mon.prediction_drift_threshold is not None and prediction.get("drifted"):
@@ -524,6 +526,33 @@ def _keep_on_mlflow(
         return None
 
 
+def _summary(
+    spec: PipelineSpec, served: Served, assessment: Assessment, verdict: WindowVerdict, trend: Path, html: Path | None
+) -> dict[str, Any]:
+    """Everything the window produced, per-column tables included (``summary.json``)."""
+    summary: dict[str, Any] = {
+        "pipeline": spec.name,
+        "window": served.window,
+        "window_end": served.window_end,
+        "drift_share_threshold": spec.monitoring.drift_share_threshold,
+        "rows": len(served.rows),
+        "champion_version": served.champion.version if served.champion else None,
+        "status": assessment.status,
+        "reason": assessment.reason,
+        **assessment.sections,
+        "violations": verdict.decision.violations,
+        "retrain": verdict.decision.retrain,
+        "decision": verdict.decision.reason,
+        "trend_html": str(trend),
+    }
+    if html is not None:
+        summary["report_html"] = str(html)
+    if verdict.after_retrain is not None:
+        summary["after_retrain"] = verdict.after_retrain
+        log.info("after retrain: %s", verdict.after_retrain["verdict"])
+    return summary
+
+
 def publish(
     spec: PipelineSpec,
     settings: Settings,
@@ -552,27 +581,7 @@ def publish(
     trend = write_text(
         layout.trend_page(name), render_trend(name, [*history, verdict.record], spec.monitoring.drift_share_threshold)
     )
-    champion_version = served.champion.version if served.champion else None
-    summary: dict[str, Any] = {
-        "pipeline": name,
-        "window": served.window,
-        "window_end": served.window_end,
-        "drift_share_threshold": spec.monitoring.drift_share_threshold,
-        "rows": len(served.rows),
-        "champion_version": champion_version,
-        "status": assessment.status,
-        "reason": assessment.reason,
-        **assessment.sections,
-        "violations": verdict.decision.violations,
-        "retrain": verdict.decision.retrain,
-        "decision": verdict.decision.reason,
-        "trend_html": str(trend),
-    }
-    if html is not None:
-        summary["report_html"] = str(html)
-    if verdict.after_retrain is not None:
-        summary["after_retrain"] = verdict.after_retrain
-        log.info("after retrain: %s", verdict.after_retrain["verdict"])
+    summary = _summary(spec, served, assessment, verdict, trend, html)
     summary_path = write_json(layout.drift_summary(name, run_id), summary)
     files = [p for p in (html, summary_path, trend) if p is not None]
     url = _keep_on_mlflow(spec, settings, run_id, summary, files, summary_path)
@@ -581,9 +590,9 @@ def publish(
         pipeline=name,
         window_end=served.window_end,
         window=served.window,
-        status=assessment.status,  # type: ignore[arg-type]
+        status=assessment.status,
         rows=len(served.rows),
-        champion_version=champion_version,
+        champion_version=summary["champion_version"],
         drift_share=assessment.sections.get("drift_share"),
         drifted_columns=assessment.sections.get("drifted_columns", []),
         violations=verdict.decision.violations,

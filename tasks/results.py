@@ -16,6 +16,7 @@ from tasks.errors import PermanentError
 
 Metrics = dict[str, float | None]
 """Metric name -> value on some rows (None where the metric is undefined there)."""
+DriftStatus = Literal["drift", "no_drift", "no_champion", "insufficient_data"]
 
 
 class ResultError(PermanentError, ValueError):
@@ -272,7 +273,7 @@ class DriftReport(Result):
     pipeline: str
     window_end: str
     window: list[str]
-    status: Literal["drift", "no_drift", "no_champion", "insufficient_data"]
+    status: DriftStatus
     rows: int
     champion_version: str | None = None
     drift_share: float | None = None

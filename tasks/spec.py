@@ -281,7 +281,7 @@ class ModelCardSpec(_Strict):
 
 
 class TriggerPolicySpec(_Strict):
-    """When violations become a retrain request (see :mod:`tasks.monitor_policy`)."""
+    """When violations become a retrain request (see :mod:`tasks.plan`)."""
 
     k: int = Field(default=1, ge=1, description="Violating windows needed among the last n (the latest included).")
     n: int = Field(default=1, ge=1)

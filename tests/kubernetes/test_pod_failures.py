@@ -14,6 +14,8 @@ from tasks.spec import load_spec
 from tests.conftest import write_spec
 from tests.kubernetes.kubelet import LocalKubelet
 
+RESULTS = "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results"
+
 
 @dataclass
 class _TI:
@@ -80,9 +82,7 @@ def test_success_returns_the_manifest_result_and_deletes_the_pod(
     result, ti = _run(op)
     assert result["status"] == "no_champion" and ti.xcoms["return_value"] == result
     assert kubelet.deleted == [kubelet.created[0].metadata.name]
-    manifest = (
-        prod_settings.data_root / "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results/check_drift_task.try1.json"
-    )
+    manifest = prod_settings.data_root / RESULTS / "check_drift_task.try1.json"
     assert manifest.is_file()
 
 
@@ -117,9 +117,7 @@ def test_a_manifest_left_by_an_earlier_try_does_not_count(prod_settings: Setting
     # the pod writes to a volume Airflow does not see (misconfigured mount): no manifest where Airflow looks
     kubelet.volumes["ml-data"] = prod_settings.data_root.parent / "elsewhere"
     op = _operator(prod_settings, "check_drift", {"window_end": "2011-06-21T02:00:00+00:00", "run_id": "m1"})
-    stale = (
-        prod_settings.data_root / "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results/check_drift_task.try1.json"
-    )
+    stale = prod_settings.data_root / RESULTS / "check_drift_task.try1.json"
     stale.parent.mkdir(parents=True)
     stale.write_text('{"ok": true, "result": {"stale": true}}')
     with pytest.raises(StagePodError, match="wrote no result manifest.*shared store mounted"):
