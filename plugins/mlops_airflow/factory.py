@@ -352,6 +352,8 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
                 card = exc.gated.xcom()
                 ti.xcom_push(key=MODEL_CARD_KEY, value=card["model_card_url"] or _file_url(card))
                 raise AirflowFailException(str(exc)) from exc
+            except PermanentError as exc:  # e.g. evaluation's rows are gone, a stale upstream result: no retry
+                raise AirflowFailException(str(exc)) from exc
             ti.xcom_push(key=MODEL_CARD_KEY, value=gated["model_card_url"] or _file_url(gated))
             ti.xcom_push(key="gate_summary", value=gated["summary"])
             return gated
