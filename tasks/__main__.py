@@ -7,8 +7,8 @@ This is the contract a Kubernetes pod runs: the same stage functions the Airflow
 ``--result`` the outcome is written as a manifest in the shared store, which is how a pod's result gets
 back to Airflow (not through the XCom sidecar)::
 
-    {"ok": true,  "stage": "train", "pipeline": "bike_demand", "result": {...}}
-    {"ok": false, "stage": "train", "pipeline": "bike_demand", "error": "...", "error_type": "...",
+    {"ok": true,  "stage": "train_model", "pipeline": "bike_demand", "result": {...}}
+    {"ok": false, "stage": "train_model", "pipeline": "bike_demand", "error": "...", "error_type": "...",
      "permanent": true}      # permanent: bad data, config or gate verdict; retrying will not help
 
 The result is also printed to stdout. Exit codes: 0 success, 1 stage failure, 2 bad arguments.

@@ -8,7 +8,6 @@ the spec. Training fits the estimator on its output, and the model logged to MLf
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from tasks.errors import PermanentError
+from tasks.results import Datasets
 from tasks.spec import FeatureSpec, PipelineSpec
 from tasks.storage import DataLayout, atomic_path
 
@@ -80,23 +80,6 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         return pd.DataFrame(out, index=X.index)[self.feature_names]
 
 
-@dataclass(frozen=True)
-class DatasetUris:
-    """Files one training run reads (all under ``runs/<pipeline>/<run_key>/``)."""
-
-    train_raw: str
-    train_features: str
-    holdout: str
-    train_partitions: list[str]
-    holdout_partitions: list[str]
-    train_rows: int
-    holdout_rows: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form for XCom."""
-        return asdict(self)
-
-
 def load_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str]) -> pd.DataFrame:
     """Concatenate raw partitions in time order."""
     if not days:
@@ -111,14 +94,14 @@ def _write(frame: pd.DataFrame, path: Any) -> str:
     return str(path)
 
 
-def build_datasets(spec: PipelineSpec, layout: DataLayout, days: list[str], run_key: str) -> DatasetUris:
+def build_features(spec: PipelineSpec, layout: DataLayout, days: list[str], run_id: str) -> Datasets:
     """Split the window by time (the last ``holdout_days`` partitions are the holdout) and build features.
 
     Args:
         spec: The pipeline.
         layout: Data root layout.
         days: Valid partition dates of the window.
-        run_key: Output folder key.
+        run_id: The Airflow run (output folder).
 
     Returns:
         Paths of the training rows (raw and featurised) and of the raw holdout rows.
@@ -138,11 +121,11 @@ def build_datasets(spec: PipelineSpec, layout: DataLayout, days: list[str], run_
     holdout = load_partitions(spec, layout, holdout_days)[keep]
     features = FeatureBuilder.from_spec(spec.features).transform(train)
     features[spec.schema_.target] = train[spec.schema_.target].to_numpy()
-    out = layout.run_dir(spec.name, run_key)
-    uris = DatasetUris(
-        train_raw=_write(train, out / "train_raw.parquet"),
-        train_features=_write(features, out / "train_features.parquet"),
-        holdout=_write(holdout, out / "holdout.parquet"),
+    name = spec.name
+    uris = Datasets(
+        train_raw=_write(train, layout.train_raw(name, run_id)),
+        train_features=_write(features, layout.train_features(name, run_id)),
+        holdout=_write(holdout, layout.holdout(name, run_id)),
         train_partitions=train_days,
         holdout_partitions=holdout_days,
         train_rows=len(train),

@@ -62,7 +62,7 @@ class Entry:
     reason: str
     from_version: str | None = None
     to_version: str | None = None
-    run_id: str | None = None
+    mlflow_run_id: str | None = None  # the candidate's MLflow run (the DB column is still `run_id`)
     details: dict[str, Any] = field(default_factory=dict)
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
     seq: int | None = None
@@ -105,7 +105,7 @@ class Transaction:
             entry.to_version,
             entry.actor,
             entry.reason,
-            entry.run_id,
+            entry.mlflow_run_id,
             json.dumps(entry.details, sort_keys=True, default=str),
         )
         marks = ", ".join([self._ph] * len(values))
@@ -200,7 +200,7 @@ class PromotionLedger:
                 to_version=r[5],
                 actor=r[6],
                 reason=r[7],
-                run_id=r[8],
+                mlflow_run_id=r[8],
                 details=json.loads(r[9] or "{}"),
             )
             for r in rows

@@ -10,13 +10,14 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.spec import PipelineSpec
+from tasks.results import Datasets, Evaluation, GateDecision, ModelCardFiles, Trained
 from tasks.storage import write_text
 
-CARD_DIR = "model_card"
+if TYPE_CHECKING:
+    from tasks.spec import PipelineSpec
+    from tasks.storage import DataLayout
 
 
 @dataclass
@@ -39,15 +40,11 @@ def _num(value: Any) -> str:
 
 
 def build_sections(
-    spec: PipelineSpec,
-    trained: dict[str, Any],
-    datasets: dict[str, Any],
-    evaluation: dict[str, Any],
-    decision: dict[str, Any],
+    spec: PipelineSpec, trained: Trained, datasets: Datasets, evaluation: Evaluation, decision: GateDecision
 ) -> list[Section]:
     """The card's content."""
-    verdict = "PASSED" if decision["passed"] else "FAILED"
-    promote = "will be promoted" if decision["promote"] else "will not be promoted"
+    verdict = "PASSED" if decision.passed else "FAILED"
+    promote = "will be promoted" if decision.promote else "will not be promoted"
     schema = spec.schema_
     if spec.task == "classification":
         output = f"probability that {schema.target} = {schema.positive_label}"
@@ -58,27 +55,27 @@ def build_sections(
         paragraphs=[spec.description],
         items=[
             f"pipeline `{spec.name}`, task {spec.task}, owner {spec.owner}",
-            f"family `{trained['family']}` (baseline `{spec.training.baseline.family}`), "
-            f"MLflow run `{trained['run_id']}`",
+            f"family `{trained.family}` (baseline `{spec.training.baseline.family}`), "
+            f"MLflow run `{trained.mlflow_run_id}`",
             f"output: {output}",
-            f"gate ({decision['mode']}): **{verdict}**; the candidate {promote}",
+            f"gate ({decision.mode}): **{verdict}**; the candidate {promote}",
         ],
     )
-    train_days, holdout_days = datasets["train_partitions"], datasets["holdout_partitions"]
+    train_days, holdout_days = datasets.train_partitions, datasets.holdout_partitions
     as_inputs = "also inputs" if set(schema.sensitive) & set(schema.input_columns) else "never inputs"
     data = Section(
         "Data",
         items=[
-            f"training: {datasets['train_rows']:,} rows from {len(train_days)} partitions "
+            f"training: {datasets.train_rows:,} rows from {len(train_days)} partitions "
             f"({train_days[0]} .. {train_days[-1]})",
-            f"holdout: {datasets['holdout_rows']:,} rows from {len(holdout_days)} partitions "
+            f"holdout: {datasets.holdout_rows:,} rows from {len(holdout_days)} partitions "
             f"({holdout_days[0]} .. {holdout_days[-1]}), the most recent ones (time-based split)",
             f"inputs: {', '.join(schema.input_columns)}",
             f"sensitive columns (sliced, {as_inputs}): {', '.join(schema.sensitive) or 'none declared'}",
         ],
     )
-    roles = [r for r in ("candidate", "baseline", "champion") if decision["metrics"].get(r)]
-    champion = evaluation.get("champion_version")
+    roles = [r for r in ("candidate", "baseline", "champion") if decision.metrics.get(r)]
+    champion = evaluation.champion_version
     names = {
         "candidate": "candidate",
         "baseline": f"baseline ({spec.training.baseline.family})",
@@ -86,12 +83,12 @@ def build_sections(
     }
     metrics = Section(
         "Holdout metrics",
-        paragraphs=[f"Primary metric: `{decision['primary_metric']}`. All models scored on the same holdout rows."],
+        paragraphs=[f"Primary metric: `{decision.primary_metric}`. All models scored on the same holdout rows."],
         header=["metric", *(names[r] for r in roles)],
-        rows=[[k, *(_num(decision["metrics"][r].get(k)) for r in roles)] for k in spec.metric_names],
+        rows=[[k, *(_num(decision.metrics[r].get(k)) for r in roles)] for k in spec.metric_names],
     )
     slices = Section("Slices (sensitive columns)")
-    for column, groups in (decision.get("slices") or {}).items():
+    for column, groups in decision.slices.items():
         metric = next((k for k in next(iter(groups.values())) if k not in {"rows", "judged", "note"}), "metric")
         for group, row in groups.items():
             slices.rows.append(
@@ -104,8 +101,8 @@ def build_sections(
         "Gate verdicts",
         header=["check", "verdict", "observed", "threshold", "reason"],
         rows=[
-            [c["name"], "PASS" if c["passed"] else "FAIL", _num(c["observed"]), _num(c["threshold"]), c["reason"]]
-            for c in decision["checks"]
+            [c.name, "PASS" if c.passed else "FAIL", _num(c.observed), _num(c.threshold), c.reason]
+            for c in decision.checks
         ],
     )
     card = spec.model_card
@@ -171,16 +168,17 @@ def to_html(title: str, sections: list[Section]) -> str:
 
 def write_card(
     spec: PipelineSpec,
-    trained: dict[str, Any],
-    datasets: dict[str, Any],
-    evaluation: dict[str, Any],
-    decision: dict[str, Any],
-    folder: Path,
-) -> dict[str, str]:
-    """Render the card into ``folder`` as ``model_card.md`` and ``model_card.html``; return both paths."""
+    trained: Trained,
+    datasets: Datasets,
+    evaluation: Evaluation,
+    decision: GateDecision,
+    layout: DataLayout,
+    run_id: str,
+) -> ModelCardFiles:
+    """Render the card as the run's ``model_card.md`` and ``model_card.html``; return both paths."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"Model card: {spec.name}, candidate run {trained['run_id'][:8]} ({stamp})"
+    title = f"Model card: {spec.name}, candidate run {trained.mlflow_run_id[:8]} ({stamp})"
     sections = build_sections(spec, trained, datasets, evaluation, decision)
-    md = write_text(folder / "model_card.md", to_markdown(title, sections))
-    page = write_text(folder / "model_card.html", to_html(title, sections))
-    return {"markdown": str(md), "html": str(page)}
+    md = write_text(layout.model_card(spec.name, run_id, "md"), to_markdown(title, sections))
+    page = write_text(layout.model_card(spec.name, run_id, "html"), to_html(title, sections))
+    return ModelCardFiles(markdown=str(md), html=str(page))

@@ -1,35 +1,59 @@
-"""Monitor: compare recently served inputs with the champion's training sample using Evidently.
+"""Monitor: compare a window of served traffic with the champion's reference, then decide on a retrain.
 
-Writes ``drift.html`` (the Evidently report) and ``summary.json`` under
-``monitoring/<pipeline>/<run_key>/`` and says whether a retrain should be requested.
+:func:`check_drift` is a chain of immutable results, each step one function of the ones before:
+
+``window_dates`` -> :func:`collect` (:class:`Served`: the champion, the window's logged rows, landed labels)
+-> :func:`load_reference` (:class:`Reference`: its training sample and its holdout predictions)
+-> :func:`assess` (:class:`Assessment`: data drift, prediction drift, input quality, performance decay,
+the violations) -> :func:`tasks.plan.judge_window` (the trigger policy) -> :func:`publish`, the one step
+that writes: ``drift.html`` and ``summary.json`` under ``monitoring/<pipeline>/<run_id>/``, the decision
+log and trend page, the window's MLflow run. It returns a small :class:`~tasks.results.DriftReport`;
+per-column tables stay in ``summary.json``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sqlite3
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tasks.registry import champion_version
-from tasks.settings import Settings
-from tasks.spec import PipelineSpec
-from tasks.storage import DataLayout, atomic_path, write_json
-from tasks.tracking import use_store
+from tasks.errors import PermanentError
+from tasks.names import (
+    LEGACY_REFERENCE,
+    PREDICTION,
+    REFERENCE_INPUTS,
+    REFERENCE_PREDICTIONS,
+    TAG_AIRFLOW_RUN_ID,
+    TAG_CHAMPION_VERSION,
+    TAG_PIPELINE,
+    TAG_RETRAIN,
+    TAG_STATUS,
+    TAG_VIOLATIONS,
+    TAG_WINDOW_END,
+    holdout_metric,
+)
+from tasks.results import DriftReport, DriftStatus, Metrics, Registered
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tasks.plan import WindowVerdict
+    from tasks.settings import Settings
+    from tasks.spec import PipelineSpec
+    from tasks.storage import DataLayout
 
 log = logging.getLogger(__name__)
 
 
-class MonitoringError(RuntimeError):
-    """The reference sample or prediction log cannot be read."""
+class MonitoringError(PermanentError, RuntimeError):
+    """The champion's reference sample is missing or unreadable: every re-run would fail the same way."""
 
 
-def window_days(window_end: str, days: int) -> list[str]:
+def window_dates(window_end: str, days: int) -> list[str]:
     """The ``days`` calendar dates before ``window_end`` (exclusive), oldest first.
 
     A run whose data interval ends at ``2012-06-25T02:00`` checks the days up to 2012-06-24: event time,
@@ -39,35 +63,26 @@ def window_days(window_end: str, days: int) -> list[str]:
     return [(last - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
 
 
-def served_inputs(log_path: Path, model_name: str, day_column: str | None, days: list[str]) -> pd.DataFrame:
-    """Rows the server logged for ``model_name`` whose event date is in ``days``.
+# ---- the window's served rows ----
 
-    The event date is the inputs' ``day_column`` when callers send one (bike demand's ``dteday``), else
-    the date the server logged the row.
-    """
-    if not log_path.is_file() or not days:
-        return pd.DataFrame()
-    day = "json_extract(inputs, ?)" if day_column else "substr(logged_at, 1, 10)"
-    params = (f"$.{day_column}",) if day_column else ()
-    with sqlite3.connect(log_path) as conn:
-        rows = conn.execute(
-            "SELECT inputs, prediction, model_version FROM predictions WHERE model_name = ?"
-            f" AND {day} BETWEEN ? AND ? ORDER BY id",
-            (model_name, *params, days[0], days[-1]),
-        ).fetchall()
-    if not rows:
-        return pd.DataFrame()
-    frame = pd.DataFrame.from_records([json.loads(r[0]) for r in rows])
-    frame["prediction"] = [r[1] for r in rows]
-    frame["model_version"] = [str(r[2]) for r in rows]
-    return frame
+
+@dataclass(frozen=True)
+class Served:
+    """What was served in the window: the champion judged, its logged rows, those whose labels have landed."""
+
+    window_end: str
+    window: list[str]
+    champion: Registered | None
+    rows: pd.DataFrame
+    labelled: pd.DataFrame
+    champion_on_labelled: Metrics | None = None
 
 
 def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) -> pd.DataFrame:
     """Join the true target from landed raw partitions onto served rows (delayed labels), where present."""
     day_col, target = spec.source.partition_column, spec.schema_.target
     keys = [day_col, *spec.source.order_by]
-    if not set(keys) <= set(served.columns):  # callers do not send the event keys: labels cannot be joined
+    if served.empty or not set(keys) <= set(served.columns):  # callers do not send the event keys: no join
         return served.assign(**{target: float("nan")})
     frames = [
         pd.read_parquet(layout.raw_partition(spec.name, d), columns=[*keys, target])
@@ -80,24 +95,115 @@ def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) 
     return served.drop(columns=[target], errors="ignore").merge(labels, on=keys, how="left")
 
 
-def reference_sample(settings: Settings, run_id: str) -> pd.DataFrame:
-    """The training sample logged with a model's run (``reference/reference.parquet``).
+def collect(spec: PipelineSpec, settings: Settings, layout: DataLayout, window_end: str) -> Served:
+    """The champion and the window's logged rows (labels joined where they have landed)."""
+    from tasks.prediction_log import read_window
+    from tasks.registry import champion
 
-    Raises:
-        MonitoringError: The run has no reference artifact.
-    """
+    window = window_dates(window_end, spec.monitoring.window_days)
+    current = champion(settings, spec.registered_model_name)
+    rows = attach_labels(spec, layout, read_window(layout.prediction_log, spec.registered_model_name, window))
+    labelled = rows.dropna(subset=[spec.schema_.target])
+    scored = None
+    if len(labelled):
+        from tasks.evaluate import target_values
+        from tasks.metrics import score_all
+
+        y = target_values(spec, labelled[spec.schema_.target])
+        scored = score_all(spec.metric_names, y, labelled[PREDICTION].to_numpy())
+    return Served(window_end, window, current, rows, labelled, scored)
+
+
+# ---- the champion's reference ----
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The champion's reference: its training sample (inputs, target) and its predictions to compare with."""
+
+    inputs: pd.DataFrame
+    predictions: pd.Series | None
+    kind: str  # "holdout" | "in-sample (legacy)" | "none"
+    note: str | None = None
+
+
+def _download(settings: Settings, mlflow_run_id: str, path: str) -> pd.DataFrame | None:
+    """One parquet artifact of a run, or None when the run does not have it (an outage still raises)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from tasks.tracking import use_store
+
     use_store(settings)
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reference/reference.parquet")
-    except (MlflowException, OSError) as exc:
-        raise MonitoringError(f"run {run_id} has no reference sample (reference/reference.parquet): {exc}") from exc
-    return pd.read_parquet(local)
+        return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=mlflow_run_id, artifact_path=path))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    except FileNotFoundError:
+        return None
 
 
-PREDICTION = "prediction"
+def load_reference(settings: Settings, champion: Registered) -> Reference:
+    """The reference logged with the champion's run: ``reference/inputs.parquet`` and the holdout predictions.
+
+    A champion trained before the holdout reference existed has ``reference/reference.parquet`` (its training
+    sample with its *in-sample* predictions): it is read, and the summary says so.
+
+    Raises:
+        MonitoringError: The run has no reference sample at all.
+    """
+    run = champion.mlflow_run_id
+    inputs = _download(settings, run, REFERENCE_INPUTS)
+    if inputs is not None:
+        predictions = _download(settings, run, REFERENCE_PREDICTIONS)
+        if predictions is None:
+            note = f"champion v{champion.version} has no {REFERENCE_PREDICTIONS}: prediction drift not compared"
+            return Reference(inputs, None, "none", note)
+        return Reference(inputs, predictions[PREDICTION].reset_index(drop=True), "holdout")
+    legacy = _download(settings, run, LEGACY_REFERENCE)
+    if legacy is None:
+        raise MonitoringError(
+            f"champion v{champion.version} (MLflow run {run}) has no reference sample ({REFERENCE_INPUTS} or "
+            f"{LEGACY_REFERENCE}): retrain it, or roll back to a version trained by this code"
+        )
+    if PREDICTION not in legacy.columns:
+        note = (
+            f"champion v{champion.version} predates prediction-drift tracking ({LEGACY_REFERENCE} has no "
+            "predictions): not compared"
+        )
+        return Reference(legacy, None, "none", note)
+    note = (
+        f"champion v{champion.version} predates holdout reference predictions: its predictions are compared with "
+        f"its in-sample predictions on the training sample ({LEGACY_REFERENCE}); retrain for a holdout reference"
+    )
+    return Reference(legacy.drop(columns=[PREDICTION]), legacy[PREDICTION].reset_index(drop=True), "in-sample", note)
+
+
+def reference_frame(reference: Reference, seed: int = 0) -> pd.DataFrame:
+    """The inputs sample with the reference predictions as its ``prediction`` column, for one Evidently report.
+
+    Drift is judged per column and Evidently drops missing values of each column, so the predictions (the
+    holdout's, a different set of rows) fill the first rows and the rest stay empty; more predictions than
+    sample rows are subsampled (seeded). The inputs are unchanged.
+    """
+    if reference.predictions is None:
+        return reference.inputs
+    preds = reference.predictions
+    n = len(reference.inputs)
+    if len(preds) > n:
+        preds = preds.sample(n=n, random_state=seed).reset_index(drop=True)
+    import numpy as np
+
+    column = np.full(n, np.nan)
+    column[: len(preds)] = preds.to_numpy(dtype="float64")
+    return reference.inputs.assign(**{PREDICTION: column})
+
+
+# ---- drift, quality, decay ----
+
+
 TWO_SAMPLE_CHI2 = "chisquare_two_sample"
 
 
@@ -253,19 +359,19 @@ def input_quality(
     return {"columns": columns, "breaches": breaches}
 
 
-def _performance_decay(
-    spec: PipelineSpec, settings: Settings, run_id: str, summary: dict[str, Any], labelled_rows: int
+def performance_decay(
+    spec: PipelineSpec, settings: Settings, champion: Registered, served: Served
 ) -> dict[str, Any] | None:
-    """The champion's primary metric on labelled served rows against its own holdout figure."""
+    """The champion's primary metric on labelled served rows against its own holdout figure (None: not judged)."""
     limit = spec.monitoring.max_performance_decay
-    on_labelled = summary.get("champion_on_labelled") or {}
     name = spec.gate.primary_metric
-    if limit is None or labelled_rows < spec.monitoring.min_rows or on_labelled.get(name) is None:
+    on_labelled = served.champion_on_labelled or {}
+    if limit is None or len(served.labelled) < spec.monitoring.min_rows or on_labelled.get(name) is None:
         return None
     from tasks.metrics import improvement
     from tasks.tracking import client
 
-    holdout = client(settings).get_run(run_id).data.metrics.get(f"holdout_{name}")
+    holdout = client(settings).get_run(champion.mlflow_run_id).data.metrics.get(holdout_metric(name))
     if holdout is None:
         return None
     worse = -float(improvement(name, on_labelled[name], holdout))
@@ -279,162 +385,42 @@ def _performance_decay(
     }
 
 
-def _decide(spec: PipelineSpec, layout: DataLayout, summary: dict[str, Any], violations: list[str]) -> None:
-    """Apply the trigger policy to this window, log the decision, and report on the last retrain's effect."""
-    from tasks.monitor_policy import DecisionLog, decide, render_trend, requests_before
+@dataclass(frozen=True)
+class Assessment:
+    """The window's verdict before the trigger policy: status, reason, violations and the report's sections."""
 
-    decisions = DecisionLog(layout.root / "monitoring" / spec.name / "decisions.jsonl")
-    history = decisions.read()
-    champion = summary.get("champion_version")
-    decision = decide(spec.monitoring.trigger, history, summary["window_end"], violations, champion)
-    figures = {k: summary[k] for k in ("drift_share", "performance_decay") if k in summary}
-    record = decision.to_dict() | {"figures": figures, "status": summary.get("status")}
-    requested = requests_before(history, summary["window_end"])
-    if requested and requested[-1].get("champion_version") != champion and champion is not None:
-        then = requested[-1]
-        before, after = then.get("figures", {}), figures
-        closed = not violations
-        summary["after_retrain"] = {
-            "requested_for_window": then["window_end"],
-            "champion_then": then.get("champion_version"),
-            "champion_now": champion,
-            "violations_then": then["violations"],
-            "violations_now": violations,
-            "drift_share": {"then": before.get("drift_share"), "now": after.get("drift_share")},
-            "performance_decay": {
-                "then": (before.get("performance_decay") or {}).get("relative_worsening"),
-                "now": (after.get("performance_decay") or {}).get("relative_worsening"),
-            },
-            "gap_closed": closed,
-            "verdict": (
-                f"champion v{champion} (retrained after the window ending {then['window_end']}) "
-                + ("closed the gap: no violation now" if closed else f"did not close it: still {', '.join(violations)}")
-            ),
-        }
-        log.info("after retrain: %s", summary["after_retrain"]["verdict"])
-    decisions.append_record(record)
-    trend = decisions.path.with_name("trend.html")
-    with atomic_path(trend) as tmp:
-        tmp.write_text(render_trend(spec.name, [*history, record], spec.monitoring.drift_share_threshold))
-    summary |= {
-        "violations": violations,
-        "retrain": decision.retrain,
-        "decision": decision.reason,
-        "trend_html": str(trend),
-    }
-    log.info("trigger policy: %s", decision.reason)
+    status: DriftStatus
+    reason: str
+    violations: list[str] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+    snapshot: Any = None  # the Evidently report, saved by publish
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        """Headline figures kept in the decision log."""
+        return {k: self.sections[k] for k in ("drift_share", "performance_decay") if k in self.sections}
 
 
-def _publish(spec: PipelineSpec, settings: Settings, run_key: str, summary: dict[str, Any], out: Path) -> None:
-    """Write ``summary.json`` and keep the window's reports on an MLflow run (experiment ``<p>-monitoring``).
-
-    One MLflow run per monitoring run key: a re-run of the same Airflow run replaces its artifacts rather
-    than adding a second record. ``summary["report_url"]`` is where a person opens the report (the
-    ``check_drift`` task's *Drift report* link). The files under the data root are written first and stay
-    whatever happens to MLflow: a tracking-store outage costs the link, not the report.
-    """
-    import mlflow
-
-    from tasks.tracking import artifact_url, start_tracking
-
-    try:
-        experiment_id = start_tracking(settings, f"{spec.name}-monitoring")
-        found = mlflow.search_runs(
-            [experiment_id], filter_string=f"tags.run_key = '{run_key}'", max_results=1, output_format="list"
-        )
-        run_id = found[0].info.run_id if found else None
-        with mlflow.start_run(run_id=run_id, run_name=f"window-{summary['window_end'][:10]}") as run:
-            page = "drift.html" if "report_html" in summary else "summary.json"
-            summary["report_url"] = artifact_url(settings, run.info.run_id, page, experiment_id)
-            write_json(out / "summary.json", summary)
-            mlflow.set_tags(
-                {
-                    "pipeline": spec.name,
-                    "run_key": run_key,
-                    "window_end": summary["window_end"],
-                    "status": summary["status"],
-                    "champion_version": str(summary.get("champion_version")),
-                    "violations": ",".join(summary.get("violations", [])) or "none",
-                    "retrain": str(summary.get("retrain")),
-                }
-            )
-            figures = {"rows": summary.get("rows", 0), "drift_share": summary.get("drift_share")}
-            figures["prediction_drift"] = (summary.get("prediction_drift") or {}).get("score")
-            figures["performance_decay"] = (summary.get("performance_decay") or {}).get("relative_worsening")
-            mlflow.log_metrics({k: float(v) for k, v in figures.items() if v is not None})
-            for name in ("drift.html", "summary.json"):
-                if (out / name).is_file():
-                    mlflow.log_artifact(str(out / name))
-            if summary.get("trend_html"):
-                mlflow.log_artifact(summary["trend_html"])
-    except Exception as exc:  # noqa: BLE001 - the reports are on disk; the MLflow copy is a convenience
-        log.warning("could not keep the monitoring reports on MLflow (%s); they are under %s", exc, out)
-        summary.pop("report_url", None)
-        write_json(out / "summary.json", summary)
+def _prediction_drift(per_column: dict[str, dict[str, Any]], reference: Reference) -> dict[str, Any]:
+    if PREDICTION not in per_column:
+        return {"note": reference.note or "no reference predictions: not compared"}
+    rows = len(reference.predictions) if reference.predictions is not None else 0
+    drift = per_column[PREDICTION] | {"reference_rows": rows, "reference": reference.kind}
+    return drift | ({"note": reference.note} if reference.note else {})
 
 
-def check_drift(
-    spec: PipelineSpec, settings: Settings, window_end: str, run_key: str, layout: DataLayout | None = None
-) -> dict[str, Any]:
-    """Run the drift check for the window ending at ``window_end``.
-
-    Args:
-        spec: The pipeline (monitoring thresholds, feature columns).
-        settings: Environment settings.
-        window_end: End of the monitoring window (ISO datetime, the DAG run's data interval end).
-        run_key: Output folder key.
-        layout: Data root layout (defaults to the settings' data root).
-
-    Returns:
-        The summary also written to ``summary.json``: ``status`` is ``drift``, ``no_drift``, ``no_champion``
-        or ``insufficient_data``; ``retrain`` says whether to request a retrain.
-    """
-    layout = layout or DataLayout(settings.data_root)
+def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served: Served) -> Assessment:
+    """Judge the window: data drift (inputs, and the target once labelled), prediction drift, quality, decay."""
     mon = spec.monitoring
-    days = window_days(window_end, mon.window_days)
-    out = layout.monitoring_dir(spec.name, run_key)
-    summary: dict[str, Any] = {
-        "pipeline": spec.name,
-        "window_days": days,
-        "window_end": window_end,
-        "drift_share_threshold": mon.drift_share_threshold,
-        "retrain": False,
-    }
-    champion = champion_version(settings, spec.registered_model_name)
-    day_column = spec.source.partition_column if spec.source.partition_column in spec.schema_.input_columns else None
-    current = served_inputs(layout.prediction_log, spec.registered_model_name, day_column, days)
-    summary |= {"rows": len(current), "champion_version": champion.version if champion else None}
-    if champion is None or len(current) < mon.min_rows:
-        summary["status"] = "no_champion" if champion is None else "insufficient_data"
-        summary["reason"] = (
-            "no champion to compare against"
-            if champion is None
-            else f"{len(current)} served rows in the window, fewer than min_rows={mon.min_rows}"
-        )
-        _decide(spec, layout, summary, [])
-        _publish(spec, settings, run_key, summary, out)
-        log.info("drift check skipped: %s", summary["reason"])
-        return summary
-    reference = reference_sample(settings, champion.run_id)
+    target = spec.schema_.target
     categorical = list(spec.features.categorical)
     numerical = [c for c in spec.features.source_columns if c not in categorical]
-    target = spec.schema_.target
-    current = attach_labels(spec, layout, current)
-    labelled = current.dropna(subset=[target])
-    if len(labelled):
-        from tasks.evaluate import target_values
-        from tasks.metrics import score_all
-
-        y = target_values(spec, labelled[target])
-        summary["champion_on_labelled"] = score_all(spec.metric_names, y, labelled["prediction"].to_numpy())
-        summary["labelled_rows"] = len(labelled)
-    compared = list(numerical)
-    if mon.include_target and len(labelled) >= mon.min_rows:
+    compared, current = list(numerical), served.rows
+    if mon.include_target and len(served.labelled) >= mon.min_rows:
         # demand itself shifting is the strongest retrain signal once its labels have landed
-        compared.append(target)
-        current = labelled
+        compared, current = [*numerical, target], served.labelled
     snapshot, share, per_column = drift_report(
-        reference,
+        reference_frame(reference, spec.training.seed),
         current,
         compared,
         categorical,
@@ -443,45 +429,213 @@ def check_drift(
         mon.prediction_drift_threshold,
         summary=True,
     )
-    html = out / "drift.html"
-    with atomic_path(html) as tmp:
-        snapshot.save_html(str(tmp))
     inputs = {c: r for c, r in per_column.items() if c != PREDICTION}
     drifted = sorted(c for c, r in inputs.items() if r["drifted"])
-    summary |= {
-        "status": "drift" if share >= mon.drift_share_threshold else "no_drift",
-        "reference_rows": len(reference),
+    status: DriftStatus = "drift" if share >= mon.drift_share_threshold else "no_drift"
+    violations = ["data_drift"] if status == "drift" else []
+    prediction = _prediction_drift(per_column, reference)
+    if mon.prediction_drift_threshold is not None and prediction.get("drifted"):
+        violations.append("prediction_drift")
+    quality = input_quality(spec, reference.inputs, current, numerical, categorical)
+    if quality["breaches"]:
+        violations.append("data_quality")
+        log.warning("served-input quality: %s", "; ".join(quality["breaches"]))
+    decay = performance_decay(spec, settings, served.champion, served) if served.champion else None
+    if decay is not None and decay["violated"]:
+        violations.append("performance_decay")
+    sections: dict[str, Any] = {
+        "reference_rows": len(reference.inputs),
         "drift_share": share,
         "drifted_columns": drifted,
         "target_drifted": bool(per_column.get(target, {}).get("drifted", False)),
         "columns": inputs,
-        "report_html": str(html),
         "served_versions": sorted(current["model_version"].astype(str).unique()),
+        "prediction_drift": prediction,
+        "input_quality": quality,
     }
-    summary["reason"] = (
-        f"{len(drifted)}/{len(inputs)} columns drifted (share {share:.2f}, threshold {mon.drift_share_threshold})"
-    )
-    violations = ["data_drift"] if summary["status"] == "drift" else []
-    if PREDICTION in per_column:
-        summary["prediction_drift"] = per_column[PREDICTION] | {"reference_rows": len(reference)}
-        if mon.prediction_drift_threshold is not None and per_column[PREDICTION]["drifted"]:
-            violations.append("prediction_drift")
-    else:
-        summary["prediction_drift"] = {
-            "note": "the champion's reference sample has no predictions (trained before "
-            "prediction drift was tracked): not compared"
-        }
-    quality = input_quality(spec, reference, current, numerical, categorical)
-    summary["input_quality"] = quality
-    if quality["breaches"]:
-        violations.append("data_quality")
-        log.warning("served-input quality: %s", "; ".join(quality["breaches"]))
-    decay = _performance_decay(spec, settings, champion.run_id, summary, len(labelled))
     if decay is not None:
-        summary["performance_decay"] = decay
-        if decay["violated"]:
-            violations.append("performance_decay")
-    _decide(spec, layout, summary, violations)
-    _publish(spec, settings, run_key, summary, out)
-    log.info("drift check %s: %s; report %s", summary["status"], summary["reason"], html)
+        sections["performance_decay"] = decay
+    if served.champion_on_labelled is not None:
+        sections |= {"champion_on_labelled": served.champion_on_labelled, "labelled_rows": len(served.labelled)}
+    reason = f"{len(drifted)}/{len(inputs)} columns drifted (share {share:.2f}, threshold {mon.drift_share_threshold})"
+    return Assessment(status, reason, violations, sections, snapshot)
+
+
+def _judge(spec: PipelineSpec, settings: Settings, served: Served) -> Assessment:
+    """Assess the window, unless it cannot be judged (no champion, too few rows)."""
+    if served.champion is None:
+        return Assessment("no_champion", "no champion to compare against")
+    if len(served.rows) < spec.monitoring.min_rows:
+        why = f"{len(served.rows)} served rows in the window, fewer than min_rows={spec.monitoring.min_rows}"
+        return Assessment("insufficient_data", why)
+    return assess(spec, settings, load_reference(settings, served.champion), served)
+
+
+# ---- the one step that writes ----
+
+
+def _keep_on_mlflow(
+    spec: PipelineSpec, settings: Settings, run_id: str, summary: dict[str, Any], files: list[Any], summary_path: Any
+) -> str | None:
+    """Keep the window's reports on an MLflow run (experiment ``<p>-monitoring``); returns the report's URL.
+
+    One MLflow run per Airflow run: a re-run replaces its artifacts rather than adding a second record.
+    ``summary.json`` is rewritten there with the URL before it is logged. The files under the data root
+    are written first and stay whatever happens to MLflow: a tracking-store outage costs the link, not
+    the report.
+    """
+    import mlflow
+
+    from tasks.storage import write_json
+    from tasks.tracking import artifact_url, start_tracking
+
+    try:
+        experiment_id = start_tracking(settings, f"{spec.name}-monitoring")
+        found = mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_AIRFLOW_RUN_ID}` = '{run_id}'",
+            max_results=1,
+            output_format="list",
+        )
+        previous = found[0].info.run_id if found else None
+        with mlflow.start_run(run_id=previous, run_name=f"window-{summary['window_end'][:10]}") as run:
+            page = "drift.html" if summary.get("report_html") else "summary.json"
+            url = artifact_url(settings, run.info.run_id, page, experiment_id)
+            write_json(summary_path, summary | {"report_url": url})
+            mlflow.set_tags(
+                {
+                    TAG_PIPELINE: spec.name,
+                    TAG_AIRFLOW_RUN_ID: run_id,
+                    TAG_WINDOW_END: summary["window_end"],
+                    TAG_STATUS: summary["status"],
+                    TAG_CHAMPION_VERSION: str(summary.get("champion_version")),
+                    TAG_VIOLATIONS: ",".join(summary.get("violations", [])) or "none",
+                    TAG_RETRAIN: str(summary.get("retrain")),
+                }
+            )
+            figures = {"rows": summary.get("rows", 0), "drift_share": summary.get("drift_share")}
+            figures["prediction_drift"] = (summary.get("prediction_drift") or {}).get("score")
+            figures["performance_decay"] = (summary.get("performance_decay") or {}).get("relative_worsening")
+            mlflow.log_metrics({k: float(v) for k, v in figures.items() if v is not None})
+            for path in files:
+                mlflow.log_artifact(str(path))
+        return url
+    except Exception as exc:  # noqa: BLE001 - the reports are on disk; the MLflow copy is a convenience
+        log.warning("could not keep the monitoring reports on MLflow (%s); they are under %s", exc, summary_path.parent)
+        write_json(summary_path, summary)
+        return None
+
+
+def _summary(
+    spec: PipelineSpec, served: Served, assessment: Assessment, verdict: WindowVerdict, trend: Path, html: Path | None
+) -> dict[str, Any]:
+    """Everything the window produced, per-column tables included (``summary.json``)."""
+    summary: dict[str, Any] = {
+        "pipeline": spec.name,
+        "window": served.window,
+        "window_end": served.window_end,
+        "drift_share_threshold": spec.monitoring.drift_share_threshold,
+        "rows": len(served.rows),
+        "champion_version": served.champion.version if served.champion else None,
+        "status": assessment.status,
+        "reason": assessment.reason,
+        **assessment.sections,
+        "violations": verdict.decision.violations,
+        "retrain": verdict.decision.retrain,
+        "decision": verdict.decision.reason,
+        "trend_html": str(trend),
+    }
+    if html is not None:
+        summary["report_html"] = str(html)
+    if verdict.after_retrain is not None:
+        summary["after_retrain"] = verdict.after_retrain
+        log.info("after retrain: %s", verdict.after_retrain["verdict"])
     return summary
+
+
+def publish(
+    spec: PipelineSpec,
+    settings: Settings,
+    layout: DataLayout,
+    run_id: str,
+    served: Served,
+    assessment: Assessment,
+    verdict: WindowVerdict,
+) -> DriftReport:
+    """Write everything the window produced, in one place; return the small report XCom carries.
+
+    ``drift.html`` (when the window was judged), the decision-log line and the trend page, ``summary.json``
+    (every figure, per-column tables included) and the window's MLflow run.
+    """
+    from tasks.plan import DecisionLog, render_trend
+    from tasks.storage import atomic_path, write_json, write_text
+
+    name = spec.name
+    html = layout.drift_html(name, run_id) if assessment.snapshot is not None else None
+    if html is not None:
+        with atomic_path(html) as tmp:
+            assessment.snapshot.save_html(str(tmp))
+    decisions = DecisionLog(layout.decision_log(name))
+    history = decisions.read()
+    decisions.append_record(verdict.record)
+    trend = write_text(
+        layout.trend_page(name), render_trend(name, [*history, verdict.record], spec.monitoring.drift_share_threshold)
+    )
+    summary = _summary(spec, served, assessment, verdict, trend, html)
+    summary_path = write_json(layout.drift_summary(name, run_id), summary)
+    files = [p for p in (html, summary_path, trend) if p is not None]
+    url = _keep_on_mlflow(spec, settings, run_id, summary, files, summary_path)
+    log.info("drift check %s: %s; %s; report %s", assessment.status, assessment.reason, verdict.decision.reason, html)
+    return DriftReport(
+        pipeline=name,
+        window_end=served.window_end,
+        window=served.window,
+        status=assessment.status,
+        rows=len(served.rows),
+        champion_version=summary["champion_version"],
+        drift_share=assessment.sections.get("drift_share"),
+        drifted_columns=assessment.sections.get("drifted_columns", []),
+        violations=verdict.decision.violations,
+        retrain=verdict.decision.retrain,
+        decision=verdict.decision.reason,
+        reason=assessment.reason,
+        report_html=str(html) if html is not None else None,
+        summary_json=str(summary_path),
+        report_url=url,
+    )
+
+
+def check_drift(
+    spec: PipelineSpec, settings: Settings, layout: DataLayout, window_end: str, run_id: str
+) -> DriftReport:
+    """The drift check of the window ending at ``window_end`` (the ``check_drift`` stage).
+
+    Args:
+        spec: The pipeline (monitoring thresholds, feature columns, trigger policy).
+        settings: Environment settings.
+        layout: Data root layout.
+        window_end: End of the monitoring window (ISO datetime, the DAG run's data interval end).
+        run_id: The Airflow run (output folder, the window's MLflow run).
+
+    Returns:
+        ``status`` is ``drift``, ``no_drift``, ``no_champion`` or ``insufficient_data``; ``retrain`` says
+        whether the trigger policy requests a retrain.
+
+    Raises:
+        MonitoringError: The champion has no reference sample.
+    """
+    from tasks.plan import DecisionLog, judge_window
+
+    served = collect(spec, settings, layout, window_end)
+    assessment = _judge(spec, settings, served)
+    champion_version = served.champion.version if served.champion else None
+    verdict = judge_window(
+        spec.monitoring.trigger,
+        DecisionLog(layout.decision_log(spec.name)).read(),
+        window_end,
+        assessment.violations,
+        champion_version,
+        assessment.figures,
+        assessment.status,
+    )
+    return publish(spec, settings, layout, run_id, served, assessment, verdict)

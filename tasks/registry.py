@@ -3,49 +3,74 @@
 Aliases: ``challenger`` (the latest registered candidate), ``champion`` (served), ``previous`` (the champion
 before the last change, what a rollback restores). Every alias move happens inside the promotion ledger's
 per-pipeline lock and is recorded there (:mod:`tasks.ledger`).
+
+A refusal by the registry (no such version or run, an invalid name) is a :class:`RegistryError`, permanent;
+an unreachable tracking server surfaces as MLflow's own error and is retried.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 from tasks.errors import PermanentError
 from tasks.ledger import Entry, PromotionLedger, default_actor
+from tasks.names import (
+    CHALLENGER,
+    CHAMPION,
+    LINEAGE_TAG_PREFIXES,
+    PREVIOUS,
+    TAG_GATE_CHAMPION,
+    TAG_GATE_CHECKS,
+    TAG_GATE_MODE,
+    TAG_GATE_PASSED,
+    TAG_MLFLOW_RUN_ID,
+    TAG_PROMOTED_FROM,
+    TAG_PROMOTION_OUTCOME,
+    gate_check_tag,
+)
+from tasks.results import Gated, GateDecision, Promotion, Registered, Rollback, Trained
 from tasks.settings import Settings
 from tasks.tracking import client, use_store
 
 log = logging.getLogger(__name__)
 
-# Run tags the training stage logged that every registered version carries (one source of lineage).
-LINEAGE_TAG_PREFIXES = ("data.", "airflow.", "code_version", "pipeline")
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS = "previous"
+T = TypeVar("T")
+
+# MLflow error codes that mean "the registry refused this request": retrying the same request cannot help
+_REFUSALS = frozenset(
+    {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE", "BAD_REQUEST"}
+)
 
 
-class RegistryError(RuntimeError):
-    """The registry refused an operation or holds no model where one is required."""
+class RegistryError(PermanentError, RuntimeError):
+    """The registry refused an operation (no such version or run, invalid name): retrying cannot help."""
 
 
-class RollbackError(PermanentError, RegistryError):
+class RollbackError(RegistryError):
     """A rollback has nothing to restore, or its target is missing or already champion."""
 
 
-@dataclass(frozen=True)
-class Registered:
-    """A registered model version."""
+@contextmanager
+def refusals(what: str) -> Iterator[None]:
+    """Turn MLflow's refusals (not its outages) inside the block into a :class:`RegistryError` naming ``what``."""
+    from mlflow.exceptions import MlflowException
 
-    name: str
-    version: str
-    run_id: str
-    tags: dict[str, str] = field(default_factory=dict)
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code in _REFUSALS:
+            raise RegistryError(f"the registry refused to {what}: {exc.message}") from exc
+        raise
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form for XCom."""
-        return asdict(self)
+
+def _refused(what: str, call: Callable[[], T]) -> T:
+    with refusals(what):
+        return call()
 
 
 def ledger(settings: Settings) -> PromotionLedger:
@@ -53,41 +78,45 @@ def ledger(settings: Settings) -> PromotionLedger:
     return PromotionLedger(settings.ledger_uri)
 
 
-def register_candidate(
-    settings: Settings, name: str, trained: dict[str, Any], decision: dict[str, Any], card: str | None = None
-) -> Registered:
-    """Register the candidate model and give it the ``challenger`` alias.
+def _version_tags(trained: Trained, decision: GateDecision, run_tags: dict[str, str]) -> dict[str, str]:
+    lineage = {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_TAG_PREFIXES)}
+    return lineage | {
+        TAG_MLFLOW_RUN_ID: trained.mlflow_run_id,
+        TAG_GATE_PASSED: str(decision.passed),
+        TAG_GATE_MODE: decision.mode,
+        TAG_GATE_CHAMPION: str(decision.champion_version),
+        TAG_GATE_CHECKS: json.dumps({c.name: c.passed for c in decision.checks}),
+        **{gate_check_tag(c.name): "pass" if c.passed else "fail" for c in decision.checks},
+    }
+
+
+def register_model(settings: Settings, name: str, trained: Trained, gated: Gated) -> Registered:
+    """Register the candidate as a new version with the ``challenger`` alias; lineage comes from its run.
 
     Args:
         settings: Environment settings.
         name: Registered model name.
-        trained: Output of :func:`tasks.train.train_model`.
-        decision: The gate decision (``GateDecision.to_dict()``), recorded as tags (one per check).
-        card: The model card (markdown), kept as the version's description.
+        trained: The ``train_model`` stage's result.
+        gated: The ``gate_model`` stage's result: its verdicts become version tags (one per check), its
+            model card (markdown) the version's description.
 
-    Returns:
-        The new version.
+    Raises:
+        RegistryError: The registry refused (e.g. the run no longer exists).
     """
     import mlflow
 
     use_store(settings)
     mlflow_client = client(settings)
-    run_tags = mlflow_client.get_run(trained["run_id"]).data.tags
-    lineage = {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_TAG_PREFIXES)}
-    version_tags = lineage | {
-        "run_id": trained["run_id"],
-        "gate.passed": str(decision["passed"]),
-        "gate.mode": decision["mode"],
-        "gate.champion_at_evaluation": str(decision.get("champion_version")),
-        "gate.checks": json.dumps({c["name"]: c["passed"] for c in decision["checks"]}),
-        **{f"gate.check.{c['name']}": "pass" if c["passed"] else "fail" for c in decision["checks"]},
-    }
-    mv = mlflow.register_model(trained["model_uri"], name, tags=version_tags)
-    if card:
-        mlflow_client.update_model_version(name, mv.version, description=card)
-    mlflow_client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    run = _refused(f"read run {trained.mlflow_run_id}", lambda: mlflow_client.get_run(trained.mlflow_run_id))
+    tags = _version_tags(trained, gated.decision, dict(run.data.tags))
+    with refusals(f"register {trained.model_uri} as {name}"):
+        mv = mlflow.register_model(trained.model_uri, name, tags=tags)
+        card = Path(gated.model_card.markdown)
+        if card.is_file():
+            mlflow_client.update_model_version(name, mv.version, description=card.read_text())
+        mlflow_client.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("registered %s version %s (challenger)", name, mv.version)
-    return Registered(name=name, version=str(mv.version), run_id=trained["run_id"], tags=version_tags)
+    return Registered(name=name, version=str(mv.version), mlflow_run_id=trained.mlflow_run_id, tags=tags)
 
 
 def _version(settings: Settings, name: str, alias: str) -> Registered | None:
@@ -95,23 +124,37 @@ def _version(settings: Settings, name: str, alias: str) -> Registered | None:
 
     try:
         mv = client(settings).get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    return Registered(name=name, version=str(mv.version), run_id=str(mv.run_id), tags=dict(mv.tags))
+    except MlflowException as exc:
+        if exc.error_code in _REFUSALS:  # no such model or alias: nobody holds it
+            return None
+        raise
+    return Registered(name=name, version=str(mv.version), mlflow_run_id=str(mv.run_id), tags=dict(mv.tags))
 
 
-def champion_version(settings: Settings, name: str) -> Registered | None:
+def champion(settings: Settings, name: str) -> Registered | None:
     """The version holding the ``champion`` alias, or None before the first promotion."""
     return _version(settings, name, CHAMPION)
 
 
 def _move_champion(settings: Settings, name: str, to: str, old: str | None, outcome: str) -> None:
     mlflow_client = client(settings)
-    if old is not None:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
-    mlflow_client.set_registered_model_alias(name, CHAMPION, to)
-    mlflow_client.set_model_version_tag(name, to, "promotion.outcome", outcome)
-    mlflow_client.set_model_version_tag(name, to, "promoted_from", old or "none")
+    with refusals(f"make {name} v{to} champion"):
+        if old is not None:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
+        mlflow_client.set_registered_model_alias(name, CHAMPION, to)
+        mlflow_client.set_model_version_tag(name, to, TAG_PROMOTION_OUTCOME, outcome)
+        mlflow_client.set_model_version_tag(name, to, TAG_PROMOTED_FROM, old or "none")
+
+
+def _require_version(settings: Settings, name: str, version: str, error: type[RegistryError]) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(settings).get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in _REFUSALS:
+            raise error(f"{name} has no version {version}") from exc
+        raise
 
 
 def promote(
@@ -121,37 +164,79 @@ def promote(
     expected_champion: str | None,
     actor: str | None = None,
     reason: str = "passed the gate",
-    run_id: str | None = None,
-) -> dict[str, Any]:
+    mlflow_run_id: str | None = None,
+) -> Promotion:
     """Make ``version`` champion if the champion is still the one it was judged against; serialised.
 
     Under the ledger's lock: read the champion; if it moved since evaluation (another run won meanwhile),
     record this version as ``lost_race`` and leave the aliases alone; otherwise move ``champion`` to it
     (the old champion becomes ``previous``) and record ``promote``.
 
-    Returns:
-        ``{"name", "version", "promoted", "outcome", "previous", "champion"}``.
+    Raises:
+        RegistryError: ``version`` does not exist.
     """
     actor = actor or default_actor()
+    expected = str(expected_champion) if expected_champion is not None else None
+    _require_version(settings, name, version, RegistryError)
     with ledger(settings).transaction(name) as tx:
-        current = champion_version(settings, name)
+        current = champion(settings, name)
         now = current.version if current else None
-        base = {"name": name, "version": version, "previous": now}
-        if now != (str(expected_champion) if expected_champion is not None else None):
+        if now != expected:
             why = (
-                f"champion moved from v{expected_champion or 'none'} to v{now} after this candidate was evaluated "
+                f"champion moved from v{expected or 'none'} to v{now} after this candidate was evaluated "
                 "against it; not promoted (retrain or re-evaluate to compete with the new champion)"
             )
-            tx.append(Entry(name, "lost_race", actor, why, expected_champion, version, run_id, {"champion": now}))
-            client(settings).set_model_version_tag(name, version, "promotion.outcome", "lost_race")
+            tx.append(Entry(name, "lost_race", actor, why, expected, version, mlflow_run_id, {"champion": now}))
+            _refused("tag the losing version", lambda: _tag(settings, name, version, "lost_race"))
             log.warning("%s v%s lost the promotion race: %s", name, version, why)
-            return base | {"promoted": False, "outcome": "lost_race", "champion": now}
+            return Promotion(
+                name=name, version=version, promoted=False, outcome="lost_race", previous=now, champion=now
+            )
         if now == version:
-            return base | {"promoted": False, "outcome": "already_champion", "champion": now}
-        _move_champion(settings, name, version, now, "champion")
-        tx.append(Entry(name, "promote", actor, reason, now, version, run_id))
+            return Promotion(
+                name=name, version=version, promoted=False, outcome="already_champion", previous=now, champion=now
+            )
+        _move_champion(settings, name, version, now, CHAMPION)  # outcome: it became champion
+        tx.append(Entry(name, "promote", actor, reason, now, version, mlflow_run_id))
     log.info("%s champion: %s -> %s", name, now or "none", version)
-    return base | {"promoted": True, "outcome": "promoted", "champion": version}
+    return Promotion(name=name, version=version, promoted=True, outcome="promoted", previous=now, champion=version)
+
+
+def _tag(settings: Settings, name: str, version: str, outcome: str) -> None:
+    client(settings).set_model_version_tag(name, version, TAG_PROMOTION_OUTCOME, outcome)
+
+
+def promotion_reason(decision: GateDecision) -> str:
+    """Why a gated candidate is promoted, for the ledger: the verdict and the comparison with the champion."""
+    verdict = "passed" if decision.passed else "failed, promoted because the gate is disabled"
+    versus = decision.check("beats_champion")
+    return f"gate {decision.mode}: {verdict}" + (f"; {versus.reason}" if versus else "")
+
+
+def promote_model(
+    settings: Settings,
+    name: str,
+    version: str,
+    decision: GateDecision | None = None,
+    actor: str | None = None,
+    mlflow_run_id: str | None = None,
+) -> Promotion:
+    """Promote a registered version as the gate decided (the ``promote_model`` stage).
+
+    With a ``decision`` the version competes with the champion it was judged against (:func:`promote`); a
+    ``dry_run`` verdict (``promote`` False) is recorded in the ledger and moves nothing. Without one
+    (a promotion by hand) it replaces whatever is champion.
+    """
+    if decision is not None and not decision.promote:
+        why = f"gate mode {decision.mode}: verdict {'passed' if decision.passed else 'failed'}, not promoted"
+        record_outcome(settings, name, "dry_run", why, version, actor, mlflow_run_id)
+        return Promotion(name=name, version=version, promoted=False, outcome="dry_run")
+    if decision is None:
+        current = champion(settings, name)
+        expected, reason = (current.version if current else None), "promoted by hand"
+    else:
+        expected, reason = decision.champion_version, promotion_reason(decision)
+    return promote(settings, name, version, expected, actor, reason, mlflow_run_id)
 
 
 def record_outcome(
@@ -161,11 +246,11 @@ def record_outcome(
     reason: str,
     version: str | None = None,
     actor: str | None = None,
-    run_id: str | None = None,
+    mlflow_run_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> Entry:
     """Append a decision that moves no alias (``rejected``, ``dry_run``) to the ledger."""
-    current = champion_version(settings, name)
+    current = champion(settings, name)
     entry = Entry(
         name,
         action,
@@ -173,47 +258,40 @@ def record_outcome(
         reason,
         current.version if current else None,
         version,
-        run_id,
+        mlflow_run_id,
         details or {},
     )
     return ledger(settings).append(entry)
 
 
-def rollback(
-    settings: Settings, name: str, target: str | None = None, actor: str | None = None, reason: str | None = None
-) -> dict[str, Any]:
-    """Make ``target`` (default: the ``previous`` alias) champion again; the current champion becomes ``previous``.
+def rollback_model(
+    settings: Settings, name: str, version: str | None = None, actor: str | None = None, reason: str | None = None
+) -> Rollback:
+    """Make ``version`` (default: the ``previous`` alias) champion again; the current champion becomes ``previous``.
 
-    Returns:
-        ``{"name", "version", "previous"}``: the restored version and the one it replaced.
+    The ``rollback_model`` stage; ``deploy_model`` then serves the restored version.
 
     Raises:
         RollbackError: No champion, nothing to roll back to, the target does not exist or is the champion.
     """
-    from mlflow.exceptions import MlflowException
-
     actor = actor or default_actor()
     with ledger(settings).transaction(name) as tx:
-        current = champion_version(settings, name)
+        current = champion(settings, name)
         if current is None:
             raise RollbackError(f"{name} has no champion: nothing to roll back")
-        if target is None:
+        if version is None:
             previous = _version(settings, name, PREVIOUS)
             if previous is None:
                 raise RollbackError(f"{name} has no 'previous' version to restore; name a version explicitly")
-            target = previous.version
-        target = str(target)
-        try:
-            client(settings).get_model_version(name, target)
-        except MlflowException as exc:
-            raise RollbackError(f"{name} has no version {target}") from exc
-        if target == current.version:
-            raise RollbackError(f"{name} v{target} is already the champion")
-        _move_champion(settings, name, target, current.version, "restored_by_rollback")
-        why = reason or "rollback requested"
-        tx.append(Entry(name, "rollback", actor, why, current.version, target))
-    log.info("%s rolled back: champion %s -> %s", name, current.version, target)
-    return {"name": name, "version": target, "previous": current.version}
+            version = previous.version
+        version = str(version)
+        _require_version(settings, name, version, RollbackError)
+        if version == current.version:
+            raise RollbackError(f"{name} v{version} is already the champion")
+        _move_champion(settings, name, version, current.version, "restored_by_rollback")
+        tx.append(Entry(name, "rollback", actor, reason or "rollback requested", current.version, version))
+    log.info("%s rolled back: champion %s -> %s", name, current.version, version)
+    return Rollback(name=name, version=version, previous=current.version)
 
 
 def revert_failed_deploy(
@@ -225,12 +303,12 @@ def revert_failed_deploy(
     """
     actor = actor or default_actor()
     with ledger(settings).transaction(name) as tx:
-        current = champion_version(settings, name)
+        current = champion(settings, name)
         reverted = current is not None and current.version == failed and serving is not None and serving != failed
         if reverted:
             mlflow_client = client(settings)
             mlflow_client.set_registered_model_alias(name, CHAMPION, str(serving))
-            mlflow_client.set_model_version_tag(name, failed, "promotion.outcome", "deploy_failed")
+            mlflow_client.set_model_version_tag(name, failed, TAG_PROMOTION_OUTCOME, "deploy_failed")
         to = str(serving) if reverted else (current.version if current else None)
         tx.append(Entry(name, "deploy_failed", actor, reason, failed, to, details={"reverted": reverted}))
     return {"name": name, "failed": failed, "champion": to, "reverted": reverted}

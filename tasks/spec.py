@@ -233,8 +233,16 @@ class TrainingSpec(_Strict):
         return self
 
 
-HEAVY_STAGES = ("validate", "validate_new", "features", "train", "evaluate", "monitor")
-"""Stages that run as pods in the kubernetes execution mode; the others are light and stay in Airflow."""
+HEAVY_STAGES = {
+    "validate": "validate",
+    "validate_new": "validate",  # ingest-time validation of new partitions asks for what validation asks for
+    "build_features": "features",
+    "train_model": "train",
+    "evaluate_model": "evaluate",
+    "check_drift": "monitor",
+}
+"""Stages that run as pods in the kubernetes execution mode (the others are light and stay in Airflow), each
+with the key of its entry in the spec's ``resources:`` block."""
 
 
 class StageResources(_Strict):
@@ -369,7 +377,7 @@ class ModelCardSpec(_Strict):
 
 
 class TriggerPolicySpec(_Strict):
-    """When violations become a retrain request (see :mod:`tasks.monitor_policy`)."""
+    """When violations become a retrain request (see :mod:`tasks.plan`)."""
 
     k: int = Field(default=1, ge=1, description="Violating windows needed among the last n (the latest included).")
     n: int = Field(default=1, ge=1)
@@ -508,8 +516,7 @@ class PipelineSpec(_Strict):
         """Pod resources of a heavy stage (see :class:`ResourcesSpec`)."""
         if stage not in HEAVY_STAGES:
             raise SpecError(f"{stage!r} is not a heavy stage; heavy stages: {list(HEAVY_STAGES)}")
-        # ingest-time validation of new partitions asks for what validation asks for
-        return self.resources.for_stage("validate" if stage == "validate_new" else stage, self.training.model.family)
+        return self.resources.for_stage(HEAVY_STAGES[stage], self.training.model.family)
 
     @property
     def registered_model_name(self) -> str:

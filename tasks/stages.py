@@ -1,26 +1,25 @@
 """The stage contract: one function per pipeline stage, JSON in and JSON out.
 
 Airflow tasks (``dags/``) and the CLI (``python -m tasks <stage>``, which a Kubernetes pod runs) both call
-these, so a stage behaves the same wherever it runs. Arguments are pipeline names, dates, run keys and
-the small dicts earlier stages returned; data moves through the data root, never through XCom.
+these, so a stage behaves the same wherever it runs. A stage's name is its CLI sub-command and its Airflow
+task id. Arguments are pipeline names, dates, Airflow run ids and the small results earlier stages
+returned (:mod:`tasks.results`, validated here as they are read); data moves through the data root,
+never through XCom. Each function loads the context, makes one call into the module that owns the
+logic, and serialises the result: no policy lives here (ruff PLR0915 keeps them short).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from tasks.results import Datasets, Evaluation, Gated, GateDecision, Trained
 from tasks.settings import Settings, get_settings
 from tasks.spec import PipelineSpec, load_spec
 from tasks.storage import DataLayout
 
 log = logging.getLogger(__name__)
-
-RETRAIN_ASSET = "ml://{pipeline}/retrain"
-RAW_ASSET = "ml://{pipeline}/raw"
-LANDING_ASSET = "ml://{pipeline}/landing"
 
 
 def _ctx(pipeline: str) -> tuple[PipelineSpec, Settings, DataLayout]:
@@ -66,7 +65,7 @@ def _manual_run_key() -> str:
     return "manual__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def ingest_days(
+def ingest_days(  # noqa: PLR0915 - house phase B moves this loop into tasks/ingest.py
     pipeline: str, days: list[str], skip_if_unchanged: bool = False, run_key: str | None = None
 ) -> dict[str, Any]:
     """Stage each day's landing file for validation; a refused file is recorded, not fatal to the other days.
@@ -109,7 +108,9 @@ def ingest_days(
     return {"partitions": results, "new": list(staged), "staged": staged, "refused": refused}
 
 
-def ingest(pipeline: str, day: str, skip_if_unchanged: bool = False, run_key: str | None = None) -> dict[str, Any]:
+def ingest(  # noqa: PLR0915 - house phase B moves this into tasks/ingest.py
+    pipeline: str, day: str, skip_if_unchanged: bool = False, run_key: str | None = None
+) -> dict[str, Any]:
     """Landing file of ``day`` -> validated raw partition (the ingest DAG's ingest and validation in one call).
 
     Raises:
@@ -131,57 +132,14 @@ def ingest(pipeline: str, day: str, skip_if_unchanged: bool = False, run_key: st
     return result | {"outcome": "accepted", "staged": ""}
 
 
-def _champion_data_end(settings: Settings, spec: PipelineSpec) -> tuple[str | None, str | None]:
-    from tasks.registry import champion_version
-
-    champion = champion_version(settings, spec.registered_model_name)
-    if champion is None:
-        return None, None
-    days = json.loads(champion.tags.get("data.holdout_partitions", "[]"))
-    return champion.version, (max(days) if days else None)
-
-
 def plan_training(
     pipeline: str, triggered_by: list[str] | None = None, as_of: str | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """Decide whether a training run is worth it and which partitions it uses.
+    """Decide whether a training run is worth it and which partitions it uses (policy: :mod:`tasks.plan`)."""
+    from tasks.plan import plan_training as plan
 
-    Policy: never on fewer than ``min_partitions`` partitions; always on a retrain request, ``force``
-    or when no champion exists; otherwise only once ``retrain_after_new_partitions`` partitions are
-    newer than the champion's data. Many raw-data events therefore consolidate into few retrains.
-
-    Returns:
-        ``{"train": bool, "reason": str, "partitions": [...]}``.
-    """
     spec, settings, layout = _ctx(pipeline)
-    days = [d for d in layout.raw_partitions(pipeline) if as_of is None or d <= as_of[:10]]
-    window = days[-spec.training.window_days :]
-    plan: dict[str, Any] = {"train": False, "partitions": window}
-    retrain_requested = RETRAIN_ASSET.format(pipeline=pipeline) in (triggered_by or [])
-    if len(window) < spec.training.min_partitions:
-        plan["reason"] = f"waiting for data: {len(window)} of {spec.training.min_partitions} partitions ingested"
-        return plan
-    champion, data_end = _champion_data_end(settings, spec)
-    new = len([d for d in days if data_end is None or d > data_end])
-    if retrain_requested:
-        plan |= {"train": True, "reason": "retrain requested by monitoring"}
-    elif force:
-        plan |= {"train": True, "reason": "forced from the trigger form"}
-    elif champion is None:
-        plan |= {"train": True, "reason": "no champion yet: first model"}
-    elif new >= spec.training.retrain_after_new_partitions:
-        plan |= {
-            "train": True,
-            "reason": f"{new} partitions newer than champion v{champion}'s data (>= "
-            f"{spec.training.retrain_after_new_partitions})",
-        }
-    else:
-        plan["reason"] = (
-            f"champion v{champion} trained on data up to {data_end}; {new} newer partition(s) < "
-            f"{spec.training.retrain_after_new_partitions}: no retrain"
-        )
-    log.info("training plan for %s: %s", pipeline, plan["reason"])
-    return plan
+    return plan(spec, settings, layout, triggered_by, as_of, force).xcom()
 
 
 def validate(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
@@ -235,131 +193,81 @@ def report_quarantine(pipeline: str, validation: dict[str, Any]) -> None:
         raise ValidationFailed(quarantine_message(pipeline, validation["quarantined"], len(validation["valid"])))
 
 
-def build_features(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
+def build_features(pipeline: str, partitions: list[str], run_id: str) -> dict[str, Any]:
     """Time split + features for the valid partitions."""
-    from tasks.features import build_datasets
+    from tasks.features import build_features as build
 
     spec, _, layout = _ctx(pipeline)
-    return build_datasets(spec, layout, partitions, run_key).to_dict()
+    return build(spec, layout, partitions, run_id).xcom()
 
 
-def train(pipeline: str, datasets: dict[str, Any], lineage: dict[str, str] | None = None) -> dict[str, Any]:
-    """Fit and log the spec's model and baseline."""
-    from tasks.train import train_model
-
-    spec, settings, _ = _ctx(pipeline)
-    return train_model(spec, settings, datasets, lineage).to_dict()
-
-
-def evaluate(
-    pipeline: str, trained: dict[str, Any], datasets: dict[str, Any], run_key: str = "adhoc"
+def train_model(
+    pipeline: str, datasets: dict[str, Any], run_id: str, lineage: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """Holdout metrics of candidate, baseline and current champion; per-row predictions kept for the gate."""
-    from tasks.evaluate import evaluate_candidate
-
-    spec, settings, _ = _ctx(pipeline)
-    return evaluate_candidate(spec, settings, trained, datasets["holdout"], run_key)
-
-
-def gate(
-    pipeline: str,
-    trained: dict[str, Any],
-    metrics: dict[str, Any],
-    run_key: str,
-    datasets: dict[str, Any],
-    actor: str | None = None,
-) -> dict[str, Any]:
-    """Apply the spec's gate to the evaluation; write the model card; record both on the run.
-
-    A candidate rejected in ``enabled`` mode is also recorded in the promotion ledger (``dry_run`` verdicts
-    are recorded by :func:`promote`). Returns the decision plus ``model_card`` (paths), ``model_card_url``
-    (MLflow UI, if known) and ``summary`` (one line per check).
-
-    Raises:
-        GateFailed: In ``enabled`` mode, when any check fails.
-    """
-    from tasks.evaluate import GateFailed, gate_from_predictions, record_decision
-    from tasks.model_card import CARD_DIR, write_card
-    from tasks.registry import record_outcome
-    from tasks.tracking import artifact_url
+    """Fit and log the spec's model and baseline, with the reference sample monitoring compares with."""
+    from tasks.train import train_model as train
 
     spec, settings, layout = _ctx(pipeline)
-    decision = gate_from_predictions(spec, metrics)
-    out = layout.run_dir(pipeline, run_key)
-    result = decision.to_dict()
-    card = write_card(spec, trained, datasets, metrics, result, out)
-    cards = {CARD_DIR: [card["markdown"], card["html"]]}
-    record_decision(settings, pipeline, trained["run_id"], decision, out / "gate.json", cards)
-    result |= {
-        "model_card": card,
-        "model_card_url": artifact_url(settings, trained["run_id"], "model_card/model_card.html"),
-        "summary": decision.summary(),
-    }
-    log.info("gate (%s): %s\n%s", decision.mode, "passed" if decision.passed else "FAILED", decision.summary())
-    log.info("model card: %s", result["model_card_url"] or card["html"])
-    if decision.mode == "enabled" and not decision.passed:
-        failed = [c.name for c in decision.checks if not c.passed]
-        record_outcome(
-            settings,
-            spec.registered_model_name,
-            "rejected",
-            f"gate failed: {', '.join(failed)}",
-            None,
-            actor,
-            trained["run_id"],
-            {"checks": {c.name: c.reason for c in decision.checks}},
-        )
-        raise GateFailed(
-            f"{pipeline} candidate (run {trained['run_id']}) failed the gate:\n{decision.summary()}", result
-        )
-    return result
+    return train(spec, settings, layout, Datasets.parse(datasets), run_id, lineage).xcom()
 
 
-def register(pipeline: str, trained: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+def evaluate_model(pipeline: str, trained: dict[str, Any], datasets: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Holdout metrics of candidate, baseline and current champion; per-row predictions kept for the gate."""
+    from tasks.evaluate import evaluate_model as evaluate
+
+    spec, settings, layout = _ctx(pipeline)
+    holdout = Datasets.parse(datasets).holdout
+    return evaluate(spec, settings, layout, Trained.parse(trained), holdout, run_id).xcom()
+
+
+def gate_model(
+    pipeline: str,
+    trained: dict[str, Any],
+    datasets: dict[str, Any],
+    evaluation: dict[str, Any],
+    run_id: str,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Apply the spec's gate, write the model card, record both (a rejection also in the ledger).
+
+    Raises:
+        GateFailedError: In ``enabled`` mode, when any check fails.
+    """
+    from tasks.gate import gate_model as gate
+
+    spec, settings, layout = _ctx(pipeline)
+    inputs = Trained.parse(trained), Datasets.parse(datasets), Evaluation.parse(evaluation)
+    return gate(spec, settings, layout, *inputs, run_id, actor).xcom()
+
+
+def register_model(pipeline: str, trained: dict[str, Any], gated: dict[str, Any]) -> dict[str, Any]:
     """Register the candidate as a new version with the ``challenger`` alias; lineage comes from its run."""
-    from pathlib import Path
-
-    from tasks.registry import register_candidate
+    from tasks.registry import register_model as register
 
     spec, settings, _ = _ctx(pipeline)
-    card_path = (decision.get("model_card") or {}).get("markdown")
-    card = Path(card_path).read_text() if card_path and Path(card_path).is_file() else None
-    return register_candidate(settings, spec.registered_model_name, trained, decision, card).to_dict()
+    return register(settings, spec.registered_model_name, Trained.parse(trained), Gated.parse(gated)).xcom()
 
 
-def promote(
+def promote_model(
     pipeline: str,
     version: str,
     decision: dict[str, Any] | None = None,
     actor: str | None = None,
-    run_id: str | None = None,
+    mlflow_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Move ``champion`` to ``version`` if the gate allows it and nobody else won meanwhile (serialised).
+    """Move ``champion`` to ``version`` as the gate decided, unless another run won meanwhile (serialised).
 
-    Without a ``decision`` (manual promotion from the CLI) the version is promoted over whatever is
-    champion. ``dry_run`` verdicts are recorded in the ledger and promote nothing.
+    Without a ``decision`` (by hand) the version replaces whatever is champion; a ``dry_run`` verdict is
+    recorded in the ledger and promotes nothing.
     """
-    from tasks.registry import champion_version, record_outcome
-    from tasks.registry import promote as promote_version
+    from tasks.registry import promote_model as promote
 
     spec, settings, _ = _ctx(pipeline)
-    name = spec.registered_model_name
-    if decision is not None and not decision["promote"]:
-        why = f"gate mode {decision['mode']}: verdict {'passed' if decision['passed'] else 'failed'}, not promoted"
-        record_outcome(settings, name, "dry_run", why, version, actor, run_id)
-        return {"name": name, "version": version, "promoted": False, "outcome": "dry_run", "previous": None}
-    if decision is None:
-        current = champion_version(settings, name)
-        expected, reason = (current.version if current else None), "promoted by hand"
-    else:
-        expected = decision.get("champion_version")
-        verdict = "passed" if decision["passed"] else "failed, promoted because the gate is disabled"
-        versus = next((c["reason"] for c in decision.get("checks", []) if c["name"] == "beats_champion"), None)
-        reason = f"gate {decision['mode']}: {verdict}" + (f"; {versus}" if versus else "")
-    return promote_version(settings, name, version, expected, actor, reason, run_id)
+    gate = GateDecision.parse(decision) if decision is not None else None
+    return promote(settings, spec.registered_model_name, str(version), gate, actor, mlflow_run_id).xcom()
 
 
-def deploy(pipeline: str, version: str, actor: str | None = None) -> dict[str, Any]:
+def deploy(pipeline: str, version: str, actor: str | None = None) -> dict[str, Any]:  # noqa: PLR0915 - phase B
     """Make the model server serve ``version`` (blue/green); if it refuses, the champion alias goes back.
 
     Raises:
@@ -379,38 +287,38 @@ def deploy(pipeline: str, version: str, actor: str | None = None) -> dict[str, A
         raise DeployRefused(f"{exc} ({kept}; recorded in the promotion ledger)", exc.serving) from exc
 
 
-def rollback(
+def rollback_model(
     pipeline: str, version: str | None = None, actor: str | None = None, reason: str | None = None
 ) -> dict[str, Any]:
     """Restore ``previous`` (or ``version``) as champion; the deploy stage then serves it."""
-    from tasks.registry import rollback as rollback_version
+    from tasks.registry import rollback_model as rollback
 
     spec, settings, _ = _ctx(pipeline)
-    return rollback_version(settings, spec.registered_model_name, version, actor, reason)
+    return rollback(settings, spec.registered_model_name, version, actor, reason).xcom()
 
 
-def monitor(pipeline: str, window_end: str, run_key: str) -> dict[str, Any]:
-    """Nightly drift check of served inputs against the champion's training sample."""
-    from tasks.monitor import check_drift
+def check_drift(pipeline: str, window_end: str, run_id: str) -> dict[str, Any]:
+    """Nightly check of the served window against the champion's reference; asks for a retrain per the policy."""
+    from tasks.monitor import check_drift as check
 
     spec, settings, layout = _ctx(pipeline)
-    return check_drift(spec, settings, window_end, run_key, layout)
+    return check(spec, settings, layout, window_end, run_id).xcom()
 
 
 STAGES: dict[str, Callable[..., Any]] = {
     "replay": replay,
     "ingest": ingest,
     "ingest_days": ingest_days,
-    "plan": plan_training,
+    "plan_training": plan_training,
     "validate": validate,
     "validate_new": validate_new,
-    "features": build_features,
-    "train": train,
-    "evaluate": evaluate,
-    "gate": gate,
-    "register": register,
-    "promote": promote,
+    "build_features": build_features,
+    "train_model": train_model,
+    "evaluate_model": evaluate_model,
+    "gate_model": gate_model,
+    "register_model": register_model,
+    "promote_model": promote_model,
     "deploy": deploy,
-    "rollback": rollback,
-    "monitor": monitor,
+    "rollback_model": rollback_model,
+    "check_drift": check_drift,
 }

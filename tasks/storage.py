@@ -5,9 +5,10 @@ Layout (``<root>`` is ``Settings.data_root``)::
     landing/<pipeline>/<YYYY-MM-DD>.csv                 files delivered by upstream (or the replay tool)
     raw/<pipeline>/dt=<YYYY-MM-DD>/part.parquet         ingested partitions, one per day
     quarantine/<pipeline>/dt=<YYYY-MM-DD>/<stamp>/      partitions that failed validation + reasons.json
-    runs/<pipeline>/<run_key>/...                       per-run datasets and reports (features, validation)
-    runs/<pipeline>/<run_key>/results/<task>.tryN.json  result manifests of stage pods (kubernetes mode)
-    monitoring/<pipeline>/<run_key>/                    drift report (HTML) and summary (JSON)
+    runs/<pipeline>/<run_id>/...                        per-run datasets, reports, model card, references
+    runs/<pipeline>/<run_id>/results/<task>.tryN.json   result manifests of stage pods (kubernetes mode)
+    monitoring/<pipeline>/<run_id>/                     drift report (HTML) and summary (JSON) of a window
+    monitoring/<pipeline>/{decisions.jsonl,trend.html}  every window's retrain decision; the trend page
     serving/predictions.sqlite                          the model server's prediction log
     mlflow/                                             MLflow SQLite store and artifacts (local default)
 
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from tasks.names import REFERENCE_INPUTS, REFERENCE_PREDICTIONS, SMOKE_SAMPLE
 
 _PARTITION_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
@@ -54,22 +57,80 @@ class DataLayout:
         """Folder holding every quarantined version of one day's partition."""
         return self.root / "quarantine" / pipeline / f"dt={day}"
 
-    def run_dir(self, pipeline: str, run_key: str) -> Path:
-        """Per-run output folder (datasets, validation report)."""
-        return self.root / "runs" / pipeline / safe_key(run_key)
+    def run_dir(self, pipeline: str, run_id: str) -> Path:
+        """Per-run output folder of an Airflow run (datasets, reports, model card, references)."""
+        return self.root / "runs" / pipeline / safe_key(run_id)
 
-    def result_manifest(self, pipeline: str, run_key: str, task_id: str, try_number: int) -> Path:
+    def result_manifest(self, pipeline: str, run_id: str, task_id: str, try_number: int) -> Path:
         """Where a stage pod writes its outcome for Airflow to read (one file per task try)."""
-        return self.run_dir(pipeline, run_key) / "results" / f"{safe_key(task_id)}.try{try_number}.json"
+        return self.run_dir(pipeline, run_id) / "results" / f"{safe_key(task_id)}.try{try_number}.json"
 
-    def monitoring_dir(self, pipeline: str, run_key: str) -> Path:
+    def monitoring_dir(self, pipeline: str, run_id: str) -> Path:
         """Per-run monitoring output folder."""
-        return self.root / "monitoring" / pipeline / safe_key(run_key)
+        return self.root / "monitoring" / pipeline / safe_key(run_id)
 
     @property
     def prediction_log(self) -> Path:
         """SQLite file the model server appends every prediction to."""
         return self.root / "serving" / "predictions.sqlite"
+
+    # ---- files of one training run ----
+
+    def train_raw(self, pipeline: str, run_id: str) -> Path:
+        """Training rows as ingested (inputs, target, sensitive columns)."""
+        return self.run_dir(pipeline, run_id) / "train_raw.parquet"
+
+    def train_features(self, pipeline: str, run_id: str) -> Path:
+        """Training rows after the feature transformation, with the target."""
+        return self.run_dir(pipeline, run_id) / "train_features.parquet"
+
+    def holdout(self, pipeline: str, run_id: str) -> Path:
+        """Holdout rows as ingested (the most recent partitions of the window)."""
+        return self.run_dir(pipeline, run_id) / "holdout.parquet"
+
+    def holdout_predictions(self, pipeline: str, run_id: str) -> Path:
+        """Every holdout row's target and each evaluated model's prediction (the gate's input)."""
+        return self.run_dir(pipeline, run_id) / "predictions.parquet"
+
+    def smoke_sample(self, pipeline: str, run_id: str) -> Path:
+        """Holdout rows with the candidate's offline predictions (the deploy smoke test's rows)."""
+        return self.run_dir(pipeline, run_id) / SMOKE_SAMPLE  # the artifact's path on the run, mirrored
+
+    def reference_inputs(self, pipeline: str, run_id: str) -> Path:
+        """Training sample kept with the candidate: the reference of input and target drift."""
+        return self.run_dir(pipeline, run_id) / REFERENCE_INPUTS
+
+    def reference_predictions(self, pipeline: str, run_id: str) -> Path:
+        """The candidate's holdout predictions: the reference of prediction drift."""
+        return self.run_dir(pipeline, run_id) / REFERENCE_PREDICTIONS
+
+    def gate_report(self, pipeline: str, run_id: str) -> Path:
+        """The gate's decision (every check's verdict)."""
+        return self.run_dir(pipeline, run_id) / "gate.json"
+
+    def model_card(self, pipeline: str, run_id: str, kind: str) -> Path:
+        """The model card, ``kind`` ``md`` (the registry description) or ``html`` (to open)."""
+        if kind not in ("md", "html"):
+            raise ValueError(f"model card kind is md or html, not {kind!r}")
+        return self.run_dir(pipeline, run_id) / f"model_card.{kind}"
+
+    # ---- monitoring ----
+
+    def drift_html(self, pipeline: str, run_id: str) -> Path:
+        """A window's Evidently report."""
+        return self.monitoring_dir(pipeline, run_id) / "drift.html"
+
+    def drift_summary(self, pipeline: str, run_id: str) -> Path:
+        """A window's full summary (per-column tables included)."""
+        return self.monitoring_dir(pipeline, run_id) / "summary.json"
+
+    def decision_log(self, pipeline: str) -> Path:
+        """Every monitoring window's retrain decision, one JSON line each."""
+        return self.root / "monitoring" / pipeline / "decisions.jsonl"
+
+    def trend_page(self, pipeline: str) -> Path:
+        """Drift share per window and every decision, as one HTML page."""
+        return self.root / "monitoring" / pipeline / "trend.html"
 
     def raw_partitions(self, pipeline: str) -> list[str]:
         """Dates of all ingested partitions, oldest first."""

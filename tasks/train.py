@@ -9,40 +9,42 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tasks.errors import PermanentError
 from tasks.evaluate import target_values
 from tasks.features import FeatureBuilder
 from tasks.metrics import score_all
-from tasks.settings import Settings
+from tasks.names import (
+    FIT_PREFIX,
+    MODEL_ARTIFACT,
+    REFERENCE_INPUTS,
+    TAG_CANDIDATE_RUN,
+    TAG_CODE_VERSION,
+    TAG_HOLDOUT_PARTITIONS,
+    TAG_MODEL_FAMILY,
+    TAG_PIPELINE,
+    TAG_ROLE,
+    TAG_TRAIN_PARTITIONS,
+    TRAIN_PREFIX,
+)
+from tasks.results import Datasets, Trained
 from tasks.spec import REPO_ROOT, ModelSpec, PipelineSpec
 from tasks.tracking import start_tracking
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tasks.settings import Settings
+    from tasks.storage import DataLayout
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-    """Training could not start or produced no usable model."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """References to the logged candidate and baseline."""
-
-    run_id: str
-    model_uri: str
-    baseline_run_id: str
-    baseline_model_uri: str
-    family: str
-    train_rows: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form for XCom."""
-        return asdict(self)
+class TrainingError(PermanentError, RuntimeError):
+    """Training cannot start or produce a usable model from this spec and data (retrying cannot help)."""
 
 
 def make_estimator(model: ModelSpec, seed: int, spec: PipelineSpec | None = None) -> Any:
@@ -115,9 +117,9 @@ def _fit_and_log(
     model_spec: ModelSpec,
     features: pd.DataFrame,
     train_raw: pd.DataFrame,
-    datasets: dict[str, Any],
+    datasets: Datasets,
     tags: dict[str, str],
-    reference_rows: int | None,
+    reference: Path | None,
 ) -> tuple[str, str]:
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
@@ -131,7 +133,7 @@ def _fit_and_log(
     model = Pipeline([("features", FeatureBuilder.from_spec(spec.features)), ("model", estimator)])
     X_raw = train_raw[inputs]  # noqa: N806 - ML convention
     with mlflow.start_run(run_name=f"{spec.name}-{model_spec.family}") as run:
-        mlflow.set_tags(tags | {"model_family": model_spec.family})
+        mlflow.set_tags(tags | {TAG_MODEL_FAMILY: model_spec.family})
         mlflow.log_params({f"model.{k}": v for k, v in model_spec.params.items()})
         mlflow.log_params(
             {
@@ -142,88 +144,100 @@ def _fit_and_log(
                 "train_rows": len(train_raw),
             }
         )
-        source = from_pandas(train_raw, source=datasets["train_raw"], name=f"{spec.name}-train", targets=target)
+        source = from_pandas(train_raw, source=datasets.train_raw, name=f"{spec.name}-train", targets=target)
         mlflow.log_input(source, context="training")
         predictions = model.predict(X_raw)
         y_train = target_values(spec, train_raw[target])
-        mlflow.log_metrics(
-            {f"train_{k}": v for k, v in score_all(spec.metric_names, y_train, predictions).items() if v is not None}
-        )
+        scores = score_all(spec.metric_names, y_train, predictions)
+        mlflow.log_metrics({f"{TRAIN_PREFIX}{k}": v for k, v in scores.items() if v is not None})
         report = getattr(estimator, "training_report_", None)  # e.g. the torch family: device, epochs, step time
         if report:
-            mlflow.log_metrics({f"fit.{k}": v for k, v in report.items() if isinstance(v, int | float)})
-            mlflow.set_tags({f"fit.{k}": v for k, v in report.items() if isinstance(v, str)})
+            mlflow.log_metrics({f"{FIT_PREFIX}{k}": v for k, v in report.items() if isinstance(v, int | float)})
+            mlflow.set_tags({f"{FIT_PREFIX}{k}": v for k, v in report.items() if isinstance(v, str)})
         info = mlflow.sklearn.log_model(
             sk_model=model,
-            name="model",
+            name=MODEL_ARTIFACT,
             signature=infer_signature(X_raw, predictions),
             input_example=X_raw.head(5),
             serialization_format="cloudpickle",
         )
-        if reference_rows:
-            # The champion's reference sample for drift monitoring travels with its run.
-            # with the model's own predictions on it: the reference for prediction drift
-            sample = train_raw.tail(reference_rows).assign(prediction=predictions[-reference_rows:])
-            ref_path = Path(datasets["train_raw"]).with_name("reference.parquet")
-            sample.to_parquet(ref_path, index=False)
-            mlflow.log_artifact(str(ref_path), artifact_path="reference")
+        if reference is not None:
+            # the reference of input and target drift travels with the run that may become champion;
+            # prediction drift compares with the candidate's holdout predictions, logged at evaluation
+            mlflow.log_artifact(str(reference), artifact_path=REFERENCE_INPUTS.rsplit("/", 1)[0])
         return run.info.run_id, info.model_uri
 
 
+def _reference_sample(spec: PipelineSpec, train_raw: pd.DataFrame, path: Path) -> Path:
+    """The last ``monitoring.reference_rows`` training rows (inputs and target), written atomically."""
+    from tasks.storage import atomic_path
+
+    keep = list(dict.fromkeys([*spec.schema_.input_columns, spec.schema_.target]))
+    with atomic_path(path) as tmp:
+        train_raw[keep].tail(spec.monitoring.reference_rows).to_parquet(tmp, index=False)
+    return path
+
+
 def train_model(
-    spec: PipelineSpec, settings: Settings, datasets: dict[str, Any], lineage: dict[str, str] | None = None
-) -> TrainResult:
+    spec: PipelineSpec,
+    settings: Settings,
+    layout: DataLayout,
+    datasets: Datasets,
+    run_id: str,
+    lineage: dict[str, str] | None = None,
+) -> Trained:
     """Fit the spec's model and baseline and log them (params, metrics, signature, example, lineage).
+
+    The candidate's run also gets the training sample monitoring compares served inputs with
+    (``reference/inputs.parquet``, also kept under ``runs/<p>/<run_id>/``).
 
     Args:
         spec: The pipeline.
         settings: Environment settings (tracking URI).
-        datasets: Output of :func:`tasks.features.build_datasets` (``DatasetUris.to_dict()``).
-        lineage: Extra tags, e.g. the Airflow DAG run id.
+        layout: Data root layout (where the reference sample is kept).
+        datasets: The ``build_features`` stage's result.
+        run_id: The Airflow run (output folder).
+        lineage: Extra tags, e.g. the Airflow DAG and run ids.
 
     Returns:
-        Run ids and model URIs of the candidate and baseline.
+        MLflow run ids and model URIs of the candidate and baseline.
 
     Raises:
-        TrainingError: The featurised dataset is empty or lacks the target.
+        TrainingError: The featurised dataset is empty or lacks the target, or a hyperparameter is refused.
     """
-    features = pd.read_parquet(datasets["train_features"])
-    train_raw = pd.read_parquet(datasets["train_raw"])
+    features = pd.read_parquet(datasets.train_features)
+    train_raw = pd.read_parquet(datasets.train_raw)
     if features.empty or spec.schema_.target not in features.columns:
-        raise TrainingError(f"featurised dataset {datasets['train_features']} is empty or has no target column")
+        raise TrainingError(f"featurised dataset {datasets.train_features} is empty or has no target column")
 
     start_tracking(settings, spec.name)
     tags = {
-        "pipeline": spec.name,
-        "code_version": code_version(),
-        "data.train_partitions": json.dumps(datasets["train_partitions"]),
-        "data.holdout_partitions": json.dumps(datasets["holdout_partitions"]),
+        TAG_PIPELINE: spec.name,
+        TAG_CODE_VERSION: code_version(),
+        TAG_TRAIN_PARTITIONS: json.dumps(datasets.train_partitions),
+        TAG_HOLDOUT_PARTITIONS: json.dumps(datasets.holdout_partitions),
         **(lineage or {}),
     }
-    run_id, model_uri = _fit_and_log(
-        spec,
-        spec.training.model,
-        features,
-        train_raw,
-        datasets,
-        tags | {"role": "candidate"},
-        spec.monitoring.reference_rows,
+    reference = _reference_sample(spec, train_raw, layout.reference_inputs(spec.name, run_id))
+    mlflow_run_id, model_uri = _fit_and_log(
+        spec, spec.training.model, features, train_raw, datasets, tags | {TAG_ROLE: "candidate"}, reference
     )
+    baseline_tags = tags | {TAG_ROLE: "baseline", TAG_CANDIDATE_RUN: mlflow_run_id}
     baseline_run_id, baseline_uri = _fit_and_log(
-        spec,
-        spec.training.baseline,
-        features,
-        train_raw,
-        datasets,
-        tags | {"role": "baseline", "candidate_run_id": run_id},
-        None,
+        spec, spec.training.baseline, features, train_raw, datasets, baseline_tags, None
     )
-    log.info("trained %s (run %s) and baseline %s", spec.training.model.family, run_id, spec.training.baseline.family)
-    return TrainResult(
-        run_id=run_id,
+    log.info(
+        "trained %s (MLflow run %s) and baseline %s",
+        spec.training.model.family,
+        mlflow_run_id,
+        spec.training.baseline.family,
+    )
+    return Trained(
+        mlflow_run_id=mlflow_run_id,
         model_uri=model_uri,
-        baseline_run_id=baseline_run_id,
+        baseline_mlflow_run_id=baseline_run_id,
         baseline_model_uri=baseline_uri,
         family=spec.training.model.family,
         train_rows=len(train_raw),
+        reference_rows=min(len(train_raw), spec.monitoring.reference_rows),
     )

@@ -4,10 +4,11 @@ Wiring only. Each task body is one call into ``tasks.stages`` (imported inside t
 DAG file never imports pandas, MLflow, Great Expectations or Evidently). XCom carries the small dicts
 the stages return: paths, ids and metrics.
 
-Heavy stages (validate, features, train, evaluate, monitor) go through :func:`heavy_stage`: in the
-``local`` execution mode they are TaskFlow tasks calling the stage in the worker; in ``kubernetes`` mode
-they are :class:`mlops_airflow.pods.StagePodOperator` pods running ``python -m tasks <stage>`` in the task
-image. Both build the stage's arguments with the same function, so the DAG shape is identical.
+Heavy stages (validation, ``build_features``, ``train_model``, ``evaluate_model``, ``check_drift``) go
+through :func:`heavy_stage`: in the ``local`` execution mode they are TaskFlow tasks calling the stage in
+the worker; in ``kubernetes`` mode they are :class:`mlops_airflow.pods.StagePodOperator` pods running
+``python -m tasks <stage>`` in the task image. Both build the stage's arguments with the same function, so
+the DAG shape is identical. A stage's name is its task id.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow.links import DriftReportLink, ModelCardLink
 from tasks.errors import PermanentError
-from tasks.stages import LANDING_ASSET, RAW_ASSET, RETRAIN_ASSET
+from tasks.names import LANDING_ASSET, RAW_ASSET, RETRAIN_ASSET, TAG_AIRFLOW_DAG_ID, TAG_AIRFLOW_RUN_ID
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.xcom_arg import XComArg
@@ -94,6 +95,13 @@ def heavy_stage(
     return run_stage(**inputs)
 
 
+def _heavy(
+    spec: PipelineSpec, settings: Settings, stage: str, inputs: dict[str, XComArg], build_args: BuildArgs
+) -> XComArg:
+    """A heavy stage whose task id is its stage name."""
+    return heavy_stage(spec, settings, stage, stage, inputs, build_args)
+
+
 def _validate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return {"partitions": i["plan"]["partitions"], "run_key": ctx["run_id"]}
 
@@ -109,16 +117,17 @@ def _validate_new_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
 
 def _features_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    return {"partitions": i["validation"]["valid"], "run_key": ctx["run_id"]}
+    return {"partitions": i["validation"]["valid"], "run_id": ctx["run_id"]}
 
 
 def _train_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
     run = ctx["dag_run"]
-    return {"datasets": i["datasets"], "lineage": {"airflow.dag_id": run.dag_id, "airflow.run_id": run.run_id}}
+    lineage = {TAG_AIRFLOW_DAG_ID: run.dag_id, TAG_AIRFLOW_RUN_ID: run.run_id}
+    return {"datasets": i["datasets"], "run_id": ctx["run_id"], "lineage": lineage}
 
 
 def _evaluate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    return {"trained": i["trained"], "datasets": i["datasets"], "run_key": ctx["run_id"]}
+    return {"trained": i["trained"], "datasets": i["datasets"], "run_id": ctx["run_id"]}
 
 
 def actor(ctx: Any) -> str:
@@ -128,10 +137,10 @@ def actor(ctx: Any) -> str:
     return f"airflow:{run.dag_id}/{run.run_id}" + (f" by {user}" if user else "")
 
 
-def _monitor_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+def _check_drift_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
     run = ctx["dag_run"]
     window_end = run.logical_date or run.run_after
-    return {"window_end": window_end.isoformat(), "run_key": ctx["run_id"]}
+    return {"window_end": window_end.isoformat(), "run_id": ctx["run_id"]}
 
 
 def raw_asset(pipeline: str) -> Asset:
@@ -346,37 +355,39 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
             _call(stages.report_quarantine, name, validation)
 
         @task
-        def gate_model(trained: dict[str, Any], metrics: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+        def gate_model(trained: dict[str, Any], datasets: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
             from mlops_airflow.links import MODEL_CARD_KEY
             from tasks import stages
-            from tasks.evaluate import GateFailed
+            from tasks.gate import GateFailedError
 
             ctx = get_current_context()
             ti = ctx["ti"]
             try:
-                decision = stages.gate(name, trained, metrics, ctx["run_id"], datasets, actor(ctx))
-            except GateFailed as exc:  # the card and its link matter most when the gate says no
-                card = exc.result or {}
-                ti.xcom_push(key=MODEL_CARD_KEY, value=card.get("model_card_url") or _file_url(card))
+                gated = stages.gate_model(name, trained, datasets, evaluation, ctx["run_id"], actor(ctx))
+            except GateFailedError as exc:  # the card and its link matter most when the gate says no
+                card = exc.gated.xcom()
+                ti.xcom_push(key=MODEL_CARD_KEY, value=card["model_card_url"] or _file_url(card))
                 raise AirflowFailException(str(exc)) from exc
-            ti.xcom_push(key=MODEL_CARD_KEY, value=decision.get("model_card_url") or _file_url(decision))
-            ti.xcom_push(key="gate_summary", value=decision["summary"])
-            return decision
+            except PermanentError as exc:  # e.g. evaluation's rows are gone, a stale upstream result: no retry
+                raise AirflowFailException(str(exc)) from exc
+            ti.xcom_push(key=MODEL_CARD_KEY, value=gated["model_card_url"] or _file_url(gated))
+            ti.xcom_push(key="gate_summary", value=gated["summary"])
+            return gated
 
         @task
-        def register_model(trained: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+        def register_model(trained: dict[str, Any], gated: dict[str, Any]) -> dict[str, Any]:
             from tasks import stages
 
-            return _call(stages.register, name, trained, decision)
+            return _call(stages.register_model, name, trained, gated)
 
         @task.short_circuit
         def promote_model(
-            decision: dict[str, Any], registered: dict[str, Any], trained: dict[str, Any]
+            gated: dict[str, Any], registered: dict[str, Any], trained: dict[str, Any]
         ) -> dict[str, Any] | None:
             from tasks import stages
 
-            ctx = get_current_context()
-            result = _call(stages.promote, name, registered["version"], decision, actor(ctx), trained["run_id"])
+            version, decision, by = registered["version"], gated["decision"], actor(get_current_context())
+            result = _call(stages.promote_model, name, version, decision, by, trained["mlflow_run_id"])
             # dry_run, or another run became champion since this one was judged (lost_race): nothing to deploy
             return result if result["promoted"] else None
 
@@ -389,15 +400,15 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
         plan = plan_training()
         validation = heavy_stage(spec, settings, "validate_data", "validate", {"plan": plan}, _validate_args)
         report_quarantine(validation)
-        datasets = heavy_stage(spec, settings, "build_features", "features", {"validation": validation}, _features_args)
-        trained = heavy_stage(spec, settings, "train_model", "train", {"datasets": datasets}, _train_args)
-        metrics = heavy_stage(
-            spec, settings, "evaluate_model", "evaluate", {"trained": trained, "datasets": datasets}, _evaluate_args
+        datasets = _heavy(spec, settings, "build_features", {"validation": validation}, _features_args)
+        trained = _heavy(spec, settings, "train_model", {"datasets": datasets}, _train_args)
+        evaluation = _heavy(
+            spec, settings, "evaluate_model", {"trained": trained, "datasets": datasets}, _evaluate_args
         )
-        decision = gate_model(trained, metrics, datasets)
-        decision.operator.operator_extra_links = (ModelCardLink(),)  # type: ignore[attr-defined]
-        registered = register_model(trained, decision)
-        promoted = promote_model(decision, registered, trained)
+        gated = gate_model(trained, datasets, evaluation)
+        gated.operator.operator_extra_links = (ModelCardLink(),)  # type: ignore[attr-defined]
+        registered = register_model(trained, gated)
+        promoted = promote_model(gated, registered, trained)
         if spec.gate.approval.required:
             approval = _approval(spec)
             registered >> approval >> promoted
@@ -442,9 +453,9 @@ def rollback_dag(specs: list[PipelineSpec]) -> DAG:
         description="Restore a pipeline's previous champion (or a given version) and redeploy it.",
         doc_md="""### rollback
 Trigger with `pipeline` (and optionally `version`; default: the version holding the `previous` alias).
-`restore_champion` moves the `champion` alias back (the replaced version becomes `previous`, so a second
+`rollback_model` moves the `champion` alias back (the replaced version becomes `previous`, so a second
 rollback undoes the first) under the promotion lock and records it in the ledger
-(`python -m tasks ledger --pipeline <p>`); `deploy_restored` makes the model server serve it (blue/green,
+(`python -m tasks ledger --pipeline <p>`); `deploy_model` makes the model server serve it (blue/green,
 smoke-tested). From the CLI: `airflow dags trigger rollback --conf '{"pipeline": "adult_income"}'`.
 """,
         schedule=None,
@@ -461,21 +472,21 @@ smoke-tested). From the CLI: `airflow dags trigger rollback --conf '{"pipeline":
     )
     def pipeline() -> None:
         @task(retries=0)  # a retry after a committed rollback would roll back again
-        def restore_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        def rollback_model(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from tasks import stages
 
             p = params or {}
             ctx = get_current_context()
-            return _call(stages.rollback, p["pipeline"], p.get("version"), actor(ctx), p.get("reason"))
+            return _call(stages.rollback_model, p["pipeline"], p.get("version"), actor(ctx), p.get("reason"))
 
         @task
-        def deploy_restored(restored: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        def deploy_model(restored: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
             from tasks import stages
 
             pipeline_name = (params or {})["pipeline"]
             return _call(stages.deploy, pipeline_name, restored["version"], actor(get_current_context()))
 
-        deploy_restored(restore_champion())
+        deploy_model(rollback_model())
 
     return pipeline()
 
@@ -508,18 +519,18 @@ link on `check_drift`), and `monitoring/{name}/trend.html` across windows.
     )
     def pipeline() -> None:
         @task.short_circuit
-        def drift_detected(summary: dict[str, Any]) -> bool:
-            return bool(summary["retrain"])
+        def drift_detected(report: dict[str, Any]) -> bool:
+            return bool(report["retrain"])
 
         @task(outlets=[retrain])
-        def request_retrain(summary: dict[str, Any]) -> str:
-            keep = ("drift_share", "drifted_columns", "window_days", "champion_version", "violations", "decision")
-            get_current_context()["outlet_events"][retrain].extra = {k: summary.get(k) for k in keep}
-            return f"retrain requested: {summary['decision']}"
+        def request_retrain(report: dict[str, Any]) -> str:
+            keep = ("drift_share", "drifted_columns", "window", "champion_version", "violations", "decision")
+            get_current_context()["outlet_events"][retrain].extra = {k: report.get(k) for k in keep}
+            return f"retrain requested: {report['decision']}"
 
-        summary = heavy_stage(spec, settings, "check_drift", "monitor", {}, _monitor_args)
-        summary.operator.operator_extra_links = (DriftReportLink(),)  # type: ignore[attr-defined]
-        drift_detected(summary) >> request_retrain(summary)
+        report = _heavy(spec, settings, "check_drift", {}, _check_drift_args)
+        report.operator.operator_extra_links = (DriftReportLink(),)  # type: ignore[attr-defined]
+        drift_detected(report) >> request_retrain(report)
 
     return pipeline()
 

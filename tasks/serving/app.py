@@ -16,9 +16,7 @@ over ``serving_max_batch`` rows is a 413 stating the limit.
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -26,13 +24,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from tasks.prediction_log import PredictionLogWriter
 from tasks.settings import Settings
 from tasks.tracking import use_store
 
@@ -84,39 +82,6 @@ class ServedModel:
         }
 
 
-class PredictionLog:
-    """Append-only SQLite log of every prediction (inputs, output, model version, time)."""
-
-    def __init__(self, path: Path) -> None:
-        """Open (creating) the log."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,"
-            " logged_at TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL,"
-            " inputs TEXT NOT NULL, prediction REAL NOT NULL)"
-        )
-        self._conn.execute("CREATE INDEX IF NOT EXISTS predictions_time ON predictions (model_name, logged_at)")
-        self._lock = threading.Lock()
-
-    def append(
-        self, request_id: str, served: ServedModel, rows: list[dict[str, Any]], predictions: list[float]
-    ) -> None:
-        """Record one request's rows."""
-        now = datetime.now(UTC).isoformat()
-        records = [
-            (request_id, now, served.name, served.version, json.dumps(row, sort_keys=True), float(pred))
-            for row, pred in zip(rows, predictions, strict=True)
-        ]
-        with self._lock:
-            self._conn.executemany(
-                "INSERT INTO predictions (request_id, logged_at, model_name, model_version, inputs, prediction)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                records,
-            )
-
-
 def _smoke_test(model: Any, local: str, uri: str, run_id: str) -> dict[str, Any]:
     """The checks a version passes before it may serve: signature, input example, offline predictions.
 
@@ -128,7 +93,7 @@ def _smoke_test(model: Any, local: str, uri: str, run_id: str) -> dict[str, Any]
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from tasks.evaluate import EXPECTED_COLUMN, SMOKE_ARTIFACT
+    from tasks.names import EXPECTED_COLUMN, SMOKE_SAMPLE
 
     if model.metadata.get_input_schema() is None:
         raise ModelLoadError(f"{uri} has no input signature: the server cannot validate payloads for it")
@@ -139,9 +104,9 @@ def _smoke_test(model: Any, local: str, uri: str, run_id: str) -> dict[str, Any]
     if len(out) != len(example):
         raise ModelLoadError(f"{uri} returned {len(out)} predictions for {len(example)} example rows")
     try:
-        sample_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SMOKE_ARTIFACT)
+        sample_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SMOKE_SAMPLE)
     except (MlflowException, OSError):
-        return {"example_rows": len(example), "holdout_rows": 0, "note": f"run has no {SMOKE_ARTIFACT}"}
+        return {"example_rows": len(example), "holdout_rows": 0, "note": f"run has no {SMOKE_SAMPLE}"}
     sample = pd.read_parquet(sample_path)
     expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
     got = np.asarray(model.predict(sample), dtype="float64")
@@ -165,14 +130,14 @@ def load_version(settings: Settings, name: str, version: str | None = None) -> S
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry import champion_version
+    from tasks.registry import champion
     from tasks.tracking import client
 
     if version is None:
-        champion = champion_version(settings, name)
-        if champion is None:
+        current = champion(settings, name)
+        if current is None:
             raise ModelLoadError(f"no version of {name!r} has the champion alias yet")
-        version = champion.version
+        version = current.version
     uri = f"models:/{name}/{version}"
     try:
         use_store(settings)  # models:/ URIs resolve through the registry URI
@@ -256,7 +221,7 @@ class ModelService:
         self.default = wanted if wanted in self.pipelines else self.pipelines[0]
         self.served: dict[str, ServedModel] = {}
         self._swap_lock = threading.Lock()
-        self.log = PredictionLog(DataLayout(settings.data_root).prediction_log)
+        self.log = PredictionLogWriter.for_pipelines(DataLayout(settings.data_root).prediction_log, self.pipelines)
 
     def _known(self, name: str) -> None:
         if name not in self.pipelines:
@@ -349,7 +314,7 @@ class ModelService:
             ) from exc
         values = [float(v) for v in output]
         request_id = uuid.uuid4().hex
-        self.log.append(request_id, current, request.instances, values)
+        self.log.append(request_id, current.name, current.version, request.instances, values)
         return {
             "predictions": values,
             "model_name": name,

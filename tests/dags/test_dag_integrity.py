@@ -15,7 +15,7 @@ DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 HEAVY = ["pandas", "numpy", "sklearn", "lightgbm", "torch", "mlflow", "great_expectations", "evidently", "boto3"]
 APPROVED_STAGES = {"stage:ingest", "stage:train", "stage:monitor", "stage:rollback"}
 MANUAL_DAGS = {"rollback"}  # operational DAGs a person triggers: no schedule
-NO_RETRY = {("rollback", "restore_champion")}  # a retry after a committed rollback would roll back again
+NO_RETRY = {("rollback", "rollback_model")}  # a retry after a committed rollback would roll back again
 # This machine imports slowly (airflow.sdk alone takes ~5 s cold); the budget is for the DAG file's own work.
 PARSE_BUDGET_S = 2.0
 
@@ -57,7 +57,7 @@ def test_each_pipeline_spec_yields_its_three_dags_and_one_rollback_serves_all(da
     rollback = dagbag.dags["rollback"]
     assert rollback.params.get_param("pipeline").schema["enum"] == names
     assert rollback.params["version"] is None
-    assert [t.task_id for t in rollback.topological_sort()] == ["restore_champion", "deploy_restored"]
+    assert [t.task_id for t in rollback.topological_sort()] == ["rollback_model", "deploy_model"]
 
 
 def test_no_connection_or_variable_lookups_at_parse_time(dagbag):

@@ -104,7 +104,8 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
         assert states[task_id] == "success", states
     v1 = registry.get_model_version_by_alias(P, "champion")
     assert v1.version == 1 and v1.tags["gate.check.slice_gap_sex"] == "pass"
-    decision = _xcom(run, "gate_model", "return_value")
+    gated = _xcom(run, "gate_model", "return_value")
+    decision = gated["decision"]
     assert {c["name"] for c in decision["checks"]} >= {
         "min_roc_auc",
         "beats_baseline",
@@ -116,7 +117,7 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     # the model card: on disk, on the MLflow run, as the version's description, linked from the gate task
     card_url = _xcom(run, "gate_model", "_link_ModelCardLink")
     assert card_url.startswith("http://localhost:5000/#/experiments/") and v1.run_id in card_url
-    html = Path(decision["model_card"]["html"]).read_text()
+    html = Path(gated["model_card"]["html"]).read_text()
     assert "slice_gap_sex" in html and "Amer-Indian-Eskimo" in html and "Ethical considerations" in html
     assert "model_card/model_card.html" in {a.path for a in registry.list_artifacts(v1.run_id, "model_card")}
     assert registry.get_model_version(P, "1").description.startswith(f"# Model card: {P}")
@@ -141,7 +142,7 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     run = dags[f"{P}_train"].test(run_conf={"force": True})
     assert _states(run)["deploy_model"] == "success", _states(run)
     champion_check = next(
-        c for c in _xcom(run, "gate_model", "return_value")["checks"] if c["name"] == "beats_champion"
+        c for c in _xcom(run, "gate_model", "return_value")["decision"]["checks"] if c["name"] == "beats_champion"
     )
     assert "champion v1" in champion_check["reason"] and "CI" in champion_check["reason"]
     assert registry.get_model_version_by_alias(P, "champion").version == 2
@@ -149,7 +150,7 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
 
     # the rollback DAG restores v1 and redeploys it; the ledger tells the story
     run = dags["rollback"].test(run_conf={"pipeline": P, "reason": "e2e: v2 complaints"})
-    assert _states(run) == {"restore_champion": "success", "deploy_restored": "success"}
+    assert _states(run) == {"rollback_model": "success", "deploy_model": "success"}
     assert registry.get_model_version_by_alias(P, "champion").version == 1
     assert registry.get_model_version_by_alias(P, "previous").version == 2
     assert httpx.get(f"{url}/health").json()["models"][P]["version"] == "1"

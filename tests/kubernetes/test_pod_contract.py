@@ -82,7 +82,7 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     states = _states(run)
     assert all(s == "success" for s in states.values()), states
     pod_stages = [p.spec.containers[0].args[0] for p in kubelet.created]
-    assert pod_stages == ["validate", "features", "train", "evaluate"]
+    assert pod_stages == ["validate", "build_features", "train_model", "evaluate_model"]
     assert all(r["returncode"] == 0 for r in kubelet.runs)
     assert sorted(kubelet.deleted) == sorted(p.metadata.name for p in kubelet.created), "pods must be deleted"
     train_pod = kubelet.created[2]
@@ -106,7 +106,7 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
 
     client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     champion = client.get_model_version_by_alias("bike_demand", "champion")
-    assert champion.run_id == trained["result"]["run_id"]
+    assert champion.run_id == trained["result"]["mlflow_run_id"]
     fit = client.get_run(champion.run_id).data
     assert fit.tags["fit.device"] == "cpu" and fit.metrics["fit.epochs"] >= 1  # no GPU here: device="auto" -> CPU
     assert httpx.get(f"{model_server}/health").json()["version"] == str(champion.version)
@@ -123,7 +123,7 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     states = _states(run)
     assert states["check_drift"] == "success", states
     monitor_pod = kubelet.created[-1]
-    assert monitor_pod.spec.containers[0].args[0] == "monitor" and monitor_pod.metadata.name in kubelet.deleted
+    assert monitor_pod.spec.containers[0].args[0] == "check_drift" and monitor_pod.metadata.name in kubelet.deleted
     summaries = list((settings.data_root / "monitoring" / "bike_demand").glob("*/summary.json"))
     summary = json.loads(summaries[0].read_text())
     assert summary["rows"] == 72 and summary["champion_version"] == str(champion.version)

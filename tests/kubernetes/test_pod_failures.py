@@ -14,6 +14,8 @@ from tasks.spec import load_spec
 from tests.conftest import write_spec
 from tests.kubernetes.kubelet import LocalKubelet
 
+RESULTS = "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results"
+
 
 @dataclass
 class _TI:
@@ -59,7 +61,7 @@ def test_pending_pod_fails_within_the_schedule_timeout_and_is_deleted(
 
     kubelet.behaviour = "pending"  # e.g. no GPU node free: the scheduler never places the pod
     torch = write_spec(tmp_path / "specs", model={"family": "torch", "params": {}})
-    op = _operator(prod_settings, "train", {"datasets": {}}, torch, schedule_timeout_seconds=3)
+    op = _operator(prod_settings, "train_model", {"datasets": {}}, torch, schedule_timeout_seconds=3)
     op.startup_check_interval_seconds = 1
     started = time.monotonic()
     with pytest.raises(StagePodError) as err:
@@ -67,7 +69,7 @@ def test_pending_pod_fails_within_the_schedule_timeout_and_is_deleted(
     elapsed = time.monotonic() - started
     assert 3 <= elapsed < 15, f"pending pod gave up after {elapsed:.1f}s"
     message = str(err.value)
-    assert "'train' pod never ran" in message and "scheduled within 3s" in message
+    assert "'train_model' pod never ran" in message and "scheduled within 3s" in message
     assert "'nvidia.com/gpu': '1'" in message and "nvidia.com/gpu.present" in message  # what it asked for, where
     assert "kubectl -n ml-pipelines describe pod" in message
     assert kubelet.deleted == [kubelet.created[0].metadata.name], "the pending pod must be deleted"
@@ -76,13 +78,11 @@ def test_pending_pod_fails_within_the_schedule_timeout_and_is_deleted(
 def test_success_returns_the_manifest_result_and_deletes_the_pod(
     prod_settings: Settings, kubelet: LocalKubelet
 ) -> None:
-    op = _operator(prod_settings, "monitor", {"window_end": "2011-06-21T02:00:00+00:00", "run_key": "m1"})
+    op = _operator(prod_settings, "check_drift", {"window_end": "2011-06-21T02:00:00+00:00", "run_id": "m1"})
     result, ti = _run(op)
     assert result["status"] == "no_champion" and ti.xcoms["return_value"] == result
     assert kubelet.deleted == [kubelet.created[0].metadata.name]
-    manifest = (
-        prod_settings.data_root / "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results/monitor_task.try1.json"
-    )
+    manifest = prod_settings.data_root / RESULTS / "check_drift_task.try1.json"
     assert manifest.is_file()
 
 
@@ -104,8 +104,8 @@ def test_killed_pod_without_manifest_is_retryable_and_deleted(prod_settings: Set
     from mlops_airflow.pods import StagePodError
 
     kubelet.behaviour = "oomkilled"  # over its memory limit before it could write anything
-    op = _operator(prod_settings, "features", {"partitions": ["2011-06-01"], "run_key": "r1"})
-    with pytest.raises(StagePodError, match="'features' pod failed before reporting") as err:
+    op = _operator(prod_settings, "build_features", {"partitions": ["2011-06-01"], "run_id": "r1"})
+    with pytest.raises(StagePodError, match="'build_features' pod failed before reporting") as err:
         _run(op)
     assert not isinstance(err.value, AirflowFailException)  # infrastructure: Airflow retries it
     assert kubelet.deleted == [kubelet.created[0].metadata.name]
@@ -116,10 +116,8 @@ def test_a_manifest_left_by_an_earlier_try_does_not_count(prod_settings: Setting
 
     # the pod writes to a volume Airflow does not see (misconfigured mount): no manifest where Airflow looks
     kubelet.volumes["ml-data"] = prod_settings.data_root.parent / "elsewhere"
-    op = _operator(prod_settings, "monitor", {"window_end": "2011-06-21T02:00:00+00:00", "run_key": "m1"})
-    stale = (
-        prod_settings.data_root / "runs/bike_demand/manual__2026-11-24T00_00_00_00_00/results/monitor_task.try1.json"
-    )
+    op = _operator(prod_settings, "check_drift", {"window_end": "2011-06-21T02:00:00+00:00", "run_id": "m1"})
+    stale = prod_settings.data_root / RESULTS / "check_drift_task.try1.json"
     stale.parent.mkdir(parents=True)
     stale.write_text('{"ok": true, "result": {"stale": true}}')
     with pytest.raises(StagePodError, match="wrote no result manifest.*shared store mounted"):

@@ -19,10 +19,10 @@ from tests.kubernetes.conftest import CLAIM, SECRET
 STAGE_OF_TASK = {
     "validate_data": "validate",
     "validate_partitions": "validate_new",  # ingest-time validation
-    "build_features": "features",
-    "train_model": "train",
-    "evaluate_model": "evaluate",
-    "check_drift": "monitor",
+    "build_features": "build_features",
+    "train_model": "train_model",
+    "evaluate_model": "evaluate_model",
+    "check_drift": "check_drift",
 }
 
 

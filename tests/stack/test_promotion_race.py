@@ -32,9 +32,9 @@ _RACER = """
 import json, sys, time
 from tasks import stages
 version, start = sys.argv[1], float(sys.argv[2])
-decision = {"mode": "enabled", "passed": True, "promote": True, "champion_version": "1"}
+decision = {"mode": "enabled", "passed": True, "promote": True, "champion_version": "1", "primary_metric": "rmse"}
 time.sleep(max(0.0, start - time.time()))  # every racer is imported and waiting: go together
-print(json.dumps(stages.promote("bike_demand", version, decision, f"racer-{version}", f"run-{version}")))
+print(json.dumps(stages.promote_model("bike_demand", version, decision, f"racer-{version}", f"run-{version}")))
 """
 
 
@@ -91,8 +91,9 @@ start_tracking(get_settings(), "bike_demand")
 with mlflow.start_run():
     info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(X, model.predict(X)))
 versions = [str(mlflow.register_model(info.model_uri, "bike_demand").version) for _ in range(1 + int(sys.argv[2]))]
-first = stages.promote("bike_demand", versions[0], {"mode": "enabled", "passed": True, "promote": True,
-                                                    "champion_version": None}, "setup", "run-1")
+first = stages.promote_model("bike_demand", versions[0], {"mode": "enabled", "passed": True, "promote": True,
+                                                          "champion_version": None, "primary_metric": "rmse"},
+                             "setup", "run-1")
 print(json.dumps({"versions": versions, "first": first}))
 """
 

@@ -1,4 +1,7 @@
-"""A trained champion shared by the registry, serving and monitoring tests (built once per session)."""
+"""A trained champion shared by the registry, serving and monitoring tests (built once per session).
+
+Built from the committed fixtures (``tests/fixtures/datasets``): real rows, no ``../shared`` needed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 
 from tasks import stages
 from tasks.settings import get_settings
+from tests.unit.conftest import FIXTURES
 
 WINDOW = ("2011-05-30", "2011-06-26")
 
@@ -20,6 +24,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     root = tmp_path_factory.mktemp("champion") / "data"
     mp = pytest.MonkeyPatch()
     mp.setenv("MLP_DATA_ROOT", str(root))
+    mp.setenv("MLP_SHARED_DATASETS", str(FIXTURES))  # the committed real-data cut, not ../shared
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these into os.environ
         mp.delenv(var, raising=False)
     get_settings.cache_clear()
@@ -29,18 +34,20 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         plan = stages.plan_training("bike_demand")
         validation = stages.validate("bike_demand", plan["partitions"], "fixture")
         datasets = stages.build_features("bike_demand", validation["valid"], "fixture")
-        trained = stages.train("bike_demand", datasets, {"airflow.run_id": "fixture"})
-        metrics = stages.evaluate("bike_demand", trained, datasets, "fixture")
-        decision = stages.gate("bike_demand", trained, metrics, "fixture", datasets)
-        registered = stages.register("bike_demand", trained, decision)
-        promoted = stages.promote("bike_demand", registered["version"], decision)
+        trained = stages.train_model("bike_demand", datasets, "fixture", {"airflow.run_id": "fixture"})
+        evaluation = stages.evaluate_model("bike_demand", trained, datasets, "fixture")
+        gated = stages.gate_model("bike_demand", trained, datasets, evaluation, "fixture")
+        registered = stages.register_model("bike_demand", trained, gated)
+        promoted = stages.promote_model("bike_demand", registered["version"], gated["decision"])
         yield {
             "root": root,
             "days": days,
+            "plan": plan,
             "datasets": datasets,
             "trained": trained,
-            "metrics": metrics,
-            "decision": decision,
+            "evaluation": evaluation,
+            "gated": gated,
+            "decision": gated["decision"],
             "registered": registered,
             "promoted": promoted,
         }
@@ -68,7 +75,7 @@ def _days(start: str, end: str) -> list[str]:
 
 
 def raw_rows(shared: Path, start: str, end: str) -> Any:
-    """Real dataset rows of a date range (what callers send, plus the truth)."""
+    """Real dataset rows of a date range (what callers send, plus the truth); ``shared``: a datasets folder."""
     import pandas as pd
 
     data = pd.read_csv(shared / "bike_sharing_hour.csv.gz")

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from tasks import stages
-from tasks.features import FeatureBuilder, FeatureError, build_datasets
+from tasks.errors import PermanentError
+from tasks.features import FeatureBuilder, FeatureError, build_features
 from tasks.replay import replay_days
-from tests.conftest import SHARED
+from tests.unit.conftest import FIXTURES
 
 
 def test_feature_builder_is_stateless_and_declared(spec):
@@ -40,18 +41,36 @@ def test_missing_source_column_is_named(spec):
         builder.transform(pd.DataFrame({c: [1] for c in spec.features.source_columns if c != "windspeed"}))
 
 
-@pytest.mark.needs_data
 def test_time_split_puts_the_last_days_in_the_holdout(spec, layout):
     days = [f"2011-06-{d:02d}" for d in range(1, 11)]
-    replay_days(spec, layout, SHARED, days[0], days[-1])
+    replay_days(spec, layout, FIXTURES, days[0], days[-1])
     for d in days:
         stages.ingest("bike_demand", d)  # checked, staged, validated, promoted into raw/
-    uris = build_datasets(spec, layout, days, "run")
+    uris = build_features(spec, layout, list(reversed(days)), "run")  # any order: the split is by time
     assert uris.holdout_partitions == days[-7:] and uris.train_partitions == days[:3]
     holdout = pd.read_parquet(uris.holdout)
     train = pd.read_parquet(uris.train_raw)
     assert train["dteday"].max() < holdout["dteday"].min()
     assert "cnt" in pd.read_parquet(uris.train_features).columns
     assert "instant" not in holdout.columns and "casual" not in holdout.columns
-    with pytest.raises(FeatureError, match="cannot be split"):
-        build_datasets(spec, layout, days[:7], "run")
+    assert uris.train_raw == str(layout.train_raw("bike_demand", "run")) and uris.train_rows == 3 * 24
+    assert uris.holdout == str(layout.holdout("bike_demand", "run")) and uris.holdout_rows == 7 * 24
+    with pytest.raises(FeatureError, match="cannot be split") as err:
+        build_features(spec, layout, days[:7], "run")
+    assert isinstance(err.value, PermanentError)
+
+
+def test_features_are_the_same_for_training_and_serving_rows(spec, layout):
+    rows = pd.read_csv(FIXTURES / "bike_sharing_hour.csv.gz").head(48)
+    builder = FeatureBuilder.from_spec(spec.features)
+    once = builder.transform(rows)
+    shuffled = builder.transform(rows.sample(frac=1, random_state=0)).loc[once.index]
+    assert once.equals(shuffled)  # row-wise: no statistic of the batch leaks into a row's features
+    assert not once.isna().any().any()
+
+
+def test_no_partitions_is_an_error(spec, layout):
+    from tasks.features import load_partitions
+
+    with pytest.raises(FeatureError, match="no partitions given"):
+        load_partitions(spec, layout, [])

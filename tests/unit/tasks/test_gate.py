@@ -1,14 +1,22 @@
-"""The gate as a pure function: metrics, and one test per check and edge case (no store involved)."""
+"""The gate: one test per check and edge case of the pure decision, then the stage on a real champion store."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from sklearn import metrics as sk
+from pathlib import Path
 
-from tasks import metrics as m
-from tasks.evaluate import EvaluationError, decide_promotion, regression_metrics
-from tasks.spec import CLASSIFICATION_METRICS, REGRESSION_METRICS, GateSpec
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import stages
+from tasks.errors import PermanentError
+from tasks.evaluate import EvaluationError
+from tasks.gate import GateFailedError, decide_promotion, gate_from_predictions
+from tasks.ledger import PromotionLedger
+from tasks.registry import champion
+from tasks.results import Evaluation
+from tasks.settings import get_settings
+from tasks.spec import CLASSIFICATION_METRICS, REGRESSION_METRICS, GateSpec, load_spec
 
 RNG = np.random.default_rng(7)
 N = 4000
@@ -28,48 +36,6 @@ def _decide(gate, predictions, champion_version=None, groups=None, **kw):
 
 def _check(decision, name):
     return next(c for c in decision.checks if c.name == name)
-
-
-# ---- metrics ----
-
-
-def test_classification_metrics_match_scikit_learn_with_and_without_weights():
-    w = RNG.poisson(1.0, N).astype(float)
-    p = GOOD.round(2)  # ties exercise the tie handling of AUC and AP
-    for weights in (None, w):
-        assert m.roc_auc(Y, p, weights) == pytest.approx(sk.roc_auc_score(Y, p, sample_weight=weights))
-        assert m.pr_auc(Y, p, weights) == pytest.approx(sk.average_precision_score(Y, p, sample_weight=weights))
-        assert m.log_loss(Y, GOOD, weights) == pytest.approx(sk.log_loss(Y, GOOD, sample_weight=weights))
-        assert m.f1(Y, p, weights) == pytest.approx(sk.f1_score(Y, p >= 0.5, sample_weight=weights))
-
-
-def test_metrics_vectorise_over_bootstrap_resamples():
-    weights = m.poisson_weights(N, 5, seed=3)
-    batch = m.roc_auc(Y, GOOD, weights)
-    assert batch.shape == (5,)
-    assert batch[2] == pytest.approx(sk.roc_auc_score(Y, GOOD, sample_weight=weights[2]))
-    assert m.r2(Y, GOOD, weights)[4] == pytest.approx(sk.r2_score(Y, GOOD, sample_weight=weights[4]))
-
-
-def test_calibration_error_is_zero_for_calibrated_bins_and_large_when_off():
-    y = np.array([0, 0, 0, 1, 0, 1, 1, 1], dtype=float)
-    p = np.array([0.25, 0.25, 0.25, 0.25, 0.75, 0.75, 0.75, 0.75])  # 25 % and 75 % positives: calibrated
-    assert m.calibration_error(y, p) == pytest.approx(0.0)
-    assert m.calibration_error(y, 1 - p) == pytest.approx(0.5)
-
-
-def test_undefined_metrics_are_none_not_errors():
-    ones = np.ones(10)
-    scores = m.score_all(CLASSIFICATION_METRICS, ones, np.full(10, 0.9))
-    assert scores["roc_auc"] is None and scores["pr_auc"] is not None
-    assert m.score_all(REGRESSION_METRICS, ones, ones)["r2"] is None
-
-
-def test_regression_metrics_on_known_values_and_bad_input():
-    got = regression_metrics([1, 2, 3, 4], [1, 2, 3, 6])
-    assert got["rmse"] == pytest.approx(1.0) and got["mae"] == pytest.approx(0.5) and got["r2"] == pytest.approx(0.2)
-    with pytest.raises(EvaluationError):
-        regression_metrics([1, 2], [1])
 
 
 # ---- thresholds and baseline ----
@@ -213,3 +179,76 @@ def test_regression_gate_uses_rmse_in_the_right_direction():
     gate = GateSpec.model_validate({"primary_metric": "rmse", "thresholds": {"rmse": {"max": 10}, "r2": {"min": 0.9}}})
     d = decide_promotion(REGRESSION_METRICS, gate, y, {"candidate": good, "baseline": bad, "champion": bad}, None, "1")
     assert d.passed and _check(d, "beats_champion").observed > 0.5  # RMSE ~5 vs ~25: 80 % lower
+
+
+def test_decision_summary_lists_failed_checks_first_and_round_trips_as_json():
+    d = _decide(_gate(thresholds={"roc_auc": {"min": 0.99}}), {"candidate": GOOD, "baseline": WEAK})
+    lines = d.summary().splitlines()
+    assert lines[0].startswith("[FAIL] min_roc_auc") and all(line.startswith("[PASS]") for line in lines[1:])
+    assert d.failed() == ["min_roc_auc"]
+    assert type(d).parse(d.xcom()) == d  # what XCom carries is the decision, nothing lost
+
+
+# ---- the stage, on files and stores ----
+
+
+def _evaluation(path: Path, **extra) -> Evaluation:
+    return Evaluation(
+        candidate={},
+        baseline={},
+        holdout_rows=N,
+        predictions_uri=str(path),
+        smoke_sample_uri="unused",
+        reference_predictions_uri="unused",
+        **extra,
+    )
+
+
+def test_gate_reads_the_rows_evaluation_kept_with_their_groups(tmp_path):
+    spec = load_spec("adult_income")
+    path = tmp_path / "predictions.parquet"
+    groups = np.where(np.arange(N) < 2000, "Female", "Male")
+    pd.DataFrame({"y": Y, "candidate": GOOD, "baseline": WEAK, "champion": WEAK, "group:sex": groups}).to_parquet(path)
+    decision = gate_from_predictions(spec, _evaluation(path, champion_version="4"))
+    assert decision.champion_version == "4" and decision.check("beats_champion").passed
+    assert set(decision.slices["sex"]) == {"Female", "Male"} and decision.metrics["champion"]["roc_auc"] < 0.8
+    assert "race" not in decision.slices  # no group column kept for it: not judged, not invented
+
+
+def test_gate_without_evaluations_rows_is_a_permanent_error_naming_the_file(tmp_path):
+    with pytest.raises(EvaluationError, match="predictions.parquet are missing") as err:
+        gate_from_predictions(load_spec("bike_demand"), _evaluation(tmp_path / "predictions.parquet"))
+    assert isinstance(err.value, PermanentError)
+
+
+def test_retrain_identical_to_the_champion_is_rejected_recorded_and_still_gets_its_card(use_champion_store):
+    c = use_champion_store
+    v1 = c["registered"]["version"]
+    before = len(PromotionLedger(get_settings().ledger_uri).read("bike_demand"))
+    evaluation = stages.evaluate_model("bike_demand", c["trained"], c["datasets"], "tie")  # judged against itself
+    assert evaluation["champion_version"] == v1 and evaluation["champion"] == evaluation["candidate"]
+    with pytest.raises(GateFailedError, match="tie never promotes") as failed:
+        stages.gate_model("bike_demand", c["trained"], c["datasets"], evaluation, "tie", actor="cli:tie-test")
+    assert isinstance(failed.value, PermanentError)  # a verdict: no retry
+    gated = failed.value.gated
+    card = Path(gated.model_card.html).read_text()
+    assert "beats_champion" in card and f"champion v{v1}" in card and 'class="fail"' in card
+    assert Path(gated.report_uri).name == "gate.json" and not gated.decision.promote
+    entries = PromotionLedger(get_settings().ledger_uri).read("bike_demand")
+    assert len(entries) == before + 1
+    entry = entries[-1]
+    assert (entry.action, entry.actor, entry.from_version, entry.to_version) == ("rejected", "cli:tie-test", v1, None)
+    assert entry.reason == "gate failed: beats_champion" and "tie" in entry.details["checks"]["beats_champion"]
+    assert entry.mlflow_run_id == c["trained"]["mlflow_run_id"]
+    assert champion(get_settings(), "bike_demand").version == v1
+
+
+def test_gate_records_its_verdicts_on_the_candidates_run(use_champion_store):
+    from tasks.tracking import client
+
+    c = use_champion_store
+    run = client(get_settings()).get_run(c["trained"]["mlflow_run_id"])
+    assert run.data.tags["gate.mode"] == "enabled" and run.data.tags["gate.check.beats_baseline"] == "pass"
+    artifacts = {a.path for a in client(get_settings()).list_artifacts(run.info.run_id, "model_card")}
+    assert artifacts == {"model_card/model_card.md", "model_card/model_card.html"}
+    assert c["gated"]["summary"].count("[PASS]") == len(c["decision"]["checks"])

@@ -1,40 +1,66 @@
+"""Monitoring on real served traffic against a real champion: drift, prediction drift against the champion's
+holdout predictions, input quality, performance decay, the small report XCom carries, and failure cases."""
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
 from tasks import stages
-from tasks.monitor import TWO_SAMPLE_CHI2, drift_report, served_inputs, window_days
+from tasks.errors import PermanentError
+from tasks.monitor import (
+    TWO_SAMPLE_CHI2,
+    Assessment,
+    MonitoringError,
+    Reference,
+    Served,
+    drift_report,
+    load_reference,
+    publish,
+    reference_frame,
+    window_dates,
+)
+from tasks.plan import judge_window
+from tasks.prediction_log import read_window
+from tasks.results import DriftReport, Registered
 from tasks.serving.app import create_app
 from tasks.settings import get_settings
+from tasks.spec import load_spec
 from tasks.storage import DataLayout
 from tasks.tracking import client
-from tests.conftest import SHARED
+from tests.unit.conftest import FIXTURES
 from tests.unit.tasks.conftest import raw_rows
 
-pytestmark = pytest.mark.needs_data
 DROP = ["instant", "casual", "registered", "cnt"]
 
 
 def test_window_is_the_event_days_before_the_interval_end():
-    assert window_days("2012-06-25T02:00:00+00:00", 3) == ["2012-06-22", "2012-06-23", "2012-06-24"]
-    assert window_days("2012-06-25T00:00:00+00:00", 1) == ["2012-06-24"]
+    assert window_dates("2012-06-25T02:00:00+00:00", 3) == ["2012-06-22", "2012-06-23", "2012-06-24"]
+    assert window_dates("2012-06-25T00:00:00+00:00", 1) == ["2012-06-24"]
 
 
 def _serve(start: str, end: str) -> None:
     with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
-        rows = raw_rows(SHARED, start, end).drop(columns=DROP)
+        rows = raw_rows(FIXTURES, start, end).drop(columns=DROP)
         for _, day in rows.groupby("dteday"):
             assert client.post("/predict", json={"instances": day.to_dict("records")}).status_code == 200
 
 
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(open(report["summary_json"]).read())
+
+
 def test_no_champion_means_no_check(data_root):
-    summary = stages.monitor("bike_demand", "2012-06-25T02:00:00+00:00", "m0")
-    assert summary["status"] == "no_champion" and summary["retrain"] is False
+    report = stages.check_drift("bike_demand", "2012-06-25T02:00:00+00:00", "m0")
+    assert report["status"] == "no_champion" and report["retrain"] is False and report["report_html"] is None
     assert (data_root / "monitoring" / "bike_demand" / "m0" / "summary.json").is_file()
+    window = DriftReport.parse(report).window
+    assert len(window) == load_spec("bike_demand").monitoring.window_days and window[-1] == "2012-06-24"
 
 
 def test_drift_on_2012_traffic_requests_retrain_and_saves_reports(use_champion_store):
@@ -42,62 +68,64 @@ def test_drift_on_2012_traffic_requests_retrain_and_saves_reports(use_champion_s
     stages.replay("bike_demand", "2012-07-02", "2012-07-08")  # the labels land later
     for day in range(2, 9):
         stages.ingest("bike_demand", f"2012-07-0{day}")
-    summary = stages.monitor("bike_demand", "2012-07-09T02:00:00+00:00", "m1")
-    assert summary["status"] == "drift" and summary["retrain"] is True
-    assert summary["rows"] == 168 and summary["labelled_rows"] == 168
-    assert {"temp", "atemp", "cnt"} <= set(summary["drifted_columns"]) and summary["target_drifted"]
-    assert summary["champion_on_labelled"]["mae"] > 0
+    report = stages.check_drift("bike_demand", "2012-07-09T02:00:00+00:00", "m1")
+    assert report["status"] == "drift" and report["retrain"] is True and report["rows"] == 168
+    assert {"temp", "atemp", "cnt"} <= set(report["drifted_columns"])
+    assert report["violations"] == ["data_drift", "prediction_drift", "performance_decay"]
+    assert "k=1 of n=1" in report["decision"]
+    # XCom carries the verdict and where to look; the tables stay in summary.json
+    assert set(report) == set(DriftReport.model_fields) and len(json.dumps(report)) < 2000
+    summary = _summary(report)
+    assert summary["labelled_rows"] == 168 and summary["target_drifted"]
+    assert summary["champion_on_labelled"]["mae"] > 0 and "temp" in summary["columns"]
     # the champion's RMSE on the labelled 2012 week is far above its own holdout RMSE: decay, a second violation
     decay = summary["performance_decay"]
     assert decay["metric"] == "rmse" and decay["served"] > decay["holdout"] and decay["violated"]
-    # a hotter week: the champion predicts much higher demand than on its reference sample (prediction drift)
+    # a hotter week: the champion predicts much higher demand than on its holdout (prediction drift)
     pred = summary["prediction_drift"]
     assert pred["method"] == "wasserstein" and pred["score"] >= pred["threshold"] == 0.1 and pred["drifted"]
+    assert pred["reference"] == "holdout" and pred["reference_rows"] == 168 and "note" not in pred
     assert "prediction" not in summary["columns"]  # the drifted share is about inputs and target, not outputs
-    assert summary["violations"] == ["data_drift", "prediction_drift", "performance_decay"]
-    assert "k=1 of n=1" in summary["decision"]
-    decisions = DataLayout(use_champion_store["root"]).root / "monitoring" / "bike_demand" / "decisions.jsonl"
-    logged = [json.loads(line) for line in decisions.read_text().splitlines()]
+    layout = DataLayout(use_champion_store["root"])
+    logged = [json.loads(line) for line in layout.decision_log("bike_demand").read_text().splitlines()]
     assert logged[-1]["window_end"] == "2012-07-09T02:00:00+00:00" and logged[-1]["retrain"] is True
-    out = DataLayout(use_champion_store["root"]).monitoring_dir("bike_demand", "m1")
-    assert "<html" in (out / "drift.html").read_text()[:2000].lower()
-    assert json.loads((out / "summary.json").read_text())["drift_share"] == summary["drift_share"]
+    assert "<html" in layout.drift_html("bike_demand", "m1").read_text()[:2000].lower()
+    assert report["summary_json"] == str(layout.drift_summary("bike_demand", "m1"))
     # the window's reports are kept on an MLflow run too (what check_drift's "Drift report" link opens) ...
     runs = _monitoring_runs("m1")
     assert len(runs) == 1 and runs[0].data.tags["violations"] == "data_drift,prediction_drift,performance_decay"
-    assert runs[0].data.metrics["drift_share"] == summary["drift_share"]
+    assert runs[0].data.metrics["drift_share"] == report["drift_share"]
     artifacts = {a.path for a in client(get_settings()).list_artifacts(runs[0].info.run_id)}
     assert {"drift.html", "summary.json", "trend.html"} <= artifacts
     # ... and a re-run of the same Airflow run replaces them rather than adding a second record
-    stages.monitor("bike_demand", "2012-07-09T02:00:00+00:00", "m1")
+    stages.check_drift("bike_demand", "2012-07-09T02:00:00+00:00", "m1")
     assert [r.info.run_id for r in _monitoring_runs("m1")] == [runs[0].info.run_id]
 
 
-def _monitoring_runs(run_key: str) -> list[Any]:
+def _monitoring_runs(run_id: str) -> list[Any]:
     settings = get_settings()
     experiment = client(settings).get_experiment_by_name(settings.experiment_name("bike_demand-monitoring"))
     assert experiment is not None
-    return client(settings).search_runs([experiment.experiment_id], f"tags.run_key = '{run_key}'")
+    return client(settings).search_runs([experiment.experiment_id], f"tags.`airflow.run_id` = '{run_id}'")
 
 
 def test_stuck_served_input_is_a_data_quality_violation(use_champion_store):
     # a client bug sends windspeed as 0 for every row of a week the champion knows well
     with TestClient(create_app(get_settings(), ["bike_demand"])) as app:
-        rows = raw_rows(SHARED, "2011-06-06", "2011-06-12").drop(columns=DROP).assign(windspeed=0.0)
+        rows = raw_rows(FIXTURES, "2011-06-06", "2011-06-12").drop(columns=DROP).assign(windspeed=0.0)
         assert app.post("/predict", json={"instances": rows.to_dict("records")}).status_code == 200
-    summary = stages.monitor("bike_demand", "2011-06-13T02:00:00+00:00", "m4")
-    (breach,) = summary["input_quality"]["breaches"]
+    report = stages.check_drift("bike_demand", "2011-06-13T02:00:00+00:00", "m4")
+    assert "data_quality" in report["violations"]
+    quality = _summary(report)["input_quality"]
+    (breach,) = quality["breaches"]
     assert breach.startswith("windspeed: constant (0.0) in all 168 served rows")
-    assert "data_quality" in summary["violations"]
-    assert summary["input_quality"]["columns"]["hum"]["missing_served"] == 0.0
+    assert quality["columns"]["hum"]["missing_served"] == 0.0
 
 
 def test_categorical_drift_is_two_sample_so_a_large_window_of_the_same_population_is_not_drift():
-    import numpy as np
-    import pandas as pd
     from evidently.legacy.calculations.stattests.chisquare_stattest import _chi_stat_test
 
-    data = pd.read_csv(SHARED / "bike_sharing_hour.csv.gz")
+    data = pd.read_csv(FIXTURES / "bike_sharing_hour.csv.gz")
     rng = np.random.default_rng(1)
     reference = data[["weathersit", "temp"]].iloc[rng.integers(0, len(data), 5000)].reset_index(drop=True)
     current = data[["weathersit", "temp"]].iloc[rng.integers(0, len(data), 200_000)].reset_index(drop=True)
@@ -105,31 +133,29 @@ def test_categorical_drift_is_two_sample_so_a_large_window_of_the_same_populatio
     assert _chi_stat_test(reference.weathersit, current.weathersit, None, 0.05)[1]
     _, share, columns = drift_report(reference, current, ["temp"], ["weathersit"], 0.5, 0.05)
     assert columns["weathersit"]["method"] == TWO_SAMPLE_CHI2 and not columns["weathersit"]["drifted"]
-    assert columns["weathersit"]["score"] > 0.2 and share == 0.0
+    assert columns["weathersit"]["score"] > 0.05 and share == 0.0
 
 
 def test_same_season_traffic_does_not_drift(use_champion_store):
     _serve("2011-06-13", "2011-06-19")  # days the champion trained on
-    summary = stages.monitor("bike_demand", "2011-06-20T02:00:00+00:00", "m2")
-    assert summary["status"] == "no_drift" and summary["retrain"] is False
+    report = stages.check_drift("bike_demand", "2011-06-20T02:00:00+00:00", "m2")
+    assert report["status"] == "no_drift" and report["retrain"] is False and report["violations"] == []
+    summary = _summary(report)
     # season is constant in June on both sides: nothing can drift, and the summary stays strict JSON (XCom, REST)
     assert not summary["columns"]["season"]["drifted"]
     json.dumps(summary, allow_nan=False)
-    # the champion predicts this week as it predicted its own training days: no prediction drift, clean inputs
+    # the champion predicts this week as it predicted its own holdout week: no prediction drift, clean inputs
     assert summary["prediction_drift"]["drifted"] is False and summary["prediction_drift"]["score"] < 0.1
-    assert summary["input_quality"]["breaches"] == [] and summary["violations"] == []
+    assert summary["input_quality"]["breaches"] == []
 
 
 def test_too_few_served_rows_is_reported_not_judged(use_champion_store):
-    summary = stages.monitor("bike_demand", "2010-01-02T02:00:00+00:00", "m3")
-    assert summary["status"] == "insufficient_data" and "min_rows" in summary["reason"]
-    assert served_inputs(DataLayout(use_champion_store["root"]).prediction_log, "bike_demand", "dteday", []).empty
+    report = stages.check_drift("bike_demand", "2010-01-02T02:00:00+00:00", "m3")
+    assert report["status"] == "insufficient_data" and "min_rows" in report["reason"]
+    assert read_window(DataLayout(use_champion_store["root"]).prediction_log, "bike_demand", []).empty
 
 
 def test_input_quality_names_a_stuck_text_column_and_missing_values(spec):
-    import numpy as np
-    import pandas as pd
-
     from tasks.monitor import input_quality
 
     rng = np.random.default_rng(0)
@@ -144,21 +170,86 @@ def test_input_quality_names_a_stuck_text_column_and_missing_values(spec):
     assert quality["columns"]["hum"]["out_of_range"] == 0.0
 
 
+# ---- the reference ----
+
+
+def test_reference_predictions_join_the_inputs_sample_without_touching_it():
+    inputs = pd.DataFrame({"temp": np.linspace(0, 1, 10)})
+    short = reference_frame(Reference(inputs, pd.Series([5.0, 6.0, 7.0]), "holdout"))
+    assert short["temp"].equals(inputs["temp"]) and short["prediction"].tolist()[:3] == [5.0, 6.0, 7.0]
+    assert short["prediction"].isna().sum() == 7  # Evidently drops them, column by column
+    long = reference_frame(Reference(inputs, pd.Series(np.arange(100.0)), "holdout"), seed=1)
+    assert len(long) == 10 and long["prediction"].notna().all() and long["prediction"].is_unique
+    assert reference_frame(Reference(inputs, pd.Series(np.arange(100.0)), "holdout"), seed=1).equals(long)
+    assert reference_frame(Reference(inputs, None, "none")) is inputs
+
+
+def test_prediction_drift_is_judged_against_the_reference_predictions():
+    rng = np.random.default_rng(2)
+    inputs = pd.DataFrame({"temp": rng.random(3000)})
+    current = pd.DataFrame({"temp": rng.random(1000), "prediction": rng.normal(100, 10, 1000)})
+    alike = reference_frame(Reference(inputs, pd.Series(rng.normal(100, 10, 400)), "holdout"))
+    shifted = reference_frame(Reference(inputs, pd.Series(rng.normal(160, 10, 400)), "holdout"))
+    _, _, same = drift_report(alike, current, ["temp"], [], 0.5, 0.05, 0.1)
+    _, share, moved = drift_report(shifted, current, ["temp"], [], 0.5, 0.05, 0.1)
+    assert not same["prediction"]["drifted"] and moved["prediction"]["drifted"] and share == 0.0
+
+
+def _run_with(settings: Any, artifacts: dict[str, pd.DataFrame], tmp_path: Any) -> Registered:
+    import mlflow
+
+    from tasks.tracking import start_tracking
+
+    start_tracking(settings, "bike_demand")
+    with mlflow.start_run() as run:
+        for path, frame in artifacts.items():
+            local = tmp_path / path.split("/")[-1]
+            frame.to_parquet(local)
+            mlflow.log_artifact(str(local), artifact_path=path.rsplit("/", 1)[0])
+    return Registered(name="bike_demand", version="3", mlflow_run_id=run.info.run_id)
+
+
+def test_an_old_champions_in_sample_reference_is_read_with_a_note(data_root, tmp_path):
+    old = pd.DataFrame({"temp": [0.1, 0.2, 0.3], "cnt": [1, 2, 3], "prediction": [1.5, 2.5, 3.5]})
+    champion = _run_with(get_settings(), {"reference/reference.parquet": old}, tmp_path)
+    reference = load_reference(get_settings(), champion)
+    assert reference.kind == "in-sample" and list(reference.inputs.columns) == ["temp", "cnt"]
+    assert reference.predictions.tolist() == [1.5, 2.5, 3.5] and "in-sample" in reference.note
+    assert "champion v3 predates holdout reference predictions" in reference.note
+
+
+def test_a_champion_without_any_reference_is_a_permanent_error(data_root, tmp_path):
+    champion = _run_with(get_settings(), {}, tmp_path)
+    with pytest.raises(MonitoringError, match="champion v3 .* has no reference sample") as err:
+        load_reference(get_settings(), champion)
+    assert isinstance(err.value, PermanentError)
+
+
+def test_inputs_without_holdout_predictions_compare_inputs_only(data_root, tmp_path):
+    inputs = pd.DataFrame({"temp": [0.1, 0.2], "cnt": [1, 2]})
+    champion = _run_with(get_settings(), {"reference/inputs.parquet": inputs}, tmp_path)
+    reference = load_reference(get_settings(), champion)
+    assert reference.predictions is None and "prediction drift not compared" in reference.note
+
+
+# ---- publishing ----
+
+
 def test_an_unreachable_tracking_store_costs_the_link_not_the_report(data_root, monkeypatch, caplog):
-    from tasks.monitor import _publish
-    from tasks.spec import load_spec
     from tests.conftest import free_port
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     get_settings.cache_clear()
-    out = DataLayout(data_root).monitoring_dir("bike_demand", "m9")
-    out.mkdir(parents=True)
-    (out / "drift.html").write_text("<html>report</html>")
-    summary = {"window_end": "2012-07-09T02:00:00+00:00", "status": "drift", "report_html": str(out / "drift.html")}
-    _publish(load_spec("bike_demand"), get_settings(), "m9", summary, out)
-    assert "report_url" not in summary and "could not keep the monitoring reports on MLflow" in caplog.text
-    assert json.loads((out / "summary.json").read_text())["status"] == "drift"
-    assert (out / "drift.html").read_text() == "<html>report</html>"
+    spec = load_spec("bike_demand")
+    end = "2012-07-09T02:00:00+00:00"
+    served = Served(end, window_dates(end, 3), None, pd.DataFrame(), pd.DataFrame())
+    assessment = Assessment("no_champion", "no champion to compare against")
+    verdict = judge_window(spec.monitoring.trigger, [], end, [], None, {}, "no_champion")
+    report = publish(spec, get_settings(), DataLayout(data_root), "m9", served, assessment, verdict)
+    assert report.report_url is None and "could not keep the monitoring reports on MLflow" in caplog.text
+    summary = json.loads(DataLayout(data_root).drift_summary("bike_demand", "m9").read_text())
+    assert summary["status"] == "no_champion" and "report_url" not in summary
+    assert DataLayout(data_root).decision_log("bike_demand").is_file()  # the decision is kept whatever MLflow does
     get_settings.cache_clear()

@@ -86,3 +86,18 @@ def test_adult_income_is_a_classification_spec_with_sensitive_slices():
 def test_gate_and_task_mismatches_are_spec_errors(tmp_path, changes, message):
     with pytest.raises(SpecError, match=message):
         load_spec(_write_variant(tmp_path, **changes))
+
+
+def test_each_heavy_stage_takes_its_resources_from_its_spec_entry(spec):
+    from tasks.spec import HEAVY_STAGES
+
+    assert spec.stage_resources("train_model").memory_limit == "8Gi"  # resources.train in the shipped spec
+    assert (
+        spec.stage_resources("validate_new").memory_request == "2Gi" == spec.stage_resources("validate").memory_request
+    )
+    assert spec.stage_resources("check_drift").memory_limit == "4Gi"  # resources.default
+    assert set(HEAVY_STAGES.values()) == {"validate", "features", "train", "evaluate", "monitor"}
+    with pytest.raises(SpecError, match="'gate_model' is not a heavy stage"):
+        spec.stage_resources("gate_model")
+    with pytest.raises(SpecError, match="'train' is not a heavy stage"):  # the spec's key is not a stage name
+        spec.stage_resources("train")

@@ -1,16 +1,11 @@
-"""Registry decisions on the real bike-demand champion: promotion, lost races, dry runs, rollback, the ledger,
-and a deploy whose smoke test fails (blue/green keeps the old version serving)."""
+"""Registry decisions on the real bike-demand champion: registration, promotion, lost races, dry runs,
+rollback, refusals, and the revert after a deploy whose smoke test fails (blue/green keeps the old version)."""
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,15 +14,16 @@ import uvicorn
 
 from tasks import stages
 from tasks.deploy import DeployRefused
-from tasks.evaluate import GateFailed
+from tasks.errors import PermanentError
 from tasks.ledger import Entry, PromotionLedger
-from tasks.registry import CHAMPION, RollbackError, champion_version
+from tasks.names import CHAMPION
+from tasks.registry import RegistryError, RollbackError, champion
+from tasks.results import ResultError
 from tasks.serving.app import create_app
 from tasks.settings import get_settings
 from tasks.tracking import client
-from tests.conftest import REPO, free_port, wait_healthy
+from tests.conftest import free_port, wait_healthy
 
-pytestmark = pytest.mark.needs_data
 P = "bike_demand"
 
 
@@ -42,7 +38,7 @@ def registry(use_champion_store: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _new_version(c: dict[str, Any]) -> str:
     """Another version of the same trained model (registering is cheap; training is not needed here)."""
-    return str(stages.register(P, c["trained"], c["decision"])["version"])
+    return str(stages.register_model(P, c["trained"], c["gated"])["version"])
 
 
 def _entries(c: dict[str, Any]) -> list[Entry]:
@@ -53,9 +49,54 @@ def _judged_against(c: dict[str, Any], champion: str | None) -> dict[str, Any]:
     return c["decision"] | {"champion_version": champion, "promote": True}
 
 
+def test_registered_version_has_challenger_alias_lineage_gate_tags_and_its_card(use_champion_store):
+    settings = get_settings()
+    version = use_champion_store["registered"]["version"]
+    current = champion(settings, P)
+    assert current is not None and current.version == version
+    mv = client(settings).get_model_version(P, version)
+    assert (
+        mv.tags["gate.passed"] == "True" and mv.tags["mlflow_run_id"] == use_champion_store["trained"]["mlflow_run_id"]
+    )
+    assert "champion" in mv.aliases
+    challenger = client(settings).get_model_version_by_alias(P, "challenger")  # latest registered
+    assert int(challenger.version) >= int(version) and challenger.tags["gate.mode"] == "enabled"
+    assert mv.tags["gate.check.beats_baseline"] == "pass" and mv.tags["gate.champion_at_evaluation"] == "None"
+    assert json.loads(mv.tags["data.train_partitions"])[0] == "2011-05-30" and mv.tags["code_version"]
+    assert mv.tags["airflow.run_id"] == "fixture"  # lineage copied from the training run
+    assert mv.description.startswith("# Model card: bike_demand")  # the card is the version's description
+
+
+def test_no_champion_on_a_fresh_store(data_root):
+    assert champion(get_settings(), P) is None
+
+
+def test_registering_with_a_stale_gate_result_names_the_missing_field(use_champion_store):
+    stale = {k: v for k, v in use_champion_store["gated"].items() if k != "model_card"}
+    with pytest.raises(ResultError, match="Gated expected.*model_card: Field required") as err:
+        stages.register_model(P, use_champion_store["trained"], stale)
+    assert isinstance(err.value, PermanentError)
+
+
+def test_promoting_a_version_the_registry_does_not_have_is_a_permanent_refusal(registry):
+    v1 = registry["registered"]["version"]
+    with pytest.raises(RegistryError, match="bike_demand has no version 999") as err:
+        stages.promote_model(P, "999", _judged_against(registry, v1))
+    assert isinstance(err.value, PermanentError)
+    assert champion(get_settings(), P).version == v1 and _entries(registry) == []
+
+
+def test_promotion_by_hand_replaces_whatever_is_champion(registry):
+    v2 = _new_version(registry)
+    result = stages.promote_model(P, v2, actor="cli:by-hand")
+    assert result["promoted"] and result["outcome"] == "promoted"
+    (entry,) = _entries(registry)
+    assert (entry.action, entry.reason, entry.actor) == ("promote", "promoted by hand", "cli:by-hand")
+
+
 def test_promotion_moves_champion_keeps_previous_and_is_recorded(registry):
     v1, v2 = registry["registered"]["version"], _new_version(registry)
-    result = stages.promote(P, v2, _judged_against(registry, v1), actor="airflow:bike_demand_train/run-a")
+    result = stages.promote_model(P, v2, _judged_against(registry, v1), actor="airflow:bike_demand_train/run-a")
     assert result["promoted"] and result["previous"] == v1 and result["champion"] == v2
     mlflow_client = client(get_settings())
     assert str(mlflow_client.get_model_version_by_alias(P, "previous").version) == v1
@@ -70,43 +111,29 @@ def test_promotion_moves_champion_keeps_previous_and_is_recorded(registry):
 def test_a_candidate_judged_against_an_old_champion_loses_the_race(registry):
     v1 = registry["registered"]["version"]
     a, b = _new_version(registry), _new_version(registry)
-    assert stages.promote(P, a, _judged_against(registry, v1))["promoted"]
-    late = stages.promote(P, b, _judged_against(registry, v1))
+    assert stages.promote_model(P, a, _judged_against(registry, v1))["promoted"]
+    late = stages.promote_model(P, b, _judged_against(registry, v1))
     assert late["promoted"] is False and late["outcome"] == "lost_race" and late["champion"] == a
-    assert champion_version(get_settings(), P).version == a
+    assert champion(get_settings(), P).version == a
     assert client(get_settings()).get_model_version(P, b).tags["promotion.outcome"] == "lost_race"
     lost = _entries(registry)[-1]
     assert lost.action == "lost_race" and lost.to_version == b and f"to v{a}" in lost.reason
 
 
-def test_retrain_identical_to_the_champion_is_rejected_recorded_and_still_gets_its_card(registry):
-    c, v1 = registry, registry["registered"]["version"]
-    metrics = stages.evaluate(P, c["trained"], c["datasets"], "tie")  # the champion judged against itself
-    assert metrics["champion_version"] == v1 and metrics["champion"] == metrics["candidate"]
-    with pytest.raises(GateFailed, match="tie never promotes") as failed:
-        stages.gate(P, c["trained"], metrics, "tie", c["datasets"], actor="cli:tie-test")
-    card = Path(failed.value.result["model_card"]["html"]).read_text()
-    assert "beats_champion" in card and f"champion v{v1}" in card and 'class="fail"' in card
-    entry = _entries(c)[-1]
-    assert (entry.action, entry.actor, entry.from_version, entry.to_version) == ("rejected", "cli:tie-test", v1, None)
-    assert entry.reason == "gate failed: beats_champion" and "tie" in entry.details["checks"]["beats_champion"]
-    assert champion_version(get_settings(), P).version == v1
-
-
 def test_dry_run_verdict_is_recorded_and_moves_nothing(registry):
     v1, v2 = registry["registered"]["version"], _new_version(registry)
-    result = stages.promote(P, v2, registry["decision"] | {"mode": "dry_run", "promote": False})
-    assert result["outcome"] == "dry_run" and champion_version(get_settings(), P).version == v1
+    result = stages.promote_model(P, v2, registry["decision"] | {"mode": "dry_run", "promote": False})
+    assert result["outcome"] == "dry_run" and champion(get_settings(), P).version == v1
     assert _entries(registry)[-1].action == "dry_run"
 
 
 def test_rollback_restores_previous_and_a_second_rollback_undoes_it(registry):
     v1, v2 = registry["registered"]["version"], _new_version(registry)
-    stages.promote(P, v2, _judged_against(registry, v1))
-    back = stages.rollback(P, actor="cli:test", reason="v2 misbehaves")
+    stages.promote_model(P, v2, _judged_against(registry, v1))
+    back = stages.rollback_model(P, actor="cli:test", reason="v2 misbehaves")
     assert back == {"name": P, "version": v1, "previous": v2}
-    assert champion_version(get_settings(), P).version == v1
-    assert stages.rollback(P)["version"] == v2  # previous is now v2: rollback toggles
+    assert champion(get_settings(), P).version == v1
+    assert stages.rollback_model(P)["version"] == v2  # previous is now v2: rollback toggles
     actions = [(e.action, e.from_version, e.to_version) for e in _entries(registry)]
     assert actions[-2:] == [("rollback", v2, v1), ("rollback", v1, v2)]
     assert _entries(registry)[-2].reason == "v2 misbehaves"
@@ -116,36 +143,8 @@ def test_rollback_restores_previous_and_a_second_rollback_undoes_it(registry):
 def test_rollback_to_a_bad_target_is_refused_and_changes_nothing(registry, target, message):
     v1 = registry["registered"]["version"]
     with pytest.raises(RollbackError, match=message):
-        stages.rollback(P, v1 if target == "current" else target)
-    assert champion_version(get_settings(), P).version == v1
-
-
-def test_ledger_is_append_only_in_the_database(registry):
-    path = get_settings().ledger_uri.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        for sql in ("UPDATE promotion_ledger SET reason = 'x'", "DELETE FROM promotion_ledger"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                conn.execute(sql)
-    with pytest.raises(ValueError, match="unknown ledger action"):
-        Entry(P, "promoted-by-magic", "me", "why")
-
-
-def _ledger_cli(*args: str) -> str:
-    command = [sys.executable, "-m", "tasks", "ledger", *args]
-    out = subprocess.run(
-        command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=60, check=True
-    )
-    return out.stdout
-
-
-def test_ledger_command_prints_a_table_and_json(registry):
-    v1, v2 = registry["registered"]["version"], _new_version(registry)
-    stages.promote(P, v2, _judged_against(registry, v1), actor="cli:ledger-test")
-    table = _ledger_cli("--pipeline", P, "--limit", "1")
-    assert "promote" in table and "cli:ledger-test" in table and f"{v1} -> {v2}" in table
-    lines = _ledger_cli("--json").splitlines()
-    last = json.loads(lines[-1])
-    assert last["action"] == "promote" and last["to_version"] == v2 and last["seq"] > 0
+        stages.rollback_model(P, v1 if target == "current" else target)
+    assert champion(get_settings(), P).version == v1
 
 
 def _tampered_version(c: dict[str, Any], shift: float) -> str:
@@ -154,7 +153,7 @@ def _tampered_version(c: dict[str, Any], shift: float) -> str:
     import pandas as pd
     from mlflow.models import Model
 
-    from tasks.evaluate import EXPECTED_COLUMN, SMOKE_ARTIFACT
+    from tasks.names import EXPECTED_COLUMN, SMOKE_SAMPLE
     from tasks.tracking import start_tracking
 
     settings = get_settings()
@@ -163,7 +162,7 @@ def _tampered_version(c: dict[str, Any], shift: float) -> str:
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     meta = Model.load(local)
     sample = pd.read_parquet(
-        mlflow.artifacts.download_artifacts(run_id=c["trained"]["run_id"], artifact_path=SMOKE_ARTIFACT)
+        mlflow.artifacts.download_artifacts(run_id=c["trained"]["mlflow_run_id"], artifact_path=SMOKE_SAMPLE)
     )
     sample[EXPECTED_COLUMN] += shift
     with mlflow.start_run(run_name="tampered"):
@@ -192,7 +191,7 @@ def test_deploy_that_fails_its_smoke_test_keeps_the_old_version_serving(registry
     try:
         wait_healthy(url)
         assert httpx.get(f"{url}/health").json()["version"] == v1
-        assert stages.promote(P, bad, _judged_against(registry, v1))["promoted"]
+        assert stages.promote_model(P, bad, _judged_against(registry, v1))["promoted"]
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLP_SERVING_URL", url)
             get_settings.cache_clear()
@@ -204,7 +203,7 @@ def test_deploy_that_fails_its_smoke_test_keeps_the_old_version_serving(registry
         assert "still serving v" + v1 in str(refused.value) and "champion alias back on v" + v1 in str(refused.value)
         health = httpx.get(f"{url}/health").json()
         assert health["version"] == v1 and health["models"][P]["smoke_test"]["holdout_rows"] == 168
-        assert champion_version(settings, P).version == v1  # the registry agrees with what is served
+        assert champion(settings, P).version == v1  # the registry agrees with what is served
         entry = _entries(registry)[-1]
         assert entry.action == "deploy_failed" and entry.from_version == bad and entry.to_version == v1
         assert entry.details == {"reverted": True}

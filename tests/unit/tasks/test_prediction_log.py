@@ -1,0 +1,200 @@
+"""The prediction log: typed columns, event time, the window reader and its index, migration and refusal."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import pandas as pd
+import pytest
+
+from tasks.errors import PermanentError
+from tasks.prediction_log import (
+    SCHEMA_VERSION,
+    PredictionLogError,
+    PredictionLogWriter,
+    event_time,
+    read_window,
+    window_bounds,
+)
+from tests.unit.conftest import FIXTURES
+
+DROP = ["instant", "casual", "registered", "cnt"]
+COLUMNS = {"bike_demand": "dteday", "adult_income": None}
+
+
+def _bike_rows(start: str, end: str) -> list[dict]:
+    data = pd.read_csv(FIXTURES / "bike_sharing_hour.csv.gz")
+    return data[data.dteday.between(start, end)].drop(columns=DROP).to_dict("records")
+
+
+@pytest.fixture
+def log_path(tmp_path):
+    return tmp_path / "serving" / "predictions.sqlite"
+
+
+def test_rows_land_with_typed_columns_and_their_event_date(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    rows = _bike_rows("2012-06-18", "2012-06-19")
+    assert writer.append("req-1", "bike_demand", "3", rows, [float(i) for i in range(len(rows))]) == 48
+    with sqlite3.connect(log_path) as conn:
+        conn.row_factory = sqlite3.Row
+        first = dict(conn.execute("SELECT * FROM predictions ORDER BY row_id LIMIT 1").fetchone())
+        types = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(predictions)")}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert first["row_id"] == 1 and first["request_id"] == "req-1" and first["pipeline"] == "bike_demand"
+    assert first["model_version"] == "3" and first["event_time"] == "2012-06-18" and first["source"] == "served"
+    assert first["served_at"].endswith("+00:00") and json.loads(first["inputs"])["hr"] == 0
+    assert types == {
+        "row_id": "INTEGER",
+        "request_id": "TEXT",
+        "pipeline": "TEXT",
+        "model_version": "TEXT",
+        "event_time": "TEXT",
+        "served_at": "TEXT",
+        "source": "TEXT",
+        "inputs": "TEXT",
+        "prediction": "REAL",
+    }
+
+
+def test_the_window_is_read_by_event_date_through_the_index(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    for day in ("2012-06-17", "2012-06-18", "2012-06-19", "2012-06-20"):
+        rows = _bike_rows(day, day)
+        writer.append(f"req-{day}", "bike_demand", "1", rows, [1.0] * len(rows))
+    writer.append("other", "adult_income", "1", [{"age": 40}], [0.3])
+    window = read_window(log_path, "bike_demand", ["2012-06-18", "2012-06-19"])
+    assert len(window) == 48 and set(window["dteday"]) == {"2012-06-18", "2012-06-19"}
+    assert set(window.columns) >= {"hr", "prediction", "model_version", "event_time", "served_at", "source"}
+    assert window["request_id"].iloc[0] == "req-2012-06-18"  # logging order
+    with sqlite3.connect(log_path) as conn:
+        query = "SELECT inputs FROM predictions WHERE pipeline = ? AND event_time >= ? AND event_time < ?"
+        bounds = window_bounds(["2012-06-18", "2012-06-19"])
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {query}", ("bike_demand", *bounds)).fetchall()
+    assert "USING INDEX predictions_window (pipeline=? AND event_time>? AND event_time<?)" in str(plan)
+
+
+def test_a_pipeline_whose_callers_send_no_date_is_placed_by_serving_time(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    writer.append("r", "adult_income", "2", [{"age": 40}, {"age": 51}], [0.2, 0.7], source="batch")
+    with sqlite3.connect(log_path) as conn:
+        rows = conn.execute("SELECT event_time, served_at, source FROM predictions").fetchall()
+    assert all(event == served and source == "batch" for event, served, source in rows)
+    today = rows[0][1][:10]
+    assert len(read_window(log_path, "adult_income", [today])) == 2
+
+
+def test_event_times_are_normalised_to_utc_and_junk_is_not_a_date():
+    assert event_time("2012-06-18") == "2012-06-18"
+    assert event_time("2012-06-18T13:00:00+02:00") == "2012-06-18T11:00:00+00:00"
+    assert event_time("2012-06-18 13:00") == "2012-06-18T13:00:00+00:00"  # naive: UTC
+    assert event_time("20120618") == "2012-06-18"  # ISO 8601 basic format is a date too
+    for junk in ("tomorrow", "", None, "2012-13-45", 20120618, 1.5):
+        assert event_time(junk) is None
+
+
+def test_a_row_without_a_usable_event_date_is_kept_but_never_in_a_window(log_path, caplog):
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    row = _bike_rows("2012-06-18", "2012-06-18")[0] | {"dteday": "yesterday"}
+    writer.append("r", "bike_demand", "1", [row], [5.0])
+    assert "is not a date" in caplog.text
+    with sqlite3.connect(log_path) as conn:
+        assert conn.execute("SELECT event_time FROM predictions").fetchall() == [(None,)]
+    assert read_window(log_path, "bike_demand", ["2012-06-18"]).empty
+
+
+def test_a_failed_append_writes_nothing(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    with pytest.raises(ValueError, match="zip"):
+        writer.append("r", "bike_demand", "1", _bike_rows("2012-06-18", "2012-06-18"), [1.0, 2.0])
+    with pytest.raises(ValueError, match="does not know pipeline 'taxi'"):
+        writer.append("r", "taxi", "1", [{}], [1.0])
+    with pytest.raises(ValueError, match="'served' or 'batch'"):
+        writer.append("r", "adult_income", "1", [{}], [1.0], source="replayed")  # type: ignore[arg-type]
+    with sqlite3.connect(log_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone() == (0,)
+
+
+def test_concurrent_requests_keep_every_row(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    rows = _bike_rows("2012-06-18", "2012-06-18")
+
+    def serve(worker: int) -> None:
+        for i in range(10):
+            writer.append(f"{worker}-{i}", "bike_demand", "1", rows, [float(worker)] * len(rows))
+
+    threads = [threading.Thread(target=serve, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    window = read_window(log_path, "bike_demand", ["2012-06-18"])
+    assert len(window) == 4 * 10 * 24 and window["request_id"].nunique() == 40
+
+
+def _old_log(path, rows: list[tuple]) -> None:
+    """The server's first schema, as a deployed data root holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,"
+            " logged_at TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL,"
+            " inputs TEXT NOT NULL, prediction REAL NOT NULL)"
+        )
+        conn.execute("CREATE INDEX predictions_time ON predictions (model_name, logged_at)")
+        conn.executemany(
+            "INSERT INTO predictions (request_id, logged_at, model_name, model_version, inputs, prediction)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def test_an_old_log_is_migrated_once_with_every_row_and_its_event_time(log_path):
+    bike = _bike_rows("2012-06-18", "2012-06-18")[:3]
+    old = [("a", "2026-11-20T10:00:00+00:00", "bike_demand", "1", json.dumps(r), 10.0 + i) for i, r in enumerate(bike)]
+    old.append(("b", "2026-11-21T09:30:00+00:00", "adult_income", "4", json.dumps({"age": 40}), 0.25))
+    _old_log(log_path, old)
+    window = read_window(log_path, "bike_demand", ["2012-06-18"])  # the reader migrates on first open
+    assert window["prediction"].tolist() == [10.0, 11.0, 12.0] and set(window["served_at"]) == {old[0][1]}
+    assert read_window(log_path, "adult_income", ["2026-11-21"])["model_version"].tolist() == ["4"]
+    with sqlite3.connect(log_path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone() == (4,)
+    assert "predictions_v1" not in tables and "predictions_time" not in tables and "predictions_window" in tables
+    PredictionLogWriter(log_path, COLUMNS).append("c", "bike_demand", "2", bike[:1], [1.0])  # and it goes on
+    assert len(read_window(log_path, "bike_demand", ["2012-06-18"])) == 4
+
+
+def test_a_log_from_a_newer_version_is_refused_and_left_alone(log_path):
+    PredictionLogWriter(log_path, COLUMNS).append("r", "adult_income", "1", [{"age": 1}], [0.5])
+    with sqlite3.connect(log_path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(PredictionLogError, match=f"schema {SCHEMA_VERSION + 1}, newer than") as err:
+        PredictionLogWriter(log_path, COLUMNS)
+    assert isinstance(err.value, PermanentError)
+    with sqlite3.connect(log_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone() == (1,)
+
+
+def test_a_foreign_predictions_table_is_not_migrated(log_path):
+    log_path.parent.mkdir(parents=True)
+    with sqlite3.connect(log_path) as conn:
+        conn.execute("CREATE TABLE predictions (x TEXT)")
+    with pytest.raises(PredictionLogError, match="not a prediction log"):
+        read_window(log_path, "bike_demand", ["2012-06-18"])
+    with sqlite3.connect(log_path) as conn:
+        assert [r[1] for r in conn.execute("PRAGMA table_info(predictions)")] == ["x"]  # rolled back whole
+
+
+def test_no_log_or_no_days_is_an_empty_window(log_path):
+    assert read_window(log_path, "bike_demand", ["2012-06-18"]).empty
+    PredictionLogWriter(log_path, COLUMNS)
+    assert read_window(log_path, "bike_demand", []).empty
+
+
+def test_the_writer_reads_each_pipelines_event_column_from_its_spec(log_path):
+    writer = PredictionLogWriter.for_pipelines(log_path, ["bike_demand", "adult_income"])
+    assert writer.event_columns == {"bike_demand": "dteday", "adult_income": None}
