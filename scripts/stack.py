@@ -192,6 +192,12 @@ class Engine:
         """The engine's own CLI (``docker ...`` / ``podman ...``)."""
         return _run([self.name, *args], env=self.env, check=check, timeout=timeout)
 
+    def version(self) -> tuple[int, ...]:
+        """The engine's version, e.g. (4, 3, 1)."""
+        fmt = "{{.Client.Version}}"
+        text = self.cli("version", "--format", fmt, check=False).strip()
+        return tuple(int(p) for p in text.split("-")[0].split(".")[:3] if p.isdigit()) or (0,)
+
     def image_exists(self, ref: str) -> bool:
         """Whether ``ref`` is in the engine's local image store."""
         argv = ["image", "exists", ref] if self.name == "podman" else ["image", "inspect", ref]
@@ -199,8 +205,12 @@ class Engine:
 
 
 def podman_env() -> dict[str, str]:
-    """This process's environment plus CONTAINERS_CONF from ../shared/containers/setup.sh (run when present)."""
-    env = dict(os.environ)
+    """This process's environment plus CONTAINERS_CONF from ../shared/containers/setup.sh (run when present).
+
+    BUILDAH_FORMAT=docker: podman builds Docker-format images, which keep the Dockerfile's HEALTHCHECK (the OCI
+    format has no field for it), whoever calls ``podman build`` (podman-compose or the tests).
+    """
+    env = dict(os.environ) | {"BUILDAH_FORMAT": "docker"}
     if SETUP.is_file():
         out = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
@@ -245,6 +255,19 @@ class Stack:
         for f in self.files:
             argv += ["-f", str(f)]
         return _run([*argv, *args], env=self.engine.env, check=check, timeout=timeout, cwd=REPO)
+
+    def up(self, timeout: float) -> None:
+        """Build and start every service, detached.
+
+        podman before 4.6 cannot wait for a dependency's health (podman-compose ignores those conditions) and
+        fails to start a container whose dependency has a dependency of its own (``--requires`` chains: "not
+        found in input list"), so there services start without engine-level dependencies; the images'
+        entrypoint waits for what each needs (MLP_WAIT_FOR, Airflow's migrations), as it does on Kubernetes.
+        """
+        args = ["up", "-d", "--build"]
+        if self.engine.name == "podman" and self.engine.version() < (4, 6):
+            args.append("--no-deps")
+        self.compose(*args, timeout=timeout)
 
     def containers(self) -> list[dict[str, Any]]:
         """This project's containers: id, service, state, health, exit code."""
@@ -348,7 +371,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     validate(stack.files)
     print(f"engine: {' '.join(stack.engine.compose)}; files: {', '.join(f.name for f in stack.files)}")
     started = time.monotonic()
-    stack.compose("up", "-d", "--build", timeout=args.timeout)
+    stack.up(timeout=args.timeout)
     print(f"built and started in {time.monotonic() - started:.0f}s; waiting for the health checks ...")
     stack.wait_healthy(timeout=args.timeout)
     env = read_env(env_file)

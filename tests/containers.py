@@ -71,8 +71,6 @@ def build_project_image(engine: Engine, tag: str = TEST_IMAGE) -> float:
     stage_torch_wheel()
     argv = [engine.name, "build", "-f", "docker/Dockerfile", "-t", tag]
     argv += ["--build-arg", f"BASE={LOCAL_BASE}", "--build-arg", "TORCH_SOURCE=cpu-wheel"]
-    if engine.name == "podman":
-        argv += ["--format", "docker"]  # keeps HEALTHCHECK (the OCI image format has no field for it)
     if CA_BUNDLE.is_file():
         argv += ["--secret", f"id=ca,src={CA_BUNDLE}"]
     before = image_id(engine, tag)

@@ -59,7 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     timings: dict[str, float] = {}
     try:
         started = time.monotonic()
-        stack.compose("up", "-d", "--build", timeout=2400)
+        stack.up(timeout=2400)
         timings["build_and_start_s"] = time.monotonic() - started
         for ref, old in before.items():
             drop_replaced(engine, ref, old)
