@@ -5,8 +5,9 @@ boundary (``CoreV1Api``): the real ``KubernetesPodOperator`` and ``PodManager`` 
 it. What it does with a pod is what a kubelet would do with the container: with ``engine`` set (podman or
 docker, where containers run) it runs the pod's image with ``<engine> run``: the pod's command as the
 entrypoint and its arguments, its environment (Secret references resolved from its own secret store), its
-volumes (each claim a local folder mounted at the pod's mount path), the pod's user and fsGroup; without
-one, it runs the command as a local process with mount paths mapped to the local folders. Then it reports
+volumes (each claim a local folder, mounted where the Airflow worker sees it), the pod's user and fsGroup;
+without one, it runs the command as a local process. Either way the pod's mount paths in its environment
+and arguments are mapped to the local folders. Then it reports
 the phase, exit code and logs. ``behaviour="pending"`` models a pod nobody can schedule.
 """
 
@@ -122,8 +123,9 @@ class LocalKubelet:
             m.mount_path: str(self.volumes[claims[m.name]]) for m in container.volume_mounts or [] if m.name in claims
         }
 
-    def _env(self, pod: k8s.V1Pod, mounts: dict[str, str]) -> dict[str, str]:
+    def _env(self, pod: k8s.V1Pod, mounts: dict[str, str], image_defaults: bool = True) -> dict[str, str]:
         env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(REPO / ".local")}
+        env = env if image_defaults else {}  # a container has the image's own PATH and HOME
         env |= self.image_env
         for var in pod.spec.containers[0].env or []:
             if var.value_from is not None:
@@ -153,40 +155,29 @@ class LocalKubelet:
         self._finish(pod, proc.returncode, "Completed", "".join(f"{stamp} {line}\n" for line in text).encode())
 
     def _run_container(self, pod: k8s.V1Pod) -> None:
-        """``<engine> run`` of the image, as a kubelet would start the pod's container."""
+        """``<engine> run`` of the image, as a kubelet would start the pod's container.
+
+        Each claim's local folder is mounted at the path the Airflow worker (this test process) sees it under,
+        and the pod's mount paths in its environment and arguments are mapped to that path: Helm mounts the
+        shared store at the same path in Airflow's containers and the pods, so paths in results agree.
+        """
         assert self.engine and self.image, "container mode needs an engine and an image"
         container = pod.spec.containers[0]
         context = pod.spec.security_context or k8s.V1PodSecurityContext()
         uid, gid = context.run_as_user or 10001, context.run_as_group or context.run_as_user or 10001
-        claims = {
-            v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes or [] if v.persistent_volume_claim
-        }
+        mounts = self._mounts(pod)
         argv = [*self.engine, "run", "--rm", "--network", "host", "--user", f"{uid}:{gid}"]
-        for mount in container.volume_mounts or []:
-            if mount.name in claims:
-                local = self.volumes[claims[mount.name]]
-                _fs_group(local, context.fs_group)  # what the kubelet does to a volume for the pod's fsGroup
-                argv += ["-v", f"{local}:{mount.mount_path}"]
-        for folder in self.host_mounts:
-            _fs_group(folder, context.fs_group)
-            argv += ["-v", f"{folder}:{folder}"]
+        for local in [*mounts.values(), *map(str, self.host_mounts)]:
+            _fs_group(Path(local), context.fs_group)  # what the kubelet does to a volume for the pod's fsGroup
+            argv += ["-v", f"{local}:{local}"]
         if context.fs_group:
             argv += ["--group-add", str(context.fs_group)]
-        env = dict(self.image_env)
-        for var in container.env or []:
-            if var.value_from is not None:
-                ref = var.value_from.secret_key_ref
-                value = self.secrets.get(ref.name, {}).get(ref.key)
-                if value is None and not ref.optional:
-                    raise AssertionError(f"pod needs secret {ref.name}/{ref.key}, which does not exist")
-                if value is not None:
-                    env[var.name] = value
-            else:
-                env[var.name] = var.value
+        env = self._env(pod, mounts, image_defaults=False)
         for name, value in env.items():
             argv += ["-e", f"{name}={value}"]
         # Kubernetes: `command` replaces the image's ENTRYPOINT, `args` its CMD
-        argv += ["--entrypoint", json.dumps(list(container.command)), self.image, *container.args]
+        args = [_remap(a, mounts) for a in container.args]
+        argv += ["--entrypoint", json.dumps(list(container.command)), self.image, *args]
         proc = subprocess.run(argv, env=self.engine_env, capture_output=True, text=True, timeout=900)
         self.runs.append({"pod": pod.metadata.name, "command": argv, "env": env, "returncode": proc.returncode})
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -92,7 +92,7 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     settings = get_settings()
     assert settings.execution_mode == "kubernetes"
     kubelet.image_env["MLP_PIPELINES_DIR"] = os.environ["MLP_PIPELINES_DIR"]  # an image built with the test's spec
-    if task_image:  # each pod is a container of the real image; the test's folders at their own paths too
+    if task_image:  # each pod is a container of the real image; the test's folders (specs) at their own paths
         engine, kubelet.image = task_image
         kubelet.engine, kubelet.engine_env = [engine.name], engine.env
         kubelet.host_mounts = [tmp_path]
@@ -113,8 +113,7 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     assert train_pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"  # torch asks for a GPU
     for r in kubelet.runs:  # the tracking URI reached every pod through the Secret only
         assert r["env"]["MLFLOW_TRACKING_URI"] == settings.mlflow_tracking_uri
-        # the pod sees the shared store at its mount path (a process run maps it to the local folder)
-        assert r["env"]["MLP_DATA_ROOT"] == (settings.kubernetes.data_mount if task_image else str(settings.data_root))
+        assert r["env"]["MLP_DATA_ROOT"] == str(settings.data_root)  # the pod's /data, where the worker sees it
         assert (r["command"][:2] == [kubelet.engine[0], "run"]) if task_image else r["command"][0] == sys.executable
 
     # each pod's outcome came back as a manifest in the shared store

@@ -297,3 +297,26 @@ def test_fresh_env_has_no_placeholder_left(tmp_path: Path) -> None:
     assert values["AIRFLOW_API_PORT"] == "18123" and len(values["MLFLOW_ADMIN_PASSWORD"]) >= 32
     assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
     assert _services(values)["mlflow"]["ports"] == [f"127.0.0.1:{values['MLFLOW_PORT']}:{values['MLFLOW_PORT']}"]
+
+
+def test_the_image_installs_the_locks_runtime_pins_only() -> None:
+    spec = importlib.util.spec_from_file_location("runtime_requirements", REPO / "docker" / "runtime_requirements.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lock = (REPO / "requirements.lock").read_text()
+    kept = module.runtime(lock)
+    names = {line.split("==")[0] for line in kept}
+    assert set(kept) <= set(lock.splitlines())  # the lock's own pins, versions untouched
+    assert {"ruff", "mypy", "pytest", "pytest-timeout", "podman-compose", "pandas-stubs"}.isdisjoint(names)
+    # needed at run time, even where a dev/test group names them too (jsonschema) or a dropped pin needs them
+    assert {"apache-airflow", "torch", "mlflow", "flask-wtf", "jsonschema", "pluggy", "psycopg2-binary"} <= names
+    assert len(names) > 200
+    # a pin needed by both a dropped pin and a runtime one stays; one needed only by dropped ones goes
+    toy = (
+        "a==1\n    # via mlflow-airflow-lifecycle (pyproject.toml:dev)\n"
+        "b==2\n    # via a\n"
+        "c==3\n    # via\n    #   a\n    #   d\n"
+        "d==4\n    # via mlflow-airflow-lifecycle (pyproject.toml)\n"
+    )
+    assert module.runtime(toy) == ["c==3", "d==4"]
