@@ -297,7 +297,7 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
         done = [r for r in runs if r["state"] in ("success", "failed")]
         return runs if len(done) == len(DAYS) else None
 
-    runs = _wait_until("20 backfilled ingest runs", ingested, 420, logs)
+    runs = _wait_until("20 backfilled ingest runs", ingested, 600, logs)
     assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
     partitions = sorted(p.parent.name for p in (stack["root"] / "raw" / "bike_demand").glob("dt=*/part.parquet"))
     assert partitions == [f"dt={d}" for d in DAYS]
