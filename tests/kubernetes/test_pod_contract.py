@@ -78,6 +78,7 @@ def _states(run: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
+@pytest.mark.timeout(2400)  # a cold run builds the image in the fixture first (minutes)
 def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     airflow_db: None,
     kubelet: LocalKubelet,

@@ -31,7 +31,8 @@ from scripts.stack import COMPOSE, LOCAL_OVERRIDE, SERVICES, Stack, StackError, 
 from tests.conftest import REPO, SHARED, free_port, write_spec
 from tests.containers import TEST_IMAGE, container_engine, drop_replaced, image_id
 
-pytestmark = [pytest.mark.e2e, pytest.mark.needs_data, pytest.mark.needs_containers]
+# a cold first test builds every image inside its fixture (minutes): above pytest's 900 s default
+pytestmark = [pytest.mark.e2e, pytest.mark.needs_data, pytest.mark.needs_containers, pytest.mark.timeout(2400)]
 DAYS = [f"2011-06-{d:02d}" for d in range(1, 21)]
 LOCAL_IMAGES = "localhost/mlops-test"  # the override's PostgreSQL and Redis images: <prefix>/postgres:15, /redis:7
 
