@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install demo stop status ledger bench airflow lock test test-unit test-dags test-e2e lint typecheck clean
+.PHONY: install demo stop status ledger bench airflow lock test test-unit test-dags test-e2e lint typecheck clean \
+	stack stack-down stack-validate
 
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.4"
@@ -32,6 +33,15 @@ ledger: install  ## the demo stack's promotion ledger (who promoted, rolled back
 
 airflow: install  ## the Airflow CLI against the demo stack, e.g. make airflow CMD="dags list"
 	$(PY) scripts/demo.py airflow $(CMD)
+
+stack: install  ## validate docker-compose.yaml, build, start it (docker compose or podman-compose), wait for health, print the URLs
+	$(PY) scripts/stack.py up $(ARGS)
+
+stack-down:  ## stop what `make stack` started (volumes kept; ARGS=--volumes removes them too)
+	@[ -x $(PY) ] && $(PY) scripts/stack.py down $(ARGS) || echo "nothing to stop (no .venv)"
+
+stack-validate: install  ## docker-compose.yaml (+ the local override) against the Compose specification
+	$(PY) scripts/stack.py validate
 
 lint: install
 	$(PY) -m ruff check .

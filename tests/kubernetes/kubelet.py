@@ -1,17 +1,22 @@
 """A one-node "cluster" for the kubernetes execution mode tests: the Kubernetes API as the provider calls it.
 
-There is no Kubernetes cluster and no container engine on these machines, so this stands in for the
-API server at the client boundary (``CoreV1Api``): the real ``KubernetesPodOperator`` and ``PodManager``
-code runs unchanged against it. What it does with a pod is what a kubelet would do with the container:
-it runs the pod's command and arguments as a local process with the pod's environment (Secret
-references resolved from its own secret store) and its volumes (mount paths mapped to local folders),
-then reports the phase, exit code and logs. ``behaviour="pending"`` models a pod nobody can schedule.
+There is no Kubernetes cluster on these machines, so this stands in for the API server at the client
+boundary (``CoreV1Api``): the real ``KubernetesPodOperator`` and ``PodManager`` code runs unchanged against
+it. What it does with a pod is what a kubelet would do with the container: with ``engine`` set (podman or
+docker, where containers run) it runs the pod's image with ``<engine> run``: the pod's command as the
+entrypoint and its arguments, its environment (Secret references resolved from its own secret store), its
+volumes (each claim a local folder, mounted where the Airflow worker sees it), the pod's user and fsGroup;
+without one, it runs the command as a local process. Either way the pod's mount paths in its environment
+and arguments are mapped to the local folders. Then it reports
+the phase, exit code and logs. ``behaviour="pending"`` models a pod nobody can schedule.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +42,13 @@ class LocalKubelet:
     image_env: dict[str, str] = field(default_factory=dict)
     """What the image itself would set (Dockerfile ENV), e.g. where its pipeline specs are."""
     behaviour: str = "run"  # run | pending | oomkilled
+    engine: list[str] | None = None
+    """``["podman"]`` (with its environment in ``engine_env``) runs pods as containers of ``image``."""
+    engine_env: dict[str, str] | None = None
+    image: str | None = None
+    """The image every pod runs in container mode (the pod's own image name is the registry's, not built here)."""
+    host_mounts: list[Path] = field(default_factory=list)
+    """Folders also mounted at their own path (a local MLflow store's absolute artifact paths live there)."""
     created: list[k8s.V1Pod] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -111,8 +123,9 @@ class LocalKubelet:
             m.mount_path: str(self.volumes[claims[m.name]]) for m in container.volume_mounts or [] if m.name in claims
         }
 
-    def _env(self, pod: k8s.V1Pod, mounts: dict[str, str]) -> dict[str, str]:
+    def _env(self, pod: k8s.V1Pod, mounts: dict[str, str], image_defaults: bool = True) -> dict[str, str]:
         env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(REPO / ".local")}
+        env = env if image_defaults else {}  # a container has the image's own PATH and HOME
         env |= self.image_env
         for var in pod.spec.containers[0].env or []:
             if var.value_from is not None:
@@ -127,6 +140,8 @@ class LocalKubelet:
         return env
 
     def _run(self, pod: k8s.V1Pod) -> None:
+        if self.engine:
+            return self._run_container(pod)
         container = pod.spec.containers[0]
         mounts = self._mounts(pod)
         command = [_remap(a, mounts) for a in [*container.command, *container.args]]
@@ -135,6 +150,36 @@ class LocalKubelet:
         env = self._env(pod, mounts)
         proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
         self.runs.append({"pod": pod.metadata.name, "command": command, "env": env, "returncode": proc.returncode})
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = (proc.stdout + proc.stderr).splitlines() or [""]
+        self._finish(pod, proc.returncode, "Completed", "".join(f"{stamp} {line}\n" for line in text).encode())
+
+    def _run_container(self, pod: k8s.V1Pod) -> None:
+        """``<engine> run`` of the image, as a kubelet would start the pod's container.
+
+        Each claim's local folder is mounted at the path the Airflow worker (this test process) sees it under,
+        and the pod's mount paths in its environment and arguments are mapped to that path: Helm mounts the
+        shared store at the same path in Airflow's containers and the pods, so paths in results agree.
+        """
+        assert self.engine and self.image, "container mode needs an engine and an image"
+        container = pod.spec.containers[0]
+        context = pod.spec.security_context or k8s.V1PodSecurityContext()
+        uid, gid = context.run_as_user or 10001, context.run_as_group or context.run_as_user or 10001
+        mounts = self._mounts(pod)
+        argv = [*self.engine, "run", "--rm", "--network", "host", "--user", f"{uid}:{gid}"]
+        for local in [*mounts.values(), *map(str, self.host_mounts)]:
+            _fs_group(Path(local), context.fs_group)  # what the kubelet does to a volume for the pod's fsGroup
+            argv += ["-v", f"{local}:{local}"]
+        if context.fs_group:
+            argv += ["--group-add", str(context.fs_group)]
+        env = self._env(pod, mounts, image_defaults=False)
+        for name, value in env.items():
+            argv += ["-e", f"{name}={value}"]
+        # Kubernetes: `command` replaces the image's ENTRYPOINT, `args` its CMD
+        args = [_remap(a, mounts) for a in container.args]
+        argv += ["--entrypoint", json.dumps(list(container.command)), self.image, *args]
+        proc = subprocess.run(argv, env=self.engine_env, capture_output=True, text=True, timeout=900)
+        self.runs.append({"pod": pod.metadata.name, "command": argv, "env": env, "returncode": proc.returncode})
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         text = (proc.stdout + proc.stderr).splitlines() or [""]
         self._finish(pod, proc.returncode, "Completed", "".join(f"{stamp} {line}\n" for line in text).encode())
@@ -156,6 +201,17 @@ class LocalKubelet:
             container_statuses=[status],
             conditions=[k8s.V1PodCondition(type="PodScheduled", status="True")],
         )
+
+
+def _fs_group(folder: Path, gid: int | None) -> None:
+    """A volume for a pod with ``fsGroup``: group-owned by it, group-writable (the kubelet's recursive chown)."""
+    if gid is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chown(path, -1, gid)
+            path.chmod(path.stat().st_mode | 0o060 | (0o2010 if path.is_dir() else 0))
 
 
 def _remap(value: str, mounts: dict[str, str]) -> str:

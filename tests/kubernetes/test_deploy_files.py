@@ -52,7 +52,8 @@ def test_compose_has_health_checks_and_no_committed_secrets() -> None:
             assert "healthcheck" in service, f"{name} has no health check"
         assert isinstance(service["command"] if "command" in service else [], list), f"{name}: command must be argv"
     assert services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-    assert "postgresql+psycopg2://" in services["mlflow"]["command"][3]
+    command = services["mlflow"]["command"]
+    assert command[command.index("--backend-store-uri") + 1].startswith("postgresql+psycopg2://")
     required = set(re.findall(r"\$\{(\w+):\?", text))
     example = {line.split("=", 1)[0] for line in (REPO / ".env.example").read_text().splitlines() if "=" in line}
     assert required and required <= example, f".env.example lacks {required - example}"
@@ -60,9 +61,10 @@ def test_compose_has_health_checks_and_no_committed_secrets() -> None:
 
 
 def test_task_image_user_matches_the_pod_template() -> None:
-    dockerfile = (REPO / "docker/tasks.Dockerfile").read_text()
+    dockerfile = (REPO / "docker/Dockerfile").read_text()
     template = yaml.safe_load((REPO / "include/pod_templates/stage.yaml").read_text())
     uid = template["spec"]["securityContext"]["runAsUser"]
-    assert f"--uid {uid}" in dockerfile and "USER app" in dockerfile
-    assert "download.pytorch.org/whl/cu" in dockerfile  # CUDA build of torch in the task image
+    assert f"--uid {uid}" in dockerfile and f"USER {uid}:{uid}" in dockerfile
+    # the task image's default torch is the package index's (the CUDA build for Linux x86_64), never another host's
+    assert re.search(r"^ARG TORCH_SOURCE=cuda-index$", dockerfile, re.M) and "download.pytorch.org" not in dockerfile
     assert re.search(r"torch==2\.13\.0", (REPO / "requirements.lock").read_text())

@@ -3,7 +3,9 @@
 The train DAG (with the torch model family, whose training pod asks for a GPU) and the monitor DAG run
 through ``dag.test()`` with ``ML_ENV=prod``. The provider's real ``KubernetesPodOperator`` builds every pod;
 the local kubelet runs its command with its environment (the MLflow URI arriving through the Secret) and
-its shared-store volume. The stages downstream of each pod consume what the pod wrote to the shared
+its shared-store volume: in the project image built from docker/Dockerfile (``podman run``, the pod's user
+and fsGroup) where containers run, so the image is proven to hold what every stage needs; as a local
+process elsewhere. The stages downstream of each pod consume what the pod wrote to the shared
 store, so this proves the pods produce what the next stage needs.
 """
 
@@ -13,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from scripts.stack import Engine
 from tasks.settings import Settings, get_settings
 from tests.conftest import REPO, SHARED, free_port, wait_healthy, write_spec
+from tests.containers import TEST_IMAGE, build_project_image, engine_if_any
 from tests.kubernetes.kubelet import LocalKubelet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data]
@@ -31,6 +36,17 @@ TORCH = {
     "family": "torch",
     "params": {"hidden_units": 256, "layers": 3, "batch_size": 64, "patience": 25, "dropout": 0.05},
 }
+
+
+@pytest.fixture(scope="module")
+def task_image() -> Iterator[tuple[Engine, str] | None]:
+    """The project image, built here, and the engine to run it; None where no container runs (not in CI)."""
+    engine = engine_if_any()
+    if engine is None:
+        yield None
+        return
+    build_project_image(engine, TEST_IMAGE)  # kept as the build cache (tests/containers.py says why)
+    yield engine, TEST_IMAGE
 
 
 @pytest.fixture
@@ -62,8 +78,13 @@ def _states(run: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
+@pytest.mark.timeout(2400)  # a cold run builds the image in the fixture first (minutes)
 def test_pods_carry_the_pipeline_from_validation_to_monitoring(
-    airflow_db: None, kubelet: LocalKubelet, model_server: str
+    airflow_db: None,
+    kubelet: LocalKubelet,
+    model_server: str,
+    task_image: tuple[Engine, str] | None,
+    tmp_path: Path,
 ) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -72,6 +93,10 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     settings = get_settings()
     assert settings.execution_mode == "kubernetes"
     kubelet.image_env["MLP_PIPELINES_DIR"] = os.environ["MLP_PIPELINES_DIR"]  # an image built with the test's spec
+    if task_image:  # each pod is a container of the real image; the test's folders (specs) at their own paths
+        engine, kubelet.image = task_image
+        kubelet.engine, kubelet.engine_env = [engine.name], engine.env
+        kubelet.host_mounts = [tmp_path]
     stages.replay("bike_demand", DAYS[0], DAYS[-1])
     for day in DAYS:
         stages.ingest("bike_demand", day)
@@ -89,7 +114,8 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     assert train_pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"  # torch asks for a GPU
     for r in kubelet.runs:  # the tracking URI reached every pod through the Secret only
         assert r["env"]["MLFLOW_TRACKING_URI"] == settings.mlflow_tracking_uri
-        assert r["env"]["MLP_DATA_ROOT"] == str(settings.data_root)
+        assert r["env"]["MLP_DATA_ROOT"] == str(settings.data_root)  # the pod's /data, where the worker sees it
+        assert (r["command"][:2] == [kubelet.engine[0], "run"]) if task_image else r["command"][0] == sys.executable
 
     # each pod's outcome came back as a manifest in the shared store
     manifests = sorted((settings.data_root / "runs" / "bike_demand").glob("*/results/*.json"))

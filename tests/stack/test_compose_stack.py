@@ -1,14 +1,15 @@
 """The production-shaped stack, from docker-compose.yaml, as local processes against a real PostgreSQL.
 
-There is no container engine here, so this test reads ``docker-compose.yaml`` and runs each service's own
-command with its own environment (interpolated the way ``docker compose`` does with a ``.env``), pointing
-hosts, ports and paths at this machine: Airflow 3 (api-server, scheduler, dag-processor, triggerer;
-LocalExecutor) with its metadata in PostgreSQL, an ``mlflow server`` whose tracking store and registry are
-in PostgreSQL, and the model server. The bike-demand pipeline then runs through the real scheduler: an
-``airflow backfill`` of the ingest DAG over 20 days, the asset-triggered training run, the champion in the
-PostgreSQL-backed registry, served over HTTP.
+This test reads ``docker-compose.yaml`` and runs each service's own command with its own environment
+(interpolated the way ``docker compose`` does with a ``.env``), pointing hosts, ports and paths at this
+machine: Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor) with its metadata in
+PostgreSQL, an ``mlflow server`` with basic auth whose tracking store, registry and users are in PostgreSQL
+(every client signs in), and the model server. The bike-demand pipeline then runs through the real
+scheduler: an ``airflow backfill`` of the ingest DAG over 20 days, the asset-triggered training run, the
+champion in the PostgreSQL-backed registry, served over HTTP. tests/stack/test_container_stack.py runs the
+same file with a container engine; this one covers the commands and environments on any machine.
 
-Skipped, with the reason, where PostgreSQL is not reachable on 127.0.0.1:5432.
+Skipped, with the reason, where PostgreSQL is not reachable on 127.0.0.1:5432 (under CI=true: a failure).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED, free_port, write_spec
+from scripts.stack import load_compose
+from tests.conftest import REPO, SHARED, free_port, require, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data, pytest.mark.needs_postgres]
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -81,7 +83,8 @@ def require_postgres() -> None:
     try:
         _pg().close()
     except Exception as exc:  # noqa: BLE001 - any connection failure means: no PostgreSQL here
-        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER!r} ({exc}); CI machines have it")
+        reason = f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER!r} ({exc}); CI machines have it"
+        require(False, reason)
 
 
 def _clean_env() -> dict[str, str]:
@@ -108,6 +111,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "POSTGRES_PASSWORD": "trust-auth-ignores-it",
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW_SECRET_KEY": secrets.token_urlsafe(32),
+        "MLFLOW_ADMIN_USER": "admin",
+        "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+        "MLFLOW_SECRET_KEY": secrets.token_urlsafe(32),
+        "MLP_ADMIN_TOKEN": secrets.token_urlsafe(32),
         "AIRFLOW_ALL_ADMINS": "True",
         "AIRFLOW_PARALLELISM": "4",
         "AIRFLOW_HOME_DIR": str(tmp / "airflow"),
@@ -123,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         **dbs,
         **{k: str(v) for k, v in ports.items()},
     }
-    compose = interpolate(yaml.safe_load((REPO / "docker-compose.yaml").read_text()), dotenv)["services"]
+    compose = interpolate(load_compose(REPO / "docker-compose.yaml"), dotenv)["services"]
     (tmp / "logs").mkdir()
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -136,6 +143,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             argv + spec["command"][1:], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
+    # this process is an MLflow client too: it signs in as the services do
+    signed_in = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": dotenv["MLFLOW_ADMIN_PASSWORD"]}
+    saved = {k: os.environ.get(k) for k in signed_in}
+    os.environ.update(signed_in)
     try:
         init = launch("airflow-init")
         assert init.wait(300) == 0, (tmp / "logs" / "airflow-init.log").read_text()[-3000:]
@@ -156,8 +167,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "root": tmp / "data",
             "logs": tmp / "logs",
             "channel": channel,
+            "mlflow_password": dotenv["MLFLOW_ADMIN_PASSWORD"],
         }
     finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -283,7 +297,7 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
         done = [r for r in runs if r["state"] in ("success", "failed")]
         return runs if len(done) == len(DAYS) else None
 
-    runs = _wait_until("20 backfilled ingest runs", ingested, 420, logs)
+    runs = _wait_until("20 backfilled ingest runs", ingested, 600, logs)
     assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
     partitions = sorted(p.parent.name for p in (stack["root"] / "raw" / "bike_demand").glob("dt=*/part.parquet"))
     assert partitions == [f"dt={d}" for d in DAYS]
@@ -303,7 +317,11 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     train_runs = _runs(base, "bike_demand_train")
     assert {r["run_type"] for r in train_runs} == {"asset_triggered"}
 
-    # the champion lives in the PostgreSQL-backed registry, reached through the MLflow server
+    # the champion lives in the PostgreSQL-backed registry, reached through the MLflow server, which asks who calls
+    search = f"{stack['urls']['mlflow']}/api/2.0/mlflow/registered-models/search"
+    assert httpx.get(search).status_code == 401
+    assert httpx.get(search, auth=("admin", "wrong-password")).status_code == 401
+    assert httpx.get(search, auth=("admin", stack["mlflow_password"])).status_code == 200
     from mlflow import MlflowClient
 
     registry = MlflowClient(stack["urls"]["mlflow"], stack["urls"]["mlflow"])
@@ -355,6 +373,7 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     assert "identical landing file" in result["reason"]
 
 
+@pytest.mark.needs_redis
 def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, Any]) -> None:
     import redis
 
@@ -363,7 +382,7 @@ def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, An
     try:
         queue.ping()
     except redis.ConnectionError as exc:
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); CI machines have it")
+        require(False, f"Redis is not reachable on 127.0.0.1:6379 ({exc}); CI machines have it")
     _replay(stack, "bike_demand", "2011-06-22", "2011-06-22")
     before = len(_event_runs(base, "bike_demand_ingest"))
     for attempt in (1, 2):  # the second message repeats the first (an at-least-once publisher)
