@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tasks.redact import redact
 from tasks.storage import write_json
 
 
@@ -49,9 +50,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; exit 0 with its JSON result, or 1 with the error on stderr."""
+    from tasks.redact import install
+
+    install()  # every log line and traceback of this process is masked (URI passwords, the admin token)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    from tasks.settings import get_settings
+    from tasks.settings import get_settings, register_secrets
+
+    register_secrets(get_settings())
 
     if args.command == "serve":
         from tasks.serving.app import serve
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             from tasks.errors import PermanentError
 
             failure = {
-                "error": str(exc),
+                "error": redact(str(exc)),
                 "error_type": type(exc).__name__,
                 "permanent": isinstance(exc, PermanentError),
             }
