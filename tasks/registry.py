@@ -14,6 +14,7 @@ from typing import Any
 
 from tasks.errors import PermanentError
 from tasks.ledger import Entry, PromotionLedger, default_actor
+from tasks.redact import redact
 from tasks.settings import Settings
 from tasks.tracking import client, use_store
 
@@ -34,6 +35,31 @@ class RollbackError(PermanentError, RegistryError):
     """A rollback has nothing to restore, or its target is missing or already champion."""
 
 
+class RegistryUnavailable(RegistryError):
+    """MLflow did not answer (down, unreachable, timed out, or a server error): an outage, retrying may help.
+
+    Never mistaken for "no such model / alias / version", which is an answer.
+    """
+
+
+# MLflow's answers that mean "not there" (a missing alias is INVALID_PARAMETER_VALUE on the SQL store);
+# anything else (INTERNAL_ERROR for a refused connection, TEMPORARILY_UNAVAILABLE, ...) is an outage.
+_ABSENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def is_absent(exc: Exception) -> bool:
+    """Whether an MLflow error says the model, alias or version does not exist (rather than an outage)."""
+    return getattr(exc, "error_code", None) in _ABSENT_CODES
+
+
+def unavailable(settings: Settings, exc: Exception) -> RegistryUnavailable:
+    """The outage error for ``exc``, naming the (masked) MLflow address."""
+    message = getattr(exc, "message", None) or str(exc)
+    return RegistryUnavailable(
+        f"MLflow at {redact(settings.mlflow_tracking_uri)} unreachable: {type(exc).__name__}: {redact(message)}"
+    )
+
+
 @dataclass(frozen=True)
 class Registered:
     """A registered model version."""
@@ -42,6 +68,7 @@ class Registered:
     version: str
     run_id: str
     tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for XCom."""
@@ -90,18 +117,55 @@ def register_candidate(
     return Registered(name=name, version=str(mv.version), run_id=trained["run_id"], tags=version_tags)
 
 
+def _registered(name: str, mv: Any) -> Registered:
+    aliases = tuple(str(a) for a in (getattr(mv, "aliases", None) or ()))
+    return Registered(name=name, version=str(mv.version), run_id=str(mv.run_id), tags=dict(mv.tags), aliases=aliases)
+
+
 def _version(settings: Settings, name: str, alias: str) -> Registered | None:
+    """The version holding ``alias``; None when the model or alias does not exist.
+
+    Raises:
+        RegistryUnavailable: MLflow did not answer (an outage is never "no champion yet").
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client(settings).get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    return Registered(name=name, version=str(mv.version), run_id=str(mv.run_id), tags=dict(mv.tags))
+    except MlflowException as exc:
+        if is_absent(exc):
+            return None
+        raise unavailable(settings, exc) from exc
+    except OSError as exc:  # requests' ConnectionError and timeouts are OSErrors
+        raise unavailable(settings, exc) from exc
+    return _registered(name, mv)
+
+
+def model_version(settings: Settings, name: str, version: str) -> Registered | None:
+    """Version ``version`` of ``name`` with its tags and aliases; None when it does not exist.
+
+    Raises:
+        RegistryUnavailable: MLflow did not answer.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(settings).get_model_version(name, str(version))
+    except MlflowException as exc:
+        if is_absent(exc):
+            return None
+        raise unavailable(settings, exc) from exc
+    except OSError as exc:
+        raise unavailable(settings, exc) from exc
+    return _registered(name, mv)
 
 
 def champion_version(settings: Settings, name: str) -> Registered | None:
-    """The version holding the ``champion`` alias, or None before the first promotion."""
+    """The version holding the ``champion`` alias, or None before the first promotion.
+
+    Raises:
+        RegistryUnavailable: MLflow did not answer.
+    """
     return _version(settings, name, CHAMPION)
 
 

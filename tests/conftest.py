@@ -104,8 +104,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(url: str, timeout_s: float = 60) -> None:
-    """Poll ``<url>/health`` until it answers 200; fail the test after ``timeout_s``."""
+def wait_healthy(url: str, timeout_s: float = 60) -> dict[str, Any]:
+    """Poll ``<url>/health`` until it answers 200 and no model is still ``loading`` (the server loads its
+    champions in the background); returns that answer. Fails the test after ``timeout_s``."""
     import time
 
     import httpx
@@ -113,12 +114,13 @@ def wait_healthy(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
+            reply = httpx.get(f"{url}/health", timeout=2)
+            if reply.status_code == 200 and all(m["state"] != "loading" for m in reply.json()["models"].values()):
+                return dict(reply.json())
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"{url}/health did not answer within {timeout_s:.0f}s")
+    pytest.fail(f"{url}/health did not answer with every model settled within {timeout_s:.0f}s")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
