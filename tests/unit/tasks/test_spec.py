@@ -86,3 +86,10 @@ def test_adult_income_is_a_classification_spec_with_sensitive_slices():
 def test_gate_and_task_mismatches_are_spec_errors(tmp_path, changes, message):
     with pytest.raises(SpecError, match=message):
         load_spec(_write_variant(tmp_path, **changes))
+
+
+@pytest.mark.parametrize("name", ["../../config/pipelines/bike_demand", "bike_demand.yaml", "/etc/passwd", "Bike"])
+def test_load_spec_takes_names_only_from_a_string(name):
+    with pytest.raises(SpecError, match="is not a pipeline name.*available pipelines: .*bike_demand"):
+        load_spec(name)
+    assert load_spec(Path("config/pipelines/bike_demand.yaml")).name == "bike_demand"  # a Path stays allowed
