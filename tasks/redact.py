@@ -97,14 +97,29 @@ class RedactingFilter(logging.Filter):
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite ``record`` in place with every credential masked."""
+        """Rewrite ``record`` in place with every credential masked.
+
+        A record without credentials keeps its message and arguments as they are (formatters such as
+        uvicorn's access log read ``record.args``); one with credentials gets masked string arguments, or,
+        when a secret hides in another kind of argument, its masked message with no arguments.
+        """
         if getattr(record, "_mlp_redacted", False):
             return True
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken format string: log what we have, masked
             message = f"{record.msg} {record.args}"
-        record.msg, record.args = redact(message), ()
+        if redact(message) != message:
+            args = record.args
+            if isinstance(args, tuple):
+                record.msg = redact(str(record.msg))
+                record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+            try:
+                clean = record.getMessage() == redact(record.getMessage())
+            except Exception:  # noqa: BLE001 - masked arguments no longer fit the format: use the message
+                clean = False
+            if not clean:
+                record.msg, record.args = redact(message), ()
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redact(record.exc_text or self._formatter.formatException(record.exc_info))
             # keep exc_info for handlers that check it, but nothing re-formats it from the traceback
@@ -146,4 +161,15 @@ def install() -> None:
 
     if previous_hook is sys.__excepthook__:
         sys.excepthook = excepthook
+
+    def handle_error(self: logging.Handler, record: logging.LogRecord) -> None:
+        """A handler that failed to emit prints the failure (and the chain of exceptions behind it), masked."""
+        import traceback
+
+        if logging.raiseExceptions and sys.stderr:
+            sys.stderr.write(
+                "--- Logging error ---\n" + redact(traceback.format_exc()) + f"Message: {redact(str(record.msg))!r}\n"
+            )
+
+    logging.Handler.handleError = handle_error  # type: ignore[method-assign]
     _installed = True

@@ -604,6 +604,7 @@ class ModelService:
             why,
             from_version=previous.version if previous else None,
             to_version=fields.pop("to_version", request.version),
+            details={"force": request.force, "requested_reason": request.reason},
             **fields,
         )
         what = f"{name} v{request.version}" if request.version else f"{name}'s champion"

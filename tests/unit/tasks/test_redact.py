@@ -112,3 +112,43 @@ def test_airflow_task_logs_mask_the_settings_secrets(data_root, monkeypatch):
     line = f"uri {get_settings().mlflow_tracking_uri} ledger {get_settings().ledger_uri} token {token}"
     masked = airflow_redact(line)
     assert all(s not in masked for s in (mlflow_pw, ledger_pw, token)), masked
+
+
+def test_masking_keeps_the_arguments_formatters_read_and_masks_logging_errors(capsys):
+    """uvicorn's access formatter unpacks record.args: a masked record must still fit it; a handler that fails
+    prints its traceback (with the chain of exceptions behind it) masked."""
+    from uvicorn.logging import AccessFormatter
+
+    path = f"/x?password={SENTINEL}"
+    record = logging.getLogger("uvicorn.access").makeRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("1.2.3.4:5", "GET", path, "1.1", 200),
+        None,
+    )
+    assert RedactingFilter().filter(record) and len(record.args) == 5
+    assert (
+        AccessFormatter("%(message)s", use_colors=False).format(record)
+        == '1.2.3.4:5 - "GET /x?password=*** HTTP/1.1" 200'
+    )
+
+    import tasks.redact
+
+    tasks.redact.install()
+
+    class Broken(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                raise ConnectionError(f"postgresql://u:{SENTINEL}@db/x")
+            except ConnectionError:
+                self.handleError(record)
+
+    logger = logging.getLogger("broken-handler")
+    logger.addHandler(Broken())
+    logger.propagate = False
+    logger.error("hello")
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err and "postgresql://u:***@db/x" in err and SENTINEL not in err
