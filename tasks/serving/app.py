@@ -19,8 +19,9 @@ malformed ``Authorization`` header is a 401, a wrong token a 403. Only the champ
 version or a gate-passed version may be loaded; anything else needs ``force`` with a reason. Every reload,
 served or refused, is a ``serve`` / ``serve_refused`` row in the promotion ledger with the caller's actor.
 
-Requests: bodies over ``serving_max_body_bytes`` are a 413; JSON is parsed strictly (NaN, Infinity, numbers
-that overflow to infinity and lone surrogates are a 422 naming the problem); payloads are checked against
+Requests (:mod:`tasks.serving.hygiene`): bodies over ``serving_max_body_bytes`` are a 413; JSON is parsed
+strictly (NaN, Infinity, numbers that overflow to infinity and lone surrogates are a 422 naming the
+problem); payloads are checked against
 the model signature before the model sees them (a missing, unknown, null, mistyped or out-of-range field is
 a 422 naming ``instances[i].field``); a batch over ``serving_max_batch`` rows is a 413. Every error body is
 ``{"detail", "error"}``, documented in the OpenAPI, and masked (no credential leaves in an answer).
@@ -32,14 +33,13 @@ import hmac
 import json
 import logging
 import math
-import re
 import shutil
 import sqlite3
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,16 +47,18 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import pandas as pd
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi import Depends, FastAPI
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tasks.redact import redact
+from tasks.serving.hygiene import (
+    ApiError,
+    BodyLimit,
+    ErrorBody,
+    StrictJSONRoute,
+    install_error_handlers,
+)
 from tasks.settings import Settings
 from tasks.tracking import use_store
 
@@ -67,18 +69,10 @@ SMOKE_ATOL = 1e-6
 RETRY_AFTER_S = 5
 INT_RANGES: dict[str, tuple[int, int]] = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
 FLOAT_MAX: dict[str, float] = {"double": 1.7976931348623157e308, "float": 3.4028234663852886e38}
-MAX_EXACT_INT_FLOAT = 2**53  # an integral float beyond this is not an exact integer
 ModelState = Literal["loading", "serving", "failed", "no_champion"]
 
 
 # ---------------------------------------------------------------------------------------------- HTTP models
-class ErrorBody(BaseModel):
-    """Every error answer: what went wrong (masked) and a stable code."""
-
-    detail: str
-    error: str = Field(description="Stable code: unauthorized, admin_disabled, forbidden, policy_refused, ...")
-
-
 class PredictRequest(BaseModel):
     """The MLflow / TF-serving ``instances`` convention: one mapping of raw input column -> value per row."""
 
@@ -139,15 +133,6 @@ class Health(BaseModel):
     model: str
     version: str | None
     models: dict[str, ModelHealth]
-
-
-class ApiError(HTTPException):
-    """An HTTP error with a stable ``error`` code (the body is :class:`ErrorBody`)."""
-
-    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        """Status, code, message (masked when sent), headers."""
-        super().__init__(status, detail, headers)
-        self.error = error
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -402,7 +387,7 @@ def _type_error(kind: str, value: Any) -> str | None:
         return f"expected {kind}, got {type(value).__name__} {value!r:.40}"
     number = cast(float, value) if kind in INT_RANGES or kind in FLOAT_MAX else 0.0
     if kind in INT_RANGES:
-        if isinstance(number, float) and not (number.is_integer() and abs(number) <= MAX_EXACT_INT_FLOAT):
+        if isinstance(number, float) and not number.is_integer():
             return f"expected {kind}, got float {number!r:.40}"
         low, high = INT_RANGES[kind]
         if not low <= number <= high:
@@ -780,166 +765,6 @@ class ModelService:
         }
 
 
-# ---------------------------------------------------------------------------------------------- HTTP layer
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ApiError(422, "invalid_json", f"JSON number {name} is not allowed: send finite numbers only")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ApiError(422, "invalid_json", f"JSON number {text[:40]} overflows a 64-bit float")
-    return value
-
-
-def _check_strings(value: Any, where: str = "body") -> None:
-    """Reject lone UTF-16 surrogates (valid JSON escapes, but not text: they cannot be encoded back)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            lone = f"\\u{ord(value[exc.start]):x}"
-            raise ApiError(422, "invalid_json", f"{where} holds a lone UTF-16 surrogate ({lone})") from exc
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_strings(k, where)
-            _check_strings(v, f"{where}.{k!r:.40}" if isinstance(k, str) and k.isprintable() else where)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_strings(v, f"{where}[{i}]")
-
-
-def strict_json(body: bytes) -> Any:
-    """Parse a request body as RFC 8259 JSON, nothing more.
-
-    Raises:
-        ApiError: 422 for bytes that are not UTF-8, NaN / Infinity, a number that overflows to infinity, a
-            lone surrogate, or malformed JSON (naming the position).
-    """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(422, "invalid_json", f"request body is not UTF-8 (byte {exc.start})") from exc
-    try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        raise ApiError(422, "invalid_json", f"request body is not JSON: {exc.msg} at position {exc.pos}") from exc
-    except RecursionError as exc:
-        raise ApiError(422, "invalid_json", "request body nests too deeply") from exc
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise ApiError(422, "invalid_json", f"request body is not acceptable JSON: {exc}") from exc
-    if _SURROGATE_ESCAPE.search(body):  # only then can a lone surrogate be in there
-        _check_strings(value)
-    return value
-
-
-class StrictJSONRequest(Request):
-    """A request whose ``json()`` is :func:`strict_json`."""
-
-    async def json(self) -> Any:
-        """The body, parsed strictly (cached like Starlette's)."""
-        if not hasattr(self, "_json"):
-            self._json = strict_json(await self.body())
-        return self._json
-
-
-class StrictJSONRoute(APIRoute):
-    """Routes of this app parse JSON bodies strictly (FastAPI's documented custom-request hook)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """Wrap the handler so it sees a :class:`StrictJSONRequest`."""
-        handler = super().get_route_handler()
-
-        async def strict(request: Request) -> Response:
-            return await handler(StrictJSONRequest(request.scope, request.receive))
-
-        return strict
-
-
-class BodyLimit:
-    """ASGI middleware: a body over ``limit`` bytes is a 413, by its Content-Length or while it streams in."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        """Wrap ``app``."""
-        self.app = app
-        self.limit = limit
-
-    async def _too_large(self, send: Send, seen: str) -> None:
-        body = json.dumps(
-            {"detail": f"request body of {seen} exceeds serving_max_body_bytes={self.limit}", "error": "too_large"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Read and check the whole body first, then hand it to the app."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._too_large(send, f"{int(length)} bytes")
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._too_large(send, f"more than {self.limit} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": redact(detail), "error": error}, status_code=status, headers=headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    """Every error is an :class:`ErrorBody`, masked; nothing unexpected leaks a traceback to the caller."""
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        error = getattr(exc, "error", None) or codes.get(exc.status_code, "http")
-        return _error_response(exc.status_code, error, str(exc.detail), dict(exc.headers or {}))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:10]]
-        return _error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error_response(500, "internal", f"internal error ({type(exc).__name__}); see the server log")
-
-
 def _input_schema(served: ServedModel) -> dict[str, Any]:
     """JSON schema of one instance of ``served`` (what its signature and :func:`payload_errors` accept)."""
     props: dict[str, Any] = {}
@@ -947,8 +772,10 @@ def _input_schema(served: ServedModel) -> dict[str, Any]:
         if kind in INT_RANGES:
             low, high = INT_RANGES[kind]
             schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
-        elif kind in FLOAT_MAX:
+        elif kind == "float":  # float32: a double beyond its range is refused
             schema = {"type": "number", "minimum": -FLOAT_MAX[kind], "maximum": FLOAT_MAX[kind]}
+        elif kind == "double":  # every finite JSON number (strict parsing refuses the rest)
+            schema = {"type": "number"}
         else:
             schema = {"type": {"string": "string", "boolean": "boolean"}.get(kind, "string")}
         props[col] = schema if col in served.required else {"anyOf": [schema, {"type": "null"}]}
@@ -956,35 +783,55 @@ def _input_schema(served: ServedModel) -> dict[str, Any]:
 
 
 def _openapi(app: FastAPI, service: ModelService) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI document, with ``/predict``'s instances described by the default model's signature once served."""
+    """The OpenAPI document as the server stands: one ``/models/<name>/predict`` path per pipeline.
+
+    Each served model's instances are described by its signature (``/predict`` by the default model's).
+
+    Built on every request of ``/openapi.json`` (cheap), so it follows reloads; a pipeline whose model is not
+    served yet keeps the generic ``instances`` schema (it answers 503).
+    """
     import copy
 
     from fastapi.openapi.utils import get_openapi
+
+    def request_schema(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
+        served = service.served.get(name)
+        if served is None:
+            return None
+        component = f"PredictRequest_{name}"
+        doc["components"]["schemas"][component] = {
+            "type": "object",
+            "title": component,
+            "properties": {
+                "instances": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _input_schema(served),
+                    # a limit, not a schema rule: more rows is a 413 (Content Too Large), documented as such
+                    "description": f"At most {service.settings.serving_max_batch} rows (serving_max_batch); "
+                    "more is a 413.",
+                }
+            },
+            "required": ["instances"],
+        }
+        return {"$ref": f"#/components/schemas/{component}"}
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         doc = copy.deepcopy(app.openapi_schema)
-        served = service.served.get(service.default)
-        if served is not None:
-            name = f"PredictRequest_{served.name}"
-            doc["components"]["schemas"][name] = {
-                "type": "object",
-                "title": name,
-                "properties": {
-                    "instances": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": service.settings.serving_max_batch,
-                        "items": _input_schema(served),
-                    }
-                },
-                "required": ["instances"],
-            }
-            body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
-            body["schema"] = {"$ref": f"#/components/schemas/{name}"}
-        param = next(p for p in doc["paths"]["/models/{name}/predict"]["post"]["parameters"] if p["name"] == "name")
-        param["schema"] = param["schema"] | {"enum": service.pipelines}
+        templated = doc["paths"].pop("/models/{name}/predict")["post"]
+        for name in service.pipelines:
+            op = copy.deepcopy(templated)
+            op["parameters"] = [p for p in op.get("parameters", []) if p["name"] != "name"]
+            op["operationId"], op["summary"] = f"predict_{name}", f"Predict with {name}'s champion"
+            if not op["parameters"]:
+                del op["parameters"]
+            if schema := request_schema(doc, name):
+                op["requestBody"]["content"]["application/json"]["schema"] = schema
+            doc["paths"][f"/models/{name}/predict"] = {"post": op}
+        if schema := request_schema(doc, service.default):
+            doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"] = schema
         return doc
 
     return build
@@ -1011,7 +858,7 @@ def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
     app.router.route_class = StrictJSONRoute
     app.state.service = service
     app.add_middleware(BodyLimit, limit=settings.serving_max_body_bytes)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     bearer = HTTPBearer(auto_error=False, description="MLP_ADMIN_TOKEN")
 
     def admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008 - FastAPI
