@@ -534,10 +534,10 @@ class ModelService:
                 return
             status = self.status[name]
             status.attempts += 1
+            backoff = min(2.0 ** (status.attempts - 1), self.settings.serving_load_retry_max_s)
             try:
                 candidate = load_version(self.settings, name, downloads=self._folder())
             except ModelUnavailable as exc:
-                backoff = min(2.0 ** (status.attempts - 1), self.settings.serving_load_retry_max_s)
                 status.state, status.error, status.retry_at = "failed", redact(str(exc)), time.monotonic() + backoff
                 log.error("cannot load %s (attempt %d; retrying in %.0fs): %s", name, status.attempts, backoff, exc)
                 return
@@ -548,6 +548,11 @@ class ModelService:
             except ModelLoadError as exc:
                 status.state, status.error, status.retry_at = "failed", redact(str(exc)), None
                 log.error("not serving %s: %s", name, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - the loader thread must not die: say so, retry later
+                status.state, status.retry_at = "failed", time.monotonic() + backoff
+                status.error = redact(f"unexpected {type(exc).__name__}: {exc}")
+                log.exception("cannot load %s (attempt %d; retrying in %.0fs)", name, status.attempts, backoff)
                 return
             self._swap(candidate)
 
