@@ -57,7 +57,7 @@ def _call(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     The settings' secrets are handed to Airflow's log masker first, so no credential reaches the task log.
     """
-    from mlops_airflow.secrets import mask_settings_secrets
+    from mlops_airflow.log_masking import mask_settings_secrets
 
     mask_settings_secrets()
     try:
@@ -338,7 +338,7 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
         @task
         def gate_model(trained: dict[str, Any], metrics: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
             from mlops_airflow.links import MODEL_CARD_KEY
-            from mlops_airflow.secrets import mask_settings_secrets
+            from mlops_airflow.log_masking import mask_settings_secrets
             from tasks import stages
             from tasks.evaluate import GateFailed
 

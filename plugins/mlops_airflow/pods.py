@@ -170,7 +170,7 @@ class StagePodOperator(KubernetesPodOperator):
 
     def execute(self, context: Any) -> Any:
         """Launch the pod, wait for it, and return the stage's result read from the shared store."""
-        from mlops_airflow.secrets import mask_settings_secrets
+        from mlops_airflow.log_masking import mask_settings_secrets
 
         mask_settings_secrets()  # the pod's log is streamed into this task's log
         manifest = self.prepare(context)

@@ -100,7 +100,7 @@ def test_airflow_task_logs_mask_the_settings_secrets(data_root, monkeypatch):
     """What a DAG task body calls first: Airflow's own masker (task log, supervisor) learns our secrets."""
     from airflow.sdk.log import redact as airflow_redact
 
-    from mlops_airflow.secrets import mask_settings_secrets
+    from mlops_airflow.log_masking import mask_settings_secrets
     from tasks.settings import get_settings
 
     mlflow_pw, ledger_pw, token = f"{SENTINEL}-mlflow", f"{SENTINEL}-ledger", f"{SENTINEL}-admin-token"
