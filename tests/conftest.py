@@ -105,8 +105,9 @@ def free_port() -> int:
 
 
 def wait_healthy(url: str, timeout_s: float = 60) -> dict[str, Any]:
-    """Poll ``<url>/health`` until it answers 200 and no model is still ``loading`` (the server loads its
-    champions in the background); returns that answer. Fails the test after ``timeout_s``."""
+    """Poll ``<url>/health`` until it answers 200 and, for our model server, no model is still ``loading`` (it
+    loads its champions in the background); returns the answer ({} for a non-JSON one, such as MLflow's "OK").
+    Fails the test after ``timeout_s``."""
     import time
 
     import httpx
@@ -115,8 +116,14 @@ def wait_healthy(url: str, timeout_s: float = 60) -> dict[str, Any]:
     while time.monotonic() < deadline:
         try:
             reply = httpx.get(f"{url}/health", timeout=2)
-            if reply.status_code == 200 and all(m["state"] != "loading" for m in reply.json()["models"].values()):
-                return dict(reply.json())
+            if reply.status_code == 200:
+                try:
+                    body = reply.json()
+                except ValueError:
+                    return {}
+                models = body.get("models", {}) if isinstance(body, dict) else {}
+                if all(m.get("state") != "loading" for m in models.values()):
+                    return dict(body) if isinstance(body, dict) else {}
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
