@@ -103,8 +103,6 @@ class RedactingFilter(logging.Filter):
         uvicorn's access log read ``record.args``); one with credentials gets masked string arguments, or,
         when a secret hides in another kind of argument, its masked message with no arguments.
         """
-        if getattr(record, "_mlp_redacted", False):
-            return True
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken format string: log what we have, masked
@@ -127,7 +125,6 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
-        record._mlp_redacted = True
         return True
 
 
