@@ -11,7 +11,9 @@ back to Airflow (not through the XCom sidecar)::
     {"ok": false, "stage": "train_model", "pipeline": "bike_demand", "error": "...", "error_type": "...",
      "permanent": true}      # permanent: bad data, config or gate verdict; retrying will not help
 
-The result is also printed to stdout. Exit codes: 0 success, 1 stage failure, 2 bad arguments.
+The result is also printed to stdout. Exit codes: 0 success, 1 stage failure, 2 bad arguments: a
+``--pipeline`` that is not a spec in the specs folder, a day that is not strict ``YYYY-MM-DD``, or a ``..``
+path segment anywhere in an argument.
 """
 
 from __future__ import annotations
@@ -19,29 +21,85 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from tasks.redact import redact
 from tasks.storage import write_json
+
+# stage keyword arguments that name a day, or a list of days: strict YYYY-MM-DD
+_DAY_ARGS = frozenset({"day", "start", "end", "as_of"})
+_DAY_LIST_ARGS = frozenset({"partitions", "corrupt"})
+_PARENT = re.compile(r"(^|[/\\])\.\.($|[/\\])")
+
+
+def _no_parent(value: str) -> str:
+    """An argument with no ``..`` path segment (an argparse ``type``)."""
+    if _PARENT.search(value):
+        raise argparse.ArgumentTypeError(f"'..' path segments are not allowed: {value[:80]!r}")
+    return value
+
+
+def _strings(value: Any, where: str) -> list[tuple[str, str]]:
+    """Every string in a JSON value (keys too), with where it is."""
+    if isinstance(value, str):
+        return [(where, value)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k, where) + _strings(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [s for i, v in enumerate(value) for s in _strings(v, f"{where}[{i}]")]
+    return []
+
+
+def check_stage_args(kwargs: Any) -> str | None:
+    """Why ``--args`` is refused (None when it is fine).
+
+    Refused: not an object, a ``..`` path segment anywhere, or a day (``day``, ``start``, ``end``, ``as_of``,
+    ``partitions``, ``corrupt``) that is not strict ``YYYY-MM-DD``.
+    """
+    from tasks.storage import LayoutError, strict_day
+
+    if not isinstance(kwargs, dict):
+        return f"--args must be a JSON object, got {type(kwargs).__name__}"
+    for where, text in _strings(kwargs, "--args"):
+        if _PARENT.search(text):
+            return f"{where}: '..' path segments are not allowed: {text[:80]!r}"
+    try:
+        for key in _DAY_ARGS & kwargs.keys():
+            if kwargs[key] is not None:
+                strict_day(kwargs[key])
+        for key in _DAY_LIST_ARGS & kwargs.keys():
+            days = kwargs[key]
+            if days is not None and not isinstance(days, list):
+                return f"--args {key} must be a list of days (YYYY-MM-DD), got {type(days).__name__}"
+            for day in days or []:
+                strict_day(day)
+    except LayoutError as exc:
+        return f"--args {key}: {exc}"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tasks.spec import pipeline_names, pipelines_dir
     from tasks.stages import STAGES
 
+    names = pipeline_names()
     parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    where = f"a spec under {pipelines_dir()}"
     for name, fn in STAGES.items():
         p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
-        p.add_argument("--pipeline", required=True)
+        p.add_argument("--pipeline", required=True, choices=names, help=where)
         p.add_argument("--args", default="{}", help="JSON object of the stage's keyword arguments")
-        p.add_argument("--result", type=Path, help="also write the JSON result to this file")
+        p.add_argument("--result", type=lambda v: Path(_no_parent(v)), help="also write the JSON result to this file")
     serve = sub.add_parser("serve", help="run the model server in the foreground")
-    serve.add_argument("--pipelines", nargs="+", help="pipelines to serve (default: every spec)")
+    serve.add_argument("--pipelines", nargs="+", choices=names, help="pipelines to serve (default: every spec)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     ledger = sub.add_parser("ledger", help="print the promotion ledger (append-only: who, what, when, why)")
-    ledger.add_argument("--pipeline", help="only this pipeline's entries")
+    ledger.add_argument("--pipeline", type=_no_parent, help="only this pipeline's entries")
     ledger.add_argument("--limit", type=int, help="only the last N entries")
     ledger.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     return parser
@@ -49,9 +107,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; exit 0 with its JSON result, or 1 with the error on stderr."""
+    from tasks.redact import install
+
+    install()  # every log line and traceback of this process is masked (URI passwords, the admin token)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    from tasks.settings import get_settings
+    from tasks.settings import get_settings, register_secrets
+
+    register_secrets(get_settings())
 
     if args.command == "serve":
         from tasks.serving.app import serve
@@ -76,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as exc:
         print(f"--args is not JSON: {exc}", file=sys.stderr)  # noqa: T201 - CLI error channel
         return 2
+    refused = check_stage_args(kwargs)
+    if refused:
+        print(f"python -m tasks {args.command}: {refused}", file=sys.stderr)  # noqa: T201 - CLI error channel
+        return 2
     manifest: dict[str, Any] = {"stage": args.command, "pipeline": args.pipeline}
     try:
         result = STAGES[args.command](args.pipeline, **kwargs)
@@ -85,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             from tasks.errors import PermanentError
 
             failure = {
-                "error": str(exc),
+                "error": redact(str(exc)),
                 "error_type": type(exc).__name__,
                 "permanent": isinstance(exc, PermanentError),
             }

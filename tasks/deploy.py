@@ -17,7 +17,7 @@ class DeployError(RuntimeError):
 
 
 class DeployRefused(PermanentError, DeployError):
-    """The server loaded the new version beside the old one and refused it (failed smoke test).
+    """The server refused the version: its reload policy, no such version, or a failed smoke test.
 
     ``serving`` is the version it still serves (None if it served nothing).
     """
@@ -28,40 +28,83 @@ class DeployRefused(PermanentError, DeployError):
         self.serving = serving
 
 
+class DeployUnauthorized(PermanentError, DeployError):
+    """The server's admin API is off or refused our token: a configuration error, retrying will not help."""
+
+
+_AUTH_ERRORS = {"unauthorized", "admin_disabled", "forbidden"}
+
+
 def _served(base: str, name: str) -> str | None:
     health = httpx.get(f"{base}/health", timeout=10)
     version = ((health.json().get("models") or {}).get(name) or {}).get("version")
     return None if version is None else str(version)
 
 
-def deploy_version(serving_url: str, name: str, version: str, timeout_s: float = 60) -> dict[str, Any]:
+def _body(reply: httpx.Response) -> tuple[str, str]:
+    """``(error code, detail)`` of an error answer (the server's ``{"detail", "error"}``, or the raw text)."""
+    try:
+        body = reply.json()
+    except ValueError:
+        return "", reply.text[:500]
+    if not isinstance(body, dict):
+        return "", reply.text[:500]
+    return str(body.get("error", "")), str(body.get("detail", reply.text[:500]))
+
+
+def deploy_version(
+    serving_url: str,
+    name: str,
+    version: str,
+    timeout_s: float = 60,
+    token: str | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
     """Make the server at ``serving_url`` serve ``name`` version ``version``.
 
-    The server loads the version beside the one it serves, smoke-tests it (loads, has a signature,
-    reproduces the offline predictions of holdout rows) and only then switches. On failure the old
-    version keeps serving.
+    The server checks its reload policy (champion, previous or gate-passed), loads the version beside the
+    one it serves, smoke-tests it (loads, has a signature, reproduces the offline predictions of holdout
+    rows), records the reload in the promotion ledger as ``actor`` and only then switches. On failure the
+    old version keeps serving.
+
+    Args:
+        serving_url: The model server.
+        name: Pipeline / registered model name.
+        version: The version to serve.
+        timeout_s: Bound on the reload request (loading and smoke-testing take seconds).
+        token: The server's admin token (``Settings.admin_token``), sent as ``Authorization: Bearer``.
+        actor: Who asks (the Airflow run); the server records it ``via admin token``.
 
     Returns:
-        The server's reload answer (version, previous, smoke-test figures).
+        The server's reload answer (version, previous, why, smoke-test figures).
 
     Raises:
-        DeployRefused: The smoke test failed; the message carries the server's reason.
-        DeployError: Unreachable server, or a different version served afterwards.
+        DeployRefused: The server refused the version; the message carries its reason.
+        DeployUnauthorized: The admin API is off on the server or refused the token.
+        DeployError: Unreachable server, MLflow or the ledger unreachable from it, or a different version
+            served afterwards (retrying may help).
     """
     base = serving_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = {"model": name, "version": str(version), "actor": actor}
     try:
-        reply = httpx.post(f"{base}/admin/reload", json={"model": name, "version": str(version)}, timeout=timeout_s)
+        reply = httpx.post(f"{base}/admin/reload", json=payload, headers=headers, timeout=timeout_s)
         served = _served(base, name)
     except httpx.HTTPError as exc:
         raise DeployError(
             f"model server at {base} is unreachable ({exc}); is it running? (make demo starts it)"
         ) from exc
-    if reply.status_code == 409:
-        detail = reply.json().get("detail", reply.text)
+    error, detail = _body(reply) if reply.status_code != 200 else ("", "")
+    if reply.status_code in (401, 403) and (error in _AUTH_ERRORS or not error):
+        raise DeployUnauthorized(
+            f"model server at {base} refused the admin request (HTTP {reply.status_code}: {detail}); give the "
+            "Airflow workers the server's admin token (MLP_ADMIN_TOKEN or MLP_ADMIN_TOKEN_FILE)"
+        )
+    if reply.status_code in (403, 409):
         raise DeployRefused(f"model server refused {name} v{version}: {detail}", served)
     if reply.status_code != 200:
         raise DeployError(
-            f"model server answered HTTP {reply.status_code} to the reload of {name} v{version}: {reply.text}"
+            f"model server answered HTTP {reply.status_code} to the reload of {name} v{version}: {detail}"
         )
     if served != str(version):
         raise DeployError(f"after reload the server serves {name} v{served}, expected v{version}")

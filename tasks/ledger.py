@@ -2,8 +2,11 @@
 
 Each row says who did what, when and why, and which version the champion moved from and to:
 ``promote``, ``lost_race`` (another run became champion after this one was judged), ``rejected`` (the
-gate said no), ``dry_run``, ``rollback`` and ``deploy_failed`` (the server refused the version; the
-champion alias went back to what it serves).
+gate said no), ``dry_run``, ``rollback``, ``deploy_failed`` (the server refused the version; the
+champion alias went back to what it serves), and the model server's own record of every admin reload:
+``serve`` (it now serves that version) and ``serve_refused`` (the policy, a failed smoke test or an
+outage kept it from serving it). Every row is masked with :func:`tasks.redact.redact` before it is
+written, so no credential reaches the ledger.
 
 The ledger lives in a SQL database (``Settings.ledger_uri``): a SQLite file under the data root by default,
 PostgreSQL in the compose and Kubernetes stacks. Triggers make the table append-only in the database
@@ -25,7 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ACTIONS = ("promote", "lost_race", "rejected", "dry_run", "rollback", "deploy_failed")
+from tasks.redact import redact, redact_value
+
+ACTIONS = ("promote", "lost_race", "rejected", "dry_run", "rollback", "deploy_failed", "serve", "serve_refused")
 
 _COLUMNS = "at, pipeline, action, from_version, to_version, actor, reason, run_id, details"
 _SQLITE_SCHEMA = """
@@ -103,10 +108,10 @@ class Transaction:
             entry.action,
             entry.from_version,
             entry.to_version,
-            entry.actor,
-            entry.reason,
+            redact(entry.actor),
+            redact(entry.reason),
             entry.mlflow_run_id,
-            json.dumps(entry.details, sort_keys=True, default=str),
+            redact(json.dumps(redact_value(entry.details), sort_keys=True, default=str)),
         )
         marks = ", ".join([self._ph] * len(values))
         cur = self._conn.cursor()
@@ -123,27 +128,23 @@ class PromotionLedger:
         self.uri = uri
         self.postgres = uri.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://"))
         if not self.postgres and not uri.startswith("sqlite:///"):
-            raise LedgerError(f"unsupported ledger URI {uri!r}: use sqlite:///<path> or postgresql://...")
+            raise LedgerError(f"unsupported ledger URI {redact(uri)!r}: use sqlite:///<path> or postgresql://...")
 
     def _connect(self) -> Any:
         try:
             if self.postgres:
                 import psycopg2
 
-                return psycopg2.connect(self.uri.replace("postgresql+psycopg2://", "postgresql://"))
+                dsn = self.uri.replace("postgresql+psycopg2://", "postgresql://")
+                # bounded: an unreachable ledger is an error within seconds, not a hang (the URI may set its own)
+                extra = {} if "connect_timeout" in dsn else {"connect_timeout": 10}
+                return psycopg2.connect(dsn, **extra)
             path = Path(self.uri.removeprefix("sqlite:///"))
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; timeout: wait for the lock, do not fail
             return sqlite3.connect(path, timeout=300, isolation_level=None)
         except Exception as exc:
-            raise LedgerError(f"cannot open the promotion ledger at {self._safe_uri}: {exc}") from exc
-
-    @property
-    def _safe_uri(self) -> str:
-        if "@" in self.uri:
-            scheme, rest = self.uri.split("://", 1)
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return self.uri
+            raise LedgerError(f"cannot open the promotion ledger at {redact(self.uri)}: {redact(str(exc))}") from exc
 
     @contextmanager
     def transaction(self, pipeline: str) -> Iterator[Transaction]:

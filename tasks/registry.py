@@ -5,7 +5,8 @@ before the last change, what a rollback restores). Every alias move happens insi
 per-pipeline lock and is recorded there (:mod:`tasks.ledger`).
 
 A refusal by the registry (no such version or run, an invalid name) is a :class:`RegistryError`, permanent;
-an unreachable tracking server surfaces as MLflow's own error and is retried.
+an unreachable tracking server is a :class:`RegistryUnavailable` (retryable) wherever a lookup would otherwise
+read "no such alias": an outage is never "no champion yet".
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tasks.names import (
     TAG_PROMOTION_OUTCOME,
     gate_check_tag,
 )
+from tasks.redact import redact
 from tasks.results import Gated, GateDecision, Promotion, Registered, Rollback, Trained
 from tasks.settings import Settings
 from tasks.tracking import client, use_store
@@ -53,6 +55,31 @@ class RegistryError(PermanentError, RuntimeError):
 
 class RollbackError(RegistryError):
     """A rollback has nothing to restore, or its target is missing or already champion."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """MLflow did not answer (down, unreachable, timed out, or a server error): an outage, retrying may help.
+
+    Never mistaken for "no such model / alias / version", which is an answer.
+    """
+
+
+# MLflow's answers that mean "not there" (a missing alias is INVALID_PARAMETER_VALUE on the SQL store);
+# anything else (INTERNAL_ERROR for a refused connection, TEMPORARILY_UNAVAILABLE, ...) is an outage.
+_ABSENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def is_absent(exc: Exception) -> bool:
+    """Whether an MLflow error says the model, alias or version does not exist (rather than an outage)."""
+    return getattr(exc, "error_code", None) in _ABSENT_CODES
+
+
+def unavailable(settings: Settings, exc: Exception) -> RegistryUnavailable:
+    """The outage error for ``exc``, naming the (masked) MLflow address."""
+    message = getattr(exc, "message", None) or str(exc)
+    return RegistryUnavailable(
+        f"MLflow at {redact(settings.mlflow_tracking_uri)} unreachable: {type(exc).__name__}: {redact(message)}"
+    )
 
 
 @contextmanager
@@ -119,20 +146,57 @@ def register_model(settings: Settings, name: str, trained: Trained, gated: Gated
     return Registered(name=name, version=str(mv.version), mlflow_run_id=trained.mlflow_run_id, tags=tags)
 
 
+def _registered(name: str, mv: Any) -> Registered:
+    aliases = tuple(str(a) for a in (getattr(mv, "aliases", None) or ()))
+    return Registered(
+        name=name, version=str(mv.version), mlflow_run_id=str(mv.run_id), tags=dict(mv.tags), aliases=aliases
+    )
+
+
 def _version(settings: Settings, name: str, alias: str) -> Registered | None:
+    """The version holding ``alias``; None when the model or alias does not exist.
+
+    Raises:
+        RegistryUnavailable: MLflow did not answer (an outage is never "no champion yet").
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client(settings).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if exc.error_code in _REFUSALS:  # no such model or alias: nobody holds it
+        if is_absent(exc):  # no such model or alias: nobody holds it
             return None
-        raise
-    return Registered(name=name, version=str(mv.version), mlflow_run_id=str(mv.run_id), tags=dict(mv.tags))
+        raise unavailable(settings, exc) from exc
+    except OSError as exc:  # requests' ConnectionError and timeouts are OSErrors
+        raise unavailable(settings, exc) from exc
+    return _registered(name, mv)
+
+
+def model_version(settings: Settings, name: str, version: str) -> Registered | None:
+    """Version ``version`` of ``name`` with its tags and aliases; None when it does not exist.
+
+    Raises:
+        RegistryUnavailable: MLflow did not answer.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(settings).get_model_version(name, str(version))
+    except MlflowException as exc:
+        if is_absent(exc):
+            return None
+        raise unavailable(settings, exc) from exc
+    except OSError as exc:
+        raise unavailable(settings, exc) from exc
+    return _registered(name, mv)
 
 
 def champion(settings: Settings, name: str) -> Registered | None:
-    """The version holding the ``champion`` alias, or None before the first promotion."""
+    """The version holding the ``champion`` alias, or None before the first promotion.
+
+    Raises:
+        RegistryUnavailable: MLflow did not answer.
+    """
     return _version(settings, name, CHAMPION)
 
 

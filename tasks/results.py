@@ -230,6 +230,7 @@ class Registered(Result):
     version: str
     mlflow_run_id: str
     tags: dict[str, str] = Field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
 
 
 class Promotion(Result):

@@ -4,6 +4,10 @@ Environment variables (highest precedence): ``ML_ENV`` (layer, default ``local``
 ``MLFLOW_TRACKING_URI``, ``MLP_SERVING_URL``, ``MLP_SHARED_DATASETS``, ``MLP_EXECUTION_MODE`` and
 ``MLP_TASK_IMAGE`` (the task image of the kubernetes execution mode), ``MLP_LEDGER_URI`` (the promotion
 ledger's database) and ``MLP_MLFLOW_UI_URL``.
+
+The model server's admin token comes only from the environment, never from a file under ``config/``:
+``MLP_ADMIN_TOKEN``, or ``MLP_ADMIN_TOKEN_FILE`` (the path of a mounted Kubernetes Secret key; the trailing
+newline is stripped). No token means the admin API is off.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from tasks.errors import PermanentError
+from tasks.redact import redact
 from tasks.spec import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "config"
@@ -29,6 +34,9 @@ _ENV_OVERRIDES = {
     "MLP_LEDGER_URI": "ledger_uri",
     "MLP_MLFLOW_UI_URL": "mlflow_ui_url",
 }
+ADMIN_TOKEN_ENV = "MLP_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE_ENV = "MLP_ADMIN_TOKEN_FILE"
+MIN_ADMIN_TOKEN_CHARS = 16
 
 
 class SettingsError(PermanentError, ValueError):
@@ -84,6 +92,24 @@ class Settings(BaseModel):
         default=None, description="Pipeline answering POST /predict (others: /models/<name>/predict)."
     )
     serving_max_batch: int = Field(default=10_000, gt=0, description="Rows per prediction request the server accepts.")
+    serving_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="Largest request body the model server reads; bigger is a 413."
+    )
+    serving_mlflow_timeout_s: int = Field(
+        default=10,
+        gt=0,
+        description="Seconds per MLflow HTTP request in the model server (MLFLOW_HTTP_REQUEST_TIMEOUT).",
+    )
+    serving_mlflow_retries: int = Field(
+        default=1, ge=0, description="The model server's MLflow HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES)."
+    )
+    serving_load_retry_max_s: float = Field(
+        default=60, gt=0, description="Longest wait between the model server's background retries of a failed load."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the model server's admin API; only from MLP_ADMIN_TOKEN / MLP_ADMIN_TOKEN_FILE.",
+    )
     ledger_uri: str = Field(description="The promotion ledger's database (sqlite:///... or postgresql://...).")
     mlflow_ui_url: str | None = Field(
         default=None, description="MLflow UI address people open; model-card links from Airflow point there."
@@ -109,6 +135,31 @@ def _read_layer(path: Path) -> dict[str, Any]:
     return data
 
 
+def admin_token_from_env() -> SecretStr | None:
+    """The admin token from ``MLP_ADMIN_TOKEN`` or the file named by ``MLP_ADMIN_TOKEN_FILE`` (None: admin off).
+
+    Raises:
+        SettingsError: The file is missing or unreadable, or the token is shorter than 16 characters.
+    """
+    token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    source = ADMIN_TOKEN_ENV
+    path = os.environ.get(ADMIN_TOKEN_FILE_ENV)
+    if token is None and path:
+        source = f"{ADMIN_TOKEN_FILE_ENV}={path}"
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read the admin token file {ADMIN_TOKEN_FILE_ENV}={path}: {exc}") from exc
+    if token is None:
+        return None
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise SettingsError(
+            f"the admin token from {source} has {len(token)} characters; use at least {MIN_ADMIN_TOKEN_CHARS} "
+            '(python -c "import secrets; print(secrets.token_urlsafe(32))")'
+        )
+    return SecretStr(token)
+
+
 def _resolve(path: str | Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
@@ -131,6 +182,11 @@ def load_settings(env: str | None = None) -> Settings:
         layers = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "pipelines")
         raise SettingsError(f"unknown ML_ENV {env!r}; layers under config/: {layers}")
     merged = _read_layer(CONFIG_DIR / "base" / "settings.yaml") | _read_layer(CONFIG_DIR / env / "settings.yaml")
+    if "admin_token" in merged:
+        raise SettingsError(
+            f"admin_token is set in config/: a secret never goes in settings files; set {ADMIN_TOKEN_ENV} or "
+            f"{ADMIN_TOKEN_FILE_ENV} (a mounted Secret) instead"
+        )
     for var, key in _ENV_OVERRIDES.items():
         if os.environ.get(var):
             merged[key] = os.environ[var]
@@ -142,13 +198,38 @@ def load_settings(env: str | None = None) -> Settings:
         merged["kubernetes"] = (merged.get("kubernetes") or {}) | {"image": os.environ["MLP_TASK_IMAGE"]}
     try:
         return Settings(
-            env=env, data_root=data_root, mlflow_tracking_uri=uri, shared_datasets=shared, ledger_uri=ledger, **merged
+            env=env,
+            data_root=data_root,
+            mlflow_tracking_uri=uri,
+            shared_datasets=shared,
+            ledger_uri=ledger,
+            admin_token=admin_token_from_env(),
+            **merged,
         )
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings for ML_ENV={env!r}: {exc}") from exc
+        raise SettingsError(f"invalid settings for ML_ENV={env!r}: {redact(str(exc))}") from exc
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings for the current process (cached; tests call ``get_settings.cache_clear()``)."""
     return load_settings()
+
+
+def register_secrets(settings: Settings) -> list[str]:
+    """Hand this environment's secrets to :mod:`tasks.redact`; returns them (for Airflow's own masker).
+
+    The passwords of the MLflow and ledger URIs, the admin token and ``MLFLOW_TRACKING_PASSWORD``.
+    """
+    from tasks.redact import register_secret, register_uri_secrets
+
+    found = register_uri_secrets([settings.mlflow_tracking_uri, settings.ledger_uri])
+    for value in (
+        settings.admin_token.get_secret_value() if settings.admin_token else None,
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+        os.environ.get("MLFLOW_TRACKING_TOKEN"),
+    ):
+        if value:
+            register_secret(value)
+            found.append(value)
+    return found

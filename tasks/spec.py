@@ -7,6 +7,7 @@ This module is imported at DAG parse time, so it only depends on pydantic and Py
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -529,21 +530,39 @@ class PipelineSpec(_Strict):
         return REPO_ROOT / self.expectations
 
 
+PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def pipeline_names(directory: Path | None = None) -> list[str]:
+    """Names of the specs in a folder (default :func:`pipelines_dir`), sorted; only well-formed names."""
+    folder = directory or pipelines_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml") if PIPELINE_NAME.match(p.stem))
+
+
 def load_spec(name_or_path: str | Path) -> PipelineSpec:
     """Load and validate one pipeline spec.
 
     Args:
-        name_or_path: A pipeline name (looked up under ``config/pipelines``) or a YAML path.
+        name_or_path: A pipeline name (``^[a-z][a-z0-9_]*$``, looked up in :func:`pipelines_dir`), or a
+            ``Path`` to a YAML file (tests, tools). A string is always a name: no path reaches a file
+            outside the specs folder through it.
 
     Returns:
         The validated spec.
 
     Raises:
-        SpecError: The file is missing or does not validate; the message names the file and the field.
+        SpecError: Not a pipeline name, the file is missing or does not validate; the message names the
+            file and the field.
     """
-    path = Path(name_or_path)
-    if path.suffix not in {".yaml", ".yml"}:
+    if isinstance(name_or_path, Path):
+        path = name_or_path
+    elif isinstance(name_or_path, str) and PIPELINE_NAME.match(name_or_path):
         path = pipelines_dir() / f"{name_or_path}.yaml"
+    else:
+        raise SpecError(
+            f"{str(name_or_path)[:80]!r} is not a pipeline name (lower-case letters, digits and _); "
+            f"available pipelines: {pipeline_names()}"
+        )
     if not path.is_file():
         available = sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
         raise SpecError(f"no pipeline spec at {path}; available pipelines: {available}")

@@ -270,17 +270,24 @@ def promote_model(
 def deploy(pipeline: str, version: str, actor: str | None = None) -> dict[str, Any]:  # noqa: PLR0915 - phase B
     """Make the model server serve ``version`` (blue/green); if it refuses, the champion alias goes back.
 
+    The server checks the admin token (``MLP_ADMIN_TOKEN``) and its reload policy, and records the reload
+    (``serve`` / ``serve_refused``) in the promotion ledger as ``<actor> via admin token``.
+
     Raises:
-        DeployError: The server is unreachable (retryable) or refused the version (permanent; the old
-            version keeps serving and the ledger records ``deploy_failed``).
+        DeployError: The server is unreachable (retryable), refused the token (permanent) or refused the
+            version (permanent; the old version keeps serving and the ledger records ``deploy_failed``).
     """
     from tasks.deploy import DeployRefused, deploy_version
+    from tasks.ledger import default_actor
     from tasks.registry import revert_failed_deploy
 
     spec, settings, _ = _ctx(pipeline)
     name = spec.registered_model_name
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
     try:
-        return deploy_version(settings.serving_url, name, version, settings.serving_timeout_s)
+        return deploy_version(
+            settings.serving_url, name, version, settings.serving_timeout_s, token, actor or default_actor()
+        )
     except DeployRefused as exc:
         reverted = revert_failed_deploy(settings, name, version, exc.serving, str(exc), actor)
         kept = f"champion alias back on v{reverted['champion']}" if reverted["reverted"] else "champion alias unchanged"

@@ -25,17 +25,54 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import PermanentError
 from tasks.names import REFERENCE_INPUTS, REFERENCE_PREDICTIONS, SMOKE_SAMPLE
 
 _PARTITION_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+_PIPELINE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_DAY_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+class LayoutError(PermanentError, ValueError):
+    """A pipeline name or day that would build a path outside the data root, or is not what it claims."""
+
+
+def check_pipeline(name: str) -> str:
+    """``name`` if it is a pipeline name (``^[a-z][a-z0-9_]*$``).
+
+    Raises:
+        LayoutError: Anything else (a path, ``..``, upper case, empty).
+    """
+    if not isinstance(name, str) or not _PIPELINE_RE.match(name):
+        raise LayoutError(f"not a pipeline name (lower-case letters, digits and _): {str(name)[:80]!r}")
+    return name
+
+
+def strict_day(value: str) -> str:
+    """``value`` if it is exactly a calendar day ``YYYY-MM-DD`` (no prefix of a longer string, no 2011-02-30).
+
+    Raises:
+        LayoutError: Anything else.
+    """
+    if isinstance(value, str) and _DAY_RE.match(value):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise LayoutError(f"not a calendar date (YYYY-MM-DD): {str(value)[:80]!r}")
 
 
 class DataLayout:
-    """Paths of one data root."""
+    """Paths of one data root.
+
+    Every path it builds is inside the root: pipeline names must match ``^[a-z][a-z0-9_]*$`` and days be
+    strict ``YYYY-MM-DD`` (:class:`LayoutError` otherwise), run keys and task ids are sanitised. So no entry
+    point (CLI, Airflow task, pod) can read, write or move a file outside the data root through them.
+    """
 
     def __init__(self, root: Path) -> None:
         """Create a layout rooted at ``root`` (created lazily by writers)."""
@@ -43,23 +80,23 @@ class DataLayout:
 
     def landing_dir(self, pipeline: str) -> Path:
         """Landing-zone folder of a pipeline (one ``<day>.csv`` per day)."""
-        return self.root / "landing" / pipeline
+        return self.root / "landing" / check_pipeline(pipeline)
 
     def landing_file(self, pipeline: str, day: str) -> Path:
         """Landing-zone file for one day."""
-        return self.landing_dir(pipeline) / f"{day}.csv"
+        return self.landing_dir(pipeline) / f"{strict_day(day)}.csv"
 
     def raw_partition(self, pipeline: str, day: str) -> Path:
         """Ingested partition file for one day."""
-        return self.root / "raw" / pipeline / f"dt={day}" / "part.parquet"
+        return self.root / "raw" / check_pipeline(pipeline) / f"dt={strict_day(day)}" / "part.parquet"
 
     def quarantine_dir(self, pipeline: str, day: str) -> Path:
         """Folder holding every quarantined version of one day's partition."""
-        return self.root / "quarantine" / pipeline / f"dt={day}"
+        return self.root / "quarantine" / check_pipeline(pipeline) / f"dt={strict_day(day)}"
 
     def run_dir(self, pipeline: str, run_id: str) -> Path:
         """Per-run output folder of an Airflow run (datasets, reports, model card, references)."""
-        return self.root / "runs" / pipeline / safe_key(run_id)
+        return self.root / "runs" / check_pipeline(pipeline) / safe_key(run_id)
 
     def result_manifest(self, pipeline: str, run_id: str, task_id: str, try_number: int) -> Path:
         """Where a stage pod writes its outcome for Airflow to read (one file per task try)."""
@@ -67,7 +104,7 @@ class DataLayout:
 
     def monitoring_dir(self, pipeline: str, run_id: str) -> Path:
         """Per-run monitoring output folder."""
-        return self.root / "monitoring" / pipeline / safe_key(run_id)
+        return self.root / "monitoring" / check_pipeline(pipeline) / safe_key(run_id)
 
     @property
     def prediction_log(self) -> Path:
@@ -126,15 +163,15 @@ class DataLayout:
 
     def decision_log(self, pipeline: str) -> Path:
         """Every monitoring window's retrain decision, one JSON line each."""
-        return self.root / "monitoring" / pipeline / "decisions.jsonl"
+        return self.root / "monitoring" / check_pipeline(pipeline) / "decisions.jsonl"
 
     def trend_page(self, pipeline: str) -> Path:
         """Drift share per window and every decision, as one HTML page."""
-        return self.root / "monitoring" / pipeline / "trend.html"
+        return self.root / "monitoring" / check_pipeline(pipeline) / "trend.html"
 
     def raw_partitions(self, pipeline: str) -> list[str]:
         """Dates of all ingested partitions, oldest first."""
-        base = self.root / "raw" / pipeline
+        base = self.root / "raw" / check_pipeline(pipeline)
         if not base.is_dir():
             return []
         days = []
@@ -146,23 +183,30 @@ class DataLayout:
 
 
 def safe_key(key: str) -> str:
-    """Turn an Airflow run id (``scheduled__2011-01-01T00:00:00+00:00``) into a folder name."""
+    """Turn an Airflow run id (``scheduled__2011-01-01T00:00:00+00:00``) into a folder name (never ``.``/``..``)."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("_")
-    if not cleaned:
+    if not cleaned.strip("."):
         raise ValueError(f"run key {key!r} has no usable characters")
     return cleaned
 
 
 def parse_day(value: str) -> str:
-    """Validate a ``YYYY-MM-DD`` string (also accepts a datetime-like prefix) and return the date part.
+    """The day of a ``YYYY-MM-DD`` string or of an ISO datetime (Airflow's logical dates): ``YYYY-MM-DD``.
+
+    The whole value must parse: ``2011-06-01T00:00:00+00:00`` is 2011-06-01, ``2011-06-01/../x`` is an error.
 
     Raises:
-        ValueError: The value is not a calendar date.
+        LayoutError: The value is not a calendar day or an ISO datetime (a ``ValueError``).
     """
+    text = str(value)
+    if len(text) == 10:
+        return strict_day(text)
     try:
-        return date.fromisoformat(str(value)[:10]).isoformat()
-    except ValueError as exc:
-        raise ValueError(f"not a calendar date (YYYY-MM-DD): {value!r}") from exc
+        if _DAY_RE.match(text[:10]) and text[10:11] in ("T", " "):
+            return datetime.fromisoformat(text).date().isoformat()
+    except ValueError:
+        pass
+    raise LayoutError(f"not a calendar date (YYYY-MM-DD): {text[:80]!r}")
 
 
 @contextmanager

@@ -104,8 +104,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(url: str, timeout_s: float = 60) -> None:
-    """Poll ``<url>/health`` until it answers 200; fail the test after ``timeout_s``."""
+def wait_healthy(url: str, timeout_s: float = 60) -> dict[str, Any]:
+    """Poll ``<url>/health`` until it answers 200 and, for our model server, no model is still ``loading`` (it
+    loads its champions in the background); returns the answer ({} for a non-JSON one, such as MLflow's "OK").
+    Fails the test after ``timeout_s``."""
     import time
 
     import httpx
@@ -113,12 +115,19 @@ def wait_healthy(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
+            reply = httpx.get(f"{url}/health", timeout=2)
+            if reply.status_code == 200:
+                try:
+                    body = reply.json()
+                except ValueError:
+                    return {}
+                models = body.get("models", {}) if isinstance(body, dict) else {}
+                if all(m.get("state") != "loading" for m in models.values()):
+                    return dict(body) if isinstance(body, dict) else {}
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"{url}/health did not answer within {timeout_s:.0f}s")
+    pytest.fail(f"{url}/health did not answer with every model settled within {timeout_s:.0f}s")
 
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -54,7 +54,13 @@ def _common(spec: PipelineSpec, stage: str) -> dict[str, Any]:
 
 
 def _call(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a stage; a deterministic failure (bad data, config, gate verdict) fails at once, without retries."""
+    """Run a stage; a deterministic failure (bad data, config, gate verdict) fails at once, without retries.
+
+    The settings' secrets are handed to Airflow's log masker first, so no credential reaches the task log.
+    """
+    from mlops_airflow.log_masking import mask_settings_secrets
+
+    mask_settings_secrets()
     try:
         return stage(*args, **kwargs)
     except PermanentError as exc:
@@ -357,9 +363,11 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
         @task
         def gate_model(trained: dict[str, Any], datasets: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
             from mlops_airflow.links import MODEL_CARD_KEY
+            from mlops_airflow.log_masking import mask_settings_secrets
             from tasks import stages
             from tasks.gate import GateFailedError
 
+            mask_settings_secrets()
             ctx = get_current_context()
             ti = ctx["ti"]
             try:

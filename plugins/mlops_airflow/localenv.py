@@ -7,9 +7,34 @@ No Airflow import here: it only builds environment variables.
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+def admin_token_file(state_dir: Path) -> Path:
+    """The stack's model-server admin token (random, one per state dir, mode 0600), created on first use.
+
+    Every process of the stack reads it through ``MLP_ADMIN_TOKEN_FILE``: the server checks it, the deploy
+    stage sends it. Created with ``link()`` so concurrent callers all end up with the same token.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    target = state_dir / ADMIN_TOKEN_FILE
+    if not target.is_file():
+        fd, tmp = tempfile.mkstemp(prefix=".admin_token.", dir=state_dir)  # mkstemp: mode 0600
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+            os.link(tmp, target)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        finally:
+            os.unlink(tmp)
+    target.chmod(0o600)
+    return target
 
 
 def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -> dict[str, str]:
@@ -53,6 +78,8 @@ def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state_dir / "logs" / "airflow"),
             # the Redis on this machine: upstream announcements (spec source.events.redis_channel)
             "AIRFLOW_CONN_REDIS_DEFAULT": env.get("AIRFLOW_CONN_REDIS_DEFAULT", "redis://127.0.0.1:6379/0"),
+            # the model server's admin API (POST /admin/reload): the deploy stage sends this token
+            "MLP_ADMIN_TOKEN_FILE": str(admin_token_file(state_dir)),
             "GX_ANALYTICS_ENABLED": "False",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",

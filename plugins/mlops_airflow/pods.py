@@ -170,6 +170,9 @@ class StagePodOperator(KubernetesPodOperator):
 
     def execute(self, context: Any) -> Any:
         """Launch the pod, wait for it, and return the stage's result read from the shared store."""
+        from mlops_airflow.log_masking import mask_settings_secrets
+
+        mask_settings_secrets()  # the pod's log is streamed into this task's log
         manifest = self.prepare(context)
         self._launch_error = None
         pod_error: Exception | None = None

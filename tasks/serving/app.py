@@ -1,36 +1,64 @@
 """The model server: serves each pipeline's ``@champion`` over HTTP and logs every prediction.
 
 Endpoints:
-    ``GET /health``                     name and version of every served model
+    ``GET /health``                     every pipeline's model: ``state`` (loading | serving | failed |
+                                        no_champion), version, the (masked) error of a failed load
     ``POST /predict``                   the default pipeline's model (``serving_default_model``),
                                         ``{"instances": [{col: value}, ...]}``
     ``POST /models/{name}/predict``     a named pipeline's model
-    ``POST /admin/reload``              ``{"model": name, "version": "3"}``: load that version (default: the
-                                        current champion) beside the served one, smoke-test it, then switch;
-                                        on failure the old one keeps serving and the answer is 409 with why
+    ``POST /admin/reload``              ``{"model", "version"?, "force": false, "reason"?, "actor"?}`` with
+                                        ``Authorization: Bearer <MLP_ADMIN_TOKEN>``: load that version
+                                        (default: the champion) beside the served one, smoke-test it, then switch
 
-Payloads are checked against the model signature before the model sees them: a missing, unknown, null
-(where the signature requires a value) or mistyped field is a 422 naming ``instances[i].field``; a batch
-over ``serving_max_batch`` rows is a 413 stating the limit.
+The server listens at once; a background thread loads each champion, retrying with backoff while MLflow is
+unreachable (an outage is reported as one, never as "no champion yet"). A model still loading answers 503
+with ``Retry-After``.
+
+Admin (:mod:`tasks.serving.policy`): no token configured means the admin API is off (403); a missing or
+malformed ``Authorization`` header is a 401, a wrong token a 403. Only the champion, the ``previous``
+version or a gate-passed version may be loaded; anything else needs ``force`` with a reason. Every reload,
+served or refused, is a ``serve`` / ``serve_refused`` row in the promotion ledger with the caller's actor.
+
+Requests (:mod:`tasks.serving.hygiene`): bodies over ``serving_max_body_bytes`` are a 413; JSON is parsed
+strictly (NaN, Infinity, numbers that overflow to infinity and lone surrogates are a 422 naming the
+problem); payloads are checked against
+the model signature before the model sees them (a missing, unknown, null, mistyped or out-of-range field is
+a 422 naming ``instances[i].field``); a batch over ``serving_max_batch`` rows is a 413. Every error body is
+``{"detail", "error"}``, documented in the OpenAPI, and masked (no credential leaves in an answer).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import math
+import shutil
+import sqlite3
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import pandas as pd
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.prediction_log import PredictionLogWriter
+from tasks.redact import redact
+from tasks.serving.hygiene import (
+    ApiError,
+    BodyLimit,
+    ErrorBody,
+    StrictJSONRoute,
+    install_error_handlers,
+)
 from tasks.settings import Settings
 from tasks.tracking import use_store
 
@@ -38,23 +66,108 @@ log = logging.getLogger(__name__)
 
 SMOKE_RTOL = 1e-6
 SMOKE_ATOL = 1e-6
+RETRY_AFTER_S = 5
+INT_RANGES: dict[str, tuple[int, int]] = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
+FLOAT_MAX: dict[str, float] = {"double": 1.7976931348623157e308, "float": 3.4028234663852886e38}
+ModelState = Literal["loading", "serving", "failed", "no_champion"]
 
 
+# ---------------------------------------------------------------------------------------------- HTTP models
 class PredictRequest(BaseModel):
     """The MLflow / TF-serving ``instances`` convention: one mapping of raw input column -> value per row."""
 
     instances: list[Any] = Field(min_length=1)
 
 
+class PredictResponse(BaseModel):
+    """One prediction per instance, with the version that made them."""
+
+    predictions: list[float]
+    model_name: str
+    model_version: str
+    request_id: str
+    latency_ms: float
+
+
 class ReloadRequest(BaseModel):
-    """Which pipeline's model to (re)load, and which version (default: its current champion)."""
+    """Which pipeline's model to (re)load, which version (default: its current champion), and who asks why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    version: str | None = Field(default=None, pattern=r"^[1-9][0-9]{0,9}$")
+    force: bool = Field(default=False, description="Serve a version the policy does not vouch for (needs reason).")
+    reason: str | None = Field(default=None, max_length=2000)
+    actor: str | None = Field(default=None, max_length=300, description="Who asks (recorded in the ledger).")
+
+
+class ReloadResponse(BaseModel):
+    """The version now served and the one it replaced."""
 
     model: str
+    version: str
+    previous: str | None
+    why: str
+    smoke_test: dict[str, Any]
+
+
+class ModelHealth(BaseModel):
+    """One pipeline's model in ``/health``."""
+
+    name: str
+    state: ModelState
     version: str | None = None
+    run_id: str | None = None
+    loaded_at: str | None = None
+    inputs: dict[str, str] = Field(default_factory=dict)
+    smoke_test: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 0
+    retry_in_s: float | None = None
 
 
+class Health(BaseModel):
+    """The server's state: the default model (``/predict``) and every pipeline's."""
+
+    status: Literal["ok", "loading", "failed", "no_model"]
+    model: str
+    version: str | None
+    models: dict[str, ModelHealth]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "Malformed request",
+        401: "No or malformed `Authorization: Bearer` header",
+        403: "Admin API disabled, wrong token, or the reload policy refused the version",
+        404: "Unknown model, or no such version",
+        409: "The version cannot be served (no champion, failed to load or its smoke test); the old one serves",
+        413: "Request body or batch too large",
+        422: "The request does not fit the schema, the JSON is not strict, or rows do not fit the model signature",
+        503: "Model still loading, failed to load, no champion yet, or MLflow / the ledger unreachable",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": described[code]}
+        if code == 503:
+            entry["headers"] = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+        if code == 401:
+            entry["headers"] = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+        out[code] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loading
 class ModelLoadError(RuntimeError):
-    """No champion in the registry, or the new version failed its smoke test."""
+    """The version cannot be served: it fails to load, lacks what the smoke test needs, or fails it."""
+
+
+class NoChampion(ModelLoadError):
+    """No version holds the ``champion`` alias yet (MLflow answered)."""
+
+
+class ModelUnavailable(RuntimeError):
+    """MLflow did not answer while fetching the version (an outage: retrying may help)."""
 
 
 @dataclass
@@ -69,11 +182,13 @@ class ServedModel:
     required: frozenset[str] = frozenset()
     smoke: dict[str, Any] = field(default_factory=dict)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    folder: Path | None = None  # the server-owned download folder, removed once this version stops serving
 
     def describe(self) -> dict[str, Any]:
         """Health entry."""
         return {
             "name": self.name,
+            "state": "serving",
             "version": self.version,
             "run_id": self.run_id,
             "loaded_at": self.loaded_at,
@@ -81,19 +196,50 @@ class ServedModel:
             "smoke_test": self.smoke,
         }
 
+    def discard(self) -> None:
+        """Remove the downloaded files (the in-memory model finishes any request in flight)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
-def _smoke_test(model: Any, local: str, uri: str, run_id: str) -> dict[str, Any]:
+
+def _fetch(settings: Settings, what: str, fetch: Callable[[], str]) -> str:
+    """Run one MLflow download; an answer "not there" is a :class:`ModelLoadError`, no answer an outage.
+
+    Raises:
+        ModelLoadError: MLflow says the artifact does not exist.
+        ModelUnavailable: MLflow did not answer.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry import is_absent
+
+    try:
+        return fetch()
+    except MlflowException as exc:
+        if is_absent(exc):
+            raise ModelLoadError(f"{what} does not exist: {exc.message}") from exc
+        raise ModelUnavailable(
+            f"MLflow at {redact(settings.mlflow_tracking_uri)} unreachable while fetching {what}: {exc.message}"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{what} does not exist: {exc}") from exc
+    except OSError as exc:  # requests' connection errors and timeouts
+        raise ModelUnavailable(
+            f"MLflow at {redact(settings.mlflow_tracking_uri)} unreachable while fetching {what}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _smoke_test(model: Any, local: str, uri: str, sample_path: str) -> dict[str, Any]:
     """The checks a version passes before it may serve: signature, input example, offline predictions.
 
     Raises:
         ModelLoadError: Naming the check that failed.
     """
-    import mlflow
     import numpy as np
-    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from tasks.names import EXPECTED_COLUMN, SMOKE_SAMPLE
+    from tasks.names import EXPECTED_COLUMN
 
     if model.metadata.get_input_schema() is None:
         raise ModelLoadError(f"{uri} has no input signature: the server cannot validate payloads for it")
@@ -103,11 +249,9 @@ def _smoke_test(model: Any, local: str, uri: str, run_id: str) -> dict[str, Any]
     out = model.predict(example)
     if len(out) != len(example):
         raise ModelLoadError(f"{uri} returned {len(out)} predictions for {len(example)} example rows")
-    try:
-        sample_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SMOKE_SAMPLE)
-    except (MlflowException, OSError):
-        return {"example_rows": len(example), "holdout_rows": 0, "note": f"run has no {SMOKE_SAMPLE}"}
     sample = pd.read_parquet(sample_path)
+    if EXPECTED_COLUMN not in sample.columns or sample.empty:
+        raise ModelLoadError(f"{uri}'s holdout sample has no rows with {EXPECTED_COLUMN}: nothing to check it with")
     expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
     got = np.asarray(model.predict(sample), dtype="float64")
     diff = np.abs(got - expected)
@@ -115,40 +259,66 @@ def _smoke_test(model: Any, local: str, uri: str, run_id: str) -> dict[str, Any]
     if bad.any():
         raise ModelLoadError(
             f"smoke test failed: {int(bad.sum())} of {len(expected)} holdout rows differ from the offline predictions "
-            f"(max |diff| {diff.max():.6g}, tolerance {SMOKE_ATOL} + {SMOKE_RTOL}*|expected|): the served "
+            f"(max |diff| {np.nanmax(diff):.6g}, tolerance {SMOKE_ATOL} + {SMOKE_RTOL}*|expected|): the served "
             "environment does not reproduce what evaluation measured"
         )
     return {"example_rows": len(example), "holdout_rows": len(expected), "max_abs_diff": float(diff.max())}
 
 
-def load_version(settings: Settings, name: str, version: str | None = None) -> ServedModel:
-    """Load ``models:/<name>/<version>`` (default: the ``champion``) and smoke-test it.
+def load_version(
+    settings: Settings, name: str, version: str | None = None, run_id: str | None = None, downloads: Path | None = None
+) -> ServedModel:
+    """Download ``models:/<name>/<version>`` (default: the ``champion``), load and smoke-test it.
+
+    A version without its smoke sample (``smoke/holdout_sample.parquet`` on its run) is refused: nothing is
+    served unchecked. The files go to a new folder under ``downloads`` (default: the system's temporary
+    folder) that belongs to the returned model (:meth:`ServedModel.discard`); it is removed here when
+    loading fails.
 
     Raises:
-        ModelLoadError: No champion yet, no such version, or the version fails to load or its smoke test.
+        NoChampion: ``version`` is None and no version holds the champion alias.
+        ModelLoadError: No such version, or it fails to load or its smoke test.
+        ModelUnavailable: MLflow did not answer.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from tasks.registry import champion
-    from tasks.tracking import client
+    from tasks.names import SMOKE_SAMPLE
+    from tasks.registry import RegistryUnavailable, champion, model_version
 
-    if version is None:
-        current = champion(settings, name)
-        if current is None:
-            raise ModelLoadError(f"no version of {name!r} has the champion alias yet")
-        version = current.version
+    try:
+        found = champion(settings, name) if version is None else model_version(settings, name, version)
+    except RegistryUnavailable as exc:
+        raise ModelUnavailable(str(exc)) from exc
+    if found is None and version is None:
+        raise NoChampion(f"no version of {name!r} has the champion alias yet")
+    if found is None:
+        raise ModelLoadError(f"{name} has no version {version} in the registry")
+    version, run_id = found.version, run_id or found.mlflow_run_id
     uri = f"models:/{name}/{version}"
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=downloads))
     try:
         use_store(settings)  # models:/ URIs resolve through the registry URI
-        run_id = client(settings).get_model_version(name, str(version)).run_id
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-        model = mlflow.pyfunc.load_model(local)
-        smoke = _smoke_test(model, local, uri, str(run_id))
-    except MlflowException as exc:
-        raise ModelLoadError(f"cannot load {uri} from {mlflow.get_registry_uri()}: {exc}") from exc
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        raise ModelLoadError(f"{uri} failed its smoke test: {type(exc).__name__}: {exc}") from exc
+        model_dir, sample_dir = folder / "model", folder / "smoke"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        sample_dir.mkdir(exist_ok=True)
+        local = _fetch(settings, uri, lambda: mlflow.artifacts.download_artifacts(uri, dst_path=str(model_dir)))
+        sample = _fetch(
+            settings,
+            f"the smoke sample {SMOKE_SAMPLE} of run {run_id} (refusing to serve {uri} unchecked)",
+            lambda: mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=SMOKE_SAMPLE, dst_path=str(sample_dir)
+            ),
+        )
+        try:
+            model = mlflow.pyfunc.load_model(local)
+            smoke = _smoke_test(model, local, uri, sample)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the artifact does on load or predict, it may not serve
+            raise ModelLoadError(f"{uri} failed to load or its smoke test: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     schema = model.metadata.get_input_schema()
     columns = {c.name: getattr(c.type, "name", str(c.type)) for c in schema.inputs}
     required = frozenset(c.name for c in schema.inputs if getattr(c, "required", True))
@@ -160,12 +330,14 @@ def load_version(settings: Settings, name: str, version: str | None = None) -> S
         input_columns=columns,
         required=required,
         smoke=smoke,
+        folder=folder,
     )
 
 
+# ---------------------------------------------------------------------------------------------- payloads
 _KINDS: dict[str, tuple[type, ...]] = {
-    "long": (int,),
-    "integer": (int,),
+    "long": (int, float),  # an integral float (5.0) is accepted for an integer field
+    "integer": (int, float),
     "double": (int, float),
     "float": (int, float),
     "string": (str,),
@@ -173,15 +345,28 @@ _KINDS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _type_error(kind: str, value: Any) -> bool:
+def _type_error(kind: str, value: Any) -> str | None:
+    """Why ``value`` cannot be a ``kind`` input (None when it can)."""
     allowed = _KINDS.get(kind)
     if allowed is None:
-        return False
-    if isinstance(value, bool):
-        return kind != "boolean"
-    if kind in ("long", "integer") and isinstance(value, float):
-        return not value.is_integer()
-    return not isinstance(value, allowed)
+        return None
+    if isinstance(value, bool) != (kind == "boolean") or not isinstance(value, allowed):
+        return f"expected {kind}, got {type(value).__name__} {value!r:.40}"
+    number = cast(float, value) if kind in INT_RANGES or kind in FLOAT_MAX else 0.0
+    if kind in INT_RANGES:
+        if isinstance(number, float) and not number.is_integer():
+            return f"expected {kind}, got float {number!r:.40}"
+        low, high = INT_RANGES[kind]
+        if not low <= number <= high:
+            return f"{number!r:.40} is outside the {kind} range [{low}, {high}]"
+    if kind in FLOAT_MAX and abs(number) > FLOAT_MAX[kind]:
+        return f"{number!r:.40} is outside the {kind} range (|x| <= {FLOAT_MAX[kind]:.6g})"
+    return None
+
+
+def _shown(key: str) -> str:
+    """A caller's field name as it can be quoted back (printable, at most 60 characters)."""
+    return key if key.isprintable() and len(key) <= 60 else f"{key!r:.60}"
 
 
 def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10) -> list[str]:
@@ -193,21 +378,44 @@ def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10) -> lis
             errors.append(f"instances[{i}]: expected an object of input fields, got {type(row).__name__}")
             continue
         errors += [f"instances[{i}].{c}: missing (required {known[c]})" for c in sorted(served.required - row.keys())]
-        errors += [f"instances[{i}].{c}: unknown field" for c in sorted(row.keys() - known.keys())]
+        errors += [f"instances[{i}].{_shown(c)}: unknown field" for c in sorted(row.keys() - known.keys())]
         for col, kind in known.items():
             value = row.get(col)
             if value is None:
                 if col in row and col in served.required:
                     errors.append(f"instances[{i}].{col}: null, but a {kind} is required")
-            elif _type_error(kind, value):
-                errors.append(f"instances[{i}].{col}: expected {kind}, got {type(value).__name__} {value!r:.40}")
+            elif problem := _type_error(kind, value):
+                errors.append(f"instances[{i}].{col}: {problem}")
         if len(errors) >= limit:
             break
     return errors[:limit]
 
 
+def _frame(served: ServedModel, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as the signature's dtypes (integral floats for integer fields were accepted: make them ints)."""
+    frame = pd.DataFrame.from_records(rows, columns=list(served.input_columns))
+    for col, kind in served.input_columns.items():
+        values = frame[col]
+        if kind in INT_RANGES and values.notna().all() and values.dtype.kind in "fO":
+            frame[col] = values.astype("int64" if kind == "long" else "int32")
+        elif kind in FLOAT_MAX and values.dtype.kind in "iuO":
+            frame[col] = values.astype("float64" if kind == "double" else "float32")
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------- the service
+@dataclass
+class ModelStatus:
+    """Where one pipeline's model stands (``served`` holds the model itself once it serves)."""
+
+    state: ModelState = "loading"
+    error: str | None = None
+    attempts: int = 0
+    retry_at: float | None = None  # time.monotonic() of the next background attempt (outages only)
+
+
 class ModelService:
-    """The served models of several pipelines, their swaps and the prediction log (framework-free core)."""
+    """The served models of several pipelines, their loads and swaps, and the prediction log (framework-free)."""
 
     def __init__(self, settings: Settings, pipelines: list[str]) -> None:
         """Serve ``pipelines``; ``/predict`` answers for ``serving_default_model`` (else the first of them)."""
@@ -220,99 +428,304 @@ class ModelService:
         wanted = settings.serving_default_model
         self.default = wanted if wanted in self.pipelines else self.pipelines[0]
         self.served: dict[str, ServedModel] = {}
+        self.status: dict[str, ModelStatus] = {name: ModelStatus() for name in self.pipelines}
         self._swap_lock = threading.Lock()
+        self._load_locks = {name: threading.Lock() for name in self.pipelines}  # one load per model at a time
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._downloads: Path | None = None  # created on first load, removed on stop
         self.log = PredictionLogWriter.for_pipelines(DataLayout(settings.data_root).prediction_log, self.pipelines)
 
-    def _known(self, name: str) -> None:
-        if name not in self.pipelines:
-            raise HTTPException(404, detail=f"unknown model {name!r}; served: {self.pipelines}")
+    # -- lifecycle
+    def start(self) -> None:
+        """Load every pipeline's champion in a background thread (the server answers meanwhile)."""
+        self._loader = threading.Thread(target=self._load_champions, name="champion-loader", daemon=True)
+        self._loader.start()
+
+    def stop(self) -> None:
+        """Stop the loader and remove every downloaded version."""
+        self._stop.set()
+        self._wake.set()
+        if self._loader is not None:
+            self._loader.join(timeout=30)
+        with self._swap_lock:
+            served, self.served = list(self.served.values()), {}
+        for model in served:
+            model.discard()
+        if self._downloads is not None:
+            shutil.rmtree(self._downloads, ignore_errors=True)
 
     def load_all(self) -> None:
-        """Load every pipeline's champion that exists; the others answer 503 until deployed."""
+        """Load every pipeline's champion now, in this thread (one attempt each; no retries)."""
         for name in self.pipelines:
+            self._load_champion(name)
+
+    def wait_settled(self, timeout_s: float = 120) -> bool:
+        """Wait until no model is ``loading`` (for tests and scripts); True if that happened in time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(s.state != "loading" for s in self.status.values()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _folder(self) -> Path:
+        """This server's download folder (each served version has its own folder inside, removed with it)."""
+        if self._downloads is None:
+            self._downloads = Path(tempfile.mkdtemp(prefix="mlp-serving-"))
+        return self._downloads
+
+    def _load_champions(self) -> None:
+        """Background: try each model until it serves, has no champion, or fails for a reason retries cannot fix."""
+        pending = set(self.pipelines)
+        while pending and not self._stop.is_set():
+            now = time.monotonic()
+            for name in sorted(pending):
+                status = self.status[name]
+                if status.retry_at is None or status.retry_at <= now:
+                    self._load_champion(name)
+                    if self.status[name].retry_at is None:
+                        pending.discard(name)
+                if self._stop.is_set():
+                    return
+            waits = [self.status[n].retry_at for n in pending]
+            if waits:
+                self._wake.wait(max(0.0, min(w for w in waits if w is not None) - time.monotonic()))
+                self._wake.clear()
+
+    def _load_champion(self, name: str) -> None:
+        with self._load_locks[name]:
+            if name in self.served:  # an admin reload got there first
+                self.status[name].retry_at = None
+                return
+            status = self.status[name]
+            status.attempts += 1
+            backoff = min(2.0 ** (status.attempts - 1), self.settings.serving_load_retry_max_s)
             try:
-                self._swap(load_version(self.settings, name))
-            except ModelLoadError as exc:
+                candidate = load_version(self.settings, name, downloads=self._folder())
+            except ModelUnavailable as exc:
+                status.state, status.error, status.retry_at = "failed", redact(str(exc)), time.monotonic() + backoff
+                log.error("cannot load %s (attempt %d; retrying in %.0fs): %s", name, status.attempts, backoff, exc)
+                return
+            except NoChampion as exc:
+                status.state, status.error, status.retry_at = "no_champion", str(exc), None
                 log.warning("not serving %s yet: %s", name, exc)
+                return
+            except ModelLoadError as exc:
+                status.state, status.error, status.retry_at = "failed", redact(str(exc)), None
+                log.error("not serving %s: %s", name, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - the loader thread must not die: say so, retry later
+                status.state, status.retry_at = "failed", time.monotonic() + backoff
+                status.error = redact(f"unexpected {type(exc).__name__}: {exc}")
+                log.exception("cannot load %s (attempt %d; retrying in %.0fs)", name, status.attempts, backoff)
+                return
+            self._swap(candidate)
 
     def _swap(self, candidate: ServedModel) -> None:
         with self._swap_lock:
+            old = self.served.get(candidate.name)
             self.served[candidate.name] = candidate
+            self.status[candidate.name] = ModelStatus(state="serving", attempts=self.status[candidate.name].attempts)
+        if old is not None and old is not candidate:
+            old.discard()
         log.info("now serving %s v%s", candidate.name, candidate.version)
 
-    def reload(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Blue/green: load ``version`` (default: champion) beside the served one, smoke-test it, then switch.
+    def _known(self, name: str) -> None:
+        if name not in self.pipelines:
+            raise ApiError(404, "unknown_model", f"unknown model {name!r:.100}; served: {self.pipelines}")
 
-        Requests keep going to the old version while the new one loads; the switch is one reference swap.
+    # -- admin
+    def _record(self, name: str, action: str, actor: str, reason: str, **fields: Any) -> str | None:
+        """Append a ledger row; returns why it could not be written (None when it was)."""
+        from tasks.ledger import Entry, LedgerError
+        from tasks.registry import ledger
+
+        try:
+            ledger(self.settings).append(Entry(name, action, actor, reason, **fields))
+        except (LedgerError, OSError, sqlite3.Error) as exc:
+            log.error("promotion ledger: could not record %s of %s: %s", action, name, exc)
+            return f"not recorded in the promotion ledger: {exc}"
+        return None
+
+    def _refuse(
+        self, name: str, status: int, error: str, why: str, actor: str, request: ReloadRequest, **fields: Any
+    ) -> ApiError:
+        previous = self.served.get(name)
+        kept = f"; still serving v{previous.version}" if previous else "; nothing served"
+        unrecorded = self._record(
+            name,
+            "serve_refused",
+            actor,
+            why,
+            from_version=previous.version if previous else None,
+            to_version=fields.pop("to_version", request.version),
+            details={"force": request.force, "requested_reason": request.reason},
+            **fields,
+        )
+        what = f"{name} v{request.version}" if request.version else f"{name}'s champion"
+        log.error("reload of %s refused (%s): %s%s", what, actor, why, kept)
+        detail = f"reload of {what} refused: {why}{kept}"
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        return ApiError(status, error, detail + (f" ({unrecorded})" if unrecorded else ""), headers)
+
+    def reload(self, request: ReloadRequest) -> dict[str, Any]:
+        """Blue/green: check the policy, load the version beside the served one, smoke-test it, record, switch.
+
+        Requests keep going to the old version while the new one loads; the switch is one reference swap,
+        made only once the ledger holds the ``serve`` row.
 
         Raises:
-            HTTPException: 404 for an unknown pipeline; 409 when loading or the smoke test fails (the old
-                version keeps serving).
+            ApiError: 404 unknown pipeline; 403 refused by the policy; 409 no such version or it failed to
+                load or its smoke test; 503 MLflow or the ledger unreachable. The old version keeps serving.
         """
+        from tasks.registry import RegistryUnavailable, champion, model_version
+        from tasks.serving.policy import reload_policy
+
+        name = request.model
         self._known(name)
-        previous = self.served.get(name)
-        try:
-            candidate = load_version(self.settings, name, version)
-        except ModelLoadError as exc:
-            kept = f"; still serving v{previous.version}" if previous else "; nothing served"
-            log.error("reload of %s v%s refused: %s%s", name, version or "champion", exc, kept)
-            raise HTTPException(409, detail=f"reload of {name} v{version or 'champion'} failed: {exc}{kept}") from exc
-        self._swap(candidate)
+        actor = f"{request.actor or 'unnamed caller'} via admin token"
+        with self._load_locks[name]:
+            previous = self.served.get(name)
+            try:
+                found = (
+                    champion(self.settings, name)
+                    if request.version is None
+                    else model_version(self.settings, name, request.version)
+                )
+            except RegistryUnavailable as exc:
+                raise self._refuse(name, 503, "mlflow_unavailable", str(exc), actor, request) from exc
+            if found is None:
+                why = (
+                    f"no version of {name!r} has the champion alias yet"
+                    if request.version is None
+                    else (f"{name} has no version {request.version} in the registry")
+                )
+                raise self._refuse(name, 409, "no_such_version", why, actor, request)
+            verdict = reload_policy(found.version, found.aliases, found.tags, request.force, request.reason)
+            facts = {"to_version": found.version, "run_id": found.mlflow_run_id}
+            if not verdict.allowed:
+                raise self._refuse(name, 403, "policy_refused", verdict.why, actor, request, **facts)
+            try:
+                candidate = load_version(self.settings, name, found.version, found.mlflow_run_id, self._folder())
+            except ModelUnavailable as exc:
+                raise self._refuse(name, 503, "mlflow_unavailable", str(exc), actor, request, **facts) from exc
+            except ModelLoadError as exc:
+                raise self._refuse(name, 409, "load_failed", str(exc), actor, request, **facts) from exc
+            unrecorded = self._record(
+                name,
+                "serve",
+                actor,
+                request.reason or verdict.why,
+                from_version=previous.version if previous else None,
+                to_version=candidate.version,
+                run_id=candidate.run_id,
+                details={"why": verdict.why, "forced": verdict.forced, "smoke_test": candidate.smoke},
+            )
+            if unrecorded:
+                candidate.discard()
+                kept = f"still serving v{previous.version}" if previous else "nothing served"
+                raise ApiError(
+                    503,
+                    "ledger_unavailable",
+                    f"{name} v{candidate.version} passed its smoke test but the switch is {unrecorded}; "
+                    f"not switching ({kept})",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
+            self._swap(candidate)
         return {
             "model": name,
             "version": candidate.version,
             "previous": previous.version if previous else None,
+            "why": verdict.why,
             "smoke_test": candidate.smoke,
         }
 
-    def health(self) -> dict[str, Any]:
-        """Name and version of every served model."""
-        default = self.served.get(self.default)
+    # -- reading
+    def describe(self, name: str) -> dict[str, Any]:
+        """One model's health entry."""
+        served = self.served.get(name)
+        if served is not None:
+            return served.describe() | {"attempts": self.status[name].attempts}
+        status = self.status[name]
+        retry = None if status.retry_at is None else round(max(0.0, status.retry_at - time.monotonic()), 1)
         return {
-            "status": "ok" if default else "no_model",
+            "name": name,
+            "state": status.state,
+            "version": None,
+            "error": status.error,
+            "attempts": status.attempts,
+            "retry_in_s": retry,
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Name, state and version of every pipeline's model."""
+        default = self.served.get(self.default)
+        state = self.status[self.default].state
+        overall = "ok" if default else {"loading": "loading", "failed": "failed"}.get(state, "no_model")
+        return {
+            "status": overall,
             "model": self.default,
             "version": default.version if default else None,
-            "models": {name: m.describe() for name, m in self.served.items()},
+            "models": {name: self.describe(name) for name in self.pipelines},
         }
+
+    def _current(self, name: str) -> ServedModel:
+        self._known(name)
+        current = self.served.get(name)
+        if current is not None:
+            return current
+        status = self.status[name]
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        if status.state == "loading":
+            raise ApiError(503, "model_loading", f"{name}'s model is still loading; retry shortly", retry)
+        if status.state == "no_champion":
+            raise ApiError(503, "no_champion", f"{name} has no champion yet: train and promote one first", retry)
+        raise ApiError(503, "model_unavailable", f"{name}'s model failed to load: {status.error}", retry)
 
     def predict(self, name: str, request: PredictRequest) -> dict[str, Any]:
         """Validate the rows against the signature, predict, log every row.
 
         Raises:
-            HTTPException: 404 unknown model, 503 no champion yet, 422 rows that do not fit the signature.
+            ApiError: 404 unknown model, 503 not serving (loading, failed, no champion), 413 batch too large,
+                422 rows that do not fit the signature or a prediction that is not a finite number.
         """
         from mlflow.exceptions import MlflowException
 
-        self._known(name)
-        current = self.served.get(name)
-        if current is None:
-            raise HTTPException(503, detail=f"{name} has no champion yet: train and promote one first")
+        current = self._current(name)
         limit = self.settings.serving_max_batch
         if len(request.instances) > limit:
-            raise HTTPException(
+            raise ApiError(
                 413,
-                detail=f"batch of {len(request.instances)} instances exceeds the limit of {limit} per request "
+                "batch_too_large",
+                f"batch of {len(request.instances)} instances exceeds the limit of {limit} per request "
                 "(serving_max_batch); split it into smaller requests",
             )
         errors = payload_errors(current, request.instances)
         if errors:
-            raise HTTPException(
+            raise ApiError(
                 422,
-                detail=f"payload does not match {name} v{current.version}'s signature: " + "; ".join(errors),
+                "invalid_instances",
+                f"payload does not match {name} v{current.version}'s signature: " + "; ".join(errors),
             )
-        frame = pd.DataFrame.from_records(request.instances, columns=list(current.input_columns))
-        for col, kind in current.input_columns.items():  # 5.0 for an integer field was accepted above: make it 5
-            if kind in ("long", "integer") and frame[col].dtype.kind == "f" and frame[col].notna().all():
-                frame[col] = frame[col].astype("int64" if kind == "long" else "int32")
         started = time.perf_counter()
         try:
-            output = current.model.predict(frame)
-        except (MlflowException, ValueError, TypeError) as exc:
+            output = current.model.predict(_frame(current, request.instances))
+        except (MlflowException, ValueError, TypeError, OverflowError) as exc:
             message = getattr(exc, "message", str(exc))
-            raise HTTPException(
-                422, detail=f"payload does not match {name} v{current.version}'s signature: {message}"
+            raise ApiError(
+                422, "invalid_instances", f"payload does not match {name} v{current.version}'s signature: {message}"
             ) from exc
         values = [float(v) for v in output]
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise ApiError(
+                422,
+                "non_finite_prediction",
+                f"{name} v{current.version} predicts no finite number for instances {bad[:10]} "
+                "(inputs far outside what it was trained on?); nothing was logged",
+            )
         request_id = uuid.uuid4().hex
         self.log.append(request_id, current.name, current.version, request.instances, values)
         return {
@@ -324,39 +737,160 @@ class ModelService:
         }
 
 
+def _input_schema(served: ServedModel) -> dict[str, Any]:
+    """JSON schema of one instance of ``served`` (what its signature and :func:`payload_errors` accept)."""
+    props: dict[str, Any] = {}
+    for col, kind in served.input_columns.items():
+        if kind in INT_RANGES:
+            low, high = INT_RANGES[kind]
+            schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
+        elif kind == "float":  # float32: a double beyond its range is refused
+            schema = {"type": "number", "minimum": -FLOAT_MAX[kind], "maximum": FLOAT_MAX[kind]}
+        elif kind == "double":  # every finite JSON number (strict parsing refuses the rest)
+            schema = {"type": "number"}
+        else:
+            schema = {"type": {"string": "string", "boolean": "boolean"}.get(kind, "string")}
+        props[col] = schema if col in served.required else {"anyOf": [schema, {"type": "null"}]}
+    return {"type": "object", "properties": props, "required": sorted(served.required), "additionalProperties": False}
+
+
+def _openapi(app: FastAPI, service: ModelService) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document as the server stands: one ``/models/<name>/predict`` path per pipeline.
+
+    Each served model's instances are described by its signature (``/predict`` by the default model's).
+
+    Built on every request of ``/openapi.json`` (cheap), so it follows reloads; a pipeline whose model is not
+    served yet keeps the generic ``instances`` schema (it answers 503).
+    """
+    import copy
+
+    from fastapi.openapi.utils import get_openapi
+
+    def request_schema(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
+        served = service.served.get(name)
+        if served is None:
+            return None
+        component = f"PredictRequest_{name}"
+        doc["components"]["schemas"][component] = {
+            "type": "object",
+            "title": component,
+            "properties": {
+                "instances": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _input_schema(served),
+                    # a limit, not a schema rule: more rows is a 413 (Content Too Large), documented as such
+                    "description": f"At most {service.settings.serving_max_batch} rows (serving_max_batch); "
+                    "more is a 413.",
+                }
+            },
+            "required": ["instances"],
+        }
+        return {"$ref": f"#/components/schemas/{component}"}
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        doc = copy.deepcopy(app.openapi_schema)
+        templated = doc["paths"].pop("/models/{name}/predict")["post"]
+        for name in service.pipelines:
+            op = copy.deepcopy(templated)
+            op["parameters"] = [p for p in op.get("parameters", []) if p["name"] != "name"]
+            op["operationId"], op["summary"] = f"predict_{name}", f"Predict with {name}'s champion"
+            if not op["parameters"]:
+                del op["parameters"]
+            if schema := request_schema(doc, name):
+                op["requestBody"]["content"]["application/json"]["schema"] = schema
+            doc["paths"][f"/models/{name}/predict"] = {"post": op}
+        if schema := request_schema(doc, service.default):
+            doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"] = schema
+        return doc
+
+    return build
+
+
 def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
-    """Build the HTTP app over a :class:`ModelService` for ``pipelines``."""
+    """Build the HTTP app over a :class:`ModelService` for ``pipelines``; it loads the champions in the background."""
+    from tasks.redact import install
+    from tasks.settings import register_secrets
+
+    install()  # no credential in this process's logs or tracebacks
+    register_secrets(settings)
     service = ModelService(settings, pipelines)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.load_all()
-        yield
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
 
     app = FastAPI(title="ML lifecycle model server", version="1", lifespan=lifespan)
+    app.router.route_class = StrictJSONRoute
     app.state.service = service
+    app.add_middleware(BodyLimit, limit=settings.serving_max_body_bytes)
+    install_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False, description="MLP_ADMIN_TOKEN")
 
-    @app.get("/health")
+    def admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008 - FastAPI
+        token = settings.admin_token
+        if token is None:
+            raise ApiError(403, "admin_disabled", "admin API disabled: set MLP_ADMIN_TOKEN")
+        if credentials is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "admin endpoints need an Authorization: Bearer <MLP_ADMIN_TOKEN> header",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
+            log.warning("admin request with a wrong token refused")
+            raise ApiError(403, "forbidden", "wrong admin token")
+
+    @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
         return service.health()
 
-    @app.post("/predict")
+    predict_errors = _errors(404, 413, 422, 503)
+
+    @app.post("/predict", response_model=PredictResponse, responses=predict_errors)
     def predict(request: PredictRequest) -> dict[str, Any]:
         return service.predict(service.default, request)
 
-    @app.post("/models/{name}/predict")
+    @app.post("/models/{name}/predict", response_model=PredictResponse, responses=predict_errors)
     def predict_named(name: str, request: PredictRequest) -> dict[str, Any]:
         return service.predict(name, request)
 
-    @app.post("/admin/reload")
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResponse,
+        responses=_errors(401, 403, 404, 409, 413, 422, 503),
+        dependencies=[Depends(admin)],
+    )
     def admin_reload(request: ReloadRequest) -> dict[str, Any]:
-        return service.reload(request.model, request.version)
+        return service.reload(request)
 
+    app.openapi = _openapi(app, service)  # type: ignore[method-assign]
     return app
+
+
+def configure_mlflow_http(settings: Settings) -> None:
+    """Bound this process's MLflow HTTP calls (timeout, retries) unless the environment already sets them.
+
+    MLflow's defaults (120 s per request, 7 retries with exponential backoff) kept the server silent for
+    minutes when MLflow was down; the background loader retries on its own schedule instead.
+    """
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.serving_mlflow_timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.serving_mlflow_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 def serve(settings: Settings, pipelines: list[str], host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the server in the foreground (``python -m tasks serve``)."""
     import uvicorn
 
+    configure_mlflow_http(settings)
     uvicorn.run(create_app(settings, pipelines), host=host, port=port, log_level="info")

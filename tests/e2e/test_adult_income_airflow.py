@@ -154,7 +154,16 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     assert registry.get_model_version_by_alias(P, "champion").version == 1
     assert registry.get_model_version_by_alias(P, "previous").version == 2
     assert httpx.get(f"{url}/health").json()["models"][P]["version"] == "1"
-    ledger = [(e.action, e.from_version, e.to_version) for e in PromotionLedger(settings.ledger_uri).read(P)]
-    assert ledger == [("promote", None, "1"), ("promote", "1", "2"), ("rollback", "2", "1")]
-    last = PromotionLedger(settings.ledger_uri).read(P)[-1]
-    assert last.actor.startswith("airflow:rollback/") and last.reason == "e2e: v2 complaints"
+    entries = PromotionLedger(settings.ledger_uri).read(P)
+    ledger = [(e.action, e.from_version, e.to_version) for e in entries]
+    assert ledger == [
+        ("promote", None, "1"),
+        ("serve", None, "1"),  # the model server's own record of each deploy
+        ("promote", "1", "2"),
+        ("serve", "1", "2"),
+        ("rollback", "2", "1"),
+        ("serve", "2", "1"),
+    ]
+    rollback, served = entries[-2:]
+    assert rollback.actor.startswith("airflow:rollback/") and rollback.reason == "e2e: v2 complaints"
+    assert served.actor == f"{rollback.actor} via admin token" and "champion alias" in served.reason

@@ -21,8 +21,8 @@ def test_helm_values_match_the_prod_layer() -> None:
     assert values["executor"] in {"KubernetesExecutor", "CeleryExecutor"}
     env = {e["name"]: e["value"] for e in values["env"]}
     assert env["ML_ENV"] == "prod" and env["MLP_DATA_ROOT"] == PROD.data_mount and env["MLP_TASK_IMAGE"] == PROD.image
-    assert {s["secretName"] for s in values["secret"]} == {PROD.mlflow_secret, "ml-ledger"}
-    assert {s["envName"] for s in values["secret"]} >= {"MLFLOW_TRACKING_URI", "MLP_LEDGER_URI"}
+    assert {s["secretName"] for s in values["secret"]} == {PROD.mlflow_secret, "ml-ledger", "ml-admin-token"}
+    assert {s["envName"] for s in values["secret"]} >= {"MLFLOW_TRACKING_URI", "MLP_LEDGER_URI", "MLP_ADMIN_TOKEN"}
     claim = values["volumes"][0]["persistentVolumeClaim"]["claimName"]
     assert claim == PROD.shared_store_claim and values["volumeMounts"][0]["mountPath"] == PROD.data_mount
     assert values["config"]["kubernetes_executor"]["namespace"] == PROD.namespace

@@ -332,9 +332,11 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
         assert ("bike_demand", "champion", int(champion.version)) in cur.fetchall()
         # compose puts the promotion ledger beside MLflow's tables: the Airflow task recorded the promotion there
         cur.execute("SELECT action, to_version, actor FROM promotion_ledger WHERE pipeline = 'bike_demand'")
-        action, to_version, who = cur.fetchall()[-1]
+        (action, to_version, who), served = cur.fetchall()[-2:]
         assert (action, to_version) == ("promote", str(champion.version))
         assert who.startswith("airflow:bike_demand_train/")
+        # and the model server, given the same ledger, recorded the deploy it was asked for, with the admin token
+        assert served == ("serve", str(champion.version), f"{who} via admin token")
     with closing(_pg(stack["dbs"]["AIRFLOW_DB"])) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM dag_run WHERE dag_id = 'bike_demand_ingest' AND run_type = 'backfill' "

@@ -44,3 +44,51 @@ def test_cli_failures_exit_non_zero_with_the_reason(data_root):
     assert missing.returncode == 1 and "no landing file" in missing.stderr
     failure = json.loads(manifest.read_text())  # the pod's failure comes back through the shared store too
     assert failure["ok"] is False and failure["permanent"] is True and "no landing file" in failure["error"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["--pipeline", "../../x"],
+            "argument --pipeline: invalid choice: '../../x' (choose from 'adult_income', 'bike_demand'",
+        ),
+        (["--pipeline", "bike_demand.yaml"], "invalid choice: 'bike_demand.yaml'"),
+        (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01x"}'], "not a calendar date (YYYY-MM-DD)"),
+        (["--pipeline", "bike_demand", "--args", '{"day": "2011-02-30"}'], "--args day: not a calendar date"),
+        (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01T00:00"}'], "not a calendar date"),
+        (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01", "x": ["a/../b"]}'], "'..' path segments"),
+        (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01"}', "--result", "../r.json"], "'..' path"),
+        (["--pipeline", "bike_demand", "--args", '["2011-06-01"]'], "--args must be a JSON object"),
+    ],
+)
+def test_cli_refuses_unknown_pipelines_loose_days_and_parent_segments(data_root, argv, said):
+    import os
+
+    out = _cli("ingest", *argv, env=dict(os.environ))
+    assert out.returncode == 2 and said in out.stderr, out.stderr
+    assert not (data_root / "raw").exists()
+
+
+def test_cli_refuses_a_crafted_partition_before_any_file_moves(data_root):
+    """``validate_new`` with ``<an ingested day>/../../..`` once moved a file from outside the data root."""
+    import os
+
+    out = _cli(
+        "validate_new",
+        "--pipeline",
+        "bike_demand",
+        "--args",
+        '{"partitions": ["2011-06-01/../../../../../outside"], "run_key": "r"}',
+        env=dict(os.environ),
+    )
+    assert out.returncode == 2 and "'..' path segments are not allowed" in out.stderr
+    out = _cli(
+        "validate",
+        "--pipeline",
+        "bike_demand",
+        "--args",
+        '{"partitions": ["2011-06-01", "2011-6-2"], "run_key": "r"}',
+        env=dict(os.environ),
+    )
+    assert out.returncode == 2 and "--args partitions: not a calendar date (YYYY-MM-DD): '2011-6-2'" in out.stderr

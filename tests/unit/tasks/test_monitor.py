@@ -46,6 +46,7 @@ def test_window_is_the_event_days_before_the_interval_end():
 
 def _serve(start: str, end: str) -> None:
     with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
+        assert client.app.state.service.wait_settled(120)  # the champion loads in the background
         rows = raw_rows(FIXTURES, start, end).drop(columns=DROP)
         for _, day in rows.groupby("dteday"):
             assert client.post("/predict", json={"instances": day.to_dict("records")}).status_code == 200
@@ -112,6 +113,7 @@ def _monitoring_runs(run_id: str) -> list[Any]:
 def test_stuck_served_input_is_a_data_quality_violation(use_champion_store):
     # a client bug sends windspeed as 0 for every row of a week the champion knows well
     with TestClient(create_app(get_settings(), ["bike_demand"])) as app:
+        assert app.app.state.service.wait_settled(120)
         rows = raw_rows(FIXTURES, "2011-06-06", "2011-06-12").drop(columns=DROP).assign(windspeed=0.0)
         assert app.post("/predict", json={"instances": rows.to_dict("records")}).status_code == 200
     report = stages.check_drift("bike_demand", "2011-06-13T02:00:00+00:00", "m4")

@@ -204,7 +204,10 @@ def test_deploy_that_fails_its_smoke_test_keeps_the_old_version_serving(registry
         health = httpx.get(f"{url}/health").json()
         assert health["version"] == v1 and health["models"][P]["smoke_test"]["holdout_rows"] == 168
         assert champion(settings, P).version == v1  # the registry agrees with what is served
-        entry = _entries(registry)[-1]
+        refused, entry = _entries(registry)[-2:]
+        # the server recorded its refusal (who asked, through the admin API), then the deploy stage its revert
+        assert refused.action == "serve_refused" and refused.actor == "airflow:test via admin token"
+        assert (refused.from_version, refused.to_version) == (v1, bad) and "smoke test failed" in refused.reason
         assert entry.action == "deploy_failed" and entry.from_version == bad and entry.to_version == v1
         assert entry.details == {"reverted": True}
     finally:

@@ -101,3 +101,10 @@ def test_each_heavy_stage_takes_its_resources_from_its_spec_entry(spec):
         spec.stage_resources("gate_model")
     with pytest.raises(SpecError, match="'train' is not a heavy stage"):  # the spec's key is not a stage name
         spec.stage_resources("train")
+
+
+@pytest.mark.parametrize("name", ["../../config/pipelines/bike_demand", "bike_demand.yaml", "/etc/passwd", "Bike"])
+def test_load_spec_takes_names_only_from_a_string(name):
+    with pytest.raises(SpecError, match="is not a pipeline name.*available pipelines: .*bike_demand"):
+        load_spec(name)
+    assert load_spec(Path("config/pipelines/bike_demand.yaml")).name == "bike_demand"  # a Path stays allowed

@@ -18,7 +18,12 @@ INPUT_DROP = ["instant", "casual", "registered", "cnt"]
 @pytest.fixture
 def server(use_champion_store):
     with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
+        assert client.app.state.service.wait_settled(120)  # the champion loads in the background
         yield client
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {get_settings().admin_token.get_secret_value()}"}
 
 
 def _instances(start: str, end: str) -> list[dict]:
@@ -29,6 +34,8 @@ def test_health_reports_name_and_version(server, use_champion_store):
     body = server.get("/health").json()
     assert body["status"] == "ok" and body["model"] == "bike_demand"
     assert body["version"] == use_champion_store["registered"]["version"]
+    model = body["models"]["bike_demand"]
+    assert model["state"] == "serving" and model["smoke_test"]["holdout_rows"] > 0
 
 
 def test_predict_real_rows_and_log_each_prediction(server, use_champion_store):
@@ -98,15 +105,19 @@ def test_empty_and_oversized_batches_are_refused(server):
 
 
 def test_unknown_model_is_404(server):
-    assert server.post("/models/nope/predict", json={"instances": [{"a": 1}]}).status_code == 404
-    assert server.post("/admin/reload", json={"model": "nope"}).status_code == 404
+    reply = server.post("/models/nope/predict", json={"instances": [{"a": 1}]})
+    assert reply.status_code == 404 and reply.json()["error"] == "unknown_model"
+    assert server.post("/admin/reload", json={"model": "nope"}, headers=admin_headers()).status_code == 404
 
 
 def test_server_without_champion_answers_503_and_reload_409(data_root):
     with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
-        assert client.get("/health").json()["status"] == "no_model"
-        assert client.post("/predict", json={"instances": [{"hr": 1}]}).status_code == 503
-        reply = client.post("/admin/reload", json={"model": "bike_demand"})
+        assert client.app.state.service.wait_settled(60)
+        health = client.get("/health").json()
+        assert health["status"] == "no_model" and health["models"]["bike_demand"]["state"] == "no_champion"
+        reply = client.post("/predict", json={"instances": [{"hr": 1}]})
+        assert reply.status_code == 503 and reply.json()["error"] == "no_champion" and "Retry-After" in reply.headers
+        reply = client.post("/admin/reload", json={"model": "bike_demand"}, headers=admin_headers())
         assert reply.status_code == 409 and "champion" in reply.json()["detail"]
 
 
