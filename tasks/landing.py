@@ -24,11 +24,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import PermanentError
+from tasks.storage import LayoutError
+from tasks.storage import strict_day as _layout_day
 
 if TYPE_CHECKING:
     from tasks.spec import SourceSpec
@@ -39,23 +39,22 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _STRICT_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-class BadPartition(PermanentError, ValueError):
+class BadPartition(LayoutError):
     """A partition day that is not a calendar date (``2011-02-30``, ``2011-6-1``, ``yesterday``)."""
 
 
 def strict_day(value: Any) -> str:
-    """``value`` if it is a calendar date written ``YYYY-MM-DD``.
+    """``value`` if it is a calendar date written ``YYYY-MM-DD`` (:func:`tasks.storage.strict_day`).
 
     Raises:
         BadPartition: Anything else, saying so.
     """
-    text = str(value)
-    if _STRICT_DAY.match(text):
-        try:
-            return date.fromisoformat(text).isoformat()
-        except ValueError:
-            pass
-    raise BadPartition(f"partition {text!r} is not a calendar date (YYYY-MM-DD): nothing was read or written")
+    try:
+        return _layout_day(str(value))
+    except LayoutError:
+        raise BadPartition(
+            f"partition {str(value)[:80]!r} is not a calendar date (YYYY-MM-DD): nothing was read or written"
+        ) from None
 
 
 @dataclass(frozen=True)

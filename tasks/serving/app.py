@@ -176,7 +176,7 @@ class ServedModel:
 
     name: str
     version: str
-    run_id: str
+    mlflow_run_id: str
     model: Any
     input_columns: dict[str, str]
     required: frozenset[str] = frozenset()
@@ -190,7 +190,7 @@ class ServedModel:
             "name": self.name,
             "state": "serving",
             "version": self.version,
-            "run_id": self.run_id,
+            "mlflow_run_id": self.mlflow_run_id,
             "loaded_at": self.loaded_at,
             "inputs": self.input_columns,
             "smoke_test": self.smoke,
@@ -266,7 +266,11 @@ def _smoke_test(model: Any, local: str, uri: str, sample_path: str) -> dict[str,
 
 
 def load_version(
-    settings: Settings, name: str, version: str | None = None, run_id: str | None = None, downloads: Path | None = None
+    settings: Settings,
+    name: str,
+    version: str | None = None,
+    mlflow_run_id: str | None = None,
+    downloads: Path | None = None,
 ) -> ServedModel:
     """Download ``models:/<name>/<version>`` (default: the ``champion``), load and smoke-test it.
 
@@ -293,7 +297,7 @@ def load_version(
         raise NoChampion(f"no version of {name!r} has the champion alias yet")
     if found is None:
         raise ModelLoadError(f"{name} has no version {version} in the registry")
-    version, run_id = found.version, run_id or found.mlflow_run_id
+    version, run_id = found.version, mlflow_run_id or found.mlflow_run_id
     uri = f"models:/{name}/{version}"
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=downloads))
     try:
@@ -325,7 +329,7 @@ def load_version(
     return ServedModel(
         name=name,
         version=str(version),
-        run_id=str(run_id),
+        mlflow_run_id=str(run_id),
         model=model,
         input_columns=columns,
         required=required,
@@ -604,7 +608,7 @@ class ModelService:
                 )
                 raise self._refuse(name, 409, "no_such_version", why, actor, request)
             verdict = reload_policy(found.version, found.aliases, found.tags, request.force, request.reason)
-            facts = {"to_version": found.version, "run_id": found.mlflow_run_id}
+            facts = {"to_version": found.version, "mlflow_run_id": found.mlflow_run_id}
             if not verdict.allowed:
                 raise self._refuse(name, 403, "policy_refused", verdict.why, actor, request, **facts)
             try:
@@ -620,7 +624,7 @@ class ModelService:
                 request.reason or verdict.why,
                 from_version=previous.version if previous else None,
                 to_version=candidate.version,
-                run_id=candidate.run_id,
+                mlflow_run_id=candidate.mlflow_run_id,
                 details={"why": verdict.why, "forced": verdict.forced, "smoke_test": candidate.smoke},
             )
             if unrecorded:

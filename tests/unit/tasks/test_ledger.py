@@ -51,7 +51,16 @@ def test_ledger_is_append_only_in_the_database(ledger):
 def test_the_vocabulary_is_fixed():
     with pytest.raises(ValueError, match="unknown ledger action"):
         Entry("bike_demand", "promoted-by-magic", "me", "why")
-    assert set(ACTIONS) == {"promote", "lost_race", "rejected", "dry_run", "rollback", "deploy_failed"}
+    assert set(ACTIONS) == {
+        "promote",
+        "lost_race",
+        "rejected",
+        "dry_run",
+        "rollback",
+        "deploy_failed",
+        "serve",
+        "serve_refused",
+    }
 
 
 def test_rows_of_a_failed_transaction_are_not_kept(ledger):

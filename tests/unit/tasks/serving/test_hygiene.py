@@ -143,11 +143,11 @@ def test_a_prediction_that_is_not_a_finite_number_is_a_422_and_not_logged(data_r
     from sklearn.linear_model import LinearRegression
 
     model = LinearRegression().fit(pd.DataFrame({"x": [0.0, 1.0]}), [0.0, 1e300])
-    service = ModelService(get_settings(), ["p"])
-    service._swap(ServedModel("p", "1", "r", model, {"x": "double"}, frozenset({"x"})))
-    assert service.predict("p", PredictRequest(instances=[{"x": 0.5}]))["predictions"] == [5e299]
+    service = ModelService(get_settings(), ["bike_demand"])  # a real spec: the log knows its event column
+    service._swap(ServedModel("bike_demand", "1", "r", model, {"x": "double"}, frozenset({"x"})))
+    assert service.predict("bike_demand", PredictRequest(instances=[{"x": 0.5}]))["predictions"] == [5e299]
     with pytest.raises(Exception) as err:
-        service.predict("p", PredictRequest(instances=[{"x": 0.5}, {"x": 1e300}]))
+        service.predict("bike_demand", PredictRequest(instances=[{"x": 0.5}, {"x": 1e300}]))
     assert err.value.status_code == 422 and "no finite number for instances [1]" in err.value.detail
     import sqlite3
 

@@ -250,14 +250,14 @@ def test_the_sentinel_password_appears_in_no_log_body_manifest_or_ledger_row(wor
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     }
     data = {"MLP_DATA_ROOT": str(world["champion"]["root"])}  # the raw partitions are there: plan asks MLflow
-    plan = _cli("plan", "--pipeline", P, env=down | data, result=tmp_path / "p.json")
+    plan = _cli("plan_training", "--pipeline", P, env=down | data, result=tmp_path / "p.json")
     assert plan.returncode == 1 and "unreachable" in plan.stderr, plan.stderr
     manifest = (tmp_path / "p.json").read_text()
     assert json.loads(manifest)["permanent"] is False  # an outage: retrying may help
     dead_ledger = {"MLP_LEDGER_URI": f"postgresql://mlp:{SENTINEL}@127.0.0.1:{free_port()}/ledger"}
     ledger = _cli("ledger", env=dead_ledger)
     assert ledger.returncode == 1 and "cannot open the promotion ledger at postgresql://mlp:***@" in ledger.stderr
-    rollback = _cli("rollback", "--pipeline", P, env=dead_ledger | {"MLP_DATA_ROOT": str(world["root"])})
+    rollback = _cli("rollback_model", "--pipeline", P, env=dead_ledger | {"MLP_DATA_ROOT": str(world["root"])})
     assert rollback.returncode == 1 and "promotion ledger" in rollback.stderr
     seen += [plan.stdout, plan.stderr, manifest, ledger.stdout, ledger.stderr, rollback.stdout, rollback.stderr]
 
