@@ -216,7 +216,11 @@ def test_pipeline_runs_through_the_scheduler_in_containers(stack: dict[str, Any]
     assert f"bike_demand|champion|{champion['version']}" in rows.splitlines(), rows
     ledger = _exec(stack["stack"], containers["postgres"], "psql", "-U", user, "-d", "mlflow", "-At", "-F", "|", "-c",
                    "SELECT action, to_version FROM promotion_ledger WHERE pipeline = 'bike_demand'")  # fmt: skip
-    assert ledger.splitlines()[-1] == f"promote|{champion['version']}", ledger
+    # the last switch is the promotion; the model server then records that it serves that version
+    lines = ledger.splitlines()
+    switches = [line for line in lines if not line.startswith(("serve|", "serve_refused|"))]
+    assert switches[-1] == f"promote|{champion['version']}", ledger
+    assert f"serve|{champion['version']}" in lines[lines.index(switches[-1]) :], ledger
 
     # and the model-server container serves it over HTTP
     health = httpx.get(f"{server}/health", timeout=30).json()
