@@ -29,7 +29,7 @@ import pytest
 
 from scripts.stack import COMPOSE, LOCAL_OVERRIDE, SERVICES, Stack, StackError, validate, write_fresh_env
 from tests.conftest import REPO, SHARED, free_port, write_spec
-from tests.containers import TEST_IMAGE, container_engine, drop_replaced, image_id
+from tests.containers import TEST_IMAGE, container_engine, drop_replaced, image_id, stage_torch_wheel
 
 # a cold first test builds every image inside its fixture (minutes): above pytest's 900 s default
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data, pytest.mark.needs_containers, pytest.mark.timeout(2400)]
@@ -56,6 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     stack = Stack(engine, [COMPOSE, LOCAL_OVERRIDE], tmp / ".env", project=f"mlpct{secrets.token_hex(3)}")
     validate(stack.files)
+    stage_torch_wheel()  # the local build's CPU torch wheel into the build context (not only after the pod tests)
     built = (TEST_IMAGE, f"{LOCAL_IMAGES}/postgres:15", f"{LOCAL_IMAGES}/redis:7")
     before = {ref: image_id(engine, ref) for ref in built}
     timings: dict[str, float] = {}
