@@ -16,7 +16,7 @@ class DeployError(RuntimeError):
     """The model server is unreachable or serves another version afterwards (retrying may help)."""
 
 
-class DeployRefused(PermanentError, DeployError):
+class DeployRefusedError(PermanentError, DeployError):
     """The server refused the version: its reload policy, no such version, or a failed smoke test.
 
     ``serving`` is the version it still serves (None if it served nothing).
@@ -28,7 +28,7 @@ class DeployRefused(PermanentError, DeployError):
         self.serving = serving
 
 
-class DeployUnauthorized(PermanentError, DeployError):
+class DeployUnauthorizedError(PermanentError, DeployError):
     """The server's admin API is off or refused our token: a configuration error, retrying will not help."""
 
 
@@ -79,8 +79,8 @@ def deploy_version(
         The server's reload answer (version, previous, why, smoke-test figures).
 
     Raises:
-        DeployRefused: The server refused the version; the message carries its reason.
-        DeployUnauthorized: The admin API is off on the server or refused the token.
+        DeployRefusedError: The server refused the version; the message carries its reason.
+        DeployUnauthorizedError: The admin API is off on the server or refused the token.
         DeployError: Unreachable server, MLflow or the ledger unreachable from it, or a different version
             served afterwards (retrying may help).
     """
@@ -96,12 +96,12 @@ def deploy_version(
         ) from exc
     error, detail = _body(reply) if reply.status_code != 200 else ("", "")
     if reply.status_code in (401, 403) and (error in _AUTH_ERRORS or not error):
-        raise DeployUnauthorized(
+        raise DeployUnauthorizedError(
             f"model server at {base} refused the admin request (HTTP {reply.status_code}: {detail}); give the "
             "Airflow workers the server's admin token (MLP_ADMIN_TOKEN or MLP_ADMIN_TOKEN_FILE)"
         )
     if reply.status_code in (403, 409):
-        raise DeployRefused(f"model server refused {name} v{version}: {detail}", served)
+        raise DeployRefusedError(f"model server refused {name} v{version}: {detail}", served)
     if reply.status_code != 200:
         raise DeployError(
             f"model server answered HTTP {reply.status_code} to the reload of {name} v{version}: {detail}"

@@ -5,10 +5,10 @@ The flow every entry point shares (a scheduled run, the trigger form, a REST / R
 
 1. the day must be a calendar date (:func:`tasks.landing.strict_day`);
 2. the landing file must be complete under the spec's ``source.completion`` (:func:`tasks.landing.readiness`;
-   not yet: :class:`LandingNotReady`, retryable);
+   not yet: :class:`LandingNotReadyError`, retryable);
 3. :func:`tasks.reader.read_landing_file` reads and checks it; a refused file leaves a quarantine record
    (``reasons.json``, a copy of the landing file, its SHA-256) and raises
-   :class:`tasks.reader.LandingFileRefused` (permanent); nothing is written to the raw partition;
+   :class:`tasks.reader.LandingFileRefusedError` (permanent); nothing is written to the raw partition;
 4. the typed batch is written to ``raw/<p>/dt=<day>/.staged/<sha256>/part.parquet``. Validation
    (:func:`tasks.validate.validate_staged`) judges it there and only a valid batch replaces ``part.parquet``.
 """
@@ -41,7 +41,7 @@ from tasks.partitions import (
     staged_dir,
     staging_stamp,
 )
-from tasks.reader import LandingFileRefused, read_landing_file
+from tasks.reader import LandingFileRefusedError, read_landing_file
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, atomic_path, write_json
 
@@ -60,7 +60,7 @@ class IngestError(PermanentError, RuntimeError):
     """The landing file for a partition is missing."""
 
 
-class LandingNotReady(RuntimeError):
+class LandingNotReadyError(RuntimeError):
     """The landing file is still being written (or not marked complete yet): a retry may find it complete."""
 
 
@@ -107,10 +107,10 @@ def ingest_partition(
         The staged batch (or the skip).
 
     Raises:
-        BadPartition: ``day`` is not a calendar date.
+        BadPartitionError: ``day`` is not a calendar date.
         IngestError: No landing file for the day.
-        LandingNotReady: The file is not complete yet (retryable).
-        LandingFileRefused: The file was refused; the quarantine record is ``exc.record``.
+        LandingNotReadyError: The file is not complete yet (retryable).
+        LandingFileRefusedError: The file was refused; the quarantine record is ``exc.record``.
     """
     day = strict_day(day)
     source = layout.landing_file(spec.name, day)
@@ -121,7 +121,7 @@ def ingest_partition(
         )
     state = readiness(Contract.of(spec.source), source, wait=True)
     if not state.ready or state.look is None:
-        raise LandingNotReady(f"{spec.name} partition {day}: {state.reason}; not read, a retry will look again")
+        raise LandingNotReadyError(f"{spec.name} partition {day}: {state.reason}; not read, a retry will look again")
     # one ingest of a partition at a time: two events for the same day (REST, queue, file watcher) racing
     # each other must not both process it; the second waits, then finds the file already judged
     with partition_lock(layout, spec.name, day):
@@ -159,7 +159,7 @@ def _stage_locked(
             return IngestResult(day, str(target), rows, digest, True, why, "skipped")
     try:
         batch = read_landing_file(spec, source, day)
-    except LandingFileRefused as exc:
+    except LandingFileRefusedError as exc:
         _unchanged_since(source, look)
         entry = QuarantinedPartition(
             partition=day, source=str(source), quarantined_at="", reasons=exc.reasons, sha256=exc.sha256, stage="ingest"
@@ -202,7 +202,7 @@ def _stage_locked(
 def _unchanged_since(source: Path, look: Look) -> None:
     """The file read is the file judged complete: a write meanwhile means it was not complete after all."""
     if not look.same_file(Look.of(source)):
-        raise LandingNotReady(
+        raise LandingNotReadyError(
             f"{source} changed while it was read (it was not complete after all): nothing was kept; a retry will "
             "look again"
         )

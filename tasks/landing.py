@@ -39,7 +39,7 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _STRICT_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-class BadPartition(LayoutError):
+class BadPartitionError(LayoutError):
     """A partition day that is not a calendar date (``2011-02-30``, ``2011-6-1``, ``yesterday``)."""
 
 
@@ -47,12 +47,12 @@ def strict_day(value: Any) -> str:
     """``value`` if it is a calendar date written ``YYYY-MM-DD`` (:func:`tasks.storage.strict_day`).
 
     Raises:
-        BadPartition: Anything else, saying so.
+        BadPartitionError: Anything else, saying so.
     """
     try:
         return _layout_day(str(value))
     except LayoutError:
-        raise BadPartition(
+        raise BadPartitionError(
             f"partition {str(value)[:80]!r} is not a calendar date (YYYY-MM-DD): nothing was read or written"
         ) from None
 

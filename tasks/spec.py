@@ -235,8 +235,8 @@ class TrainingSpec(_Strict):
 
 
 HEAVY_STAGES = {
-    "validate": "validate",
-    "validate_new": "validate",  # ingest-time validation of new partitions asks for what validation asks for
+    "validate_data": "validate",
+    "validate_partitions": "validate",  # ingest-time validation of new batches asks for what validation asks for
     "build_features": "features",
     "train_model": "train",
     "evaluate_model": "evaluate",

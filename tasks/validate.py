@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ValidationFailed(PermanentError, RuntimeError):
+class ValidationFailedError(PermanentError, RuntimeError):
     """Data failed validation; the message says which partition, which expectation and how many rows."""
 
 
@@ -87,17 +87,17 @@ def load_suite(path: Path) -> gx.ExpectationSuite:
     """Load an expectation suite from its JSON file under ``include/``.
 
     Raises:
-        ValidationFailed: The file is missing or is not a suite.
+        ValidationFailedError: The file is missing or is not a suite.
     """
     import great_expectations as gx
 
     if not path.is_file():
-        raise ValidationFailed(f"expectation suite not found: {path}")
+        raise ValidationFailedError(f"expectation suite not found: {path}")
     try:
         raw = json.loads(path.read_text())
         return gx.ExpectationSuite(name=raw["name"], expectations=raw["expectations"], meta=raw.get("meta"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValidationFailed(f"{path} is not a valid expectation suite: {exc}") from exc
+        raise ValidationFailedError(f"{path} is not a valid expectation suite: {exc}") from exc
 
 
 def _failures(result: Any) -> list[ExpectationFailure]:
@@ -174,7 +174,7 @@ def validate_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str],
         Valid and quarantined partitions, and the path of the JSON report.
 
     Raises:
-        ValidationFailed: The suite cannot be loaded or a listed partition is not in the raw store.
+        ValidationFailedError: The suite cannot be loaded or a listed partition is not in the raw store.
     """
     suite = load_suite(spec.expectations_path)
     batch_definition = _batch_definition(suite.name)
@@ -182,7 +182,7 @@ def validate_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str],
     for day in days:
         path = layout.raw_partition(spec.name, day)
         if not path.is_file():
-            raise ValidationFailed(f"partition {day} of {spec.name} is not in the raw store ({path})")
+            raise ValidationFailedError(f"partition {day} of {spec.name} is not in the raw store ({path})")
         judged = sha256_of(path)
         failures = validate_frame(pd.read_parquet(path), suite, batch_definition)
         if not failures:
@@ -235,7 +235,7 @@ def validate_staged(
         Valid days (now in ``raw/``), quarantined batches (with the refusals), the report path.
 
     Raises:
-        ValidationFailed: The suite cannot be loaded, or a day has no staged batch and no partition from it.
+        ValidationFailedError: The suite cannot be loaded, or a day has no staged batch and no partition from it.
     """
     result = ValidationResult(suite=str(spec.expectations_path))
     result.quarantined += [QuarantinedPartition(**r) for r in refused or []]
@@ -250,7 +250,7 @@ def validate_staged(
             if current and sha and current.get("sha256") == sha:  # a concurrent run already promoted these bytes
                 result.valid.append(day)
                 continue
-            raise ValidationFailed(
+            raise ValidationFailedError(
                 f"no staged batch of {spec.name} partition {day}"
                 + (f" from landing file {sha}" if sha else "")
                 + ": run ingest for the day first"

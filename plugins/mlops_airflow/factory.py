@@ -108,11 +108,11 @@ def _heavy(
     return heavy_stage(spec, settings, stage, stage, inputs, build_args)
 
 
-def _validate_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+def _validate_data_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return {"partitions": i["plan"]["partitions"], "run_key": ctx["run_id"]}
 
 
-def _validate_new_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
+def _validate_partitions_args(i: dict[str, Any], ctx: Any) -> dict[str, Any]:
     ingested = i["ingested"]
     return {
         "partitions": ingested["new"],
@@ -270,7 +270,7 @@ ingested again.
             return all(_call(stages.landing_ready, name, day) for day in days)
 
         @task
-        def ingest_partition(
+        def ingest_partitions(
             params: dict[str, Any] | None = None, data_interval_start: Any = None, triggering_asset_events: Any = None
         ) -> dict[str, Any]:
             from tasks import stages
@@ -278,7 +278,7 @@ ingested again.
             days = _partitions(params, data_interval_start, triggering_asset_events)
             from_event = bool(triggering_asset_events) and not (params or {}).get("partition")
             run_id = get_current_context()["run_id"]
-            return _call(stages.ingest_days, name, days, from_event, run_id)
+            return _call(stages.ingest_partitions, name, days, from_event, run_id)
 
         @task(outlets=[raw])
         def publish_partitions(ingested: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
@@ -303,11 +303,9 @@ ingested again.
 
             _call(stages.report_quarantine, name, validation)
 
-        ingested = ingest_partition()
+        ingested = ingest_partitions()
         wait_for_landing() >> ingested
-        validation = heavy_stage(
-            spec, settings, "validate_partitions", "validate_new", {"ingested": ingested}, _validate_new_args
-        )
+        validation = _heavy(spec, settings, "validate_partitions", {"ingested": ingested}, _validate_partitions_args)
         publish_partitions(ingested, validation)
         report_quarantine(validation)
 
@@ -403,10 +401,10 @@ was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as
         def deploy_model(promoted: dict[str, Any]) -> dict[str, Any]:
             from tasks import stages
 
-            return _call(stages.deploy, name, promoted["version"], actor(get_current_context()))
+            return _call(stages.deploy_model, name, promoted["version"], actor(get_current_context()))
 
         plan = plan_training()
-        validation = heavy_stage(spec, settings, "validate_data", "validate", {"plan": plan}, _validate_args)
+        validation = _heavy(spec, settings, "validate_data", {"plan": plan}, _validate_data_args)
         report_quarantine(validation)
         datasets = _heavy(spec, settings, "build_features", {"validation": validation}, _features_args)
         trained = _heavy(spec, settings, "train_model", {"datasets": datasets}, _train_args)
@@ -492,7 +490,7 @@ smoke-tested). From the CLI: `airflow dags trigger rollback --conf '{"pipeline":
             from tasks import stages
 
             pipeline_name = (params or {})["pipeline"]
-            return _call(stages.deploy, pipeline_name, restored["version"], actor(get_current_context()))
+            return _call(stages.deploy_model, pipeline_name, restored["version"], actor(get_current_context()))
 
         deploy_model(rollback_model())
 

@@ -88,8 +88,8 @@ def test_train_is_scheduled_on_new_data_and_on_retrain_requests(dagbag):
     assert {a.uri for a in condition.objects} == {"ml://bike_demand/raw", "ml://bike_demand/retrain"}
     ingest = dagbag.dags["bike_demand_ingest"]
     assert [o.uri for o in ingest.get_task("publish_partitions").outlets] == ["ml://bike_demand/raw"]
-    assert not ingest.get_task("ingest_partition").outlets  # only validated partitions are announced
-    assert ingest.get_task("validate_partitions").upstream_task_ids == {"ingest_partition"}
+    assert not ingest.get_task("ingest_partitions").outlets  # only validated partitions are announced
+    assert ingest.get_task("validate_partitions").upstream_task_ids == {"ingest_partitions"}
     monitor = dagbag.dags["bike_demand_monitor"].get_task("request_retrain")
     assert [o.uri for o in monitor.outlets] == ["ml://bike_demand/retrain"]
 

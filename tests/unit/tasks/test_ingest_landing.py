@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import PermanentError
-from tasks.ingest import LandingNotReady, ingest_partition
-from tasks.landing import BadPartition, Contract, Look, marker_path, readiness, strict_day
+from tasks.ingest import LandingNotReadyError, ingest_partition
+from tasks.landing import BadPartitionError, Contract, Look, marker_path, readiness, strict_day
 from tasks.partitions import versions
-from tasks.reader import LandingFileRefused
+from tasks.reader import LandingFileRefusedError
 from tests.ingest_corpus import real
 
 pytestmark = pytest.mark.needs_data
@@ -27,9 +27,9 @@ def _age(path: Path, seconds: float) -> None:
 def test_strict_days_only():
     assert strict_day("2011-02-28") == "2011-02-28"
     for bad in ("2011-02-30", "2011-6-1", "2011-06-01T00:00", "yesterday", "", "2011-13-01"):
-        with pytest.raises(BadPartition, match="not a calendar date"):
+        with pytest.raises(BadPartitionError, match="not a calendar date"):
             strict_day(bad)
-    assert issubclass(BadPartition, PermanentError)  # no retry can make 2011-02-30 exist
+    assert issubclass(BadPartitionError, PermanentError)  # no retry can make 2011-02-30 exist
 
 
 def test_settle_needs_two_equal_looks_settle_seconds_apart(tmp_path):
@@ -105,7 +105,7 @@ def test_a_file_still_changing_is_a_retryable_error_and_nothing_is_kept(spec, la
     writer.start()
     try:
         fast = spec.model_copy(update={"source": spec.source.model_copy(update={"settle_seconds": 1})})
-        with pytest.raises(LandingNotReady, match="still being written") as err:
+        with pytest.raises(LandingNotReadyError, match="still being written") as err:
             ingest_partition(fast, layout, "2011-07-01")
         assert not isinstance(err.value, PermanentError)  # the task retries: the file may yet complete
     finally:
@@ -120,7 +120,7 @@ def test_an_empty_file_is_refused_for_good_with_a_quarantine_record(spec, layout
     landing.parent.mkdir(parents=True)
     landing.write_bytes(b"")
     _age(landing, 60)
-    with pytest.raises(LandingFileRefused, match="the file is empty") as refused:
+    with pytest.raises(LandingFileRefusedError, match="the file is empty") as refused:
         ingest_partition(spec, layout, "2011-07-01", run_key="scheduled__2011-07-02")
     assert isinstance(refused.value, PermanentError)
     record = layout.quarantine_dir("bike_demand", "2011-07-01") / "scheduled__2011-07-02" / "reasons.json"
@@ -141,9 +141,9 @@ def test_the_sensor_and_ingest_refuse_a_day_that_does_not_exist(data_root):
 
     for call in (
         lambda: stages.landing_status("bike_demand", "2011-02-30"),
-        lambda: stages.ingest_days("bike_demand", ["2011-02-30"]),
+        lambda: stages.ingest_partitions("bike_demand", ["2011-02-30"]),
     ):
-        with pytest.raises(BadPartition, match="'2011-02-30' is not a calendar date"):
+        with pytest.raises(BadPartitionError, match="'2011-02-30' is not a calendar date"):
             call()
     assert not (data_root / "raw").exists() and not (data_root / "quarantine").exists()
 
@@ -158,13 +158,13 @@ def test_the_stage_cli_reports_a_refusal_as_permanent_with_the_record(data_root,
     _age(landing, 60)
     manifest = tmp_path / "result.json"
     out = subprocess.run(
-        [sys.executable, "-m", "tasks", "ingest", "--pipeline", "bike_demand", "--args", '{"day": "2011-07-02"}',
-         "--result", str(manifest)],
+        [sys.executable, "-m", "tasks", "ingest_partition", "--pipeline", "bike_demand",
+         "--args", '{"day": "2011-07-02"}', "--result", str(manifest)],
         capture_output=True, text=True, env=dict(os.environ), timeout=120,
     )  # fmt: skip
     assert out.returncode == 1
     failure = json.loads(manifest.read_text())
-    assert failure["permanent"] is True and failure["error_type"] == "LandingFileRefused"
+    assert failure["permanent"] is True and failure["error_type"] == "LandingFileRefusedError"
     assert "rows of other days in the file for 2011-07-02: 2011-07-01 (24 rows)" in failure["error"]
     assert list((data_root / "quarantine" / "bike_demand" / "dt=2011-07-02").glob("manual__*/reasons.json"))
 

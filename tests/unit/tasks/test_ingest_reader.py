@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from tasks.reader import LandingFileRefused, read_landing_file
+from tasks.reader import LandingFileRefusedError, read_landing_file
 from tasks.spec import PipelineSpec, load_spec
 from tests.conftest import REPO
 from tests.ingest_corpus import CASES, real
@@ -31,7 +31,7 @@ def _file(folder: Path, day: str, data: bytes) -> Path:
 @pytest.mark.parametrize("case", READER_CASES, ids=[c.id for c in READER_CASES])
 def test_each_refusal_names_the_problem(spec, tmp_path, case):
     path = _file(tmp_path, case.day, case.build())
-    with pytest.raises(LandingFileRefused) as refused:
+    with pytest.raises(LandingFileRefusedError) as refused:
         read_landing_file(spec, path, case.day)
     assert case.reason in " | ".join(refused.value.reasons)
     assert refused.value.sha256 and str(path) in str(refused.value)
@@ -78,7 +78,7 @@ def _adult_day(tmp_path: Path, text: str, encoding: str = "utf-8") -> Path:
 
 def test_latin1_is_refused_naming_the_byte_unless_the_spec_declares_it(tmp_path):
     path = _adult_day(tmp_path, "Côte-d'Ivoire", "latin-1")
-    with pytest.raises(LandingFileRefused, match=r"not valid utf-8 text: byte 0xf4 at offset \d+ \(line 5\)"):
+    with pytest.raises(LandingFileRefusedError, match=r"not valid utf-8 text: byte 0xf4 at offset \d+ \(line 5\)"):
         read_landing_file(load_spec("adult_income"), path, "2024-01-01")
     batch = read_landing_file(_adult(tmp_path, encoding="latin-1"), path, "2024-01-01")
     assert batch.table.column("native-country")[3].as_py() == "Côte-d'Ivoire"
@@ -120,13 +120,13 @@ def test_rows_check_accepts_every_real_day_and_refuses_a_cut_one(spec):
 _MEMORY_PROBE = """
 import json, resource, sys
 from pathlib import Path
-from tasks.reader import LandingFileRefused, read_landing_file
+from tasks.reader import LandingFileRefusedError, read_landing_file
 from tasks.spec import load_spec
 spec = load_spec("bike_demand")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 try:
     read_landing_file(spec, Path(sys.argv[1]), "2011-07-16")
-except LandingFileRefused as exc:
+except LandingFileRefusedError as exc:
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     print(json.dumps({"reasons": exc.reasons, "sha256": exc.sha256, "grown": grown}))
 """

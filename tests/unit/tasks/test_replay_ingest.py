@@ -6,7 +6,7 @@ import pytest
 from tasks.ingest import IngestError, ingest_partition
 from tasks.landing import Contract, pending_landing_files
 from tasks.partitions import current_source, versions
-from tasks.reader import LandingFileRefused
+from tasks.reader import LandingFileRefusedError
 from tasks.replay import ReplayError, replay_days
 from tasks.validate import validate_staged
 from tests.conftest import SHARED
@@ -115,7 +115,7 @@ def test_landing_watcher_skips_files_already_refused_and_temporary_names(spec, l
     landing.with_name(".2011-06-03.csv.tmp").write_text("instant,dteday\n")  # upstream still writing aside
     landing.with_name("2011-06-04.csv.partial").write_text("instant,dteday\n")
     _settled(layout)
-    with pytest.raises(LandingFileRefused, match="column 'hum' is missing"):
+    with pytest.raises(LandingFileRefusedError, match="column 'hum' is missing"):
         ingest_partition(spec, layout, "2011-06-02", run_key="r1")
     seen: dict = {}
     assert pending_landing_files(layout, "bike_demand", seen, Contract("rename")) == []  # judged: not announced

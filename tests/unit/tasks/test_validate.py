@@ -10,7 +10,7 @@ import pytest
 from tasks.ingest import ingest_partition
 from tasks.partitions import current_source, partition_lock, promote_staged, versions
 from tasks.replay import replay_days
-from tasks.validate import ValidationFailed, load_suite, quarantine_message, validate_partitions, validate_staged
+from tasks.validate import ValidationFailedError, load_suite, quarantine_message, validate_partitions, validate_staged
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.needs_data
@@ -113,20 +113,20 @@ def test_batches_validated_out_of_order_never_replace_a_newer_delivery(spec, lay
 
 
 def test_missing_partition_and_missing_suite_are_errors(spec, layout, tmp_path):
-    with pytest.raises(ValidationFailed, match="not in the raw store"):
+    with pytest.raises(ValidationFailedError, match="not in the raw store"):
         validate_partitions(spec, layout, ["2011-06-09"], "run3")
-    with pytest.raises(ValidationFailed, match="suite not found"):
+    with pytest.raises(ValidationFailedError, match="suite not found"):
         load_suite(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValidationFailed, match="not a valid expectation suite"):
+    with pytest.raises(ValidationFailedError, match="not a valid expectation suite"):
         load_suite(tmp_path / "bad.json")
 
 
 def test_too_few_valid_partitions_refuses_to_train(data_root, three_days):
     from tasks import stages
 
-    with pytest.raises(ValidationFailed, match="only 2 valid partitions, fewer than min_partitions=21") as err:
-        stages.validate("bike_demand", three_days, "run4")
+    with pytest.raises(ValidationFailedError, match="only 2 valid partitions, fewer than min_partitions=21") as err:
+        stages.validate_data("bike_demand", three_days, "run4")
     assert "partition 2011-06-02" in str(err.value)  # the quarantine explanation comes with it
 
 
