@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tasks.errors import PermanentError
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +113,28 @@ def deploy_version(
         raise DeployError(f"after reload the server serves {name} v{served}, expected v{version}")
     log.info("model server %s now serves %s v%s", base, name, version)
     return dict(reply.json())
+
+
+def deploy_model(settings: Settings, name: str, version: str, actor: str | None = None) -> dict[str, Any]:
+    """Make the model server serve ``version`` (:func:`deploy_version`); if it refuses, the champion alias goes back.
+
+    The server checks the admin token (``settings.admin_token``) and its reload policy, and records the reload
+    (``serve`` / ``serve_refused``) in the promotion ledger as ``<actor> via admin token``. After a refusal
+    the champion alias returns to the version the server still serves, recorded as ``deploy_failed``.
+
+    Raises:
+        DeployError: The server is unreachable (retryable), refused the token (permanent) or refused the
+            version (permanent; the old version keeps serving and the ledger records ``deploy_failed``).
+    """
+    from tasks.ledger import default_actor
+    from tasks.registry import revert_failed_deploy
+
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    try:
+        return deploy_version(
+            settings.serving_url, name, version, settings.serving_timeout_s, token, actor or default_actor()
+        )
+    except DeployRefusedError as exc:
+        reverted = revert_failed_deploy(settings, name, version, exc.serving, str(exc), actor)
+        kept = f"champion alias back on v{reverted['champion']}" if reverted["reverted"] else "champion alias unchanged"
+        raise DeployRefusedError(f"{exc} ({kept}; recorded in the promotion ledger)", exc.serving) from exc

@@ -24,7 +24,6 @@ from tasks.errors import PermanentError
 from tasks.landing import (  # noqa: F401 - re-exported: callers and tests use them from here
     Contract,
     Look,
-    partitions_from_event,
     pending_landing_files,
     readiness,
     sha256_of,
@@ -42,6 +41,8 @@ from tasks.partitions import (
     staging_stamp,
 )
 from tasks.reader import LandingFileRefusedError, read_landing_file
+from tasks.results import Ingested, IngestedPartition
+from tasks.results import QuarantinedPartition as Refusal
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, atomic_path, write_json
 
@@ -85,6 +86,73 @@ class IngestResult:
     def to_dict(self) -> dict[str, Any]:
         """Small, JSON-able form for XCom."""
         return asdict(self)
+
+
+def manual_run_key() -> str:
+    """The run key of an ingest started by hand (the CLI, a script): ``manual__<UTC time>``."""
+    from datetime import UTC, datetime
+
+    return "manual__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def ingest_partitions(
+    spec: PipelineSpec,
+    layout: DataLayout,
+    days: list[str],
+    skip_if_unchanged: bool = False,
+    run_key: str | None = None,
+) -> Ingested:
+    """Stage each day's landing file for validation; a refused file is recorded, not fatal to the other days.
+
+    Returns:
+        Each day's result, the days staged (day -> landing SHA-256) and the refusals (quarantine records,
+        which validation reports with its own).
+
+    Raises:
+        BadPartitionError: A day is not a calendar date.
+        IngestError: A day has no landing file.
+        LandingNotReadyError: A file is not complete yet (retryable).
+    """
+    run_key = run_key or manual_run_key()
+    results: list[IngestedPartition] = []
+    refused: list[Refusal] = []
+    for day in days:
+        try:
+            results.append(
+                IngestedPartition.parse(ingest_partition(spec, layout, day, skip_if_unchanged, run_key).to_dict())
+            )
+        except LandingFileRefusedError as exc:
+            record = {"partition": day, "source": str(exc.path), "quarantined_at": "", "reasons": exc.reasons}
+            refused.append(Refusal.parse(exc.entry or record | {"sha256": exc.sha256, "stage": "ingest"}))
+            results.append(
+                IngestedPartition(
+                    partition=day, uri="", rows=0, sha256=exc.sha256, reason=str(exc), outcome="quarantined"
+                )
+            )
+    staged = {r.partition: r.sha256 for r in results if r.outcome == "staged"}
+    return Ingested(partitions=results, new=list(staged), staged=staged, refused=refused)
+
+
+def ingest_and_validate(
+    spec: PipelineSpec, layout: DataLayout, day: str, skip_if_unchanged: bool = False, run_key: str | None = None
+) -> IngestedPartition:
+    """Landing file of ``day`` -> validated raw partition (the ingest DAG's ingest and validation in one call).
+
+    Raises:
+        LandingFileRefusedError: The file was refused (quarantine record in the message).
+        ValidationFailedError: The batch failed the expectation suite and was quarantined; the current
+            partition of the day, if any, stays as it was.
+    """
+    from tasks.validate import ValidationFailedError, quarantine_message, validate_staged
+
+    run_key = run_key or manual_run_key()
+    result = ingest_partition(spec, layout, day, skip_if_unchanged, run_key)
+    if result.skipped:
+        return IngestedPartition.parse(result.to_dict())
+    validation = validate_staged(spec, layout, {result.partition: result.sha256}, run_key).to_dict()
+    if validation["quarantined"]:
+        raise ValidationFailedError(quarantine_message(spec.name, validation["quarantined"], 0))
+    return IngestedPartition.parse(result.to_dict() | {"outcome": "accepted", "staged": ""})
 
 
 def ingest_partition(
@@ -166,7 +234,7 @@ def _stage_locked(
         )
         entry = quarantine_batch(layout, spec.name, day, run_key, entry, landing=source)
         exc.record = entry.record
-        exc.entry = entry.to_dict()  # type: ignore[attr-defined]
+        exc.entry = entry.to_dict()
         log.error("refused %s partition %s (%s): %s", spec.name, day, entry.record, "; ".join(exc.reasons))
         raise
     _unchanged_since(source, look)

@@ -59,6 +59,7 @@ class LandingFileRefusedError(PermanentError, RuntimeError):
         self.reasons = reasons
         self.sha256 = sha256
         self.record = ""
+        self.entry: dict[str, Any] = {}  # the quarantine record, once ingest wrote it
         super().__init__(f"landing file {path} refused: " + "; ".join(reasons))
 
 

@@ -36,6 +36,7 @@ from tasks.partitions import (
     staged_batches,
     staged_dir,
 )
+from tasks.results import Validation
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, write_json
 
@@ -275,6 +276,50 @@ def validate_staged(
                 result.valid.append(day)
                 log.info("%s partition %s: staged batch %s", spec.name, day, outcome)
     return _report(spec, layout, run_key, result, len(staged) + len(refused or []))
+
+
+def validate_window(spec: PipelineSpec, layout: DataLayout, days: list[str], run_key: str) -> Validation:
+    """Validate a training window (:func:`validate_partitions`); enough valid partitions must remain.
+
+    Raises:
+        ValidationFailedError: Fewer valid partitions remain than the spec's ``min_partitions``.
+    """
+    result = Validation.parse(validate_partitions(spec, layout, days, run_key).to_dict())
+    if len(result.valid) < spec.training.min_partitions:
+        raise ValidationFailedError(
+            f"only {len(result.valid)} valid partitions, fewer than min_partitions="
+            f"{spec.training.min_partitions}: not training.\n"
+            + quarantine_message(spec.name, result.xcom()["quarantined"], len(result.valid))
+        )
+    return result
+
+
+def validate_new_batches(
+    spec: PipelineSpec,
+    layout: DataLayout,
+    days: list[str],
+    run_key: str,
+    staged: dict[str, str] | None = None,
+    refused: list[dict[str, Any]] | None = None,
+) -> Validation:
+    """Judge the batches ingest staged for ``days`` (:func:`validate_staged`); never raises on bad data.
+
+    ``staged`` names each day's batch by its landing file's SHA-256 (default: the latest staged batch of
+    the day); ``refused`` are the files ingest refused in the same run, reported with the rest.
+    """
+    batches: dict[str, str | None] = {d: (staged or {}).get(d) for d in days}
+    return Validation.parse(validate_staged(spec, layout, batches, run_key, refused).to_dict())
+
+
+def report_quarantine(pipeline: str, validation: Validation) -> None:
+    """Fail with an actionable message if validation quarantined anything (after the good data was used).
+
+    Raises:
+        ValidationFailedError: Listing every quarantined partition, file, expectation and row count.
+    """
+    if validation.quarantined:
+        found = validation.xcom()
+        raise ValidationFailedError(quarantine_message(pipeline, found["quarantined"], len(validation.valid)))
 
 
 def quarantine_message(spec_name: str, quarantined: list[dict[str, Any]], valid_count: int) -> str:
