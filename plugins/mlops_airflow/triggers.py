@@ -2,7 +2,7 @@
 
 They run in the triggerer as AssetWatchers on ``ml://<p>/landing``: no worker slot is held while waiting.
 Each announcement becomes an Asset event ``{"from_trigger": true, "payload": {...}}`` that schedules
-``<p>_ingest``; :func:`tasks.landing.partitions_from_event` reads the day back out of it.
+``<p>_ingest``; :func:`mlops_airflow.events.partitions_from_event` reads the day back out of it.
 """
 
 from __future__ import annotations
