@@ -63,20 +63,18 @@ def landing_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Set
     """Updated when a day's file has landed.
 
     By upstream over REST (``extra = {"partition": day}``) and by the spec's watchers (``source.events``): a
-    Redis channel, the landing zone itself. Both watchers run in the triggerer.
+    Redis channel (the Redis provider's trigger, imported only in the triggerer), the landing zone itself.
+    Both watchers run in the triggerer.
     """
     uri = LANDING_ASSET.format(pipeline=pipeline)
     source = spec.source if spec is not None else None
     events = source.events if source is not None else None
     watchers = []
     if events is not None and events.redis_channel:
-        from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+        from mlops_airflow.triggers import RedisChannelTrigger
 
-        queue = MessageQueueTrigger(
-            scheme="redis+pubsub",
-            channels=[events.redis_channel],
-            redis_conn_id=events.redis_conn_id,
-            poll_interval=events.poll_seconds,
+        queue = RedisChannelTrigger(
+            [events.redis_channel], redis_conn_id=events.redis_conn_id, poll_interval=events.poll_seconds
         )
         watchers.append(AssetWatcher(name=f"{pipeline}_redis_announcements", trigger=queue))
     if source is not None and source.events.watch_landing and settings is not None:

@@ -119,26 +119,3 @@ def test_landing_watcher_skips_files_already_refused_and_temporary_names(spec, l
         ingest_partition(spec, layout, "2011-06-02", run_key="r1")
     seen: dict = {}
     assert pending_landing_files(layout, "bike_demand", seen, Contract("rename")) == []  # judged: not announced
-
-
-def test_landing_trigger_puts_one_look_into_one_event(spec, layout):
-    import asyncio
-
-    from mlops_airflow.triggers import LandingFileTrigger
-
-    replay_days(spec, layout, SHARED, "2011-06-02", "2011-06-04")
-    trigger = LandingFileTrigger("bike_demand", str(layout.root), poll_seconds=0.05, settle_seconds=0.2)
-    classpath, kwargs = trigger.serialize()
-    assert classpath == "mlops_airflow.triggers.LandingFileTrigger" and kwargs["data_root"] == str(layout.root)
-    assert kwargs["completion"] == "settle" and kwargs["settle_seconds"] == 0.2
-
-    async def first_event() -> dict:
-        events = trigger.run()
-        try:
-            return (await asyncio.wait_for(anext(events), 10)).payload
-        finally:
-            await events.aclose()
-
-    payload = asyncio.run(first_event())
-    assert payload["partitions"] == ["2011-06-02", "2011-06-03", "2011-06-04"]
-    assert payload["source"] == "landing_file" and len(payload["sha256"]["2011-06-03"]) == 64
