@@ -16,7 +16,6 @@ def test_unreachable_server_is_a_clear_error():
         deploy_version(f"http://127.0.0.1:{free_port()}", "bike_demand", "1", timeout_s=2)
 
 
-@pytest.mark.needs_data
 def test_deploy_switches_a_running_server_to_the_champion(use_champion_store):
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(get_settings(), ["bike_demand"]), port=port, log_level="warning"))
