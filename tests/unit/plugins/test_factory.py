@@ -41,3 +41,15 @@ def test_the_factory_builds_its_dags_only_from_the_blocks():
     tree = ast.parse((REPO / "plugins" / "mlops_airflow" / "factory.py").read_text())
     decorators = [ast.unparse(d) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) for d in n.decorator_list]
     assert not [d for d in decorators if d.startswith("task")], decorators
+
+
+def test_the_rollback_dag_names_its_pipeline_by_the_run_form():
+    """One rollback DAG serves every pipeline: the blocks get the form's pipeline as a templated argument."""
+    from mlops_airflow.factory import rollback_dag
+    from tasks.spec import list_specs
+
+    dag = rollback_dag(list_specs())
+    for task_id in ("rollback_model", "deploy_model"):
+        task = dag.get_task(task_id)
+        assert task.op_args[0] == "{{ params.pipeline }}" and "op_args" in task.template_fields
+    assert dag.get_task("rollback_model").retries == 0
