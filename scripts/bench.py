@@ -11,6 +11,9 @@ same data, each in a fresh process (so peak memory is that process's own maximum
     training     the train stage's model (FeatureBuilder + LightGBM from the spec)  vs  bare LightGBM with the
                  same parameters on the already-featurised matrix
 
+    dag parse    each file under ``dags/`` executed after ``airflow.sdk`` is imported  vs  a bare
+                 ``import airflow.sdk`` (each in a fresh process with warm bytecode; median of 5)
+
 Rows are drawn with replacement from the real bike-sharing data (plus five jittered copies of numeric
 columns to reach 20 monitored columns). Usage: ``python scripts/bench.py [--sizes 10000,100000,1000000]``.
 Times exclude imports and data generation; ratio = ours / baseline.
@@ -227,12 +230,61 @@ def measure(fn_name: str, n: int) -> dict[str, Any]:
     return dict(result)
 
 
+_PARSE_PROBE = """
+import json, runpy, sys, time
+sys.path[:0] = [{repo!r}, {plugins!r}]
+t0 = time.perf_counter()
+import airflow.sdk  # noqa: F401
+t1 = time.perf_counter()
+if {path!r}:
+    runpy.run_path({path!r})
+print(json.dumps({{"sdk": t1 - t0, "file": time.perf_counter() - t1}}))
+"""
+
+
+def dag_parse(runs: int = 5) -> list[dict[str, Any]]:
+    """Median wall time of each DAG file after ``airflow.sdk`` is loaded, and of ``import airflow.sdk`` alone."""
+    import os
+    import statistics
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # warm .pyc, as a scheduler has
+
+    def probe(path: str) -> dict[str, float]:
+        code = _PARSE_PROBE.format(repo=str(REPO), plugins=str(REPO / "plugins"), path=path)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    rows = []
+    for path in ["", *sorted(str(p) for p in (REPO / "dags").glob("*.py"))]:
+        probe(path)  # warm-up: bytecode written, file cache warm
+        samples = [probe(path) for _ in range(runs)]
+        rows.append(
+            {
+                "file": Path(path).name if path else "(bare import airflow.sdk)",
+                "sdk_s": statistics.median(s["sdk"] for s in samples),
+                "file_s": statistics.median(s["file"] for s in samples),
+            }
+        )
+    return rows
+
+
+def _print_dag_parse() -> None:
+    print(f"{'dag parse':<36} {'airflow.sdk s':>13} {'file s':>8}", flush=True)  # noqa: T201
+    for row in dag_parse():
+        print(f"{row['file']:<36} {row['sdk_s']:>13.3f} {row['file_s']:>8.3f}", flush=True)  # noqa: T201
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--dag-parse-only", action="store_true", help="only the DAG parse section")
     args = parser.parse_args()
+    _print_dag_parse()
+    if args.dag_parse_only:
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     header = f"{'step':<11} {'rows':>9}  {'ours s':>8} {'baseline s':>10} {'ratio':>6}  "
     header += f"{'ours MB':>8} {'base MB':>8}  baseline"

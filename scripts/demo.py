@@ -253,7 +253,7 @@ def stage(name: str, pipeline: str = P, **kwargs: Any) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ingest_days(start: str, end: str, pipeline: str = P) -> None:
+def ingest_partitions(start: str, end: str, pipeline: str = P) -> None:
     """One ``bike_demand_ingest`` run per day, each naming its partition.
 
     ``airflow backfill create`` does the same job, but on SQLite Airflow cannot create a backfill while the
@@ -297,7 +297,7 @@ def story() -> None:
     say("1/6 replay June 2011 into the landing zone (2011-06-08 deliberately corrupted)")
     stage("replay", start="2011-05-30", end="2011-06-26", corrupt=["2011-06-08"])
     unpause(f"{P}_ingest")
-    ingest_days("2011-05-30", "2011-06-26")
+    ingest_partitions("2011-05-30", "2011-06-26")
 
     say("2/6 train the first model (validation -> features -> LightGBM + ridge -> gate -> registry -> deploy)")
     since = now_iso()
@@ -322,7 +322,7 @@ def story() -> None:
     say(f"served 168 hourly requests with v{v1}: mean absolute error vs actual demand {mae1:.1f} rentals/hour")
     stage("replay", start="2012-05-28", end="2012-06-24")
     since = now_iso()
-    ingest_days("2012-05-28", "2012-06-24")
+    ingest_partitions("2012-05-28", "2012-06-24")
     wait_idle(f"{P}_train", since)
 
     say("4/6 the nightly monitor for 2012-06-25 compares served traffic with v1's training data")
@@ -381,7 +381,7 @@ def adult_story() -> dict[str, Any]:
     say("6/6 adult_income: a classification pipeline from a spec and a suite (UCI Adult, 2,000 rows a day)")
     stage("replay", A, start="2024-01-01", end="2024-01-14")
     unpause(f"{A}_ingest")
-    ingest_days("2024-01-01", "2024-01-14", A)
+    ingest_partitions("2024-01-01", "2024-01-14", A)
     since = now_iso()
     unpause(f"{A}_train")
     api("POST", f"/dags/{A}_train/dagRuns", json={"logical_date": None, "conf": {}})

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tasks.errors import PermanentError
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +19,7 @@ class DeployError(RuntimeError):
     """The model server is unreachable or serves another version afterwards (retrying may help)."""
 
 
-class DeployRefused(PermanentError, DeployError):
+class DeployRefusedError(PermanentError, DeployError):
     """The server refused the version: its reload policy, no such version, or a failed smoke test.
 
     ``serving`` is the version it still serves (None if it served nothing).
@@ -28,7 +31,7 @@ class DeployRefused(PermanentError, DeployError):
         self.serving = serving
 
 
-class DeployUnauthorized(PermanentError, DeployError):
+class DeployUnauthorizedError(PermanentError, DeployError):
     """The server's admin API is off or refused our token: a configuration error, retrying will not help."""
 
 
@@ -79,8 +82,8 @@ def deploy_version(
         The server's reload answer (version, previous, why, smoke-test figures).
 
     Raises:
-        DeployRefused: The server refused the version; the message carries its reason.
-        DeployUnauthorized: The admin API is off on the server or refused the token.
+        DeployRefusedError: The server refused the version; the message carries its reason.
+        DeployUnauthorizedError: The admin API is off on the server or refused the token.
         DeployError: Unreachable server, MLflow or the ledger unreachable from it, or a different version
             served afterwards (retrying may help).
     """
@@ -96,12 +99,12 @@ def deploy_version(
         ) from exc
     error, detail = _body(reply) if reply.status_code != 200 else ("", "")
     if reply.status_code in (401, 403) and (error in _AUTH_ERRORS or not error):
-        raise DeployUnauthorized(
+        raise DeployUnauthorizedError(
             f"model server at {base} refused the admin request (HTTP {reply.status_code}: {detail}); give the "
             "Airflow workers the server's admin token (MLP_ADMIN_TOKEN or MLP_ADMIN_TOKEN_FILE)"
         )
     if reply.status_code in (403, 409):
-        raise DeployRefused(f"model server refused {name} v{version}: {detail}", served)
+        raise DeployRefusedError(f"model server refused {name} v{version}: {detail}", served)
     if reply.status_code != 200:
         raise DeployError(
             f"model server answered HTTP {reply.status_code} to the reload of {name} v{version}: {detail}"
@@ -110,3 +113,28 @@ def deploy_version(
         raise DeployError(f"after reload the server serves {name} v{served}, expected v{version}")
     log.info("model server %s now serves %s v%s", base, name, version)
     return dict(reply.json())
+
+
+def deploy_model(settings: Settings, name: str, version: str, actor: str | None = None) -> dict[str, Any]:
+    """Make the model server serve ``version`` (:func:`deploy_version`); if it refuses, the champion alias goes back.
+
+    The server checks the admin token (``settings.admin_token``) and its reload policy, and records the reload
+    (``serve`` / ``serve_refused``) in the promotion ledger as ``<actor> via admin token``. After a refusal
+    the champion alias returns to the version the server still serves, recorded as ``deploy_failed``.
+
+    Raises:
+        DeployError: The server is unreachable (retryable), refused the token (permanent) or refused the
+            version (permanent; the old version keeps serving and the ledger records ``deploy_failed``).
+    """
+    from tasks.ledger import default_actor
+    from tasks.registry import revert_failed_deploy
+
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    try:
+        return deploy_version(
+            settings.serving_url, name, version, settings.serving_timeout_s, token, actor or default_actor()
+        )
+    except DeployRefusedError as exc:
+        reverted = revert_failed_deploy(settings, name, version, exc.serving, str(exc), actor)
+        kept = f"champion alias back on v{reverted['champion']}" if reverted["reverted"] else "champion alias unchanged"
+        raise DeployRefusedError(f"{exc} ({kept}; recorded in the promotion ledger)", exc.serving) from exc

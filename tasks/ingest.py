@@ -5,10 +5,10 @@ The flow every entry point shares (a scheduled run, the trigger form, a REST / R
 
 1. the day must be a calendar date (:func:`tasks.landing.strict_day`);
 2. the landing file must be complete under the spec's ``source.completion`` (:func:`tasks.landing.readiness`;
-   not yet: :class:`LandingNotReady`, retryable);
+   not yet: :class:`LandingNotReadyError`, retryable);
 3. :func:`tasks.reader.read_landing_file` reads and checks it; a refused file leaves a quarantine record
    (``reasons.json``, a copy of the landing file, its SHA-256) and raises
-   :class:`tasks.reader.LandingFileRefused` (permanent); nothing is written to the raw partition;
+   :class:`tasks.reader.LandingFileRefusedError` (permanent); nothing is written to the raw partition;
 4. the typed batch is written to ``raw/<p>/dt=<day>/.staged/<sha256>/part.parquet``. Validation
    (:func:`tasks.validate.validate_staged`) judges it there and only a valid batch replaces ``part.parquet``.
 """
@@ -24,7 +24,6 @@ from tasks.errors import PermanentError
 from tasks.landing import (  # noqa: F401 - re-exported: callers and tests use them from here
     Contract,
     Look,
-    partitions_from_event,
     pending_landing_files,
     readiness,
     sha256_of,
@@ -41,7 +40,9 @@ from tasks.partitions import (
     staged_dir,
     staging_stamp,
 )
-from tasks.reader import LandingFileRefused, read_landing_file
+from tasks.reader import LandingFileRefusedError, read_landing_file
+from tasks.results import Ingested, IngestedPartition
+from tasks.results import QuarantinedPartition as Refusal
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, atomic_path, write_json
 
@@ -60,7 +61,7 @@ class IngestError(PermanentError, RuntimeError):
     """The landing file for a partition is missing."""
 
 
-class LandingNotReady(RuntimeError):
+class LandingNotReadyError(RuntimeError):
     """The landing file is still being written (or not marked complete yet): a retry may find it complete."""
 
 
@@ -87,6 +88,73 @@ class IngestResult:
         return asdict(self)
 
 
+def manual_run_key() -> str:
+    """The run key of an ingest started by hand (the CLI, a script): ``manual__<UTC time>``."""
+    from datetime import UTC, datetime
+
+    return "manual__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def ingest_partitions(
+    spec: PipelineSpec,
+    layout: DataLayout,
+    days: list[str],
+    skip_if_unchanged: bool = False,
+    run_key: str | None = None,
+) -> Ingested:
+    """Stage each day's landing file for validation; a refused file is recorded, not fatal to the other days.
+
+    Returns:
+        Each day's result, the days staged (day -> landing SHA-256) and the refusals (quarantine records,
+        which validation reports with its own).
+
+    Raises:
+        BadPartitionError: A day is not a calendar date.
+        IngestError: A day has no landing file.
+        LandingNotReadyError: A file is not complete yet (retryable).
+    """
+    run_key = run_key or manual_run_key()
+    results: list[IngestedPartition] = []
+    refused: list[Refusal] = []
+    for day in days:
+        try:
+            results.append(
+                IngestedPartition.parse(ingest_partition(spec, layout, day, skip_if_unchanged, run_key).to_dict())
+            )
+        except LandingFileRefusedError as exc:
+            record = {"partition": day, "source": str(exc.path), "quarantined_at": "", "reasons": exc.reasons}
+            refused.append(Refusal.parse(exc.entry or record | {"sha256": exc.sha256, "stage": "ingest"}))
+            results.append(
+                IngestedPartition(
+                    partition=day, uri="", rows=0, sha256=exc.sha256, reason=str(exc), outcome="quarantined"
+                )
+            )
+    staged = {r.partition: r.sha256 for r in results if r.outcome == "staged"}
+    return Ingested(partitions=results, new=list(staged), staged=staged, refused=refused)
+
+
+def ingest_and_validate(
+    spec: PipelineSpec, layout: DataLayout, day: str, skip_if_unchanged: bool = False, run_key: str | None = None
+) -> IngestedPartition:
+    """Landing file of ``day`` -> validated raw partition (the ingest DAG's ingest and validation in one call).
+
+    Raises:
+        LandingFileRefusedError: The file was refused (quarantine record in the message).
+        ValidationFailedError: The batch failed the expectation suite and was quarantined; the current
+            partition of the day, if any, stays as it was.
+    """
+    from tasks.validate import ValidationFailedError, quarantine_message, validate_staged
+
+    run_key = run_key or manual_run_key()
+    result = ingest_partition(spec, layout, day, skip_if_unchanged, run_key)
+    if result.skipped:
+        return IngestedPartition.parse(result.to_dict())
+    validation = validate_staged(spec, layout, {result.partition: result.sha256}, run_key).to_dict()
+    if validation["quarantined"]:
+        raise ValidationFailedError(quarantine_message(spec.name, validation["quarantined"], 0))
+    return IngestedPartition.parse(result.to_dict() | {"outcome": "accepted", "staged": ""})
+
+
 def ingest_partition(
     spec: PipelineSpec, layout: DataLayout, day: str, skip_if_unchanged: bool = False, run_key: str = "manual"
 ) -> IngestResult:
@@ -107,10 +175,10 @@ def ingest_partition(
         The staged batch (or the skip).
 
     Raises:
-        BadPartition: ``day`` is not a calendar date.
+        BadPartitionError: ``day`` is not a calendar date.
         IngestError: No landing file for the day.
-        LandingNotReady: The file is not complete yet (retryable).
-        LandingFileRefused: The file was refused; the quarantine record is ``exc.record``.
+        LandingNotReadyError: The file is not complete yet (retryable).
+        LandingFileRefusedError: The file was refused; the quarantine record is ``exc.record``.
     """
     day = strict_day(day)
     source = layout.landing_file(spec.name, day)
@@ -121,7 +189,7 @@ def ingest_partition(
         )
     state = readiness(Contract.of(spec.source), source, wait=True)
     if not state.ready or state.look is None:
-        raise LandingNotReady(f"{spec.name} partition {day}: {state.reason}; not read, a retry will look again")
+        raise LandingNotReadyError(f"{spec.name} partition {day}: {state.reason}; not read, a retry will look again")
     # one ingest of a partition at a time: two events for the same day (REST, queue, file watcher) racing
     # each other must not both process it; the second waits, then finds the file already judged
     with partition_lock(layout, spec.name, day):
@@ -159,14 +227,14 @@ def _stage_locked(
             return IngestResult(day, str(target), rows, digest, True, why, "skipped")
     try:
         batch = read_landing_file(spec, source, day)
-    except LandingFileRefused as exc:
+    except LandingFileRefusedError as exc:
         _unchanged_since(source, look)
         entry = QuarantinedPartition(
             partition=day, source=str(source), quarantined_at="", reasons=exc.reasons, sha256=exc.sha256, stage="ingest"
         )
         entry = quarantine_batch(layout, spec.name, day, run_key, entry, landing=source)
         exc.record = entry.record
-        exc.entry = entry.to_dict()  # type: ignore[attr-defined]
+        exc.entry = entry.to_dict()
         log.error("refused %s partition %s (%s): %s", spec.name, day, entry.record, "; ".join(exc.reasons))
         raise
     _unchanged_since(source, look)
@@ -202,7 +270,7 @@ def _stage_locked(
 def _unchanged_since(source: Path, look: Look) -> None:
     """The file read is the file judged complete: a write meanwhile means it was not complete after all."""
     if not look.same_file(Look.of(source)):
-        raise LandingNotReady(
+        raise LandingNotReadyError(
             f"{source} changed while it was read (it was not complete after all): nothing was kept; a retry will "
             "look again"
         )

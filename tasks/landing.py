@@ -35,11 +35,10 @@ if TYPE_CHECKING:
     from tasks.storage import DataLayout
 
 MARKER_SUFFIX = ".done"
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _STRICT_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-class BadPartition(LayoutError):
+class BadPartitionError(LayoutError):
     """A partition day that is not a calendar date (``2011-02-30``, ``2011-6-1``, ``yesterday``)."""
 
 
@@ -47,12 +46,12 @@ def strict_day(value: Any) -> str:
     """``value`` if it is a calendar date written ``YYYY-MM-DD`` (:func:`tasks.storage.strict_day`).
 
     Raises:
-        BadPartition: Anything else, saying so.
+        BadPartitionError: Anything else, saying so.
     """
     try:
         return _layout_day(str(value))
     except LayoutError:
-        raise BadPartition(
+        raise BadPartitionError(
             f"partition {str(value)[:80]!r} is not a calendar date (YYYY-MM-DD): nothing was read or written"
         ) from None
 
@@ -192,41 +191,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
-    """The partitions an upstream Asset event announces, whichever way it came.
-
-    - REST (``POST /api/v2/assets/events``): ``{"partition": "YYYY-MM-DD", ...}``.
-    - An AssetWatcher: ``{"from_trigger": true, "payload": ...}`` where the payload is the landing-file
-      watcher's ``{"partitions": [...]}`` or a Redis message whose ``data`` is ``{"partition": ...}`` JSON
-      or the bare date.
-
-    Returns:
-        The named days (their first ten characters; ingest checks that they are calendar dates); empty when
-        the event names none.
-    """
-    extra = extra or {}
-    if extra.get("partition"):
-        return [str(extra["partition"])[:10]]
-    payload = extra.get("payload")
-    if not isinstance(payload, dict):
-        return []
-    if payload.get("partitions"):
-        return [str(d)[:10] for d in payload["partitions"]]
-    if payload.get("partition"):
-        return [str(payload["partition"])[:10]]
-    data = payload.get("data")
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError:
-            return [data.strip()[:10]] if _DAY.match(data.strip()) else []
-    if isinstance(data, dict) and data.get("partition"):
-        return [str(data["partition"])[:10]]
-    if isinstance(data, str) and _DAY.match(data):
-        return [data[:10]]
-    return []
 
 
 Seen = dict[str, tuple[Look, str, bool]]

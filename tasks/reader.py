@@ -50,7 +50,7 @@ _OTHER_DELIMITERS = (";", "\t", "|")
 _EXAMPLES = 3
 
 
-class LandingFileRefused(PermanentError, RuntimeError):
+class LandingFileRefusedError(PermanentError, RuntimeError):
     """A landing file that cannot become a partition as it is; ``reasons`` say why, one sentence each."""
 
     def __init__(self, path: Path, reasons: list[str], sha256: str = "") -> None:
@@ -59,6 +59,7 @@ class LandingFileRefused(PermanentError, RuntimeError):
         self.reasons = reasons
         self.sha256 = sha256
         self.record = ""
+        self.entry: dict[str, Any] = {}  # the quarantine record, once ingest wrote it
         super().__init__(f"landing file {path} refused: " + "; ".join(reasons))
 
 
@@ -203,7 +204,7 @@ def read_landing_file(spec: PipelineSpec, path: Path, day: str) -> LandingBatch:
         The typed rows in schema column order (sorted by ``source.order_by``), the file's SHA-256 and notes.
 
     Raises:
-        LandingFileRefused: With every reason found at the first stage that failed.
+        LandingFileRefusedError: With every reason found at the first stage that failed.
     """
     source = spec.source
     scan = _check_bytes(spec, path)
@@ -222,7 +223,7 @@ def read_landing_file(spec: PipelineSpec, path: Path, day: str) -> LandingBatch:
         why = source.rows_per_partition.refusal(day, typer.rows)
         reasons += [why] if why else []
     if reasons:
-        raise LandingFileRefused(path, reasons, scan.sha256)
+        raise LandingFileRefusedError(path, reasons, scan.sha256)
     expected = list(spec.schema_.columns)
     notes = [
         *(["a UTF-8 byte-order mark was removed"] if scan.bom else []),
@@ -237,7 +238,7 @@ def _check_bytes(spec: PipelineSpec, path: Path) -> _Scan:
     source = spec.source
     size = path.stat().st_size
     if size == 0:
-        raise LandingFileRefused(path, ["the file is empty (0 bytes): nothing was delivered"], _empty_sha())
+        raise LandingFileRefusedError(path, ["the file is empty (0 bytes): nothing was delivered"], _empty_sha())
     if size > source.max_bytes:
         from tasks.landing import sha256_of
 
@@ -245,19 +246,21 @@ def _check_bytes(spec: PipelineSpec, path: Path) -> _Scan:
             f"the file is {_mib(size)} ({size} bytes), larger than source.max_bytes {_mib(source.max_bytes)}: "
             "not read. Split it, or raise max_bytes if such a day is real"
         )
-        raise LandingFileRefused(path, [why], sha256_of(path))
+        raise LandingFileRefusedError(path, [why], sha256_of(path))
     scan = _scan(path, source.encoding)
     if scan.nul_at is not None:
         with path.open("rb") as f:
             head = f.read(16)
-        raise LandingFileRefused(path, [_binary_reason(scan, head)], scan.sha256)
+        raise LandingFileRefusedError(path, [_binary_reason(scan, head)], scan.sha256)
     if scan.undecodable:
         hint = (
             "Is it Latin-1 / Windows-1252? Re-deliver it as UTF-8, or declare source.encoding in the spec"
             if _is_utf8(source.encoding)
             else "Re-deliver it in the declared encoding"
         )
-        raise LandingFileRefused(path, [f"not valid {source.encoding} text: {scan.undecodable}. {hint}"], scan.sha256)
+        raise LandingFileRefusedError(
+            path, [f"not valid {source.encoding} text: {scan.undecodable}. {hint}"], scan.sha256
+        )
     return scan
 
 
@@ -266,11 +269,11 @@ def _check_header(spec: PipelineSpec, path: Path, scan: _Scan, reasons: list[str
     first = scan.first_line.decode(spec.source.encoding).rstrip("\r")
     if not first.strip():
         why = "the first line is empty: the file must start with the header line"
-        raise LandingFileRefused(path, [why, *reasons], scan.sha256)
+        raise LandingFileRefusedError(path, [why, *reasons], scan.sha256)
     names = next(csv.reader([first]))
     header = _header_reasons(names, list(spec.schema_.columns), first)
     if header:
-        raise LandingFileRefused(path, header + reasons, scan.sha256)
+        raise LandingFileRefusedError(path, header + reasons, scan.sha256)
     return names
 
 

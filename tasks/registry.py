@@ -5,7 +5,7 @@ before the last change, what a rollback restores). Every alias move happens insi
 per-pipeline lock and is recorded there (:mod:`tasks.ledger`).
 
 A refusal by the registry (no such version or run, an invalid name) is a :class:`RegistryError`, permanent;
-an unreachable tracking server is a :class:`RegistryUnavailable` (retryable) wherever a lookup would otherwise
+an unreachable tracking server is a :class:`RegistryUnavailableError` (retryable) wherever a lookup would otherwise
 read "no such alias": an outage is never "no champion yet".
 """
 
@@ -57,7 +57,7 @@ class RollbackError(RegistryError):
     """A rollback has nothing to restore, or its target is missing or already champion."""
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailableError(RuntimeError):
     """MLflow did not answer (down, unreachable, timed out, or a server error): an outage, retrying may help.
 
     Never mistaken for "no such model / alias / version", which is an answer.
@@ -74,10 +74,10 @@ def is_absent(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) in _ABSENT_CODES
 
 
-def unavailable(settings: Settings, exc: Exception) -> RegistryUnavailable:
+def unavailable(settings: Settings, exc: Exception) -> RegistryUnavailableError:
     """The outage error for ``exc``, naming the (masked) MLflow address."""
     message = getattr(exc, "message", None) or str(exc)
-    return RegistryUnavailable(
+    return RegistryUnavailableError(
         f"MLflow at {redact(settings.mlflow_tracking_uri)} unreachable: {type(exc).__name__}: {redact(message)}"
     )
 
@@ -157,7 +157,7 @@ def _version(settings: Settings, name: str, alias: str) -> Registered | None:
     """The version holding ``alias``; None when the model or alias does not exist.
 
     Raises:
-        RegistryUnavailable: MLflow did not answer (an outage is never "no champion yet").
+        RegistryUnavailableError: MLflow did not answer (an outage is never "no champion yet").
     """
     from mlflow.exceptions import MlflowException
 
@@ -176,7 +176,7 @@ def model_version(settings: Settings, name: str, version: str) -> Registered | N
     """Version ``version`` of ``name`` with its tags and aliases; None when it does not exist.
 
     Raises:
-        RegistryUnavailable: MLflow did not answer.
+        RegistryUnavailableError: MLflow did not answer.
     """
     from mlflow.exceptions import MlflowException
 
@@ -195,7 +195,7 @@ def champion(settings: Settings, name: str) -> Registered | None:
     """The version holding the ``champion`` alias, or None before the first promotion.
 
     Raises:
-        RegistryUnavailable: MLflow did not answer.
+        RegistryUnavailableError: MLflow did not answer.
     """
     return _version(settings, name, CHAMPION)
 

@@ -56,22 +56,22 @@ class Result(BaseModel):
 
 
 class IngestedPartition(Result):
-    """What one ingest wrote (or why it skipped the file)."""
+    """What one ingest did with a day's landing file.
+
+    ``outcome``: ``staged`` (waiting for validation at ``staged``), ``skipped`` (this exact file was judged
+    before; ``reason`` says how), ``quarantined`` (refused at ingest; ``reason`` says why), ``accepted`` /
+    ``superseded`` (after validation, when ingest and validation run in one call).
+    """
 
     partition: str
     uri: str
     rows: int
-    uncast_columns: list[str] = Field(default_factory=list)
     sha256: str = ""
     skipped: bool = False
     reason: str = ""
-
-
-class Ingested(Result):
-    """One ingest run: every partition it handled and the ones that are new."""
-
-    partitions: list[IngestedPartition]
-    new: list[str]
+    outcome: Literal["staged", "skipped", "quarantined", "accepted", "superseded"] = "staged"
+    staged: str = ""
+    notes: list[str] = Field(default_factory=list)
 
 
 class ExpectationFailure(Result):
@@ -94,12 +94,34 @@ class ExpectationFailure(Result):
 
 
 class QuarantinedPartition(Result):
-    """A partition moved out of the raw store, and why."""
+    """A batch refused at ingest or failed by validation, and where its evidence is kept.
+
+    ``reasons`` are the sentences a person acts on; ``failures`` the Great Expectations details (validation
+    only); ``record`` the ``reasons.json`` beside the quarantined data.
+    """
 
     partition: str
     source: str
     quarantined_at: str
-    failures: list[ExpectationFailure]
+    failures: list[ExpectationFailure] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    sha256: str = ""
+    stage: str = "validation"
+    record: str = ""
+    run: str = ""
+
+
+class Ingested(Result):
+    """One ingest run over some days: each day's result, the days staged, the files refused.
+
+    ``staged`` maps each staged day to its landing file's SHA-256 (the batch validation judges);
+    ``refused`` are the quarantine records of refused files, which validation reports with its own.
+    """
+
+    partitions: list[IngestedPartition]
+    new: list[str]
+    staged: dict[str, str] = Field(default_factory=dict)
+    refused: list[QuarantinedPartition] = Field(default_factory=list)
 
 
 class Validation(Result):

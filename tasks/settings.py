@@ -38,6 +38,8 @@ ADMIN_TOKEN_ENV = "MLP_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "MLP_ADMIN_TOKEN_FILE"
 MIN_ADMIN_TOKEN_CHARS = 16
 
+_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: parsing specs at DAG-parse time is ~10x faster
+
 
 class SettingsError(PermanentError, ValueError):
     """The environment layer is unknown or a settings file is malformed."""
@@ -127,7 +129,7 @@ def _read_layer(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_YAML) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"cannot parse {path}: {exc}") from exc
     if not isinstance(data, dict):

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tasks.results import Datasets, Evaluation, Gated, GateDecision, Trained
+from tasks.results import Datasets, Evaluation, Gated, GateDecision, Trained, Validation
 from tasks.settings import Settings, get_settings
 from tasks.spec import PipelineSpec, load_spec
 from tasks.storage import DataLayout
@@ -43,7 +43,7 @@ def landing_status(pipeline: str, day: str) -> dict[str, Any]:
     Waits at most ``source.settle_seconds`` for a file that changed just now. Never reads the file.
 
     Raises:
-        BadPartition: ``day`` is not a calendar date.
+        BadPartitionError: ``day`` is not a calendar date.
     """
     from tasks.landing import Contract, readiness, strict_day
 
@@ -59,77 +59,39 @@ def landing_ready(pipeline: str, day: str) -> bool:
     return bool(landing_status(pipeline, day)["ready"])
 
 
-def _manual_run_key() -> str:
-    from datetime import UTC, datetime
-
-    return "manual__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-
-
-def ingest_days(  # noqa: PLR0915 - house phase B moves this loop into tasks/ingest.py
+def ingest_partitions(
     pipeline: str, days: list[str], skip_if_unchanged: bool = False, run_key: str | None = None
 ) -> dict[str, Any]:
     """Stage each day's landing file for validation; a refused file is recorded, not fatal to the other days.
 
-    Returns:
-        ``partitions`` (each day's result), ``new`` (days staged), ``staged`` (day -> landing SHA-256) and
-        ``refused`` (quarantine records, which ``validate_new`` reports with its own).
+    Returns ``Ingested``: each day's result, the days staged (with their landing SHA-256) and the refusals
+    (which ``validate_partitions`` reports with its own).
 
     Raises:
-        BadPartition: A day is not a calendar date.
+        BadPartitionError: A day is not a calendar date.
         IngestError: A day has no landing file.
-        LandingNotReady: A file is not complete yet (retryable).
+        LandingNotReadyError: A file is not complete yet (retryable).
     """
-    from tasks.ingest import ingest_partition
-    from tasks.reader import LandingFileRefused
+    from tasks.ingest import ingest_partitions as ingest
 
     spec, _, layout = _ctx(pipeline)
-    run_key = run_key or _manual_run_key()
-    results, refused = [], []
-    for day in days:
-        try:
-            results.append(ingest_partition(spec, layout, day, skip_if_unchanged, run_key).to_dict())
-        except LandingFileRefused as exc:
-            entry = getattr(exc, "entry", {})
-            refused.append(entry)
-            results.append(
-                {
-                    "partition": day,
-                    "uri": "",
-                    "rows": 0,
-                    "sha256": exc.sha256,
-                    "skipped": False,
-                    "reason": str(exc),
-                    "outcome": "quarantined",
-                    "staged": "",
-                    "notes": [],
-                }
-            )
-    staged = {r["partition"]: r["sha256"] for r in results if r["outcome"] == "staged"}
-    return {"partitions": results, "new": list(staged), "staged": staged, "refused": refused}
+    return ingest(spec, layout, days, skip_if_unchanged, run_key).xcom()
 
 
-def ingest(  # noqa: PLR0915 - house phase B moves this into tasks/ingest.py
+def ingest_partition(
     pipeline: str, day: str, skip_if_unchanged: bool = False, run_key: str | None = None
 ) -> dict[str, Any]:
     """Landing file of ``day`` -> validated raw partition (the ingest DAG's ingest and validation in one call).
 
     Raises:
-        LandingFileRefused: The file was refused (quarantine record in the message).
-        ValidationFailed: The batch failed the expectation suite and was quarantined; the current partition
+        LandingFileRefusedError: The file was refused (quarantine record in the message).
+        ValidationFailedError: The batch failed the expectation suite and was quarantined; the current partition
             of the day, if any, stays as it was.
     """
-    from tasks.ingest import ingest_partition
-    from tasks.validate import ValidationFailed, quarantine_message, validate_staged
+    from tasks.ingest import ingest_and_validate
 
     spec, _, layout = _ctx(pipeline)
-    run_key = run_key or _manual_run_key()
-    result = ingest_partition(spec, layout, day, skip_if_unchanged, run_key).to_dict()
-    if result["skipped"]:
-        return result
-    validation = validate_staged(spec, layout, {result["partition"]: result["sha256"]}, run_key).to_dict()
-    if validation["quarantined"]:
-        raise ValidationFailed(quarantine_message(pipeline, validation["quarantined"], 0))
-    return result | {"outcome": "accepted", "staged": ""}
+    return ingest_and_validate(spec, layout, day, skip_if_unchanged, run_key).xcom()
 
 
 def plan_training(
@@ -142,26 +104,19 @@ def plan_training(
     return plan(spec, settings, layout, triggered_by, as_of, force).xcom()
 
 
-def validate(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
-    """Validate each partition with the spec's Great Expectations suite; quarantine failures.
+def validate_data(pipeline: str, partitions: list[str], run_key: str) -> dict[str, Any]:
+    """Validate each partition of a training window with the spec's suite; quarantine failures.
 
     Raises:
-        ValidationFailed: Fewer valid partitions remain than the spec's ``min_partitions``.
+        ValidationFailedError: Fewer valid partitions remain than the spec's ``min_partitions``.
     """
-    from tasks.validate import ValidationFailed, quarantine_message, validate_partitions
+    from tasks.validate import validate_window
 
     spec, _, layout = _ctx(pipeline)
-    result = validate_partitions(spec, layout, partitions, run_key).to_dict()
-    if len(result["valid"]) < spec.training.min_partitions:
-        raise ValidationFailed(
-            f"only {len(result['valid'])} valid partitions, fewer than min_partitions="
-            f"{spec.training.min_partitions}: not training.\n"
-            + quarantine_message(pipeline, result["quarantined"], len(result["valid"]))
-        )
-    return result
+    return validate_window(spec, layout, partitions, run_key).xcom()
 
 
-def validate_new(
+def validate_partitions(
     pipeline: str,
     partitions: list[str],
     run_key: str,
@@ -174,23 +129,21 @@ def validate_new(
     of ``partitions``); ``refused`` are the files ingest refused in the same run, reported with the rest.
     Never raises on bad data: ``report_quarantine`` says so after the valid days were announced.
     """
-    from tasks.validate import validate_staged
+    from tasks.validate import validate_new_batches
 
     spec, _, layout = _ctx(pipeline)
-    batches: dict[str, str | None] = {d: (staged or {}).get(d) for d in partitions}
-    return validate_staged(spec, layout, batches, run_key, refused).to_dict()
+    return validate_new_batches(spec, layout, partitions, run_key, staged, refused).xcom()
 
 
 def report_quarantine(pipeline: str, validation: dict[str, Any]) -> None:
     """Fail with an actionable message if validation quarantined anything (after the good data was used).
 
     Raises:
-        ValidationFailed: Listing every quarantined partition, file, expectation and row count.
+        ValidationFailedError: Listing every quarantined partition, file, expectation and row count.
     """
-    from tasks.validate import ValidationFailed, quarantine_message
+    from tasks.validate import report_quarantine as report
 
-    if validation["quarantined"]:
-        raise ValidationFailed(quarantine_message(pipeline, validation["quarantined"], len(validation["valid"])))
+    report(pipeline, Validation.parse(validation))
 
 
 def build_features(pipeline: str, partitions: list[str], run_id: str) -> dict[str, Any]:
@@ -267,7 +220,7 @@ def promote_model(
     return promote(settings, spec.registered_model_name, str(version), gate, actor, mlflow_run_id).xcom()
 
 
-def deploy(pipeline: str, version: str, actor: str | None = None) -> dict[str, Any]:  # noqa: PLR0915 - phase B
+def deploy_model(pipeline: str, version: str, actor: str | None = None) -> dict[str, Any]:
     """Make the model server serve ``version`` (blue/green); if it refuses, the champion alias goes back.
 
     The server checks the admin token (``MLP_ADMIN_TOKEN``) and its reload policy, and records the reload
@@ -277,21 +230,10 @@ def deploy(pipeline: str, version: str, actor: str | None = None) -> dict[str, A
         DeployError: The server is unreachable (retryable), refused the token (permanent) or refused the
             version (permanent; the old version keeps serving and the ledger records ``deploy_failed``).
     """
-    from tasks.deploy import DeployRefused, deploy_version
-    from tasks.ledger import default_actor
-    from tasks.registry import revert_failed_deploy
+    from tasks.deploy import deploy_model as deploy
 
     spec, settings, _ = _ctx(pipeline)
-    name = spec.registered_model_name
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    try:
-        return deploy_version(
-            settings.serving_url, name, version, settings.serving_timeout_s, token, actor or default_actor()
-        )
-    except DeployRefused as exc:
-        reverted = revert_failed_deploy(settings, name, version, exc.serving, str(exc), actor)
-        kept = f"champion alias back on v{reverted['champion']}" if reverted["reverted"] else "champion alias unchanged"
-        raise DeployRefused(f"{exc} ({kept}; recorded in the promotion ledger)", exc.serving) from exc
+    return deploy(settings, spec.registered_model_name, version, actor)
 
 
 def rollback_model(
@@ -313,19 +255,23 @@ def check_drift(pipeline: str, window_end: str, run_id: str) -> dict[str, Any]:
 
 
 STAGES: dict[str, Callable[..., Any]] = {
-    "replay": replay,
-    "ingest": ingest,
-    "ingest_days": ingest_days,
-    "plan_training": plan_training,
-    "validate": validate,
-    "validate_new": validate_new,
-    "build_features": build_features,
-    "train_model": train_model,
-    "evaluate_model": evaluate_model,
-    "gate_model": gate_model,
-    "register_model": register_model,
-    "promote_model": promote_model,
-    "deploy": deploy,
-    "rollback_model": rollback_model,
-    "check_drift": check_drift,
+    f.__name__: f
+    for f in (
+        replay,
+        ingest_partition,
+        ingest_partitions,
+        plan_training,
+        validate_data,
+        validate_partitions,
+        build_features,
+        train_model,
+        evaluate_model,
+        gate_model,
+        register_model,
+        promote_model,
+        deploy_model,
+        rollback_model,
+        check_drift,
+    )
 }
+"""Every stage by name: its CLI sub-command and its Airflow task id."""

@@ -36,6 +36,7 @@ from tasks.partitions import (
     staged_batches,
     staged_dir,
 )
+from tasks.results import Validation
 from tasks.spec import PipelineSpec
 from tasks.storage import DataLayout, write_json
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ValidationFailed(PermanentError, RuntimeError):
+class ValidationFailedError(PermanentError, RuntimeError):
     """Data failed validation; the message says which partition, which expectation and how many rows."""
 
 
@@ -87,17 +88,17 @@ def load_suite(path: Path) -> gx.ExpectationSuite:
     """Load an expectation suite from its JSON file under ``include/``.
 
     Raises:
-        ValidationFailed: The file is missing or is not a suite.
+        ValidationFailedError: The file is missing or is not a suite.
     """
     import great_expectations as gx
 
     if not path.is_file():
-        raise ValidationFailed(f"expectation suite not found: {path}")
+        raise ValidationFailedError(f"expectation suite not found: {path}")
     try:
         raw = json.loads(path.read_text())
         return gx.ExpectationSuite(name=raw["name"], expectations=raw["expectations"], meta=raw.get("meta"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValidationFailed(f"{path} is not a valid expectation suite: {exc}") from exc
+        raise ValidationFailedError(f"{path} is not a valid expectation suite: {exc}") from exc
 
 
 def _failures(result: Any) -> list[ExpectationFailure]:
@@ -174,7 +175,7 @@ def validate_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str],
         Valid and quarantined partitions, and the path of the JSON report.
 
     Raises:
-        ValidationFailed: The suite cannot be loaded or a listed partition is not in the raw store.
+        ValidationFailedError: The suite cannot be loaded or a listed partition is not in the raw store.
     """
     suite = load_suite(spec.expectations_path)
     batch_definition = _batch_definition(suite.name)
@@ -182,7 +183,7 @@ def validate_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str],
     for day in days:
         path = layout.raw_partition(spec.name, day)
         if not path.is_file():
-            raise ValidationFailed(f"partition {day} of {spec.name} is not in the raw store ({path})")
+            raise ValidationFailedError(f"partition {day} of {spec.name} is not in the raw store ({path})")
         judged = sha256_of(path)
         failures = validate_frame(pd.read_parquet(path), suite, batch_definition)
         if not failures:
@@ -235,7 +236,7 @@ def validate_staged(
         Valid days (now in ``raw/``), quarantined batches (with the refusals), the report path.
 
     Raises:
-        ValidationFailed: The suite cannot be loaded, or a day has no staged batch and no partition from it.
+        ValidationFailedError: The suite cannot be loaded, or a day has no staged batch and no partition from it.
     """
     result = ValidationResult(suite=str(spec.expectations_path))
     result.quarantined += [QuarantinedPartition(**r) for r in refused or []]
@@ -250,7 +251,7 @@ def validate_staged(
             if current and sha and current.get("sha256") == sha:  # a concurrent run already promoted these bytes
                 result.valid.append(day)
                 continue
-            raise ValidationFailed(
+            raise ValidationFailedError(
                 f"no staged batch of {spec.name} partition {day}"
                 + (f" from landing file {sha}" if sha else "")
                 + ": run ingest for the day first"
@@ -275,6 +276,50 @@ def validate_staged(
                 result.valid.append(day)
                 log.info("%s partition %s: staged batch %s", spec.name, day, outcome)
     return _report(spec, layout, run_key, result, len(staged) + len(refused or []))
+
+
+def validate_window(spec: PipelineSpec, layout: DataLayout, days: list[str], run_key: str) -> Validation:
+    """Validate a training window (:func:`validate_partitions`); enough valid partitions must remain.
+
+    Raises:
+        ValidationFailedError: Fewer valid partitions remain than the spec's ``min_partitions``.
+    """
+    result = Validation.parse(validate_partitions(spec, layout, days, run_key).to_dict())
+    if len(result.valid) < spec.training.min_partitions:
+        raise ValidationFailedError(
+            f"only {len(result.valid)} valid partitions, fewer than min_partitions="
+            f"{spec.training.min_partitions}: not training.\n"
+            + quarantine_message(spec.name, result.xcom()["quarantined"], len(result.valid))
+        )
+    return result
+
+
+def validate_new_batches(
+    spec: PipelineSpec,
+    layout: DataLayout,
+    days: list[str],
+    run_key: str,
+    staged: dict[str, str] | None = None,
+    refused: list[dict[str, Any]] | None = None,
+) -> Validation:
+    """Judge the batches ingest staged for ``days`` (:func:`validate_staged`); never raises on bad data.
+
+    ``staged`` names each day's batch by its landing file's SHA-256 (default: the latest staged batch of
+    the day); ``refused`` are the files ingest refused in the same run, reported with the rest.
+    """
+    batches: dict[str, str | None] = {d: (staged or {}).get(d) for d in days}
+    return Validation.parse(validate_staged(spec, layout, batches, run_key, refused).to_dict())
+
+
+def report_quarantine(pipeline: str, validation: Validation) -> None:
+    """Fail with an actionable message if validation quarantined anything (after the good data was used).
+
+    Raises:
+        ValidationFailedError: Listing every quarantined partition, file, expectation and row count.
+    """
+    if validation.quarantined:
+        found = validation.xcom()
+        raise ValidationFailedError(quarantine_message(pipeline, found["quarantined"], len(validation.valid)))
 
 
 def quarantine_message(spec_name: str, quarantined: list[dict[str, Any]], valid_count: int) -> str:

@@ -14,6 +14,7 @@ import codecs
 import csv
 import gzip
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -25,11 +26,16 @@ GOOD_DAYS = ("2011-07-01", "2011-07-02", "2011-07-03", "2011-07-04")  # ingested
 BIG_BYTES = 200 * 1024 * 1024
 
 
-@cache
 def _dataset() -> Any:
+    """The bike rows the cases are built from: ``MLP_SHARED_DATASETS`` (unit tests: the committed cut) or ../shared."""
+    return _read(Path(os.environ.get("MLP_SHARED_DATASETS") or SHARED))
+
+
+@cache
+def _read(folder: Path) -> Any:
     import pandas as pd
 
-    return pd.read_csv(SHARED / "bike_sharing_hour.csv.gz", dtype=str, keep_default_na=False)
+    return pd.read_csv(folder / "bike_sharing_hour.csv.gz", dtype=str, keep_default_na=False)
 
 
 def real(day: str) -> bytes:

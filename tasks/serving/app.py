@@ -162,11 +162,11 @@ class ModelLoadError(RuntimeError):
     """The version cannot be served: it fails to load, lacks what the smoke test needs, or fails it."""
 
 
-class NoChampion(ModelLoadError):
+class NoChampionError(ModelLoadError):
     """No version holds the ``champion`` alias yet (MLflow answered)."""
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailableError(RuntimeError):
     """MLflow did not answer while fetching the version (an outage: retrying may help)."""
 
 
@@ -207,7 +207,7 @@ def _fetch(settings: Settings, what: str, fetch: Callable[[], str]) -> str:
 
     Raises:
         ModelLoadError: MLflow says the artifact does not exist.
-        ModelUnavailable: MLflow did not answer.
+        ModelUnavailableError: MLflow did not answer.
     """
     from mlflow.exceptions import MlflowException
 
@@ -218,13 +218,13 @@ def _fetch(settings: Settings, what: str, fetch: Callable[[], str]) -> str:
     except MlflowException as exc:
         if is_absent(exc):
             raise ModelLoadError(f"{what} does not exist: {exc.message}") from exc
-        raise ModelUnavailable(
+        raise ModelUnavailableError(
             f"MLflow at {redact(settings.mlflow_tracking_uri)} unreachable while fetching {what}: {exc.message}"
         ) from exc
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{what} does not exist: {exc}") from exc
     except OSError as exc:  # requests' connection errors and timeouts
-        raise ModelUnavailable(
+        raise ModelUnavailableError(
             f"MLflow at {redact(settings.mlflow_tracking_uri)} unreachable while fetching {what}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
@@ -280,21 +280,21 @@ def load_version(
     loading fails.
 
     Raises:
-        NoChampion: ``version`` is None and no version holds the champion alias.
+        NoChampionError: ``version`` is None and no version holds the champion alias.
         ModelLoadError: No such version, or it fails to load or its smoke test.
-        ModelUnavailable: MLflow did not answer.
+        ModelUnavailableError: MLflow did not answer.
     """
     import mlflow
 
     from tasks.names import SMOKE_SAMPLE
-    from tasks.registry import RegistryUnavailable, champion, model_version
+    from tasks.registry import RegistryUnavailableError, champion, model_version
 
     try:
         found = champion(settings, name) if version is None else model_version(settings, name, version)
-    except RegistryUnavailable as exc:
-        raise ModelUnavailable(str(exc)) from exc
+    except RegistryUnavailableError as exc:
+        raise ModelUnavailableError(str(exc)) from exc
     if found is None and version is None:
-        raise NoChampion(f"no version of {name!r} has the champion alias yet")
+        raise NoChampionError(f"no version of {name!r} has the champion alias yet")
     if found is None:
         raise ModelLoadError(f"{name} has no version {version} in the registry")
     version, run_id = found.version, mlflow_run_id or found.mlflow_run_id
@@ -508,11 +508,11 @@ class ModelService:
             backoff = min(2.0 ** (status.attempts - 1), self.settings.serving_load_retry_max_s)
             try:
                 candidate = load_version(self.settings, name, downloads=self._folder())
-            except ModelUnavailable as exc:
+            except ModelUnavailableError as exc:
                 status.state, status.error, status.retry_at = "failed", redact(str(exc)), time.monotonic() + backoff
                 log.error("cannot load %s (attempt %d; retrying in %.0fs): %s", name, status.attempts, backoff, exc)
                 return
-            except NoChampion as exc:
+            except NoChampionError as exc:
                 status.state, status.error, status.retry_at = "no_champion", str(exc), None
                 log.warning("not serving %s yet: %s", name, exc)
                 return
@@ -584,7 +584,7 @@ class ModelService:
             ApiError: 404 unknown pipeline; 403 refused by the policy; 409 no such version or it failed to
                 load or its smoke test; 503 MLflow or the ledger unreachable. The old version keeps serving.
         """
-        from tasks.registry import RegistryUnavailable, champion, model_version
+        from tasks.registry import RegistryUnavailableError, champion, model_version
         from tasks.serving.policy import reload_policy
 
         name = request.model
@@ -598,7 +598,7 @@ class ModelService:
                     if request.version is None
                     else model_version(self.settings, name, request.version)
                 )
-            except RegistryUnavailable as exc:
+            except RegistryUnavailableError as exc:
                 raise self._refuse(name, 503, "mlflow_unavailable", str(exc), actor, request) from exc
             if found is None:
                 why = (
@@ -613,7 +613,7 @@ class ModelService:
                 raise self._refuse(name, 403, "policy_refused", verdict.why, actor, request, **facts)
             try:
                 candidate = load_version(self.settings, name, found.version, found.mlflow_run_id, self._folder())
-            except ModelUnavailable as exc:
+            except ModelUnavailableError as exc:
                 raise self._refuse(name, 503, "mlflow_unavailable", str(exc), actor, request, **facts) from exc
             except ModelLoadError as exc:
                 raise self._refuse(name, 409, "load_failed", str(exc), actor, request, **facts) from exc

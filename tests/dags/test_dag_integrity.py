@@ -88,8 +88,8 @@ def test_train_is_scheduled_on_new_data_and_on_retrain_requests(dagbag):
     assert {a.uri for a in condition.objects} == {"ml://bike_demand/raw", "ml://bike_demand/retrain"}
     ingest = dagbag.dags["bike_demand_ingest"]
     assert [o.uri for o in ingest.get_task("publish_partitions").outlets] == ["ml://bike_demand/raw"]
-    assert not ingest.get_task("ingest_partition").outlets  # only validated partitions are announced
-    assert ingest.get_task("validate_partitions").upstream_task_ids == {"ingest_partition"}
+    assert not ingest.get_task("ingest_partitions").outlets  # only validated partitions are announced
+    assert ingest.get_task("validate_partitions").upstream_task_ids == {"ingest_partitions"}
     monitor = dagbag.dags["bike_demand_monitor"].get_task("request_retrain")
     assert [o.uri for o in monitor.outlets] == ["ml://bike_demand/retrain"]
 
@@ -154,29 +154,33 @@ def test_parse_is_fast_and_imports_nothing_heavy(path, ml_env):
     assert probe["elapsed"] < PARSE_BUDGET_S, f"{path.name} ({ml_env}) took {probe['elapsed']:.2f}s to parse"
 
 
-def test_ingest_partitions_come_from_the_form_the_upstream_events_or_the_interval():
-    from datetime import UTC, datetime
-    from types import SimpleNamespace
+def test_the_hand_written_weekly_retrain_is_the_train_dag_from_the_same_blocks_after_a_pre_step(dagbag):
+    weekly, train = dagbag.dags["bike_demand_weekly_retrain"], dagbag.dags["bike_demand_train"]
+    assert weekly.timetable.expression == "0 0 * * 0" and weekly.max_active_runs == 1  # @weekly
+    assert set(weekly.task_ids) == set(train.task_ids) | {"last_full_week"}
+    for t in train.tasks:  # the same stages, the same wiring, the same operators and links
+        mine = weekly.get_task(t.task_id)
+        extra = {"last_full_week"} if t.task_id == "plan_training" else set()
+        assert mine.upstream_task_ids == t.upstream_task_ids | extra, t.task_id
+        assert type(mine) is type(t) and len(mine.operator_extra_links) == len(t.operator_extra_links), t.task_id
+
+
+def test_last_full_week_is_the_sunday_before_the_newest_partition_and_refuses_an_empty_store(data_root, layout):
+    import importlib.util
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mlops_airflow.factory import _partitions, landing_asset
-
-    landing = landing_asset("bike_demand")
-    events = {landing: [SimpleNamespace(extra={"partition": d}) for d in ("2011-06-02", "2011-06-01", "2011-06-02")]}
-    assert _partitions(None, None, events) == ["2011-06-01", "2011-06-02"]  # a duplicate event is one partition
-    assert _partitions({"partition": "2011-07-01"}, None, events) == ["2011-07-01"]  # the trigger form wins
-    assert _partitions({}, datetime(2011, 6, 5, tzinfo=UTC), None) == ["2011-06-05"]
-    # what the watchers record: the landing-file trigger's payload, a Redis message (JSON or the bare date)
-    watched = [
-        {"from_trigger": True, "payload": {"partitions": ["2011-06-03"], "source": "landing_file"}},
-        {"from_trigger": True, "payload": {"type": "message", "channel": "c", "data": '{"partition": "2011-06-04"}'}},
-        {"from_trigger": True, "payload": {"type": "message", "channel": "c", "data": "2011-06-03"}},
-    ]
-    events = {landing: [SimpleNamespace(extra=e) for e in watched]}
-    assert _partitions(None, None, events) == ["2011-06-03", "2011-06-04"]
-    for junk in ({"source": "export"}, {"from_trigger": True, "payload": {"type": "message", "data": "hello"}}):
-        with pytest.raises(AirflowFailException, match="names no partition"):
-            _partitions(None, None, {landing: [SimpleNamespace(extra=junk)]})
-    with pytest.raises(AirflowFailException, match="trigger with a 'partition'"):
-        _partitions(None, None, None)
+    path = REPO / "dags" / "bike_demand_weekly_retrain.py"
+    module_spec = importlib.util.spec_from_file_location("weekly_retrain_under_test", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    pre_step = module.last_full_week.function
+    with pytest.raises(AirflowFailException, match="no raw partition of bike_demand yet: run bike_demand_ingest"):
+        pre_step("bike_demand")
+    for day in ("2011-06-17", "2011-06-20", "2011-06-18"):  # 2011-06-19 is a Sunday, 06-20 a Monday
+        part = layout.raw_partition("bike_demand", day)
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"")
+    assert pre_step("bike_demand") == "2011-06-19"
+    (layout.raw_partition("bike_demand", "2011-06-20")).unlink()
+    assert pre_step("bike_demand") == "2011-06-12"  # a Saturday's newest: the week before

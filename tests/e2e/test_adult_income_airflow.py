@@ -76,15 +76,15 @@ def test_adult_income_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     dags, url, root = stack["dags"], stack["url"], stack["root"]
     settings = get_settings()
     registry = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
-    from tasks.validate import ValidationFailed
+    from tasks.validate import ValidationFailedError
 
     stages.replay(P, DAYS[0], DAYS[-1], corrupt=["2024-01-02"])
     for day in DAYS[:8]:  # the stage CLI's ingest: checked, staged, validated, promoted
         if day == "2024-01-02":  # the corrupted day is quarantined on arrival and never reaches raw/
-            with pytest.raises(ValidationFailed, match="age"):
-                stages.ingest(P, day)
+            with pytest.raises(ValidationFailedError, match="age"):
+                stages.ingest_partition(P, day)
         else:
-            stages.ingest(P, day)
+            stages.ingest_partition(P, day)
     reasons = next((root / "quarantine" / P / "dt=2024-01-02").glob("*/reasons.json")).read_text()
     assert "age" in reasons and "education-num" in reasons
     assert not (root / "raw" / P / "dt=2024-01-02" / "part.parquet").exists()

@@ -100,7 +100,7 @@ class _SlowWriter(threading.Thread):
 def _check_quarantined(case: Case, root: Path, run: Any, landing_sha: str) -> None:
     states = _states(run)
     assert str(run.state) == "failed" and states["report_quarantine"] == "failed", (case.id, states)
-    assert states["ingest_partition"] == "success" and states["publish_partitions"] == "skipped", (case.id, states)
+    assert states["ingest_partitions"] == "success" and states["publish_partitions"] == "skipped", (case.id, states)
     record = root / "quarantine" / P / f"dt={case.day}" / safe_key(run.run_id) / "reasons.json"
     reasons = json.loads(record.read_text())
     said = " | ".join(reasons["reasons"])
@@ -134,7 +134,7 @@ def _check_waiting(case: Case, root: Path, run: Any) -> None:
 
     states = _states(run)
     assert str(run.state) == "failed" and states["wait_for_landing"] == "failed", (case.id, states)
-    assert states["ingest_partition"] == "upstream_failed", (case.id, states)
+    assert states["ingest_partitions"] == "upstream_failed", (case.id, states)
     assert not (root / "quarantine" / P / f"dt={case.day}").exists()  # not refused: not complete yet
     assert not (root / "raw" / P / f"dt={case.day}" / "part.parquet").exists()
     status = stages.landing_status(P, case.day)  # what the sensor saw, in words
@@ -143,12 +143,12 @@ def _check_waiting(case: Case, root: Path, run: Any) -> None:
 
 def _check_rejected(case: Case, dag: Any, root: Path) -> None:
     from tasks import stages
-    from tasks.landing import BadPartition
+    from tasks.landing import BadPartitionError
 
     with pytest.raises(Exception, match="is not a 'date'"):  # the trigger form refuses it before a run exists
         dag.test(run_conf={"partition": case.day})
-    for stage in (stages.landing_status, stages.ingest_days):  # an event naming it: the sensor and ingest refuse
-        with pytest.raises(BadPartition, match=case.reason):
+    for stage in (stages.landing_status, stages.ingest_partitions):  # an event naming it: the sensor and ingest refuse
+        with pytest.raises(BadPartitionError, match=case.reason):
             stage(P, case.day) if stage is stages.landing_status else stage(P, [case.day])
     assert not (root / "raw" / P / f"dt={case.day}").exists()
     assert not (root / "quarantine" / P / f"dt={case.day}").exists()

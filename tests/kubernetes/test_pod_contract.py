@@ -99,7 +99,7 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
         kubelet.host_mounts = [tmp_path]
     stages.replay("bike_demand", DAYS[0], DAYS[-1])
     for day in DAYS:
-        stages.ingest("bike_demand", day)
+        stages.ingest_partition("bike_demand", day)
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
 
@@ -107,7 +107,7 @@ def test_pods_carry_the_pipeline_from_validation_to_monitoring(
     states = _states(run)
     assert all(s == "success" for s in states.values()), states
     pod_stages = [p.spec.containers[0].args[0] for p in kubelet.created]
-    assert pod_stages == ["validate", "build_features", "train_model", "evaluate_model"]
+    assert pod_stages == ["validate_data", "build_features", "train_model", "evaluate_model"]
     assert all(r["returncode"] == 0 for r in kubelet.runs)
     assert sorted(kubelet.deleted) == sorted(p.metadata.name for p in kubelet.created), "pods must be deleted"
     train_pod = kubelet.created[2]

@@ -91,8 +91,8 @@ def test_permanent_stage_error_fails_without_retry_and_deletes_the_pod(
 ) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    op = _operator(prod_settings, "validate", {"partitions": [], "run_key": "r1"})
-    with pytest.raises(AirflowFailException, match="ValidationFailed.*only 0 valid partitions"):
+    op = _operator(prod_settings, "validate_data", {"partitions": [], "run_key": "r1"})
+    with pytest.raises(AirflowFailException, match="ValidationFailedError.*only 0 valid partitions"):
         _run(op)
     assert kubelet.runs[0]["returncode"] == 1
     assert kubelet.deleted == [kubelet.created[0].metadata.name]

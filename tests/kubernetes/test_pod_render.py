@@ -17,8 +17,8 @@ from tests.conftest import REPO, write_spec
 from tests.kubernetes.conftest import CLAIM, SECRET
 
 STAGE_OF_TASK = {
-    "validate_data": "validate",
-    "validate_partitions": "validate_new",  # ingest-time validation
+    "validate_data": "validate_data",
+    "validate_partitions": "validate_partitions",  # ingest-time validation
     "build_features": "build_features",
     "train_model": "train_model",
     "evaluate_model": "evaluate_model",

@@ -253,7 +253,7 @@ def _event_runs(base: str, dag_id: str) -> list[dict[str, Any]]:
 
 
 def _ingested(base: str, dag_id: str, run: dict[str, Any]) -> list[dict[str, Any]]:
-    path = f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances/ingest_partition/xcomEntries/return_value"
+    path = f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances/ingest_partitions/xcomEntries/return_value"
     return _api(base, "GET", path)["value"]["partitions"]
 
 

@@ -30,9 +30,9 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     get_settings.cache_clear()
     try:
         stages.replay("bike_demand", *WINDOW)
-        days = [r["partition"] for r in (stages.ingest("bike_demand", d) for d in _days(*WINDOW))]
+        days = [r["partition"] for r in (stages.ingest_partition("bike_demand", d) for d in _days(*WINDOW))]
         plan = stages.plan_training("bike_demand")
-        validation = stages.validate("bike_demand", plan["partitions"], "fixture")
+        validation = stages.validate_data("bike_demand", plan["partitions"], "fixture")
         datasets = stages.build_features("bike_demand", validation["valid"], "fixture")
         trained = stages.train_model("bike_demand", datasets, "fixture", {"airflow.run_id": "fixture"})
         evaluation = stages.evaluate_model("bike_demand", trained, datasets, "fixture")

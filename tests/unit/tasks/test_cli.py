@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.needs_data
-
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tasks", *args], capture_output=True, text=True, env=env, timeout=120)
@@ -23,11 +21,18 @@ def test_stage_cli_is_the_pod_contract(data_root, tmp_path):
     assert replay.returncode == 0, replay.stderr
     manifest = tmp_path / "result.json"
     out = _cli(
-        "ingest", "--pipeline", "bike_demand", "--args", '{"day": "2011-06-01"}', "--result", str(manifest), env=env
+        "ingest_partition",
+        "--pipeline",
+        "bike_demand",
+        "--args",
+        '{"day": "2011-06-01"}',
+        "--result",
+        str(manifest),
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     written = json.loads(manifest.read_text())
-    assert written["ok"] is True and written["stage"] == "ingest" and written["result"]["rows"] == 24
+    assert written["ok"] is True and written["stage"] == "ingest_partition" and written["result"]["rows"] == 24
     assert json.loads(out.stdout.strip().splitlines()[-1])["partition"] == "2011-06-01"
 
 
@@ -35,11 +40,18 @@ def test_cli_failures_exit_non_zero_with_the_reason(data_root):
     import os
 
     env = dict(os.environ)
-    bad_json = _cli("ingest", "--pipeline", "bike_demand", "--args", "{day", env=env)
+    bad_json = _cli("ingest_partition", "--pipeline", "bike_demand", "--args", "{day", env=env)
     assert bad_json.returncode == 2 and "not JSON" in bad_json.stderr
     manifest = data_root / "result.json"
     missing = _cli(
-        "ingest", "--pipeline", "bike_demand", "--args", '{"day": "2011-01-05"}', "--result", str(manifest), env=env
+        "ingest_partition",
+        "--pipeline",
+        "bike_demand",
+        "--args",
+        '{"day": "2011-01-05"}',
+        "--result",
+        str(manifest),
+        env=env,
     )
     assert missing.returncode == 1 and "no landing file" in missing.stderr
     failure = json.loads(manifest.read_text())  # the pod's failure comes back through the shared store too
@@ -65,17 +77,17 @@ def test_cli_failures_exit_non_zero_with_the_reason(data_root):
 def test_cli_refuses_unknown_pipelines_loose_days_and_parent_segments(data_root, argv, said):
     import os
 
-    out = _cli("ingest", *argv, env=dict(os.environ))
+    out = _cli("ingest_partition", *argv, env=dict(os.environ))
     assert out.returncode == 2 and said in out.stderr, out.stderr
     assert not (data_root / "raw").exists()
 
 
 def test_cli_refuses_a_crafted_partition_before_any_file_moves(data_root):
-    """``validate_new`` with ``<an ingested day>/../../..`` once moved a file from outside the data root."""
+    """``validate_partitions`` with ``<an ingested day>/../../..`` once moved a file from outside the data root."""
     import os
 
     out = _cli(
-        "validate_new",
+        "validate_partitions",
         "--pipeline",
         "bike_demand",
         "--args",
@@ -84,7 +96,7 @@ def test_cli_refuses_a_crafted_partition_before_any_file_moves(data_root):
     )
     assert out.returncode == 2 and "'..' path segments are not allowed" in out.stderr
     out = _cli(
-        "validate",
+        "validate_data",
         "--pipeline",
         "bike_demand",
         "--args",

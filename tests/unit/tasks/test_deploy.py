@@ -5,7 +5,7 @@ import threading
 import pytest
 import uvicorn
 
-from tasks.deploy import DeployError, DeployRefused, DeployUnauthorized, deploy_version
+from tasks.deploy import DeployError, DeployRefusedError, DeployUnauthorizedError, deploy_version
 from tasks.serving.app import create_app
 from tasks.settings import get_settings
 from tests.conftest import free_port, wait_healthy
@@ -16,7 +16,6 @@ def test_unreachable_server_is_a_clear_error():
         deploy_version(f"http://127.0.0.1:{free_port()}", "bike_demand", "1", timeout_s=2)
 
 
-@pytest.mark.needs_data
 def test_deploy_switches_a_running_server_to_the_champion(use_champion_store):
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(get_settings(), ["bike_demand"]), port=port, log_level="warning"))
@@ -28,13 +27,15 @@ def test_deploy_switches_a_running_server_to_the_champion(use_champion_store):
         version = use_champion_store["registered"]["version"]
         served = deploy_version(url, "bike_demand", version, token=token, actor="airflow:test")
         assert served["version"] == version and "champion" in served["why"]
-        with pytest.raises(DeployRefused, match=r"has no version 999 in the registry; still serving v1") as refused:
+        with pytest.raises(
+            DeployRefusedError, match=r"has no version 999 in the registry; still serving v1"
+        ) as refused:
             deploy_version(url, "bike_demand", "999", token=token)
         assert refused.value.serving == version
         # a deploy without the token, or with a wrong one, is a configuration error: no retry, nothing changes
-        with pytest.raises(DeployUnauthorized, match=r"HTTP 401: admin endpoints need an Authorization: Bearer"):
+        with pytest.raises(DeployUnauthorizedError, match=r"HTTP 401: admin endpoints need an Authorization: Bearer"):
             deploy_version(url, "bike_demand", version)
-        with pytest.raises(DeployUnauthorized, match=r"HTTP 403: wrong admin token.*MLP_ADMIN_TOKEN"):
+        with pytest.raises(DeployUnauthorizedError, match=r"HTTP 403: wrong admin token.*MLP_ADMIN_TOKEN"):
             deploy_version(url, "bike_demand", version, token="x" * 32)
     finally:
         server.should_exit = True

@@ -45,7 +45,7 @@ def test_time_split_puts_the_last_days_in_the_holdout(spec, layout):
     days = [f"2011-06-{d:02d}" for d in range(1, 11)]
     replay_days(spec, layout, FIXTURES, days[0], days[-1])
     for d in days:
-        stages.ingest("bike_demand", d)  # checked, staged, validated, promoted into raw/
+        stages.ingest_partition("bike_demand", d)  # checked, staged, validated, promoted into raw/
     uris = build_features(spec, layout, list(reversed(days)), "run")  # any order: the split is by time
     assert uris.holdout_partitions == days[-7:] and uris.train_partitions == days[:3]
     holdout = pd.read_parquet(uris.holdout)

@@ -68,7 +68,7 @@ def test_drift_on_2012_traffic_requests_retrain_and_saves_reports(use_champion_s
     _serve("2012-07-02", "2012-07-08")  # a hot week of 2012 against a June 2011 champion
     stages.replay("bike_demand", "2012-07-02", "2012-07-08")  # the labels land later
     for day in range(2, 9):
-        stages.ingest("bike_demand", f"2012-07-0{day}")
+        stages.ingest_partition("bike_demand", f"2012-07-0{day}")
     report = stages.check_drift("bike_demand", "2012-07-09T02:00:00+00:00", "m1")
     assert report["status"] == "drift" and report["retrain"] is True and report["rows"] == 168
     assert {"temp", "atemp", "cnt"} <= set(report["drifted_columns"])

@@ -96,24 +96,6 @@ def test_ledger_errors_never_show_the_uri_password():
     assert SENTINEL not in str(err.value) and "mysql://u:***@db/x" in str(err.value)
 
 
-def test_airflow_task_logs_mask_the_settings_secrets(data_root, monkeypatch):
-    """What a DAG task body calls first: Airflow's own masker (task log, supervisor) learns our secrets."""
-    from airflow.sdk.log import redact as airflow_redact
-
-    from mlops_airflow.log_masking import mask_settings_secrets
-    from tasks.settings import get_settings
-
-    mlflow_pw, ledger_pw, token = f"{SENTINEL}-mlflow", f"{SENTINEL}-ledger", f"{SENTINEL}-admin-token"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://mlp:{mlflow_pw}@127.0.0.1:1")
-    monkeypatch.setenv("MLP_LEDGER_URI", f"postgresql://mlp:{ledger_pw}@127.0.0.1:1/ledger")
-    monkeypatch.setenv("MLP_ADMIN_TOKEN", token)
-    get_settings.cache_clear()
-    assert sorted(mask_settings_secrets()) == sorted([mlflow_pw, ledger_pw, token])
-    line = f"uri {get_settings().mlflow_tracking_uri} ledger {get_settings().ledger_uri} token {token}"
-    masked = airflow_redact(line)
-    assert all(s not in masked for s in (mlflow_pw, ledger_pw, token)), masked
-
-
 def test_masking_keeps_the_arguments_formatters_read_and_masks_logging_errors(capsys):
     """uvicorn's access formatter unpacks record.args: a masked record must still fit it; a handler that fails
     prints its traceback (with the chain of exceptions behind it) masked."""

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from tasks import stages
-from tasks.deploy import DeployRefused
+from tasks.deploy import DeployRefusedError
 from tasks.errors import PermanentError
 from tasks.ledger import Entry, PromotionLedger
 from tasks.names import CHAMPION
@@ -196,9 +196,9 @@ def test_deploy_that_fails_its_smoke_test_keeps_the_old_version_serving(registry
             mp.setenv("MLP_SERVING_URL", url)
             get_settings.cache_clear()
             with pytest.raises(
-                DeployRefused, match=r"smoke test failed: (\d+) of \1 holdout rows differ .*max \|diff\| 5"
+                DeployRefusedError, match=r"smoke test failed: (\d+) of \1 holdout rows differ .*max \|diff\| 5"
             ) as refused:
-                stages.deploy(P, bad, actor="airflow:test")
+                stages.deploy_model(P, bad, actor="airflow:test")
         get_settings.cache_clear()
         assert "still serving v" + v1 in str(refused.value) and "champion alias back on v" + v1 in str(refused.value)
         health = httpx.get(f"{url}/health").json()

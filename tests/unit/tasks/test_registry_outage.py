@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.registry import RegistryUnavailable, champion, model_version
+from tasks.registry import RegistryUnavailableError, champion, model_version
 from tasks.settings import get_settings
 from tests.conftest import free_port
 
@@ -24,7 +24,7 @@ def test_an_unreachable_mlflow_is_an_outage_with_its_masked_address(data_root, m
         lambda: model_version(get_settings(), "b", "1"),
     ):
         with pytest.raises(
-            RegistryUnavailable, match=rf"MLflow at http://mlp:\*\*\*@127.0.0.1:{port} unreachable"
+            RegistryUnavailableError, match=rf"MLflow at http://mlp:\*\*\*@127.0.0.1:{port} unreachable"
         ) as err:
             read()
         assert "pw-0123456789" not in str(err.value)
@@ -37,5 +37,5 @@ def test_an_unreachable_mlflow_is_an_outage_with_its_masked_address(data_root, m
             return [f"2011-06-{d:02d}" for d in range(1, 29)]
 
     settings = get_settings()
-    with pytest.raises(RegistryUnavailable):  # the training plan used to say "no champion yet: first model"
+    with pytest.raises(RegistryUnavailableError):  # the training plan used to say "no champion yet: first model"
         plan_training(load_spec("bike_demand"), settings, _Ingested(settings.data_root))

@@ -93,7 +93,9 @@ def test_each_heavy_stage_takes_its_resources_from_its_spec_entry(spec):
 
     assert spec.stage_resources("train_model").memory_limit == "8Gi"  # resources.train in the shipped spec
     assert (
-        spec.stage_resources("validate_new").memory_request == "2Gi" == spec.stage_resources("validate").memory_request
+        spec.stage_resources("validate_partitions").memory_request
+        == "2Gi"
+        == spec.stage_resources("validate_data").memory_request
     )
     assert spec.stage_resources("check_drift").memory_limit == "4Gi"  # resources.default
     assert set(HEAVY_STAGES.values()) == {"validate", "features", "train", "evaluate", "monitor"}

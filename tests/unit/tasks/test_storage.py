@@ -74,7 +74,7 @@ def test_safe_key_never_yields_a_parent_folder():
 
 
 def test_no_stage_moves_a_file_from_outside_the_data_root(data_root, layout):
-    """Once, ``validate_new`` with ``<an ingested day>/../../..`` validated and quarantined a file outside the root."""
+    """Once, ``validate_partitions`` with ``<a day>/../../..`` validated and quarantined a file outside the root."""
     from tasks import stages
 
     layout.raw_partition("bike_demand", "2011-06-01").parent.mkdir(parents=True)
@@ -84,9 +84,9 @@ def test_no_stage_moves_a_file_from_outside_the_data_root(data_root, layout):
     crafted = "2011-06-01/../../../../outside"
     assert (layout.root / "raw" / "bike_demand" / f"dt={crafted}" / "part.parquet").resolve() == victim.resolve()
     for stage, args in (
-        (stages.validate_new, ([crafted], "r")),
-        (stages.validate, ([crafted], "r")),
-        (stages.ingest, (crafted,)),
+        (stages.validate_partitions, ([crafted], "r")),
+        (stages.validate_data, ([crafted], "r")),
+        (stages.ingest_partition, (crafted,)),
         (stages.landing_ready, (crafted,)),
     ):
         with pytest.raises(LayoutError):

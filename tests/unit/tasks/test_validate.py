@@ -10,10 +10,8 @@ import pytest
 from tasks.ingest import ingest_partition
 from tasks.partitions import current_source, partition_lock, promote_staged, versions
 from tasks.replay import replay_days
-from tasks.validate import ValidationFailed, load_suite, quarantine_message, validate_partitions, validate_staged
-from tests.conftest import SHARED
-
-pytestmark = pytest.mark.needs_data
+from tasks.validate import ValidationFailedError, load_suite, quarantine_message, validate_partitions, validate_staged
+from tests.unit.conftest import FIXTURES
 
 
 def _age(layout):
@@ -27,7 +25,7 @@ def _age(layout):
 @pytest.fixture
 def three_days(spec, layout):
     """Three raw partitions; 2011-06-02's breaks today's suite (as if it was ingested before the suite tightened)."""
-    replay_days(spec, layout, SHARED, "2011-06-01", "2011-06-03", corrupt=frozenset({"2011-06-02"}))
+    replay_days(spec, layout, FIXTURES, "2011-06-01", "2011-06-03", corrupt=frozenset({"2011-06-02"}))
     _age(layout)
     for day in ("2011-06-01", "2011-06-02", "2011-06-03"):
         staged = ingest_partition(spec, layout, day, run_key="old")
@@ -70,14 +68,14 @@ def test_quarantine_message_names_file_expectation_and_rows(spec, layout, three_
 
 
 def test_a_bad_redelivery_is_judged_beside_the_valid_partition_which_stays(spec, layout):
-    replay_days(spec, layout, SHARED, "2011-06-05", "2011-06-05")
+    replay_days(spec, layout, FIXTURES, "2011-06-05", "2011-06-05")
     _age(layout)
     good = ingest_partition(spec, layout, "2011-06-05", run_key="r1")
     assert validate_staged(spec, layout, {"2011-06-05": good.sha256}, "r1").valid == ["2011-06-05"]
     raw = layout.raw_partition("bike_demand", "2011-06-05")
     kept = raw.read_bytes()
     # upstream re-delivers the day with impossible humidities and a missing temperature
-    replay_days(spec, layout, SHARED, "2011-06-05", "2011-06-05", corrupt=frozenset({"2011-06-05"}))
+    replay_days(spec, layout, FIXTURES, "2011-06-05", "2011-06-05", corrupt=frozenset({"2011-06-05"}))
     _age(layout)
     bad = ingest_partition(spec, layout, "2011-06-05", run_key="r2")
     assert Path(bad.staged).is_file() and raw.read_bytes() == kept  # staged beside it, not over it
@@ -99,7 +97,7 @@ def test_a_bad_redelivery_is_judged_beside_the_valid_partition_which_stays(spec,
 
 
 def test_batches_validated_out_of_order_never_replace_a_newer_delivery(spec, layout):
-    replay_days(spec, layout, SHARED, "2011-06-06", "2011-06-06")
+    replay_days(spec, layout, FIXTURES, "2011-06-06", "2011-06-06")
     _age(layout)
     older = ingest_partition(spec, layout, "2011-06-06", run_key="r1")  # run 1 stages the first delivery
     landing = layout.landing_file("bike_demand", "2011-06-06")
@@ -113,20 +111,20 @@ def test_batches_validated_out_of_order_never_replace_a_newer_delivery(spec, lay
 
 
 def test_missing_partition_and_missing_suite_are_errors(spec, layout, tmp_path):
-    with pytest.raises(ValidationFailed, match="not in the raw store"):
+    with pytest.raises(ValidationFailedError, match="not in the raw store"):
         validate_partitions(spec, layout, ["2011-06-09"], "run3")
-    with pytest.raises(ValidationFailed, match="suite not found"):
+    with pytest.raises(ValidationFailedError, match="suite not found"):
         load_suite(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValidationFailed, match="not a valid expectation suite"):
+    with pytest.raises(ValidationFailedError, match="not a valid expectation suite"):
         load_suite(tmp_path / "bad.json")
 
 
 def test_too_few_valid_partitions_refuses_to_train(data_root, three_days):
     from tasks import stages
 
-    with pytest.raises(ValidationFailed, match="only 2 valid partitions, fewer than min_partitions=21") as err:
-        stages.validate("bike_demand", three_days, "run4")
+    with pytest.raises(ValidationFailedError, match="only 2 valid partitions, fewer than min_partitions=21") as err:
+        stages.validate_data("bike_demand", three_days, "run4")
     assert "partition 2011-06-02" in str(err.value)  # the quarantine explanation comes with it
 
 
@@ -135,7 +133,7 @@ def test_two_runs_judging_the_same_staged_batch_at_once_promote_it_once(spec, la
 
     from tasks import validate
 
-    replay_days(spec, layout, SHARED, "2011-06-07", "2011-06-07")
+    replay_days(spec, layout, FIXTURES, "2011-06-07", "2011-06-07")
     _age(layout)
     staged = ingest_partition(spec, layout, "2011-06-07", run_key="r1")
     ingest_partition(spec, layout, "2011-06-07", run_key="r2")  # a duplicate announcement stages the same bytes

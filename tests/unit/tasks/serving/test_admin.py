@@ -164,7 +164,6 @@ def _ledger() -> list[Any]:
     return PromotionLedger(get_settings().ledger_uri).read(P)
 
 
-@pytest.mark.needs_data
 def test_only_champion_previous_or_gate_passed_versions_load_and_every_reload_is_recorded(store):
     v1 = store["v1"]
     failed = _register(store, "challenger", **{"gate.passed": "False"})  # what dry-run / disabled modes register
@@ -226,7 +225,6 @@ def _version_without_smoke_sample(store: dict[str, Any]) -> str:
     return _register(store, None, model_uri=info.model_uri, **{"gate.passed": "True"})
 
 
-@pytest.mark.needs_data
 def test_a_version_without_its_smoke_sample_is_refused_and_reloads_leave_no_folder_behind(store, monkeypatch):
     unchecked = _version_without_smoke_sample(store)
     other = _register(store, None, **{"gate.passed": "True"})
@@ -248,7 +246,6 @@ def test_a_version_without_its_smoke_sample_is_refused_and_reloads_leave_no_fold
     assert refusal.action == "serve_refused" and refusal.to_version == unchecked and "unchecked" in refusal.reason
 
 
-@pytest.mark.needs_data
 def test_no_switch_without_its_ledger_row(store, monkeypatch):
     """The ledger is unreachable: the checked version is not switched to (503, retryable) and the old one serves."""
     with TestClient(create_app(get_settings(), [P])) as client:

@@ -8,10 +8,9 @@ from fastapi.testclient import TestClient
 from tasks.serving.app import create_app
 from tasks.settings import get_settings
 from tasks.storage import DataLayout
-from tests.conftest import SHARED
+from tests.unit.conftest import FIXTURES
 from tests.unit.tasks.conftest import raw_rows
 
-pytestmark = pytest.mark.needs_data
 INPUT_DROP = ["instant", "casual", "registered", "cnt"]
 
 
@@ -27,7 +26,7 @@ def admin_headers() -> dict[str, str]:
 
 
 def _instances(start: str, end: str) -> list[dict]:
-    return raw_rows(SHARED, start, end).drop(columns=INPUT_DROP).to_dict("records")
+    return raw_rows(FIXTURES, start, end).drop(columns=INPUT_DROP).to_dict("records")
 
 
 def test_health_reports_name_and_version(server, use_champion_store):

@@ -23,7 +23,6 @@ from tasks.serving.app import create_app
 from tasks.settings import get_settings
 from tests.conftest import free_port, wait_healthy
 
-pytestmark = pytest.mark.needs_data
 EXAMPLES = 500
 
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from tasks.serving.app import ModelService, PredictRequest, ServedModel, create_app
 from tasks.serving.hygiene import strict_json
 from tasks.settings import get_settings
-from tests.conftest import SHARED
+from tests.unit.conftest import FIXTURES
 from tests.unit.tasks.conftest import raw_rows
 
 INPUT_DROP = ["instant", "casual", "registered", "cnt"]
@@ -20,7 +20,7 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def row() -> dict[str, Any]:
-    return raw_rows(SHARED, "2012-06-18", "2012-06-18").drop(columns=INPUT_DROP).to_dict("records")[8]
+    return raw_rows(FIXTURES, "2012-06-18", "2012-06-18").drop(columns=INPUT_DROP).to_dict("records")[8]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,6 @@ def _raw(row: dict[str, Any], field: str, literal: str) -> bytes:
     return json.dumps({"instances": [row | {field: marker}]}).replace(f'"{marker}"', literal).encode()
 
 
-@pytest.mark.needs_data
 @pytest.mark.parametrize(
     ("field", "literal", "said"),
     [
@@ -66,7 +65,6 @@ def test_non_finite_numbers_lone_surrogates_and_broken_json_are_a_422(server, ro
     assert said in reply.json()["detail"]
 
 
-@pytest.mark.needs_data
 def test_a_lone_surrogate_in_a_field_name_and_bytes_that_are_not_utf8(server, row):
     body = json.dumps({"instances": [row | {"x": 1}]}).replace('"x"', '"\\udc80"').encode()
     reply = server.post("/predict", content=body, headers=JSON)
@@ -77,7 +75,6 @@ def test_a_lone_surrogate_in_a_field_name_and_bytes_that_are_not_utf8(server, ro
     assert server.post("/predict", content=pair, headers=JSON).status_code == 200
 
 
-@pytest.mark.needs_data
 @pytest.mark.parametrize(
     ("change", "said"),
     [
@@ -93,7 +90,6 @@ def test_numbers_outside_what_a_field_holds_are_named(server, row, change, said)
     assert reply.status_code == 422 and said in reply.json()["detail"], reply.text
 
 
-@pytest.mark.needs_data
 def test_extreme_but_valid_numbers_are_answered(server, row):
     for change in (
         {"temp": 1e300},
@@ -106,7 +102,6 @@ def test_extreme_but_valid_numbers_are_answered(server, row):
         assert reply.status_code == 200, (change, reply.text)
 
 
-@pytest.mark.needs_data
 def test_a_body_over_the_limit_is_a_413_by_length_or_while_it_streams(server, row):
     big = json.dumps({"instances": [row] * 400}).encode()
     assert len(big) > 64 * 1024
@@ -124,7 +119,6 @@ def test_a_body_over_the_limit_is_a_413_by_length_or_while_it_streams(server, ro
     assert server.post("/predict", content=iter([small[:100], small[100:]]), headers=JSON).status_code == 200
 
 
-@pytest.mark.needs_data
 def test_deep_nesting_and_odd_bodies_are_4xx(server):
     for body in (b"[" * 100_000 + b"]" * 100_000, b"", b"null", b'"instances"', b'{"instances": 5}'):
         reply = server.post("/predict", content=body, headers=JSON)

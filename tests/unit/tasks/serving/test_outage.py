@@ -25,10 +25,10 @@ import pytest
 
 from tasks.ledger import PromotionLedger
 from tasks.settings import get_settings
-from tests.conftest import REPO, SHARED, free_port
+from tests.conftest import REPO, free_port
+from tests.unit.conftest import FIXTURES
 from tests.unit.tasks.conftest import raw_rows
 
-pytestmark = pytest.mark.needs_data
 P = "bike_demand"
 SENTINEL = "Sentinel-" + secrets.token_hex(8)  # a password that must never be seen again
 BIN = Path(sys.executable).parent
@@ -138,7 +138,7 @@ def _admin() -> dict[str, str]:
 
 
 def _rows() -> list[dict[str, Any]]:
-    return raw_rows(SHARED, "2012-06-18", "2012-06-18").drop(columns=INPUT_DROP).head(3).to_dict("records")
+    return raw_rows(FIXTURES, "2012-06-18", "2012-06-18").drop(columns=INPUT_DROP).head(3).to_dict("records")
 
 
 def test_an_mlflow_outage_is_reported_at_once_and_the_model_appears_once_mlflow_is_back(world):

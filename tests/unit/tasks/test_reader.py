@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from tasks.reader import LandingFileRefused, read_landing_file
+from tasks.reader import LandingFileRefusedError, read_landing_file
 from tasks.spec import PipelineSpec, load_spec
 from tests.conftest import REPO
 from tests.ingest_corpus import CASES, real
+from tests.unit.conftest import FIXTURES
 
-pytestmark = pytest.mark.needs_data
 READER_CASES = [c for c in CASES if c.stage == "ingest" and c.build is not None]
 
 
@@ -31,7 +31,7 @@ def _file(folder: Path, day: str, data: bytes) -> Path:
 @pytest.mark.parametrize("case", READER_CASES, ids=[c.id for c in READER_CASES])
 def test_each_refusal_names_the_problem(spec, tmp_path, case):
     path = _file(tmp_path, case.day, case.build())
-    with pytest.raises(LandingFileRefused) as refused:
+    with pytest.raises(LandingFileRefusedError) as refused:
         read_landing_file(spec, path, case.day)
     assert case.reason in " | ".join(refused.value.reasons)
     assert refused.value.sha256 and str(path) in str(refused.value)
@@ -71,14 +71,14 @@ def _adult(tmp_path: Path, **source: object) -> PipelineSpec:
 def _adult_day(tmp_path: Path, text: str, encoding: str = "utf-8") -> Path:
     from tasks.replay import load_dataset
 
-    data = load_dataset(load_spec("adult_income"), REPO.parent / "shared" / "datasets").head(50)
+    data = load_dataset(load_spec("adult_income"), FIXTURES).head(50)
     data.loc[3, "native-country"] = text
     return _file(tmp_path, "2024-01-01", data.to_csv(index=False).encode(encoding))
 
 
 def test_latin1_is_refused_naming_the_byte_unless_the_spec_declares_it(tmp_path):
     path = _adult_day(tmp_path, "Côte-d'Ivoire", "latin-1")
-    with pytest.raises(LandingFileRefused, match=r"not valid utf-8 text: byte 0xf4 at offset \d+ \(line 5\)"):
+    with pytest.raises(LandingFileRefusedError, match=r"not valid utf-8 text: byte 0xf4 at offset \d+ \(line 5\)"):
         read_landing_file(load_spec("adult_income"), path, "2024-01-01")
     batch = read_landing_file(_adult(tmp_path, encoding="latin-1"), path, "2024-01-01")
     assert batch.table.column("native-country")[3].as_py() == "Côte-d'Ivoire"
@@ -105,10 +105,10 @@ def test_a_missing_number_is_left_to_the_suite_and_spaces_around_a_number_are_ac
 
 
 def test_rows_check_accepts_every_real_day_and_refuses_a_cut_one(spec):
-    from tests.ingest_corpus import _dataset
+    import json
 
-    counts = _dataset().groupby("dteday").size()
-    assert len(counts) == 731 and counts.min() == 1  # hurricane Sandy: 2012-10-29 has one hour
+    counts = json.loads((FIXTURES / "bike_day_counts.json").read_text())  # every day of the whole file (cut.py)
+    assert len(counts) == 731 and min(counts.values()) == 1  # hurricane Sandy: 2012-10-29 has one hour
     rule = spec.source.rows_per_partition
     assert rule is not None
     refused = {day: rule.refusal(day, int(n)) for day, n in counts.items() if rule.refusal(day, int(n))}
@@ -120,13 +120,13 @@ def test_rows_check_accepts_every_real_day_and_refuses_a_cut_one(spec):
 _MEMORY_PROBE = """
 import json, resource, sys
 from pathlib import Path
-from tasks.reader import LandingFileRefused, read_landing_file
+from tasks.reader import LandingFileRefusedError, read_landing_file
 from tasks.spec import load_spec
 spec = load_spec("bike_demand")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 try:
     read_landing_file(spec, Path(sys.argv[1]), "2011-07-16")
-except LandingFileRefused as exc:
+except LandingFileRefusedError as exc:
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     print(json.dumps({"reasons": exc.reasons, "sha256": exc.sha256, "grown": grown}))
 """

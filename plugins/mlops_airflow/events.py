@@ -1,0 +1,76 @@
+"""Airflow event shapes -> partition days: what an ingest run handles (``tasks/`` never sees an event).
+
+An ingest run names its days in one of three ways: the trigger form (``params.partition``), the Asset
+events that scheduled it (upstream over REST, the Redis watcher, the landing-file watcher), or its data
+interval. Only this module knows how each of them spells a day.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
+    """The partitions an upstream Asset event announces, whichever way it came.
+
+    - REST (``POST /api/v2/assets/events``): ``{"partition": "YYYY-MM-DD", ...}``.
+    - An AssetWatcher: ``{"from_trigger": true, "payload": ...}`` where the payload is the landing-file
+      watcher's ``{"partitions": [...]}`` or a Redis message whose ``data`` is ``{"partition": ...}`` JSON
+      or the bare date.
+
+    Returns:
+        The named days (their first ten characters; ingest checks that they are calendar dates); empty when
+        the event names none.
+    """
+    extra = extra or {}
+    if extra.get("partition"):
+        return [str(extra["partition"])[:10]]
+    payload = extra.get("payload")
+    if not isinstance(payload, dict):
+        return []
+    if payload.get("partitions"):
+        return [str(d)[:10] for d in payload["partitions"]]
+    if payload.get("partition"):
+        return [str(payload["partition"])[:10]]
+    data = payload.get("data")
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError:
+            return [data.strip()[:10]] if _DAY.match(data.strip()) else []
+    if isinstance(data, dict) and data.get("partition"):
+        return [str(data["partition"])[:10]]
+    if isinstance(data, str) and _DAY.match(data):
+        return [data[:10]]
+    return []
+
+
+def run_partitions(params: dict[str, Any] | None, data_interval_start: Any, events: Any) -> list[str]:
+    """The days one ingest run handles: the trigger form's, the upstream events' (deduplicated), or the interval's.
+
+    Raises:
+        AirflowFailException: An event names no partition, or the run has neither form, events nor interval.
+    """
+    if (params or {}).get("partition"):
+        return [str(params["partition"])]  # type: ignore[index]
+    if events:
+        days = []
+        for asset, asset_events in events.items():
+            for event in asset_events:
+                named = partitions_from_event(event.extra)
+                if not named:
+                    raise AirflowFailException(
+                        f"an event on {asset.uri} names no partition (extra {event.extra!r}): record it with "
+                        'extra {"partition": "YYYY-MM-DD"}, or publish {"partition": "YYYY-MM-DD"} on the channel'
+                    )
+                days += named
+        return sorted(set(days))  # duplicate events merged into one run are one partition
+    if data_interval_start:
+        return [data_interval_start.date().isoformat()]
+    raise AirflowFailException("no data interval: trigger with a 'partition' date (YYYY-MM-DD)")

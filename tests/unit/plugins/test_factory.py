@@ -1,0 +1,55 @@
+"""The spec factory (plugins/mlops_airflow/factory.py): each stage that runs in Airflow is a task of its name."""
+
+from __future__ import annotations
+
+from tasks.stages import STAGES
+from tests.conftest import REPO
+
+# the stages phase A of the house renamed; phase B renames ingest, validate and deploy
+RENAMED = {
+    "plan_training",
+    "build_features",
+    "train_model",
+    "evaluate_model",
+    "gate_model",
+    "register_model",
+    "promote_model",
+    "rollback_model",
+    "check_drift",
+}
+
+
+def test_the_dags_run_the_stages_under_their_names(spec):
+    from mlops_airflow.factory import build_pipeline_dags, rollback_dag
+
+    dags = build_pipeline_dags(spec)
+    ingest, train, monitor = (dags[f"bike_demand_{d}"] for d in ("ingest", "train", "monitor"))
+    assert {"ingest_partitions", "validate_partitions", "publish_partitions", "report_quarantine"} <= set(
+        ingest.task_ids
+    )
+    train_stages = {"plan_training", "validate_data", "build_features", "train_model", "evaluate_model"}
+    assert train_stages | {"gate_model", "register_model", "promote_model", "deploy_model"} <= set(train.task_ids)
+    assert "check_drift" in monitor.task_ids
+    in_airflow = set().union(*(d.task_ids for d in dags.values()), rollback_dag([spec]).task_ids)
+    assert set(STAGES) - in_airflow == {"replay", "ingest_partition"}  # by hand and in scripts only
+
+
+def test_the_factory_builds_its_dags_only_from_the_blocks():
+    """No TaskFlow task is defined in the factory: every body is a block's (one call into tasks.stages)."""
+    import ast
+
+    tree = ast.parse((REPO / "plugins" / "mlops_airflow" / "factory.py").read_text())
+    decorators = [ast.unparse(d) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) for d in n.decorator_list]
+    assert not [d for d in decorators if d.startswith("task")], decorators
+
+
+def test_the_rollback_dag_names_its_pipeline_by_the_run_form():
+    """One rollback DAG serves every pipeline: the blocks get the form's pipeline as a templated argument."""
+    from mlops_airflow.factory import rollback_dag
+    from tasks.spec import list_specs
+
+    dag = rollback_dag(list_specs())
+    for task_id in ("rollback_model", "deploy_model"):
+        task = dag.get_task(task_id)
+        assert task.op_args[0] == "{{ params.pipeline }}" and "op_args" in task.template_fields
+    assert dag.get_task("rollback_model").retries == 0

@@ -1,0 +1,165 @@
+"""The landing contract (tasks/landing.py): strict days, completeness, the watcher's look."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import PermanentError
+from tasks.ingest import ingest_partition
+from tasks.landing import BadPartitionError, Contract, Look, marker_path, pending_landing_files, readiness, strict_day
+from tasks.reader import LandingFileRefusedError
+from tasks.replay import replay_days
+from tasks.validate import validate_staged
+from tests.ingest_corpus import real
+from tests.unit.conftest import FIXTURES
+
+
+def _age(path: Path, seconds: float) -> None:
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+
+
+def _settled(layout, pipeline="bike_demand"):
+    """Age the landing files past the settle time (as if upstream finished a while ago)."""
+    import os
+    import time
+
+    for path in layout.landing_dir(pipeline).glob("*.csv"):
+        os.utime(path, (time.time() - 60, time.time() - 60))
+
+
+def _ingest(spec, layout, day, skip_if_unchanged=False, run_key="run"):
+    """What the ingest DAG does for a day: stage the landing file, then validate (and promote) the batch."""
+    result = ingest_partition(spec, layout, day, skip_if_unchanged, run_key)
+    if not result.skipped:
+        validate_staged(spec, layout, {day: result.sha256}, run_key)
+    return result
+
+
+def test_the_source_rules_are_validated_when_the_spec_loads(tmp_path):
+    import yaml
+
+    from tasks.spec import SpecError, load_spec
+    from tests.conftest import REPO
+
+    shipped = load_spec("bike_demand").source
+    assert (shipped.completion, shipped.settle_seconds, shipped.max_bytes) == ("settle", 5, 100 * 1024 * 1024)
+    assert shipped.encoding == "utf-8" and shipped.final_newline is True
+    for change, error in (
+        ({"completion": "eventually"}, "completion"),
+        ({"encoding": "klingon-8"}, "not a known text encoding"),
+        ({"max_bytes": 0}, "max_bytes"),
+        ({"rows_per_partition": {"expected": 24, "exceptions": {"2012-02-30": 3}}}, "'2012-02-30' is not a calendar"),
+        ({"rows_per_partition": {"expected": 24, "surplus": 1}}, "surplus"),
+    ):
+        raw = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
+        raw["source"] |= change
+        path = tmp_path / "variant.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(SpecError, match=error):
+            load_spec(path)
+
+
+def test_marker_and_rename_contracts(tmp_path):
+    path = tmp_path / "2011-07-01.csv"
+    assert not readiness(Contract("rename"), path).ready  # only the temporary name exists yet
+    path.with_name(".2011-07-01.csv.tmp").write_bytes(real("2011-07-01"))
+    assert readiness(Contract("rename"), path).reason == "no landing file 2011-07-01.csv yet"
+    os.replace(path.with_name(".2011-07-01.csv.tmp"), path)
+    assert readiness(Contract("rename"), path).ready  # a final name is complete at once
+    marker = Contract("marker")
+    assert "waiting for the marker 2011-07-01.csv.done" in readiness(marker, path).reason
+    marker_path(path).write_bytes(b"")
+    assert readiness(marker, path).ready
+    _age(marker_path(path), 60)  # upstream rewrites the file after marking it: the old marker does not vouch
+    assert "written after its marker" in readiness(marker, path).reason
+
+
+def test_settle_waits_out_a_quiet_writer_but_not_a_busy_one(tmp_path):
+    path = tmp_path / "2011-07-01.csv"
+    data = real("2011-07-01")
+    path.write_bytes(data[:500])
+    stop = threading.Event()
+
+    def trickle() -> None:  # upstream still writing, a byte every 0.1 s
+        with path.open("ab") as f:
+            for i in range(500, len(data)):
+                if stop.is_set():
+                    return
+                f.write(data[i : i + 1])
+                f.flush()
+                time.sleep(0.1)
+
+    writer = threading.Thread(target=trickle, daemon=True)
+    writer.start()
+    try:
+        busy = readiness(Contract("settle", 0.5), path, wait=True)
+        assert not busy.ready and "is still being written" in busy.reason
+    finally:
+        stop.set()
+        writer.join(5)
+    quiet = readiness(Contract("settle", 0.5), path, wait=True)  # waited 0.5 s, looked again: unchanged
+    assert quiet.ready and "unchanged over two looks" in quiet.reason
+
+
+def test_settle_needs_two_equal_looks_settle_seconds_apart(tmp_path):
+    path = tmp_path / "2011-07-01.csv"
+    path.write_bytes(real("2011-07-01"))
+    contract = Contract("settle", 30)
+    first = readiness(contract, path)
+    assert not first.ready and "waiting until it has been unchanged for 30s" in first.reason
+    later = Look(first.look.size, first.look.mtime_ns, first.look.inode, first.look.at + 31)  # type: ignore[union-attr]
+    assert readiness(contract, path, earlier=first.look, clock=lambda: later.at).ready
+    _age(path, 31)  # nobody wrote it for 31 s: the file's own last write counts as the first look
+    assert readiness(contract, path).ready
+    path.write_bytes(real("2011-07-01") + b"4547,")  # a write resets it
+    assert not readiness(contract, path, earlier=first.look).ready
+
+
+def test_strict_days_only():
+    assert strict_day("2011-02-28") == "2011-02-28"
+    for bad in ("2011-02-30", "2011-6-1", "2011-06-01T00:00", "yesterday", "", "2011-13-01"):
+        with pytest.raises(BadPartitionError, match="not a calendar date"):
+            strict_day(bad)
+    assert issubclass(BadPartitionError, PermanentError)  # no retry can make 2011-02-30 exist
+
+
+def test_landing_watcher_skips_files_already_refused_and_temporary_names(spec, layout):
+    replay_days(spec, layout, FIXTURES, "2011-06-02", "2011-06-02")
+    landing = layout.landing_file("bike_demand", "2011-06-02")
+    landing.write_text(landing.read_text().replace("hum", "humidity", 1))
+    landing.with_name(".2011-06-03.csv.tmp").write_text("instant,dteday\n")  # upstream still writing aside
+    landing.with_name("2011-06-04.csv.partial").write_text("instant,dteday\n")
+    _settled(layout)
+    with pytest.raises(LandingFileRefusedError, match="column 'hum' is missing"):
+        ingest_partition(spec, layout, "2011-06-02", run_key="r1")
+    seen: dict = {}
+    assert pending_landing_files(layout, "bike_demand", seen, Contract("rename")) == []  # judged: not announced
+
+
+def test_landing_watcher_announces_complete_new_files_once_and_a_correction_again(spec, layout):
+    import os
+    import time
+
+    seen: dict = {}
+    contract = Contract("settle", 30)
+    replay_days(spec, layout, FIXTURES, "2011-06-02", "2011-06-03")
+    assert pending_landing_files(layout, "bike_demand", seen, contract) == []  # just written: maybe not complete
+    _settled(layout)  # a minute without a write
+    pending = pending_landing_files(layout, "bike_demand", seen, contract)
+    assert [day for day, _ in pending] == ["2011-06-02", "2011-06-03"]
+    _ingest(spec, layout, "2011-06-02")
+    assert [day for day, _ in pending_landing_files(layout, "bike_demand", seen, contract)] == ["2011-06-03"]
+    # a file rewritten just now is not announced until it has been left alone for settle_seconds
+    landing = layout.landing_file("bike_demand", "2011-06-02")
+    landing.write_text(landing.read_text().replace(",0.8,", ",0.81,", 1))
+    assert [day for day, _ in pending_landing_files(layout, "bike_demand", seen, contract)] == ["2011-06-03"]
+    os.utime(landing, (time.time() - 31, time.time() - 31))
+    assert [day for day, _ in pending_landing_files(layout, "bike_demand", seen, contract)] == [
+        "2011-06-02",
+        "2011-06-03",
+    ]
