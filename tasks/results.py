@@ -147,6 +147,13 @@ class Trained(Result):
     family: str
     train_rows: int
     reference_rows: int = 0
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    selection_metric: str | None = None
+    validation_scores: dict[str, float] = Field(
+        default_factory=dict, description="Family -> best score on the validation split (search/selection)."
+    )
+    trials: dict[str, int] = Field(default_factory=dict, description="Family -> search trials run (0: fixed params).")
+    calibration: str | None = None
 
 
 class Evaluation(Result):
