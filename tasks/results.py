@@ -168,6 +168,11 @@ class Evaluation(Result):
     predictions_uri: str
     smoke_sample_uri: str
     reference_predictions_uri: str
+    importance: dict[str, float] = Field(
+        default_factory=dict, description="Raw input column -> mean |SHAP contribution| on a holdout sample."
+    )
+    importance_space: str | None = Field(default=None, description="raw_margin (trees) or prediction.")
+    importance_plot: str | None = None
 
 
 # ---- gate ----

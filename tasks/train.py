@@ -15,6 +15,7 @@ import pandas as pd
 
 from tasks.errors import PermanentError
 from tasks.evaluate import target_values
+from tasks.explain import BACKGROUND_ROWS
 from tasks.features import FeatureBuilder
 from tasks.metrics import score_all
 from tasks.names import (
@@ -160,6 +161,8 @@ def _fit_and_log(
                 mlflow.set_tag(TAG_CALIBRATION, spec.training.calibration)
         estimator = _final_fit(spec, model_spec, features, split)
         model = Pipeline([("features", FeatureBuilder.from_spec(spec.features)), ("model", estimator)])
+        # the model-agnostic explainer's background (tree models need none): a seeded sample of training inputs
+        model.explain_background_ = X_raw.sample(min(len(X_raw), BACKGROUND_ROWS), random_state=spec.training.seed)
         mlflow.set_tags(tags | {TAG_MODEL_FAMILY: model_spec.family})
         mlflow.log_params({f"model.{k}": v for k, v in model_spec.params.items()})
         mlflow.log_params(
