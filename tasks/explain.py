@@ -127,7 +127,11 @@ def _agnostic(model: Any, builder: Any, estimator: Any, features: pd.DataFrame) 
 
 def top_contributions(model: Any, X: pd.DataFrame, k: int) -> list[list[dict[str, Any]]]:  # noqa: N803
     """Per row, the ``k`` raw input columns with the largest absolute contribution (reason codes)."""
-    result = contributions(model, X)
+    return top_k(contributions(model, X), X, k)
+
+
+def top_k(result: Contributions, X: pd.DataFrame, k: int) -> list[list[dict[str, Any]]]:  # noqa: N803
+    """Per row of ``result``, the ``k`` largest |contributions| with the value ``X`` has in that column."""
     rows = []
     for i in range(len(X)):
         values = result.values.iloc[i]
