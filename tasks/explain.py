@@ -132,20 +132,20 @@ def top_contributions(model: Any, X: pd.DataFrame, k: int) -> list[list[dict[str
 
 def top_k(result: Contributions, X: pd.DataFrame, k: int) -> list[list[dict[str, Any]]]:  # noqa: N803
     """Per row of ``result``, the ``k`` largest |contributions| with the value ``X`` has in that column."""
-    rows = []
-    for i in range(len(X)):
-        values = result.values.iloc[i]
-        order = values.abs().sort_values(ascending=False, kind="stable").index[:k]
-        rows.append(
-            [{"feature": col, "value": _plain(X.iloc[i][col]), "contribution": float(values[col])} for col in order]
-        )
-    return rows
+    columns = list(result.values.columns)
+    values = result.values.to_numpy(dtype="float64")
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    sent = X[columns].to_numpy(dtype=object)
+    return [
+        [{"feature": columns[j], "value": _plain(sent[i, j]), "contribution": float(values[i, j])} for j in row]
+        for i, row in enumerate(order)
+    ]
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return None
     return value
 
