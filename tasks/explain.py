@@ -180,3 +180,47 @@ def plot_importance(importance: dict[str, float], title: str, path: Path) -> Pat
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+ATTRIBUTION_ROWS = 1000
+"""Rows of each side (reference, served) attribution drift explains (seeded samples)."""
+
+
+def attribution_drift(
+    model: Any,
+    reference: pd.DataFrame,
+    served: pd.DataFrame,
+    threshold: float | None,
+    seed: int = 0,
+    top: int = 5,
+) -> dict[str, Any]:
+    """Compare each input column's share of the explanation (mean |contribution|) on served vs reference rows.
+
+    Returns the total variation distance between the two share vectors (0: the model leans on the same columns;
+    1: on entirely different ones), both shares per column, the ``top`` columns whose share moved most, and
+    ``drifted`` (only when ``threshold`` is set).
+    """
+
+    def shares(rows: pd.DataFrame) -> pd.Series:
+        sample = rows.sample(min(len(rows), ATTRIBUTION_ROWS), random_state=seed)
+        mean_abs = contributions(model, sample).values.abs().mean()
+        total = float(mean_abs.sum())
+        return mean_abs / total if total > 0 else mean_abs
+
+    ref, cur = shares(reference), shares(served)
+    change = cur - ref
+    order = np.argsort(-change.abs().to_numpy(), kind="stable")[:top]
+    return {
+        "distance": float(0.5 * change.abs().sum()),
+        "threshold": threshold,
+        "drifted": bool(threshold is not None and 0.5 * change.abs().sum() >= threshold),
+        "moved_most": [
+            {
+                "feature": str(change.index[i]),
+                "reference_share": float(ref.iloc[i]),
+                "served_share": float(cur.iloc[i]),
+                "change": float(change.iloc[i]),
+            }
+            for i in order
+        ],
+    }

@@ -554,6 +554,13 @@ class MonitoringSpec(_Strict):
         "reference sample that counts as prediction drift (a distance, not a p-value: at 10^6 rows every "
         "difference is significant). None: report, never violate.",
     )
+    attribution_drift_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Total variation distance between the served rows' and the reference's shares of mean "
+        "|SHAP contribution| per input column that counts as attribution drift. None: report, never violate.",
+    )
     quality: InputQualitySpec = InputQualitySpec()
     trigger: TriggerPolicySpec = TriggerPolicySpec()
 

@@ -83,3 +83,19 @@ def test_top_k_reason_codes_and_global_importance(rows, tmp_path):
 def test_a_model_that_is_not_the_pipeline_is_refused():
     with pytest.raises(ExplainError, match="expected Pipeline"):
         contributions(object(), pd.DataFrame({"a": [1]}))
+
+
+def test_attribution_drift_reports_the_columns_whose_share_moved_and_violates_only_with_a_threshold(rows):
+    from tasks.explain import attribution_drift
+
+    train, holdout = rows
+    spec, model = _fit({"family": "lightgbm", "params": {"n_estimators": 50}}, None, train)
+    inputs = spec.schema_.input_columns
+    reference, same = train[inputs].iloc[:1500], train[inputs].iloc[1500:3000]
+    calm = attribution_drift(model, reference, same, threshold=0.2)
+    assert calm["distance"] < 0.1 and calm["drifted"] is False and len(calm["moved_most"]) == 5
+    shifted = same.assign(**{"capital-gain": 15024})  # every served row now reports a large capital gain
+    moved = attribution_drift(model, reference, shifted, threshold=0.2)
+    assert moved["moved_most"][0]["feature"] == "capital-gain" and moved["moved_most"][0]["change"] > 0
+    assert moved["distance"] > 0.2 and moved["drifted"] is True
+    assert attribution_drift(model, reference, shifted, threshold=None)["drifted"] is False  # report only
