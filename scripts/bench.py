@@ -14,6 +14,10 @@ same data, each in a fresh process (so peak memory is that process's own maximum
     dag parse    each file under ``dags/`` executed after ``airflow.sdk`` is imported  vs  a bare
                  ``import airflow.sdk`` (each in a fresh process with warm bytecode; median of 5)
 
+Then, with no raw baseline: ``search`` (Optuna trials per minute on the bike spec's space, 10^4 rows, each
+trial a nested MLflow run) and ``explain`` (p50 of predict with and without explain's top-5 SHAP
+contributions, at 1 and 100 rows; ``--extras ""`` skips them).
+
 Rows are drawn with replacement from the real bike-sharing data (plus five jittered copies of numeric
 columns to reach 20 monitored columns). Usage: ``python scripts/bench.py [--sizes 10000,100000,1000000]``.
 Times exclude imports and data generation; ratio = ours / baseline.
@@ -186,6 +190,68 @@ def training_baseline(n: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "result": f"{model.n_estimators_} trees"}
 
 
+def search_rate(n: int) -> dict[str, Any]:
+    """Optuna trials per minute on the bike spec's search space (sequential, local journal, MLflow file store)."""
+    import tempfile
+
+    import mlflow
+
+    from tasks.search import select_model, validation_split
+    from tasks.spec import PipelineSpec
+
+    spec, frame, builder = _training_data(n)
+    raw = spec.model_dump(by_alias=True, exclude_none=True)
+    raw["training"]["search"] |= {"trials": SEARCH_TRIALS, "minutes": None}
+    spec = PipelineSpec.model_validate(raw)
+    frame["dteday"] = frame["dteday"].astype(str)
+    features = builder.transform(frame).assign(**{spec.schema_.target: frame[spec.schema_.target].to_numpy()})
+    split = validation_split(spec, frame)
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        with mlflow.start_run() as parent:
+            t0 = time.perf_counter()
+            selection = select_model(spec, features, split, parent.info.run_id, None, Path(tmp) / "journal.log")
+            seconds = time.perf_counter() - t0
+    rate = SEARCH_TRIALS / seconds * 60
+    return {"seconds": seconds, "result": f"{rate:.1f} trials/min, best rmse {selection.scores['lightgbm']:.1f}"}
+
+
+def explain_latency(n: int) -> dict[str, Any]:
+    """p50 of the served computation (predict) with and without explain's top-5 contributions, at n rows."""
+    import statistics
+
+    from sklearn.pipeline import Pipeline
+
+    from tasks.explain import contributions, top_k
+    from tasks.train import make_estimator
+
+    spec, frame, builder = _training_data(20_000)
+    inputs = frame[spec.schema_.input_columns]
+    model = Pipeline([("features", builder), ("model", make_estimator(spec.training.model, spec.training.seed, spec))])
+    model.fit(inputs, frame[spec.schema_.target])
+    batch = inputs.head(n)
+
+    def p50(fn: Any) -> float:
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    plain = p50(lambda: model.predict(batch))
+    explained = p50(lambda: (model.predict(batch), top_k(contributions(model, batch), batch, 5)))
+    return {
+        "seconds": explained,
+        "result": f"p50 {plain * 1000:.2f} ms plain, {explained * 1000:.2f} ms explained ({explained / plain:.1f}x)",
+    }
+
+
+SEARCH_TRIALS = 10
+LATENCY_REPEATS = 50
+EXTRAS = {"search": (search_rate, [10_000]), "explain": (explain_latency, [1, 100])}
+"""Model steps without a raw baseline: search throughput, and the cost of explanations per request."""
+
 STEPS = {
     "monitoring": (monitoring_ours, monitoring_baseline, "scipy ks_2samp / chi2"),
     "validation": (validation_ours, validation_baseline, "vectorised pandas"),
@@ -279,6 +345,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--extras", default=",".join(EXTRAS), help="search (trials/min), explain (latency)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--dag-parse-only", action="store_true", help="only the DAG parse section")
     args = parser.parse_args()
@@ -291,7 +358,7 @@ def main() -> None:
     print(header, flush=True)  # noqa: T201 - the benchmark's output
     print("-" * len(header), flush=True)  # noqa: T201
     rows = []
-    for step in args.steps.split(","):
+    for step in [s for s in args.steps.split(",") if s]:
         ours, base, label = STEPS[step]
         for n in sizes:
             a, b = measure(ours.__name__, n), measure(base.__name__, n)
@@ -302,6 +369,12 @@ def main() -> None:
                 f"{a['peak_mb']:>8.0f} {b['peak_mb']:>8.0f}  {label} ({a['result']} | {b['result']})",
                 flush=True,
             )
+    for extra in [e for e in args.extras.split(",") if e]:
+        fn, extra_sizes = EXTRAS[extra]
+        for n in extra_sizes:
+            a = measure(fn.__name__, n)
+            rows.append({"step": extra, "rows": n, "ours": a})
+            print(f"{extra:<11} {n:>9,}  {a['seconds']:>8.3f} {'':>10} {'':>6}  {a['peak_mb']:>8.0f}  {a['result']}")  # noqa: T201
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

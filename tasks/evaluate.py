@@ -18,7 +18,15 @@ import pandas as pd
 
 from tasks import metrics as m
 from tasks.errors import PermanentError
-from tasks.names import EXPECTED_COLUMN, PREDICTION, REFERENCE_PREDICTIONS, ROLE_PREFIXES, SMOKE_SAMPLE
+from tasks.names import (
+    EXPECTED_COLUMN,
+    IMPORTANCE_JSON,
+    IMPORTANCE_PLOT,
+    PREDICTION,
+    REFERENCE_PREDICTIONS,
+    ROLE_PREFIXES,
+    SMOKE_SAMPLE,
+)
 from tasks.results import Evaluation, Trained
 
 if TYPE_CHECKING:
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SMOKE_ROWS = 200
+EXPLAIN_ROWS = 500
+"""Holdout rows the global explanation (mean |SHAP|) is computed on (seeded sample)."""
 
 
 class EvaluationError(PermanentError, RuntimeError):
@@ -147,11 +157,15 @@ def evaluate_model(
     reference = pd.DataFrame({PREDICTION: preds["candidate"]})  # out of sample, as served predictions are
     reference_path = _write_parquet(reference, layout.reference_predictions(spec.name, run_id))
 
+    importance, space, plot = _explain(spec, layout, trained, X, run_id)
     with mlflow.start_run(run_id=trained.mlflow_run_id):
         for role, prefix in ROLE_PREFIXES.items():
             mlflow.log_metrics({f"{prefix}{k}": v for k, v in scores.get(role, {}).items() if v is not None})
         mlflow.log_artifact(str(smoke_path), artifact_path=str(Path(SMOKE_SAMPLE).parent))
         mlflow.log_artifact(str(reference_path), artifact_path=str(Path(REFERENCE_PREDICTIONS).parent))
+        mlflow.log_dict({"space": space, "mean_abs_contribution": importance}, IMPORTANCE_JSON)
+        if plot is not None:
+            mlflow.log_artifact(str(plot), artifact_path=str(Path(IMPORTANCE_PLOT).parent))
     log.info(
         "holdout (%d rows): candidate %s, baseline %s, champion v%s %s",
         len(holdout),
@@ -170,4 +184,27 @@ def evaluate_model(
         predictions_uri=str(predictions),
         smoke_sample_uri=str(smoke_path),
         reference_predictions_uri=str(reference_path),
+        importance=importance,
+        importance_space=space,
+        importance_plot=str(plot) if plot else None,
     )
+
+
+def _explain(
+    spec: PipelineSpec,
+    layout: DataLayout,
+    trained: Trained,
+    X: pd.DataFrame,  # noqa: N803 - ML convention
+    run_id: str,
+) -> tuple[dict[str, float], str, Path | None]:
+    """Global SHAP importance of the candidate on a seeded holdout sample, and its plot."""
+    import mlflow
+
+    from tasks.explain import global_importance, plot_importance
+
+    model = mlflow.sklearn.load_model(trained.model_uri)
+    sample = X.sample(min(len(X), EXPLAIN_ROWS), random_state=spec.training.seed)
+    importance, space = global_importance(model, sample)
+    title = f"{spec.name}: {trained.family}, {len(sample)} holdout rows ({space.replace('_', ' ')})"
+    plot = plot_importance(importance, title, layout.explanations(spec.name, run_id, Path(IMPORTANCE_PLOT).name))
+    return importance, space, plot

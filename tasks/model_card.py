@@ -108,10 +108,52 @@ def build_sections(
     card = spec.model_card
     use = Section("Intended use", paragraphs=[card.intended_use])
     limits = Section("Limitations", paragraphs=[card.limitations])
-    sections = [overview, data, metrics, slices, checks, use, limits]
+    sections = [overview, data, _selection(trained), metrics, _explanations(evaluation), slices, checks, use, limits]
     if card.ethical_considerations:
         sections.append(Section("Ethical considerations", paragraphs=[card.ethical_considerations]))
     return sections
+
+
+def _selection(trained: Trained) -> Section:
+    """How the candidate was chosen: each family's validation score, trials, final params, calibration."""
+    section = Section("Model selection")
+    params = ", ".join(f"{k}={v}" for k, v in sorted(trained.params.items())) or "the family's defaults"
+    if not trained.validation_scores:
+        section.paragraphs.append(f"One family with fixed hyperparameters (no search, no selection): {params}.")
+        return section
+    section.paragraphs.append(
+        f"Each family scored on a validation split of the training window (never the holdout); the best "
+        f"`{trained.selection_metric}` became the candidate, `{trained.family}`, with {params}."
+    )
+    section.header = ["family", f"validation {trained.selection_metric}", "search trials", "chosen"]
+    section.rows = [
+        [family, _num(value), str(trained.trials.get(family) or "fixed"), "yes" if family == trained.family else ""]
+        for family, value in trained.validation_scores.items()
+    ]
+    if trained.calibration:
+        section.items.append(f"probabilities calibrated ({trained.calibration}) on the validation split")
+    return section
+
+
+def _explanations(evaluation: Evaluation) -> Section:
+    """Global importance: mean |SHAP contribution| per raw input column on a holdout sample."""
+    section = Section("Explanations")
+    if not evaluation.importance:
+        section.paragraphs.append("No explanation was computed for this model.")
+        return section
+    space = "the raw margin (log-odds for a classifier), before calibration"
+    if evaluation.importance_space != "raw_margin":
+        space = "the model's output (model-agnostic permutation SHAP)"
+    section.paragraphs.append(
+        f"Mean absolute SHAP contribution of each input column over a sample of holdout rows, on {space}. "
+        "One-hot and cyclical features are summed back to the input column they come from."
+    )
+    if evaluation.importance_plot:
+        section.items.append("plot: `explanations/importance.png` on the candidate's MLflow run")
+    total = sum(evaluation.importance.values()) or 1.0
+    section.header = ["input column", "mean |contribution|", "share"]
+    section.rows = [[c, _num(v), f"{v / total:.1%}"] for c, v in evaluation.importance.items()]
+    return section
 
 
 def to_markdown(title: str, sections: list[Section]) -> str:

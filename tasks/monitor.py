@@ -24,6 +24,7 @@ import pandas as pd
 from tasks.errors import PermanentError
 from tasks.names import (
     LEGACY_REFERENCE,
+    MODEL_ARTIFACT,
     PREDICTION,
     REFERENCE_INPUTS,
     REFERENCE_PREDICTIONS,
@@ -409,6 +410,27 @@ def _prediction_drift(per_column: dict[str, dict[str, Any]], reference: Referenc
     return drift | ({"note": reference.note} if reference.note else {})
 
 
+def _attribution_drift(
+    spec: PipelineSpec, settings: Settings, champion: Registered | None, reference: Reference, rows: pd.DataFrame
+) -> dict[str, Any]:
+    """Which input columns the champion leans on, served vs reference (see :func:`tasks.explain.attribution_drift`)."""
+    import mlflow
+
+    from tasks.explain import ExplainError, attribution_drift
+    from tasks.tracking import use_store
+
+    if champion is None:
+        return {"note": "no champion"}
+    use_store(settings)
+    model = mlflow.sklearn.load_model(f"runs:/{champion.mlflow_run_id}/{MODEL_ARTIFACT}")
+    inputs = spec.schema_.input_columns
+    threshold = spec.monitoring.attribution_drift_threshold
+    try:
+        return attribution_drift(model, reference.inputs[inputs], rows[inputs], threshold, spec.training.seed)
+    except ExplainError as exc:
+        return {"note": f"champion v{champion.version} cannot be explained: {exc}"}
+
+
 def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served: Served) -> Assessment:
     """Judge the window: data drift (inputs, and the target once labelled), prediction drift, quality, decay."""
     mon = spec.monitoring
@@ -440,6 +462,9 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
     if quality["breaches"]:
         violations.append("data_quality")
         log.warning("served-input quality: %s", "; ".join(quality["breaches"]))
+    attribution = _attribution_drift(spec, settings, served.champion, reference, current)
+    if attribution.get("drifted"):
+        violations.append("attribution_drift")
     decay = performance_decay(spec, settings, served.champion, served) if served.champion else None
     if decay is not None and decay["violated"]:
         violations.append("performance_decay")
@@ -452,6 +477,7 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
         "served_versions": sorted(current["model_version"].astype(str).unique()),
         "prediction_drift": prediction,
         "input_quality": quality,
+        "attribution_drift": attribution,
     }
     if decay is not None:
         sections["performance_decay"] = decay

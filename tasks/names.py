@@ -24,6 +24,10 @@ TAG_CODE_VERSION = "code_version"
 TAG_MODEL_FAMILY = "model_family"
 TAG_TRAIN_PARTITIONS = "data.train_partitions"
 TAG_HOLDOUT_PARTITIONS = "data.holdout_partitions"
+TAG_VALIDATION_SPLIT = "data.validation_split"
+TAG_SEARCH_FAMILY = "search.family"  # on a trial's nested run
+TAG_SEARCH_TRIAL = "search.trial"  # on a trial's nested run: the Optuna trial number
+TAG_CALIBRATION = "calibration"  # on a candidate's run: isotonic | sigmoid
 TAG_AIRFLOW_DAG_ID = "airflow.dag_id"
 TAG_AIRFLOW_RUN_ID = "airflow.run_id"
 LINEAGE_TAG_PREFIXES = ("data.", "airflow.", TAG_CODE_VERSION, TAG_PIPELINE)
@@ -66,6 +70,9 @@ REFERENCE_PREDICTIONS = "reference/predictions.parquet"
 """The candidate's predictions on its holdout: the reference of prediction drift."""
 LEGACY_REFERENCE = "reference/reference.parquet"
 """Champions trained before the split: training sample with in-sample predictions in one file."""
+IMPORTANCE_JSON = "explanations/importance.json"
+"""Global importance: mean |SHAP contribution| per raw input column on a holdout sample."""
+IMPORTANCE_PLOT = "explanations/importance.png"
 MODEL_CARD_DIR = "model_card"
 MODEL_CARD_HTML = f"{MODEL_CARD_DIR}/model_card.html"
 
@@ -74,6 +81,9 @@ PREDICTION = "prediction"
 
 # ---- metric prefixes on a candidate's run ----
 TRAIN_PREFIX = "train_"
+VALIDATION_PREFIX = "validation_"
+"""On a candidate's run: each family's best validation score (``validation_<family>_<metric>``); on a trial's
+nested run: the trial's score (``validation_<metric>``)."""
 HOLDOUT_PREFIX = "holdout_"
 BASELINE_HOLDOUT_PREFIX = "baseline_holdout_"
 CHAMPION_HOLDOUT_PREFIX = "champion_holdout_"

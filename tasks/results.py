@@ -169,6 +169,13 @@ class Trained(Result):
     family: str
     train_rows: int
     reference_rows: int = 0
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    selection_metric: str | None = None
+    validation_scores: dict[str, float] = Field(
+        default_factory=dict, description="Family -> best score on the validation split (search/selection)."
+    )
+    trials: dict[str, int] = Field(default_factory=dict, description="Family -> search trials run (0: fixed params).")
+    calibration: str | None = None
 
 
 class Evaluation(Result):
@@ -183,6 +190,11 @@ class Evaluation(Result):
     predictions_uri: str
     smoke_sample_uri: str
     reference_predictions_uri: str
+    importance: dict[str, float] = Field(
+        default_factory=dict, description="Raw input column -> mean |SHAP contribution| on a holdout sample."
+    )
+    importance_space: str | None = Field(default=None, description="raw_margin (trees) or prediction.")
+    importance_plot: str | None = None
 
 
 # ---- gate ----

@@ -33,6 +33,8 @@ _ENV_OVERRIDES = {
     "MLP_EXECUTION_MODE": "execution_mode",
     "MLP_LEDGER_URI": "ledger_uri",
     "MLP_MLFLOW_UI_URL": "mlflow_ui_url",
+    "MLP_SEARCH_STORAGE_URL": "search_storage_url",
+    "MLP_SEARCH_MAX_TRIALS": "search_max_trials",
 }
 ADMIN_TOKEN_ENV = "MLP_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "MLP_ADMIN_TOKEN_FILE"
@@ -117,6 +119,16 @@ class Settings(BaseModel):
         default=None, description="MLflow UI address people open; model-card links from Airflow point there."
     )
     execution_mode: Literal["local", "kubernetes"] = "local"
+    search_storage_url: str | None = Field(
+        default=None,
+        description="Optuna's RDB storage for hyperparameter search (postgresql://...); unset: a journal file in "
+        "the training run's folder.",
+    )
+    search_max_trials: int | None = Field(
+        default=None,
+        gt=0,
+        description="Cap on search trials per family in this environment (CI, demos); the spec's budget otherwise.",
+    )
     shared_datasets: Path
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
@@ -225,7 +237,8 @@ def register_secrets(settings: Settings) -> list[str]:
     """
     from tasks.redact import register_secret, register_uri_secrets
 
-    found = register_uri_secrets([settings.mlflow_tracking_uri, settings.ledger_uri])
+    uris = [settings.mlflow_tracking_uri, settings.ledger_uri]
+    found = register_uri_secrets(uris + ([settings.search_storage_url] if settings.search_storage_url else []))
     for value in (
         settings.admin_token.get_secret_value() if settings.admin_token else None,
         os.environ.get("MLFLOW_TRACKING_PASSWORD"),

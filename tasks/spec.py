@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -210,8 +210,83 @@ class FeatureSpec(_Strict):
 class ModelSpec(_Strict):
     """One estimator: a family from the train module's registry plus its hyperparameters."""
 
-    family: Literal["lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch"]
+    family: Family
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+FAMILIES = ("lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch")
+Family = Literal["lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch"]
+
+
+class IntRange(_Strict):
+    """An integer hyperparameter drawn from [low, high] (log scale: low > 0)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low >= self.high:
+            raise ValueError(f"int range needs low < high (got {self.low}, {self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class FloatRange(_Strict):
+    """A float hyperparameter drawn from [low, high] (log scale: low > 0)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low >= self.high:
+            raise ValueError(f"float range needs low < high (got {self.low}, {self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class Choice(_Strict):
+    """A hyperparameter drawn from a list of values."""
+
+    type: Literal["categorical"]
+    choices: list[float | int | str | bool] = Field(min_length=1)
+
+
+SearchParam = Annotated[IntRange | FloatRange | Choice, Field(discriminator="type")]
+
+
+class SearchSpec(_Strict):
+    """Hyperparameter search (Optuna, TPE sampler): a space per family, a budget, a seed and the metric.
+
+    A family with a space is searched (its ``params`` in ``model`` or ``candidates`` are the fixed base the
+    trial's values override); every trial is scored on the validation split carved from the training window.
+    With a ``trials`` budget the search is sequential, so the same seed and data give the same best trial;
+    with only ``minutes``, ``n_jobs`` trials run at once in the worker.
+    """
+
+    space: dict[Family, dict[str, SearchParam]] = Field(
+        description="Family -> hyperparameter -> {type: int|float, low, high, log} or {type: categorical, choices}."
+    )
+    trials: int | None = Field(default=None, gt=0, description="Trials per searched family.")
+    minutes: float | None = Field(default=None, gt=0, description="Wall-clock budget per searched family.")
+    seed: int = 42
+    metric: str | None = Field(default=None, description="Validation metric to optimise; default: gate.primary_metric.")
+    n_jobs: int = Field(default=1, ge=1, le=64, description="Parallel trials when only a minutes budget is set.")
+
+    @model_validator(mode="after")
+    def _budget(self) -> SearchSpec:
+        if self.trials is None and self.minutes is None:
+            raise ValueError("training.search needs a budget: trials and/or minutes")
+        if not self.space or not all(self.space.values()):
+            raise ValueError("training.search.space needs at least one family with at least one hyperparameter")
+        return self
 
 
 class TrainingSpec(_Strict):
@@ -226,6 +301,32 @@ class TrainingSpec(_Strict):
     seed: int = 42
     model: ModelSpec
     baseline: ModelSpec
+    candidates: list[ModelSpec] = Field(
+        default_factory=list,
+        description="Other families (fixed params, or searched when training.search.space names them); the best of "
+        "model and these on the validation split becomes the candidate. The baseline stays the baseline.",
+    )
+    search: SearchSpec | None = None
+    calibration: Literal["isotonic", "sigmoid"] | None = Field(
+        default=None, description="Classification: post-hoc calibration fitted on the validation split."
+    )
+    validation_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=0.5,
+        description="Share of the training window held out for search, selection and calibration (never the gate's "
+        "holdout): the most recent days for dated data, a stratified sample for date-less data.",
+    )
+
+    @property
+    def families(self) -> list[ModelSpec]:
+        """The model and the other candidates, in spec order."""
+        return [self.model, *self.candidates]
+
+    @property
+    def selects(self) -> bool:
+        """Whether training carves a validation split (search, several candidates or calibration)."""
+        return bool(self.search or self.candidates or self.calibration)
 
     @model_validator(mode="after")
     def _holdout_fits(self) -> TrainingSpec:
@@ -233,6 +334,17 @@ class TrainingSpec(_Strict):
             raise ValueError("holdout_days must be smaller than min_partitions, or nothing is left to train on")
         if self.min_partitions > self.window_days:
             raise ValueError("min_partitions cannot exceed window_days")
+        return self
+
+    @model_validator(mode="after")
+    def _candidates_distinct(self) -> TrainingSpec:
+        names = [m.family for m in self.families]
+        if len(set(names)) != len(names):
+            raise ValueError(f"training.model and training.candidates name a family twice: {names}")
+        if self.search:
+            unused = sorted(set(self.search.space) - set(names))
+            if unused:
+                raise ValueError(f"training.search.space names families that are not candidates: {unused}")
         return self
 
 
@@ -444,6 +556,13 @@ class MonitoringSpec(_Strict):
         "reference sample that counts as prediction drift (a distance, not a p-value: at 10^6 rows every "
         "difference is significant). None: report, never violate.",
     )
+    attribution_drift_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Total variation distance between the served rows' and the reference's shares of mean "
+        "|SHAP contribution| per input column that counts as attribution drift. None: report, never violate.",
+    )
     quality: InputQualitySpec = InputQualitySpec()
     trigger: TriggerPolicySpec = TriggerPolicySpec()
 
@@ -498,14 +617,16 @@ class PipelineSpec(_Strict):
         if self.task == "classification":
             if self.schema_.positive_label is None:
                 raise ValueError("classification needs schema.positive_label (the target value of the positive class)")
-            families = {self.training.model.family, self.training.baseline.family}
+            families = {m.family for m in self.training.families} | {self.training.baseline.family}
             if families & {"ridge", "torch"}:
                 raise ValueError(f"model families {sorted(families & {'ridge', 'torch'})} are regression-only")
-        elif (
-            self.training.model.family == "logistic_regression"
-            or self.training.baseline.family == "logistic_regression"
-        ):
+        elif "logistic_regression" in {m.family for m in [*self.training.families, self.training.baseline]}:
             raise ValueError("logistic_regression is a classification family; this pipeline's task is regression")
+        elif self.training.calibration:
+            raise ValueError("training.calibration applies to classification pipelines only")
+        search = self.training.search
+        if search and search.metric and search.metric not in metrics:
+            raise ValueError(f"training.search.metric {search.metric!r} is not one of {list(metrics)}")
         if gate.slices and not self.schema_.sensitive:
             raise ValueError("gate.slices needs schema.sensitive columns to slice by")
         return self
@@ -514,6 +635,12 @@ class PipelineSpec(_Strict):
     def metric_names(self) -> tuple[str, ...]:
         """Holdout metrics of this pipeline's task."""
         return CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric search and candidate selection optimise."""
+        search = self.training.search
+        return (search.metric if search and search.metric else None) or self.gate.primary_metric
 
     def stage_resources(self, stage: str) -> StageResources:
         """Pod resources of a heavy stage (see :class:`ResourcesSpec`)."""

@@ -133,6 +133,14 @@ class DataLayout:
         """Holdout rows with the candidate's offline predictions (the deploy smoke test's rows)."""
         return self.run_dir(pipeline, run_id) / SMOKE_SAMPLE  # the artifact's path on the run, mirrored
 
+    def explanations(self, pipeline: str, run_id: str, name: str) -> Path:
+        """The candidate's global explanation files (``importance.json``, ``importance.png``)."""
+        return self.run_dir(pipeline, run_id) / "explanations" / name
+
+    def search_journal(self, pipeline: str, run_id: str) -> Path:
+        """Optuna's journal of the run's hyperparameter search (local storage)."""
+        return self.run_dir(pipeline, run_id) / "search" / "journal.log"
+
     def reference_inputs(self, pipeline: str, run_id: str) -> Path:
         """Training sample kept with the candidate: the reference of input and target drift."""
         return self.run_dir(pipeline, run_id) / REFERENCE_INPUTS

@@ -15,12 +15,14 @@ import pandas as pd
 
 from tasks.errors import PermanentError
 from tasks.evaluate import target_values
+from tasks.explain import BACKGROUND_ROWS
 from tasks.features import FeatureBuilder
 from tasks.metrics import score_all
 from tasks.names import (
     FIT_PREFIX,
     MODEL_ARTIFACT,
     REFERENCE_INPUTS,
+    TAG_CALIBRATION,
     TAG_CANDIDATE_RUN,
     TAG_CODE_VERSION,
     TAG_HOLDOUT_PARTITIONS,
@@ -28,6 +30,7 @@ from tasks.names import (
     TAG_PIPELINE,
     TAG_ROLE,
     TAG_TRAIN_PARTITIONS,
+    TAG_VALIDATION_SPLIT,
     TRAIN_PREFIX,
 )
 from tasks.results import Datasets, Trained
@@ -35,8 +38,10 @@ from tasks.spec import REPO_ROOT, ModelSpec, PipelineSpec
 from tasks.tracking import start_tracking
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
+    from tasks.search import Selection, Split
     from tasks.settings import Settings
     from tasks.storage import DataLayout
 
@@ -112,6 +117,23 @@ def code_version() -> str:
         return "unknown"
 
 
+def _final_fit(spec: PipelineSpec, model_spec: ModelSpec, features: pd.DataFrame, split: Split | None) -> Any:
+    """Fit the chosen family on the whole training window.
+
+    When calibrating: fit on the fit rows and calibrate on the validation rows (the calibrator never sees rows
+    the model was fitted on).
+    """
+    target = spec.schema_.target
+    X, y = features.drop(columns=[target]), features[target]  # noqa: N806 - ML convention
+    estimator = make_estimator(model_spec, spec.training.seed, spec)
+    method = spec.training.calibration
+    if split is None or method is None:
+        return estimator.fit(X, y)
+    estimator.fit(X.iloc[split.fit], y.iloc[split.fit])
+    estimator.calibrate(X.iloc[split.validation], y.iloc[split.validation], method)
+    return estimator
+
+
 def _fit_and_log(
     spec: PipelineSpec,
     model_spec: ModelSpec,
@@ -120,7 +142,8 @@ def _fit_and_log(
     datasets: Datasets,
     tags: dict[str, str],
     reference: Path | None,
-) -> tuple[str, str]:
+    choose: Callable[[str], tuple[Selection, Split]] | None = None,
+) -> tuple[str, str, Selection | None]:
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
@@ -128,11 +151,18 @@ def _fit_and_log(
 
     target = spec.schema_.target
     inputs = spec.schema_.input_columns
-    estimator = make_estimator(model_spec, spec.training.seed, spec)
-    estimator.fit(features.drop(columns=[target]), features[target])
-    model = Pipeline([("features", FeatureBuilder.from_spec(spec.features)), ("model", estimator)])
     X_raw = train_raw[inputs]  # noqa: N806 - ML convention
     with mlflow.start_run(run_name=f"{spec.name}-{model_spec.family}") as run:
+        selection, split = choose(run.info.run_id) if choose else (None, None)
+        if selection is not None and split is not None:
+            model_spec = selection.best
+            mlflow.set_tags({"mlflow.runName": f"{spec.name}-{model_spec.family}", TAG_VALIDATION_SPLIT: split.how})
+            if spec.training.calibration:
+                mlflow.set_tag(TAG_CALIBRATION, spec.training.calibration)
+        estimator = _final_fit(spec, model_spec, features, split)
+        model = Pipeline([("features", FeatureBuilder.from_spec(spec.features)), ("model", estimator)])
+        # the model-agnostic explainer's background (tree models need none): a seeded sample of training inputs
+        model.explain_background_ = X_raw.sample(min(len(X_raw), BACKGROUND_ROWS), random_state=spec.training.seed)
         mlflow.set_tags(tags | {TAG_MODEL_FAMILY: model_spec.family})
         mlflow.log_params({f"model.{k}": v for k, v in model_spec.params.items()})
         mlflow.log_params(
@@ -165,7 +195,7 @@ def _fit_and_log(
             # the reference of input and target drift travels with the run that may become champion;
             # prediction drift compares with the candidate's holdout predictions, logged at evaluation
             mlflow.log_artifact(str(reference), artifact_path=REFERENCE_INPUTS.rsplit("/", 1)[0])
-        return run.info.run_id, info.model_uri
+        return run.info.run_id, info.model_uri, selection
 
 
 def _reference_sample(spec: PipelineSpec, train_raw: pd.DataFrame, path: Path) -> Path:
@@ -219,25 +249,42 @@ def train_model(
         **(lineage or {}),
     }
     reference = _reference_sample(spec, train_raw, layout.reference_inputs(spec.name, run_id))
-    mlflow_run_id, model_uri = _fit_and_log(
-        spec, spec.training.model, features, train_raw, datasets, tags | {TAG_ROLE: "candidate"}, reference
+
+    def choose(parent_run_id: str) -> tuple[Selection, Split]:
+        from tasks.search import select_model, validation_split
+
+        split = validation_split(spec, train_raw)
+        journal = layout.search_journal(spec.name, run_id)
+        storage = settings.search_storage_url
+        return select_model(spec, features, split, parent_run_id, storage, journal, settings.search_max_trials), split
+
+    mlflow_run_id, model_uri, selection = _fit_and_log(
+        spec,
+        spec.training.model,
+        features,
+        train_raw,
+        datasets,
+        tags | {TAG_ROLE: "candidate"},
+        reference,
+        choose if spec.training.selects else None,
     )
     baseline_tags = tags | {TAG_ROLE: "baseline", TAG_CANDIDATE_RUN: mlflow_run_id}
-    baseline_run_id, baseline_uri = _fit_and_log(
+    baseline_run_id, baseline_uri, _ = _fit_and_log(
         spec, spec.training.baseline, features, train_raw, datasets, baseline_tags, None
     )
-    log.info(
-        "trained %s (MLflow run %s) and baseline %s",
-        spec.training.model.family,
-        mlflow_run_id,
-        spec.training.baseline.family,
-    )
+    chosen = selection.best if selection else spec.training.model
+    log.info("trained %s (MLflow run %s) and baseline %s", chosen.family, mlflow_run_id, spec.training.baseline.family)
     return Trained(
         mlflow_run_id=mlflow_run_id,
         model_uri=model_uri,
         baseline_mlflow_run_id=baseline_run_id,
         baseline_model_uri=baseline_uri,
-        family=spec.training.model.family,
+        family=chosen.family,
         train_rows=len(train_raw),
         reference_rows=min(len(train_raw), spec.monitoring.reference_rows),
+        params=dict(chosen.params),
+        selection_metric=selection.metric if selection else None,
+        validation_scores=selection.scores if selection else {},
+        trials={r.model.family: r.trials for r in selection.results} if selection else {},
+        calibration=spec.training.calibration,
     )

@@ -15,6 +15,8 @@ from mlops_airflow.localenv import local_env
 
 _SESSION_STATE = Path(tempfile.mkdtemp(prefix="mlp-tests-"))
 os.environ.update(local_env(_SESSION_STATE, api_port=18080, serving_port=18000))
+# the shipped specs search 15-20 trials per training; tests (and the Airflow processes they start) run 3
+os.environ.setdefault("MLP_SEARCH_MAX_TRIALS", "3")
 
 from tasks.settings import get_settings  # noqa: E402 - after the environment is set
 from tasks.spec import PipelineSpec, load_spec  # noqa: E402

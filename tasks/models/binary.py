@@ -29,6 +29,25 @@ class PositiveProbability(BaseEstimator):
         self.classes_ = np.array([0, 1])
         return self
 
+    def calibrate(self, X: Any, y: Any, method: str) -> PositiveProbability:  # noqa: N803 - sklearn's signature
+        """Calibrate the fitted classifier's probabilities on held-out rows (isotonic or sigmoid).
+
+        The fitted classifier is frozen (scikit-learn's ``FrozenEstimator``); :attr:`uncalibrated` keeps it
+        (explanations are computed on its raw margin).
+        """
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.frozen import FrozenEstimator
+
+        labels = (np.asarray(y).astype(str) == str(self.positive_label)).astype(int)
+        self.raw_estimator_ = self.estimator_
+        self.estimator_ = CalibratedClassifierCV(FrozenEstimator(self.raw_estimator_), method=method).fit(X, labels)
+        return self
+
+    @property
+    def uncalibrated(self) -> Any:
+        """The fitted classifier before calibration (the same object when not calibrated)."""
+        return getattr(self, "raw_estimator_", None) or self.estimator_
+
     def predict(self, X: Any) -> np.ndarray:  # noqa: N803 - sklearn's signature
         """Probability of the positive class, one float per row."""
         return np.asarray(self.estimator_.predict_proba(X)[:, 1], dtype="float64")

@@ -74,19 +74,41 @@ ModelState = Literal["loading", "serving", "failed", "no_champion"]
 
 # ---------------------------------------------------------------------------------------------- HTTP models
 class PredictRequest(BaseModel):
-    """The MLflow / TF-serving ``instances`` convention: one mapping of raw input column -> value per row."""
+    """The MLflow / TF-serving ``instances`` convention: one mapping of raw input column -> value per row.
+
+    ``explain: true`` adds, per row, the ``top_k`` input columns that moved the prediction most (SHAP
+    contributions in raw-input terms: reason codes). Without it nothing is computed.
+    """
 
     instances: list[Any] = Field(min_length=1)
+    explain: bool = Field(default=False, strict=True, description="Return per-row top-k contributions.")
+    top_k: int = Field(default=5, ge=1, le=50, strict=True, description="Contributions per row when explaining.")
+
+
+class Contribution(BaseModel):
+    """One input column's contribution to one row's output."""
+
+    feature: str
+    value: Any = Field(description="The value the caller sent for that column.")
+    contribution: float
 
 
 class PredictResponse(BaseModel):
-    """One prediction per instance, with the version that made them."""
+    """One prediction per instance, with the version that made them (and, on request, why)."""
 
     predictions: list[float]
     model_name: str
     model_version: str
     request_id: str
     latency_ms: float
+    explanations: list[list[Contribution]] | None = Field(
+        default=None, description="With explain: per row, the top_k contributions, largest |contribution| first."
+    )
+    explanation_space: str | None = Field(
+        default=None,
+        description="raw_margin: contributions add up to the raw margin (log-odds for a classifier, before "
+        "calibration) minus the model's expected value; prediction: to the prediction itself.",
+    )
 
 
 class ReloadRequest(BaseModel):
@@ -730,6 +752,7 @@ class ModelService:
                 f"{name} v{current.version} predicts no finite number for instances {bad[:10]} "
                 "(inputs far outside what it was trained on?); nothing was logged",
             )
+        explained = self._explain(current, request) if request.explain else {}
         request_id = uuid.uuid4().hex
         self.log.append(request_id, current.name, current.version, request.instances, values)
         return {
@@ -738,7 +761,23 @@ class ModelService:
             "model_version": current.version,
             "request_id": request_id,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            **explained,
         }
+
+    @staticmethod
+    def _explain(current: ServedModel, request: PredictRequest) -> dict[str, Any]:
+        """Per-row top-k contributions of the served model (see :mod:`tasks.explain`)."""
+        from tasks.explain import ExplainError, contributions, top_k
+
+        try:
+            raw = current.model.get_raw_model()
+            result = contributions(raw, _frame(current, request.instances))
+        except (ExplainError, AttributeError, ValueError, TypeError) as exc:
+            raise ApiError(
+                422, "not_explainable", f"{current.name} v{current.version} cannot explain its predictions: {exc}"
+            ) from exc
+        frame = pd.DataFrame.from_records(request.instances, columns=list(current.input_columns))
+        return {"explanations": top_k(result, frame, request.top_k), "explanation_space": result.space}
 
 
 def _input_schema(served: ServedModel) -> dict[str, Any]:
@@ -858,11 +897,16 @@ def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
 
     predict_errors = _errors(404, 413, 422, 503)
 
-    @app.post("/predict", response_model=PredictResponse, responses=predict_errors)
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=predict_errors)
     def predict(request: PredictRequest) -> dict[str, Any]:
         return service.predict(service.default, request)
 
-    @app.post("/models/{name}/predict", response_model=PredictResponse, responses=predict_errors)
+    @app.post(
+        "/models/{name}/predict",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses=predict_errors,
+    )
     def predict_named(name: str, request: PredictRequest) -> dict[str, Any]:
         return service.predict(name, request)
 

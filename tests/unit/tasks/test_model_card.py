@@ -61,7 +61,9 @@ def test_sections_cover_model_data_metrics_slices_verdicts_and_use():
     assert titles == [
         "Model",
         "Data",
+        "Model selection",
         "Holdout metrics",
+        "Explanations",
         "Slices (sensitive columns)",
         "Gate verdicts",
         "Intended use",
@@ -110,3 +112,29 @@ def test_card_is_written_where_the_layout_says(tmp_path):
     assert text.startswith("# Model card: adult_income, candidate run 01234567 (")
     with pytest.raises(ValueError, match="md or html"):
         layout.model_card("adult_income", "run-1", "pdf")
+
+
+def test_selection_and_explanations_sections_show_validation_scores_and_importance():
+    spec, evaluation, decision = _card_inputs()
+    selected = TRAINED.model_copy(
+        update={
+            "params": {"num_leaves": 12, "learning_rate": 0.05},
+            "selection_metric": "roc_auc",
+            "validation_scores": {"lightgbm": 0.91, "random_forest": 0.88},
+            "trials": {"lightgbm": 20, "random_forest": 0},
+            "calibration": "isotonic",
+        }
+    )
+    explained = evaluation.model_copy(
+        update={
+            "importance": {"relationship": 0.75, "age": 0.25},
+            "importance_space": "raw_margin",
+            "importance_plot": "x.png",
+        }
+    )
+    md = to_markdown("card", build_sections(spec, selected, DATASETS, explained, decision))
+    assert "| lightgbm | 0.9100 | 20 | yes |" in md and "| random_forest | 0.8800 | fixed |  |" in md
+    assert "with learning_rate=0.05, num_leaves=12" in md and "calibrated (isotonic) on the validation split" in md
+    assert "| relationship | 0.7500 | 75.0% |" in md and "explanations/importance.png" in md
+    plain = to_markdown("card", build_sections(spec, TRAINED, DATASETS, evaluation, decision))
+    assert "no search, no selection" in plain and "No explanation was computed" in plain

@@ -87,6 +87,9 @@ def test_drift_on_2012_traffic_requests_retrain_and_saves_reports(use_champion_s
     assert pred["method"] == "wasserstein" and pred["score"] >= pred["threshold"] == 0.1 and pred["drifted"]
     assert pred["reference"] == "holdout" and pred["reference_rows"] == 168 and "note" not in pred
     assert "prediction" not in summary["columns"]  # the drifted share is about inputs and target, not outputs
+    attribution = summary["attribution_drift"]  # reported; no threshold in the spec, so never a violation
+    assert 0 < attribution["distance"] <= 1 and attribution["drifted"] is False and attribution["threshold"] is None
+    assert len(attribution["moved_most"]) == 5 and {"feature", "change"} <= set(attribution["moved_most"][0])
     layout = DataLayout(use_champion_store["root"])
     logged = [json.loads(line) for line in layout.decision_log("bike_demand").read_text().splitlines()]
     assert logged[-1]["window_end"] == "2012-07-09T02:00:00+00:00" and logged[-1]["retrain"] is True

@@ -135,3 +135,31 @@ def test_champion_loads_from_the_settings_store_whatever_registry_the_process_in
     monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
     served = load_version(get_settings(), "bike_demand")
     assert served.version == use_champion_store["registered"]["version"]
+
+
+def test_explain_returns_top_k_contributions_per_row_in_raw_input_terms(server):
+    rows = _instances("2012-06-18", "2012-06-18")[:3]
+    plain = server.post("/models/bike_demand/predict", json={"instances": rows}).json()
+    assert "explanations" not in plain and "explanation_space" not in plain  # no flag: nothing computed or sent
+    reply = server.post("/models/bike_demand/predict", json={"instances": rows, "explain": True, "top_k": 3})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["predictions"] == plain["predictions"] and body["explanation_space"] == "raw_margin"
+    assert len(body["explanations"]) == 3 and all(len(r) == 3 for r in body["explanations"])
+    raw_inputs = set(rows[0])
+    for row, reasons in zip(rows, body["explanations"], strict=True):
+        assert {r["feature"] for r in reasons} <= raw_inputs  # hr, not hr_sin / hr_cos
+        assert all(r["value"] == row[r["feature"]] for r in reasons)
+        sizes = [abs(r["contribution"]) for r in reasons]
+        assert sizes == sorted(sizes, reverse=True)
+    default = server.post("/predict", json={"instances": rows[:1], "explain": True}).json()
+    assert len(default["explanations"][0]) == 5  # top_k defaults to 5
+
+
+@pytest.mark.parametrize(
+    "extra", [{"explain": "yes"}, {"explain": 1}, {"explain": True, "top_k": 0}, {"explain": True, "top_k": "3"}]
+)
+def test_a_malformed_explain_request_is_a_422(server, extra):
+    rows = _instances("2012-06-18", "2012-06-18")[:1]
+    reply = server.post("/models/bike_demand/predict", json={"instances": rows, **extra})
+    assert reply.status_code == 422, reply.text

@@ -1,0 +1,249 @@
+"""Search and selection: Optuna hyperparameter search per family, then the best family on a validation split.
+
+The validation split is carved from the training window, never from the gate's holdout: the most recent days
+for dated data (a time-ordered tail), a stratified sample for date-less data (``source.rows_per_day``). Each
+trial is a nested MLflow run under the candidate's training run (its params and validation score); each
+family's best validation score is logged on the parent. Optuna keeps its study in a journal file under the run's
+folder (:meth:`DataLayout.search_journal`), or in the RDB that ``settings.search_storage_url`` names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tasks.errors import PermanentError
+from tasks.evaluate import target_values
+from tasks.metrics import score
+from tasks.names import TAG_PIPELINE, TAG_SEARCH_FAMILY, TAG_SEARCH_TRIAL, VALIDATION_PREFIX
+from tasks.spec import HIGHER_IS_BETTER, Choice, FloatRange, ModelSpec, PipelineSpec, SearchParam
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+class SelectionError(PermanentError, ValueError):
+    """The training window cannot be split for validation, or no family produced a validation score."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row positions of the training window used to fit and to validate, and how they were chosen."""
+
+    fit: np.ndarray
+    validation: np.ndarray
+    how: str
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    """One family's best hyperparameters and validation score."""
+
+    model: ModelSpec
+    score: float
+    trials: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen family (final params) and every family's validation score."""
+
+    best: ModelSpec
+    metric: str
+    results: list[FamilyResult] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Family -> best validation score."""
+        return {r.model.family: r.score for r in self.results}
+
+
+def validation_split(spec: PipelineSpec, train_raw: pd.DataFrame) -> Split:
+    """Carve the validation rows from the training window (see the module docstring).
+
+    Raises:
+        SelectionError: The window has too few days (dated data) or rows/classes (date-less) to split.
+    """
+    fraction = spec.training.validation_fraction
+    positions = np.arange(len(train_raw))
+    if spec.source.rows_per_day is None:
+        days = sorted(train_raw[spec.source.partition_column].astype(str).unique())
+        k = max(1, round(fraction * len(days)))
+        if len(days) - k < 1:
+            raise SelectionError(f"{len(days)} training days cannot spare {k} for validation")
+        last = set(days[-k:])
+        mask = train_raw[spec.source.partition_column].astype(str).isin(last).to_numpy()
+        return Split(positions[~mask], positions[mask], f"time: the last {k} of {len(days)} training days")
+    from sklearn.model_selection import train_test_split
+
+    labels = target_values(spec, train_raw[spec.schema_.target]) if spec.task == "classification" else None
+    try:
+        fit, validation = train_test_split(
+            positions, test_size=fraction, random_state=spec.training.seed, stratify=labels
+        )
+    except ValueError as exc:
+        raise SelectionError(f"cannot split {len(positions)} training rows for validation: {exc}") from exc
+    kind = "stratified" if labels is not None else "random"
+    return Split(np.sort(fit), np.sort(validation), f"{kind}: {fraction:.0%} of the training rows")
+
+
+def _suggest(trial: Any, name: str, param: SearchParam) -> Any:
+    if isinstance(param, Choice):
+        return trial.suggest_categorical(name, param.choices)
+    if isinstance(param, FloatRange):
+        return trial.suggest_float(name, param.low, param.high, log=param.log)
+    return trial.suggest_int(name, param.low, param.high, log=param.log)
+
+
+class _Data:
+    """Featurised fit and validation rows."""
+
+    def __init__(self, spec: PipelineSpec, features: pd.DataFrame, split: Split) -> None:
+        target = spec.schema_.target
+        X = features.drop(columns=[target])  # noqa: N806 - ML convention
+        self.X_fit, self.y_fit = X.iloc[split.fit], features[target].iloc[split.fit]
+        self.X_val = X.iloc[split.validation]
+        self.y_val = target_values(spec, features[target].iloc[split.validation])
+
+
+def _validation_score(spec: PipelineSpec, model: ModelSpec, data: _Data, metric: str) -> float:
+    from tasks.train import make_estimator
+
+    estimator = make_estimator(model, spec.training.seed, spec).fit(data.X_fit, data.y_fit)
+    value = float(score(metric, data.y_val, np.asarray(estimator.predict(data.X_val), dtype="float64")))
+    if not np.isfinite(value):
+        raise SelectionError(f"{model.family} has no finite validation {metric} (one class in validation?)")
+    return value
+
+
+def _storage(url: str | None, journal: Any) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url:
+        return optuna.storages.RDBStorage(url)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def search_family(
+    spec: PipelineSpec, model: ModelSpec, data: _Data, storage: Any, parent_run_id: str, max_trials: int | None
+) -> FamilyResult:
+    """Optuna search over the family's space; each trial a nested MLflow run under ``parent_run_id``.
+
+    ``max_trials`` (the environment's cap) lowers the spec's trial budget, or sets one where it has only minutes.
+    """
+    import mlflow
+    import optuna
+
+    search = spec.training.search
+    assert search is not None  # noqa: S101 - the caller checked
+    space = search.space[model.family]
+    metric = spec.selection_metric
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: _suggest(trial, name, p) for name, p in space.items()}
+        candidate = model.model_copy(update={"params": {**model.params, **params}})
+        run = client.create_run(
+            experiment_id,
+            run_name=f"{spec.name}-{model.family}-trial-{trial.number}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                TAG_PIPELINE: spec.name,
+                TAG_SEARCH_FAMILY: model.family,
+                TAG_SEARCH_TRIAL: str(trial.number),
+            },
+        )
+        try:
+            for k, v in params.items():
+                client.log_param(run.info.run_id, f"model.{k}", v)
+            value = _validation_score(spec, candidate, data, metric)
+            client.log_metric(run.info.run_id, f"{VALIDATION_PREFIX}{metric}", value)
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        client.set_terminated(run.info.run_id)
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=f"{spec.name}-{parent_run_id}-{model.family}",
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        direction="maximize" if metric in HIGHER_IS_BETTER else "minimize",
+    )
+    budgets = [t for t in (search.trials, max_trials) if t is not None]
+    trials = min(budgets) if budgets else None
+    started = time.monotonic()
+    study.optimize(
+        objective,
+        n_trials=trials,
+        timeout=search.minutes * 60 if search.minutes else None,
+        n_jobs=1 if trials else search.n_jobs,  # a trial budget runs sequentially: reproducible
+    )
+    best = study.best_trial
+    log.info(
+        "%s: %d trials in %.1fs, best #%d %s=%.4f %s",
+        model.family,
+        len(study.trials),
+        time.monotonic() - started,
+        best.number,
+        metric,
+        best.value,
+        best.params,
+    )
+    final = model.model_copy(update={"params": {**model.params, **best.params}})
+    return FamilyResult(final, float(best.value), len(study.trials))  # type: ignore[arg-type]
+
+
+def select_model(
+    spec: PipelineSpec,
+    features: pd.DataFrame,
+    split: Split,
+    parent_run_id: str,
+    storage_url: str | None,
+    journal: Any,
+    max_trials: int | None = None,
+) -> Selection:
+    """Search each searched family, score each fixed one, on the validation split; the best one wins.
+
+    Args:
+        spec: The pipeline (``training.model``, ``candidates``, ``search``).
+        features: The featurised training window (with the target).
+        split: Fit and validation rows of that window.
+        parent_run_id: The candidate's MLflow run (trials nest under it; scores are logged on it).
+        storage_url: Optuna RDB storage URL, or None for the journal file.
+        journal: Path of the journal file.
+        max_trials: The environment's cap on trials per family (``settings.search_max_trials``).
+
+    Returns:
+        The best family with its final parameters, and every family's validation score.
+    """
+    import mlflow
+
+    metric = spec.selection_metric
+    data = _Data(spec, features, split)
+    search = spec.training.search
+    storage = _storage(storage_url, journal) if search else None
+    results = []
+    for model in spec.training.families:
+        if search and model.family in search.space:
+            results.append(search_family(spec, model, data, storage, parent_run_id, max_trials))
+        else:
+            results.append(FamilyResult(model, _validation_score(spec, model, data, metric), 0))
+    client = mlflow.MlflowClient()
+    for r in results:
+        client.log_metric(parent_run_id, f"{VALIDATION_PREFIX}{r.model.family}_{metric}", r.score)
+    pick = max if metric in HIGHER_IS_BETTER else min
+    best = pick(results, key=lambda r: r.score)
+    log.info("validation %s per family: %s; candidate: %s", metric, {r.model.family: r.score for r in results}, best)
+    return Selection(best.model, metric, results)
