@@ -90,11 +90,21 @@ def write_spec(
     spec["training"] |= {"window_days": 20, "holdout_days": 4, "min_partitions": 15, **training}
     spec["monitoring"] |= {"window_days": 3}
     spec["source"]["events"] = events or {}
+    cap_search(spec)
     if landing_timeout_hours is not None:
         spec["landing_timeout_hours"] = landing_timeout_hours
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bike_demand.yaml").write_text(yaml.safe_dump(spec))
     return folder
+
+
+def cap_search(spec: dict[str, Any], trials: int = 3) -> dict[str, Any]:
+    """A spec dict whose search runs at most ``trials`` trials: the stack tests start their own processes and
+    containers, which do not inherit this process's MLP_SEARCH_MAX_TRIALS."""
+    search = spec.get("training", {}).get("search")
+    if search:
+        search["trials"] = min(trials, search.get("trials") or trials)
+    return spec
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from scripts.stack import load_compose
-from tests.conftest import REPO, SHARED, free_port, require, write_spec
+from tests.conftest import REPO, SHARED, cap_search, free_port, require, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_data, pytest.mark.needs_postgres]
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -190,6 +190,7 @@ def _specs(folder: Path, channel: str) -> Path:
     write_spec(folder, events={"redis_channel": channel, "poll_seconds": 1})
     adult = yaml.safe_load((REPO / "config" / "pipelines" / "adult_income.yaml").read_text())
     adult["source"]["events"] = {"watch_landing": True, "poll_seconds": 2}
+    cap_search(adult)
     (folder / "adult_income.yaml").write_text(yaml.safe_dump(adult))
     return folder
 
