@@ -190,12 +190,29 @@ def _fit_and_log(
             signature=infer_signature(X_raw, predictions),
             input_example=X_raw.head(5),
             serialization_format="cloudpickle",
+            pip_requirements=model_requirements(model_spec.family),
         )
         if reference is not None:
             # the reference of input and target drift travels with the run that may become champion;
             # prediction drift compares with the candidate's holdout predictions, logged at evaluation
             mlflow.log_artifact(str(reference), artifact_path=REFERENCE_INPUTS.rsplit("/", 1)[0])
         return run.info.run_id, info.model_uri, selection
+
+
+_FAMILY_PACKAGES = {"lightgbm": ("lightgbm",), "torch": ("torch",)}
+
+
+def model_requirements(family: str) -> list[str]:
+    """The packages a saved model imports when it loads, pinned to the versions that trained it.
+
+    Stated rather than inferred: MLflow's inference loads the model in a subprocess and watches its imports,
+    about 16 s per model on a 2-core machine, for the same answer. The pipeline's own code (``tasks``) ships
+    in the serving image, not from an index.
+    """
+    from importlib.metadata import version
+
+    names = ("mlflow", "cloudpickle", "numpy", "pandas", "scikit-learn", *_FAMILY_PACKAGES.get(family, ()))
+    return [f"{name}=={version(name)}" for name in names]
 
 
 def _reference_sample(spec: PipelineSpec, train_raw: pd.DataFrame, path: Path) -> Path:

@@ -16,7 +16,7 @@ from tasks.settings import get_settings
 from tasks.spec import ModelSpec, load_spec
 from tasks.storage import DataLayout
 from tasks.tracking import client
-from tasks.train import TrainingError, make_estimator, train_model
+from tasks.train import TrainingError, make_estimator, model_requirements, train_model
 
 
 def test_candidate_beats_baseline_on_the_real_holdout(use_champion_store):
@@ -45,6 +45,18 @@ def test_run_logs_params_metrics_signature_example_and_lineage(use_champion_stor
     inputs = [c.name for c in info.signature.inputs.inputs]
     assert "cnt" not in inputs and "casual" not in inputs and "hr" in inputs
     assert info.saved_input_example_info is not None
+    # the model states what it needs to load, pinned to what trained it (no 16 s inference per model)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(trained["model_uri"])).read_text()
+    assert set(model_requirements("lightgbm")) <= set(requirements.split())
+    assert any(r.startswith("lightgbm==") for r in requirements.split())
+
+
+def test_model_requirements_pin_the_family_package_and_nothing_unknown():
+    from importlib.metadata import version
+
+    assert f"torch=={version('torch')}" in model_requirements("torch")
+    assert not any(r.startswith(("torch==", "lightgbm==")) for r in model_requirements("ridge"))
+    assert f"scikit-learn=={version('scikit-learn')}" in model_requirements("ridge")
 
 
 def test_the_candidate_keeps_its_training_sample_as_the_drift_reference(use_champion_store):
