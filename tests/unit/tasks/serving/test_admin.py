@@ -1,10 +1,11 @@
-"""Who may change what the server serves: the admin token, the reload policy, the ledger, clean downloads."""
+"""Who may change what the server serves: the admin token, the reload policy applied, the ledger, clean downloads.
+
+The policy itself is tested in test_policy.py, the local stack's token file in tests/unit/plugins/test_localenv.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -14,10 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from mlops_airflow.localenv import admin_token_file
 from tasks.ledger import PromotionLedger
 from tasks.serving.app import create_app
-from tasks.serving.policy import reload_policy
 from tasks.settings import SettingsError, get_settings, load_settings
 from tests.conftest import free_port
 
@@ -96,33 +95,6 @@ def test_token_settings_refuse_short_tokens_unreadable_files_and_config_files(to
     monkeypatch.setattr("tasks.settings.CONFIG_DIR", config)
     with pytest.raises(SettingsError, match="a secret never goes in settings files; set MLP_ADMIN_TOKEN"):
         load_settings("local")
-
-
-def test_the_local_stack_token_is_random_private_and_stable_per_state_dir(tmp_path):
-    first, again = admin_token_file(tmp_path / "a"), admin_token_file(tmp_path / "a")
-    other = admin_token_file(tmp_path / "b")
-    assert first == again and first.read_text() == again.read_text()
-    assert len(first.read_text().strip()) >= 32 and first.read_text() != other.read_text()
-    assert stat.S_IMODE(first.stat().st_mode) == 0o600
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["admin_token"]  # no temporary file left
-
-
-# ------------------------------------------------------------------------------------------- the policy
-@pytest.mark.parametrize(
-    ("aliases", "tags", "force", "reason", "allowed", "said"),
-    [
-        ({"champion"}, {}, False, None, True, "holds the champion alias"),
-        ({"previous"}, {"gate.passed": "False"}, False, None, True, "previous alias (rollback)"),
-        (set(), {"gate.passed": "True"}, False, None, True, "passed its gate"),
-        ({"challenger"}, {"gate.passed": "False"}, False, None, False, "send force with a reason"),
-        ({"challenger"}, {}, True, "  ", False, "force needs a non-empty reason"),
-        ({"challenger"}, {"gate.passed": "False"}, True, "hotfix #12", True, "forced: hotfix #12"),
-    ],
-)
-def test_reload_policy(aliases, tags, force, reason, allowed, said):
-    verdict = reload_policy("7", aliases, tags, force, reason)
-    assert verdict.allowed is allowed and said in verdict.why
-    assert verdict.forced is (allowed and force)
 
 
 # ------------------------------------------------------------------------------------------- a private store

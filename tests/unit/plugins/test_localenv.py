@@ -1,0 +1,126 @@
+"""The local stack's environment (plugins/mlops_airflow/localenv.py): what ``make demo`` and the e2e tests run."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from mlops_airflow.localenv import REPO_ROOT, admin_token_file, local_env
+from tasks.settings import get_settings, load_settings
+
+
+def test_the_local_stack_token_is_random_private_and_stable_per_state_dir(tmp_path):
+    first, again = admin_token_file(tmp_path / "a"), admin_token_file(tmp_path / "a")
+    other = admin_token_file(tmp_path / "b")
+    assert first == again and first.read_text() == again.read_text()
+    assert len(first.read_text().strip()) >= 32 and first.read_text() != other.read_text()
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["admin_token"]  # no temporary file left
+
+
+def test_processes_creating_the_token_at_once_all_get_the_same_one(tmp_path):
+    state = tmp_path / "state"
+    start = threading.Barrier(8, timeout=30)
+    tokens: list[str] = []
+
+    def create() -> None:
+        start.wait()
+        tokens.append(admin_token_file(state).read_text())
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(tokens) == 8 and len(set(tokens)) == 1
+    assert [p.name for p in state.iterdir()] == ["admin_token"]
+
+
+def test_a_token_file_left_readable_is_made_private_again(tmp_path):
+    token = admin_token_file(tmp_path)
+    before = token.read_text()
+    token.chmod(0o644)
+    assert admin_token_file(tmp_path).read_text() == before  # kept, not replaced
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No inherited override of the variables ``local_env`` only defaults."""
+    for var in (
+        "ML_ENV",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW_CONN_REDIS_DEFAULT",
+    ):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_the_stack_runs_airflow_and_mlflow_under_one_state_dir_on_the_given_ports(tmp_path, clean_env):
+    state = tmp_path / "state"
+    env = local_env(state, api_port=18123, serving_port=18456)
+    root = state.resolve()
+    assert env["ML_ENV"] == "local"
+    assert env["MLP_DATA_ROOT"] == str(root / "data")
+    assert env["MLP_SERVING_URL"] == "http://127.0.0.1:18456"
+    assert env["AIRFLOW_HOME"] == str(root / "airflow")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{root / 'airflow' / 'airflow.db'}"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO_ROOT / "dags")
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(REPO_ROOT / "plugins")
+    assert (REPO_ROOT / "dags").is_dir() and (REPO_ROOT / "plugins" / "mlops_airflow").is_dir()
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+    assert env["AIRFLOW__API__PORT"] == "18123"
+    assert env["AIRFLOW__API__BASE_URL"] == "http://localhost:18123"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18123/execution/"
+    assert env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] == str(root / "logs" / "airflow")
+    assert env["AIRFLOW_CONN_REDIS_DEFAULT"] == "redis://127.0.0.1:6379/0"
+    token = Path(env["MLP_ADMIN_TOKEN_FILE"])
+    assert token == root / "admin_token" and token.is_file()  # created: the server and deploy stage read it
+
+
+def test_what_the_caller_already_set_wins_over_the_local_defaults(tmp_path, clean_env, monkeypatch):
+    monkeypatch.setenv("ML_ENV", "staging")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://airflow@127.0.0.1/airflow")
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "from-the-caller")
+    monkeypatch.setenv("AIRFLOW_CONN_REDIS_DEFAULT", "redis://10.0.0.5:6380/2")
+    monkeypatch.setenv("SOMETHING_UNRELATED", "kept")
+    env = local_env(tmp_path)
+    assert env["ML_ENV"] == "staging"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql://airflow@127.0.0.1/airflow"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "from-the-caller"
+    assert env["AIRFLOW_CONN_REDIS_DEFAULT"] == "redis://10.0.0.5:6380/2"
+    assert env["SOMETHING_UNRELATED"] == "kept"
+
+
+def test_it_returns_a_copy_and_leaves_this_process_alone(tmp_path, clean_env):
+    before = dict(os.environ)
+    env = local_env(tmp_path / "s", api_port=18999)
+    assert dict(os.environ) == before
+    env["MLP_DATA_ROOT"] = "changed"
+    assert os.environ.get("MLP_DATA_ROOT") != "changed"
+
+
+def test_the_settings_the_stack_s_processes_load_point_at_its_data_root(tmp_path, clean_env, monkeypatch):
+    env = local_env(tmp_path / "s", serving_port=18777)
+    for var in ("MLP_DATA_ROOT", "MLP_SERVING_URL", "MLP_ADMIN_TOKEN_FILE", "ML_ENV"):
+        monkeypatch.setenv(var, env[var])
+    monkeypatch.delenv("MLP_ADMIN_TOKEN", raising=False)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    try:
+        settings = load_settings("local")
+        assert settings.data_root == (tmp_path / "s" / "data").resolve()
+        assert settings.serving_url == "http://127.0.0.1:18777"
+        assert settings.mlflow_tracking_uri == f"sqlite:///{settings.data_root / 'mlflow' / 'mlflow.db'}"
+        assert settings.admin_token is not None
+        assert settings.admin_token.get_secret_value() == Path(env["MLP_ADMIN_TOKEN_FILE"]).read_text().strip()
+    finally:
+        get_settings.cache_clear()
