@@ -87,6 +87,8 @@ def write_spec(
     import yaml
 
     spec = yaml.safe_load((REPO / "config" / "pipelines" / "bike_demand.yaml").read_text())
+    if "model" in training and "search" not in training:
+        spec["training"].pop("search", None)  # the shipped search space is for the shipped model's family
     spec["training"] |= {"window_days": 20, "holdout_days": 4, "min_partitions": 15, **training}
     spec["monitoring"] |= {"window_days": 3}
     spec["source"]["events"] = events or {}
