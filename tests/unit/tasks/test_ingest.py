@@ -6,7 +6,6 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,27 +19,7 @@ from tasks.replay import replay_days
 from tasks.validate import validate_staged
 from tests.ingest_corpus import real
 from tests.unit.conftest import FIXTURES
-
-
-def _age(path: Path, seconds: float) -> None:
-    os.utime(path, (time.time() - seconds, time.time() - seconds))
-
-
-def _settled(layout, pipeline="bike_demand"):
-    """Age the landing files past the settle time (as if upstream finished a while ago)."""
-    import os
-    import time
-
-    for path in layout.landing_dir(pipeline).glob("*.csv"):
-        os.utime(path, (time.time() - 60, time.time() - 60))
-
-
-def _ingest(spec, layout, day, skip_if_unchanged=False, run_key="run"):
-    """What the ingest DAG does for a day: stage the landing file, then validate (and promote) the batch."""
-    result = ingest_partition(spec, layout, day, skip_if_unchanged, run_key)
-    if not result.skipped:
-        validate_staged(spec, layout, {day: result.sha256}, run_key)
-    return result
+from tests.unit.tasks.landing_helpers import age, ingest, settled
 
 
 def test_the_stage_cli_reports_a_refusal_as_permanent_with_the_record(data_root, tmp_path):
@@ -50,7 +29,7 @@ def test_the_stage_cli_reports_a_refusal_as_permanent_with_the_record(data_root,
     landing = data_root / "landing" / "bike_demand" / "2011-07-02.csv"
     landing.parent.mkdir(parents=True)
     landing.write_bytes(real("2011-07-01"))  # yesterday's rows under today's name
-    _age(landing, 60)
+    age(landing, 60)
     manifest = tmp_path / "result.json"
     out = subprocess.run(
         [sys.executable, "-m", "tasks", "ingest_partition", "--pipeline", "bike_demand",
@@ -80,7 +59,7 @@ def test_an_empty_file_is_refused_for_good_with_a_quarantine_record(spec, layout
     landing = layout.landing_file("bike_demand", "2011-07-01")
     landing.parent.mkdir(parents=True)
     landing.write_bytes(b"")
-    _age(landing, 60)
+    age(landing, 60)
     with pytest.raises(LandingFileRefusedError, match="the file is empty") as refused:
         ingest_partition(spec, layout, "2011-07-01", run_key="scheduled__2011-07-02")
     assert isinstance(refused.value, PermanentError)
@@ -126,15 +105,15 @@ def test_a_file_still_changing_is_a_retryable_error_and_nothing_is_kept(spec, la
 
 def test_duplicate_event_skips_an_unchanged_file_but_a_corrected_delivery_is_ingested(spec, layout):
     replay_days(spec, layout, FIXTURES, "2011-06-02", "2011-06-02")
-    _settled(layout)
-    first = _ingest(spec, layout, "2011-06-02", skip_if_unchanged=True)
+    settled(layout)
+    first = ingest(spec, layout, "2011-06-02", skip_if_unchanged=True)
     assert not first.skipped and len(first.sha256) == 64
     again = ingest_partition(spec, layout, "2011-06-02", skip_if_unchanged=True)  # the same event, twice
     assert again.skipped and again.rows == 24 and "identical landing file" in again.reason
     landing = layout.landing_file("bike_demand", "2011-06-02")
     landing.write_text(landing.read_text().replace(",0.8,", ",0.81,", 1))  # upstream re-delivers a correction
-    _settled(layout)
-    corrected = _ingest(spec, layout, "2011-06-02", skip_if_unchanged=True)
+    settled(layout)
+    corrected = ingest(spec, layout, "2011-06-02", skip_if_unchanged=True)
     assert not corrected.skipped and corrected.sha256 != first.sha256
     assert current_source(layout, "bike_demand", "2011-06-02")["sha256"] == corrected.sha256
 
@@ -146,7 +125,7 @@ def test_missing_landing_file_says_what_to_do(spec, layout):
 
 def test_ingest_writes_typed_partition_and_rerun_is_byte_identical(spec, layout):
     replay_days(spec, layout, FIXTURES, "2011-06-01", "2011-06-01")
-    _settled(layout)
+    settled(layout)
     first = ingest_partition(spec, layout, "2011-06-01")
     raw = layout.raw_partition("bike_demand", "2011-06-01")
     assert first.outcome == "staged" and not raw.exists()  # nothing in raw/ before validation
@@ -157,6 +136,6 @@ def test_ingest_writes_typed_partition_and_rerun_is_byte_identical(spec, layout)
     assert frame["hr"].dtype == "int64" and frame["temp"].dtype == "float64"
     assert list(frame["hr"]) == list(range(24))
     before = raw.read_bytes()
-    _ingest(spec, layout, "2011-06-01")
+    ingest(spec, layout, "2011-06-01")
     assert raw.read_bytes() == before
     assert [v["outcome"] for v in versions(layout, "bike_demand", "2011-06-01")] == ["accepted", "accepted"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,30 +13,9 @@ from tasks.ingest import ingest_partition
 from tasks.landing import BadPartitionError, Contract, Look, marker_path, pending_landing_files, readiness, strict_day
 from tasks.reader import LandingFileRefusedError
 from tasks.replay import replay_days
-from tasks.validate import validate_staged
 from tests.ingest_corpus import real
 from tests.unit.conftest import FIXTURES
-
-
-def _age(path: Path, seconds: float) -> None:
-    os.utime(path, (time.time() - seconds, time.time() - seconds))
-
-
-def _settled(layout, pipeline="bike_demand"):
-    """Age the landing files past the settle time (as if upstream finished a while ago)."""
-    import os
-    import time
-
-    for path in layout.landing_dir(pipeline).glob("*.csv"):
-        os.utime(path, (time.time() - 60, time.time() - 60))
-
-
-def _ingest(spec, layout, day, skip_if_unchanged=False, run_key="run"):
-    """What the ingest DAG does for a day: stage the landing file, then validate (and promote) the batch."""
-    result = ingest_partition(spec, layout, day, skip_if_unchanged, run_key)
-    if not result.skipped:
-        validate_staged(spec, layout, {day: result.sha256}, run_key)
-    return result
+from tests.unit.tasks.landing_helpers import age, ingest, settled
 
 
 def test_the_source_rules_are_validated_when_the_spec_loads(tmp_path):
@@ -75,7 +53,7 @@ def test_marker_and_rename_contracts(tmp_path):
     assert "waiting for the marker 2011-07-01.csv.done" in readiness(marker, path).reason
     marker_path(path).write_bytes(b"")
     assert readiness(marker, path).ready
-    _age(marker_path(path), 60)  # upstream rewrites the file after marking it: the old marker does not vouch
+    age(marker_path(path), 60)  # upstream rewrites the file after marking it: the old marker does not vouch
     assert "written after its marker" in readiness(marker, path).reason
 
 
@@ -114,7 +92,7 @@ def test_settle_needs_two_equal_looks_settle_seconds_apart(tmp_path):
     assert not first.ready and "waiting until it has been unchanged for 30s" in first.reason
     later = Look(first.look.size, first.look.mtime_ns, first.look.inode, first.look.at + 31)  # type: ignore[union-attr]
     assert readiness(contract, path, earlier=first.look, clock=lambda: later.at).ready
-    _age(path, 31)  # nobody wrote it for 31 s: the file's own last write counts as the first look
+    age(path, 31)  # nobody wrote it for 31 s: the file's own last write counts as the first look
     assert readiness(contract, path).ready
     path.write_bytes(real("2011-07-01") + b"4547,")  # a write resets it
     assert not readiness(contract, path, earlier=first.look).ready
@@ -134,7 +112,7 @@ def test_landing_watcher_skips_files_already_refused_and_temporary_names(spec, l
     landing.write_text(landing.read_text().replace("hum", "humidity", 1))
     landing.with_name(".2011-06-03.csv.tmp").write_text("instant,dteday\n")  # upstream still writing aside
     landing.with_name("2011-06-04.csv.partial").write_text("instant,dteday\n")
-    _settled(layout)
+    settled(layout)
     with pytest.raises(LandingFileRefusedError, match="column 'hum' is missing"):
         ingest_partition(spec, layout, "2011-06-02", run_key="r1")
     seen: dict = {}
@@ -149,10 +127,10 @@ def test_landing_watcher_announces_complete_new_files_once_and_a_correction_agai
     contract = Contract("settle", 30)
     replay_days(spec, layout, FIXTURES, "2011-06-02", "2011-06-03")
     assert pending_landing_files(layout, "bike_demand", seen, contract) == []  # just written: maybe not complete
-    _settled(layout)  # a minute without a write
+    settled(layout)  # a minute without a write
     pending = pending_landing_files(layout, "bike_demand", seen, contract)
     assert [day for day, _ in pending] == ["2011-06-02", "2011-06-03"]
-    _ingest(spec, layout, "2011-06-02")
+    ingest(spec, layout, "2011-06-02")
     assert [day for day, _ in pending_landing_files(layout, "bike_demand", seen, contract)] == ["2011-06-03"]
     # a file rewritten just now is not announced until it has been left alone for settle_seconds
     landing = layout.landing_file("bike_demand", "2011-06-02")
