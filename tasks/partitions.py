@@ -63,6 +63,18 @@ class QuarantinedPartition:
         """JSON-able form (XCom, reasons.json)."""
         return asdict(self)
 
+    def version(self, run_key: str, parquet_sha256: str | None) -> dict[str, Any]:
+        """Its line in the partition's ``_versions.jsonl`` (the quarantined data's hash, when it has data)."""
+        return {
+            "outcome": "quarantined",
+            "stage": self.stage,
+            "run": run_key,
+            "landing_sha256": self.sha256,
+            "parquet_sha256": parquet_sha256,
+            "reasons": self.reasons[:5],
+            "record": self.record,
+        }
+
 
 def partition_dir(layout: DataLayout, pipeline: str, day: str) -> Path:
     """``raw/<p>/dt=<day>/``."""
@@ -174,20 +186,8 @@ def quarantine_batch(
         shutil.rmtree(data_dir, ignore_errors=True)
     if not (target / SOURCE).is_file():
         write_json(target / SOURCE, {"sha256": entry.sha256, "source": entry.source, "quarantined_at": now_iso()})
-    append_version(
-        layout,
-        pipeline,
-        day,
-        {
-            "outcome": "quarantined",
-            "stage": entry.stage,
-            "run": run_key,
-            "landing_sha256": entry.sha256,
-            "parquet_sha256": sha256_of(target / "part.parquet") if (target / "part.parquet").is_file() else None,
-            "reasons": entry.reasons[:5],
-            "record": entry.record,
-        },
-    )
+    parquet = target / "part.parquet"
+    append_version(layout, pipeline, day, entry.version(run_key, sha256_of(parquet) if parquet.is_file() else None))
     return entry
 
 
@@ -251,20 +251,7 @@ def quarantine_current(
         for sidecar in folder.iterdir():  # _source.json (the landing file's hash) travels with the data
             if sidecar.name not in _KEEP and sidecar.is_file():
                 os.replace(sidecar, target / sidecar.name)
-        append_version(
-            layout,
-            pipeline,
-            day,
-            {
-                "outcome": "quarantined",
-                "stage": entry.stage,
-                "run": run_key,
-                "landing_sha256": entry.sha256,
-                "parquet_sha256": expected_sha256,
-                "reasons": entry.reasons[:5],
-                "record": entry.record,
-            },
-        )
+        append_version(layout, pipeline, day, entry.version(run_key, expected_sha256))
         return entry
 
 
