@@ -5,19 +5,6 @@ from __future__ import annotations
 from tasks.stages import STAGES
 from tests.conftest import REPO
 
-# the stages phase A of the house renamed; phase B renames ingest, validate and deploy
-RENAMED = {
-    "plan_training",
-    "build_features",
-    "train_model",
-    "evaluate_model",
-    "gate_model",
-    "register_model",
-    "promote_model",
-    "rollback_model",
-    "check_drift",
-}
-
 
 def test_the_dags_run_the_stages_under_their_names(spec):
     from mlops_airflow.factory import build_pipeline_dags, rollback_dag
