@@ -2,7 +2,8 @@
 
 :func:`check_drift` is a chain of immutable results, each step one function of the ones before:
 
-``window_dates`` -> :func:`collect` (:class:`Served`: the champion, the window's logged rows, landed labels)
+``window_dates`` -> :func:`collect` (:class:`Served`: the champion, the window's logged rows and batch-scored
+rows (``scores/``, ``source`` ``batch``), landed labels)
 -> :func:`load_reference` (:class:`Reference`: its training sample and its holdout predictions)
 -> :func:`assess` (:class:`Assessment`: data drift, prediction drift, input quality, performance decay,
 the violations) -> :func:`tasks.plan.judge_window` (the trigger policy) -> :func:`publish`, the one step
@@ -96,6 +97,16 @@ def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) 
     return served.drop(columns=[target], errors="ignore").merge(labels, on=keys, how="left")
 
 
+def with_batch_scores(spec: PipelineSpec, layout: DataLayout, logged: pd.DataFrame, window: list[str]) -> pd.DataFrame:
+    """The served rows and the window's batch-scored rows (``scores/``, ``source`` ``batch``) as one frame."""
+    from tasks.score import read_scored
+
+    batch = read_scored(spec, layout, window)
+    if batch.empty:
+        return logged
+    return batch if logged.empty else pd.concat([logged, batch], ignore_index=True)
+
+
 def collect(spec: PipelineSpec, settings: Settings, layout: DataLayout, window_end: str) -> Served:
     """The champion and the window's logged rows (labels joined where they have landed)."""
     from tasks.prediction_log import read_window
@@ -103,7 +114,8 @@ def collect(spec: PipelineSpec, settings: Settings, layout: DataLayout, window_e
 
     window = window_dates(window_end, spec.monitoring.window_days)
     current = champion(settings, spec.registered_model_name)
-    rows = attach_labels(spec, layout, read_window(layout.prediction_log, spec.registered_model_name, window))
+    logged = read_window(layout.prediction_log, spec.registered_model_name, window)
+    rows = attach_labels(spec, layout, with_batch_scores(spec, layout, logged, window))
     labelled = rows.dropna(subset=[spec.schema_.target])
     scored = None
     if len(labelled):
@@ -552,6 +564,13 @@ def _keep_on_mlflow(
         return None
 
 
+def _rows_by_source(rows: pd.DataFrame) -> dict[str, int]:
+    """How many of the window's rows were served over HTTP and how many scored in batch."""
+    if rows.empty or "source" not in rows.columns:
+        return {}
+    return {str(k): int(v) for k, v in rows["source"].value_counts().sort_index().items()}
+
+
 def _summary(
     spec: PipelineSpec, served: Served, assessment: Assessment, verdict: WindowVerdict, trend: Path, html: Path | None
 ) -> dict[str, Any]:
@@ -562,6 +581,7 @@ def _summary(
         "window_end": served.window_end,
         "drift_share_threshold": spec.monitoring.drift_share_threshold,
         "rows": len(served.rows),
+        "rows_by_source": _rows_by_source(served.rows),
         "champion_version": served.champion.version if served.champion else None,
         "status": assessment.status,
         "reason": assessment.reason,

@@ -299,6 +299,26 @@ class Rollback(Result):
     previous: str
 
 
+# ---- batch scoring ----
+
+
+class ScoredPartition(Result):
+    """One day scored in batch: its file, rows and the file's SHA-256 (equal on a re-run with the same version)."""
+
+    partition: str
+    path: str
+    rows: int
+    sha256: str
+
+
+class Scored(Result):
+    """What a batch-scoring run wrote: every day, all scored by the one ``model_version``."""
+
+    pipeline: str
+    model_version: str
+    partitions: list[ScoredPartition]
+
+
 # ---- monitoring ----
 
 

@@ -355,6 +355,7 @@ HEAVY_STAGES = {
     "train_model": "train",
     "evaluate_model": "evaluate",
     "check_drift": "monitor",
+    "score_partitions": "score",
 }
 """Stages that run as pods in the kubernetes execution mode (the others are light and stay in Airflow), each
 with the key of its entry in the spec's ``resources:`` block."""
@@ -392,6 +393,7 @@ class ResourcesSpec(_Strict):
     train: StageResources = StageResources()
     evaluate: StageResources = StageResources()
     monitor: StageResources = StageResources()
+    score: StageResources = StageResources()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -254,6 +254,32 @@ def check_drift(pipeline: str, window_end: str, run_id: str) -> dict[str, Any]:
     return check(spec, settings, layout, window_end, run_id).xcom()
 
 
+def resolve_champion(pipeline: str) -> dict[str, Any]:
+    """The version holding ``champion`` now, resolved once so a whole scoring run uses one version.
+
+    Raises:
+        ScoreError: The pipeline has no champion yet.
+    """
+    from tasks.score import resolve_version
+
+    spec, settings, _ = _ctx(pipeline)
+    return {"version": resolve_version(settings, spec)}
+
+
+def score_partitions(pipeline: str, days: list[str], version: str | None = None) -> dict[str, Any]:
+    """Score each day's raw partition with one model version (default: the champion) into ``scores/``.
+
+    Re-scoring a day with the same version rewrites the same bytes; another version writes its own file.
+
+    Raises:
+        ScoreError: A day without a raw partition (nothing is written), no champion, an unknown version.
+    """
+    from tasks.score import score_partitions as score
+
+    spec, settings, layout = _ctx(pipeline)
+    return score(spec, settings, layout, days, version).xcom()
+
+
 STAGES: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
@@ -272,6 +298,8 @@ STAGES: dict[str, Callable[..., Any]] = {
         deploy_model,
         rollback_model,
         check_drift,
+        resolve_champion,
+        score_partitions,
     )
 }
 """Every stage by name: its CLI sub-command and its Airflow task id."""

@@ -7,6 +7,8 @@ Layout (``<root>`` is ``Settings.data_root``)::
     quarantine/<pipeline>/dt=<YYYY-MM-DD>/<stamp>/      partitions that failed validation + reasons.json
     runs/<pipeline>/<run_id>/...                        per-run datasets, reports, model card, references
     runs/<pipeline>/<run_id>/results/<task>.tryN.json   result manifests of stage pods (kubernetes mode)
+    scores/<pipeline>/dt=<YYYY-MM-DD>/v<version>.parquet  a day scored in batch by one model version
+    scores/<pipeline>/dt=<YYYY-MM-DD>/scored.json       which version's file is the day's current scoring
     monitoring/<pipeline>/<run_id>/                     drift report (HTML) and summary (JSON) of a window
     monitoring/<pipeline>/{decisions.jsonl,trend.html}  every window's retrain decision; the trend page
     serving/predictions.sqlite                          the model server's prediction log
@@ -105,6 +107,20 @@ class DataLayout:
     def monitoring_dir(self, pipeline: str, run_id: str) -> Path:
         """Per-run monitoring output folder."""
         return self.root / "monitoring" / check_pipeline(pipeline) / safe_key(run_id)
+
+    def scores_dir(self, pipeline: str, day: str) -> Path:
+        """Folder of one day's batch scorings (one file per model version, and the current one's manifest)."""
+        return self.root / "scores" / check_pipeline(pipeline) / f"dt={strict_day(day)}"
+
+    def scores_file(self, pipeline: str, day: str, version: str) -> Path:
+        """One day's rows as scored by one model version."""
+        if not str(version).isdigit():
+            raise LayoutError(f"not a model version number: {str(version)[:40]!r}")
+        return self.scores_dir(pipeline, day) / f"v{int(version)}.parquet"
+
+    def scores_manifest(self, pipeline: str, day: str) -> Path:
+        """Which version's file is the day's current scoring (rows, digest)."""
+        return self.scores_dir(pipeline, day) / "scored.json"
 
     @property
     def prediction_log(self) -> Path:

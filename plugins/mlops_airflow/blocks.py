@@ -12,9 +12,9 @@ Each stage block takes ``pipeline: str`` and the stage's typed inputs (the XComA
 JSON of :mod:`tasks.results`); its task id is the stage's name. Each task body is one call into
 :mod:`tasks.stages` (imported inside the task, so parsing a DAG never imports pandas, MLflow, Great
 Expectations or Evidently). Heavy stages (validation, ``build_features``, ``train_model``,
-``evaluate_model``, ``check_drift``) go through :func:`heavy_stage`: a TaskFlow task calling the stage in the
-worker in the ``local`` execution mode, a :class:`mlops_airflow.pods.StagePodOperator` pod running
-``python -m tasks <stage>`` in ``kubernetes`` mode. Both build the stage's arguments with the same function.
+``evaluate_model``, ``check_drift``, ``score_partitions``) go through :func:`heavy_stage`: a TaskFlow task
+calling the stage in the worker in the ``local`` execution mode, a :class:`mlops_airflow.pods.StagePodOperator`
+pod running ``python -m tasks <stage>`` in ``kubernetes`` mode. Both build the stage's arguments with the same function.
 Phases use ``prefix_group_id=False``: a task's id is its stage's name, whichever group holds it.
 """
 
@@ -207,6 +207,12 @@ def _train_args(i: Result, ctx: Any) -> Result:
 
 def _evaluate_args(i: Result, ctx: Any) -> Result:
     return {"trained": i["trained"], "datasets": i["datasets"], "run_id": ctx["run_id"]}
+
+
+def _score_args(i: Result, ctx: Any) -> Result:
+    params = ctx.get("params") or {}
+    days = run_partitions(params, ctx.get("data_interval_start"), ctx.get("triggering_asset_events"))
+    return {"days": days, "version": params.get("version") or i["champion"]["version"]}
 
 
 def _check_drift_args(i: Result, ctx: Any) -> Result:
@@ -422,6 +428,19 @@ def check_drift(pipeline: str) -> XComArg:
     return report
 
 
+@task
+def resolve_champion(pipeline: str) -> Result:
+    """The champion's version, resolved once per run (a retry of the scoring still uses it)."""
+    from tasks import stages
+
+    return call(stages.resolve_champion, pipeline)
+
+
+def score_partitions(pipeline: str, champion: XComArg) -> XComArg:
+    """Score the run's days (the raw events', the form's or the interval's) with one version (heavy)."""
+    return _heavy(pipeline, "score_partitions", {"champion": champion}, _score_args)
+
+
 @task.short_circuit
 def drift_detected(report: Upstream) -> bool:
     """Whether the trigger policy asks for a retrain."""
@@ -491,6 +510,12 @@ def monitor(pipeline: str) -> XComArg:
     report = check_drift(pipeline)
     drift_detected(report) >> request_retrain.override(outlets=[retrain_asset(pipeline)])(pipeline, report)
     return report
+
+
+@task_group(prefix_group_id=False)  # type: ignore[type-var]
+def score(pipeline: str) -> XComArg:
+    """Champion version (once) -> the new raw partitions scored into ``scores/<p>/dt=<day>/``."""
+    return score_partitions(pipeline, resolve_champion(pipeline))
 
 
 def approval(spec: PipelineSpec) -> Any:

@@ -20,6 +20,7 @@ def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
     """The partitions an upstream Asset event announces, whichever way it came.
 
     - REST (``POST /api/v2/assets/events``): ``{"partition": "YYYY-MM-DD", ...}``.
+    - The raw Asset (``publish_partitions``, what ``<p>_score`` runs on): ``{"partitions": [...], ...}``.
     - An AssetWatcher: ``{"from_trigger": true, "payload": ...}`` where the payload is the landing-file
       watcher's ``{"partitions": [...]}`` or a Redis message whose ``data`` is ``{"partition": ...}`` JSON
       or the bare date.
@@ -29,6 +30,8 @@ def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
         the event names none.
     """
     extra = extra or {}
+    if extra.get("partitions"):  # the raw Asset's own events (``publish_partitions``)
+        return [str(d)[:10] for d in extra["partitions"]]
     if extra.get("partition"):
         return [str(extra["partition"])[:10]]
     payload = extra.get("payload")

@@ -1,4 +1,4 @@
-"""Turn a pipeline spec into its three DAGs: ``<p>_ingest``, ``<p>_train`` and ``<p>_monitor``.
+"""Turn a pipeline spec into its DAGs: ``<p>_ingest``, ``<p>_train``, ``<p>_score`` and ``<p>_monitor``.
 
 Wiring only, and only from the building blocks in :mod:`mlops_airflow.blocks` (one ``@task`` per stage,
 one ``@task_group`` per phase), the same ones a hand-written DAG uses. Each task body is one call into
@@ -145,6 +145,47 @@ smoke-tested). From the CLI: `airflow dags trigger rollback --conf '{"pipeline":
     return pipeline()
 
 
+def score_dag(spec: PipelineSpec, settings: Settings) -> DAG:
+    """On new raw partitions (or a backfill): score them with the champion into ``scores/<p>/dt=<day>/``."""
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    name, raw = spec.name, raw_asset(spec.name)
+
+    @dag(
+        dag_id=f"{name}_score",
+        description=f"Batch-score new {name} partitions with the champion.",
+        doc_md=f"""### {name}: score
+Scheduled on `{raw.uri}`: each new valid partition is scored by the model holding the `champion` alias
+(`resolve_champion` resolves it once per run; `score_partitions` loads that version once) and written to
+`scores/{name}/dt=<day>/v<version>.parquet` with `scored.json` naming the day's current scoring. A re-run for
+the same day and version writes the same bytes; another version writes its own file. A day without a raw
+partition fails with the days that exist. The nightly `{name}_monitor` counts scored rows beside served ones
+(`source: batch`). Backfill history (a run per day; no timed runs otherwise) with
+`airflow backfill create --dag-id {name}_score --from-date 2011-01-01 --to-date 2011-01-31`, or trigger
+with `partition` (and `version` to score with another version than the champion).
+""",
+        schedule=AssetOrTimeSchedule(
+            timetable=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"), assets=[raw]
+        ),
+        # the cron only gives backfills their days: new partitions arrive through the raw Asset
+        allowed_run_types=[DagRunType.ASSET_TRIGGERED, DagRunType.BACKFILL, DagRunType.MANUAL],
+        max_active_runs=4,
+        **_common(spec, "score"),
+        params={
+            "partition": Param(
+                None, type=["null", "string"], format="date", description="Score this day (default: the run's)."
+            ),
+            "version": Param(
+                None, type=["null", "string"], description="Score with this version (default: the champion)."
+            ),
+        },
+    )
+    def pipeline() -> None:
+        blocks.score(name)
+
+    return pipeline()
+
+
 def monitor_dag(spec: PipelineSpec, settings: Settings) -> DAG:
     """Nightly: Evidently drift of served inputs (and landed labels) vs the champion's training sample."""
     name, retrain = spec.name, retrain_asset(spec.name)
@@ -184,5 +225,10 @@ def build_pipeline_dags(spec: PipelineSpec, settings: Settings | None = None) ->
 
         settings = get_settings()
     with blocks.building(spec, settings):
-        dags = (ingest_dag(spec, settings), train_dag(spec, settings), monitor_dag(spec, settings))
+        dags = (
+            ingest_dag(spec, settings),
+            train_dag(spec, settings),
+            score_dag(spec, settings),
+            monitor_dag(spec, settings),
+        )
     return {d.dag_id: d for d in dags}

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 HEAVY = ["pandas", "numpy", "sklearn", "lightgbm", "torch", "mlflow", "great_expectations", "evidently", "boto3"]
-APPROVED_STAGES = {"stage:ingest", "stage:train", "stage:monitor", "stage:rollback"}
+APPROVED_STAGES = {"stage:ingest", "stage:train", "stage:score", "stage:monitor", "stage:rollback"}
 MANUAL_DAGS = {"rollback"}  # operational DAGs a person triggers: no schedule
 NO_RETRY = {("rollback", "rollback_model")}  # a retry after a committed rollback would roll back again
 # This machine imports slowly (airflow.sdk alone takes ~5 s cold); the budget is for the DAG file's own work.
@@ -47,13 +47,13 @@ def test_no_import_errors_and_every_file_has_a_dag(dagbag):
         assert any(Path(d.fileloc) == path for d in dagbag.dags.values()), f"{path.name} defines no DAG"
 
 
-def test_each_pipeline_spec_yields_its_three_dags_and_one_rollback_serves_all(dagbag):
+def test_each_pipeline_spec_yields_its_four_dags_and_one_rollback_serves_all(dagbag):
     from tasks.spec import list_specs
 
     names = [s.name for s in list_specs()]
     assert {"adult_income", "bike_demand"} <= set(names)
     for name in names:
-        assert {f"{name}_ingest", f"{name}_train", f"{name}_monitor"} <= set(dagbag.dag_ids)
+        assert {f"{name}_ingest", f"{name}_train", f"{name}_score", f"{name}_monitor"} <= set(dagbag.dag_ids)
     rollback = dagbag.dags["rollback"]
     assert rollback.params.get_param("pipeline").schema["enum"] == names
     assert rollback.params["version"] is None
@@ -92,6 +92,14 @@ def test_train_is_scheduled_on_new_data_and_on_retrain_requests(dagbag):
     assert ingest.get_task("validate_partitions").upstream_task_ids == {"ingest_partitions"}
     monitor = dagbag.dags["bike_demand_monitor"].get_task("request_retrain")
     assert [o.uri for o in monitor.outlets] == ["ml://bike_demand/retrain"]
+
+
+def test_score_runs_on_new_raw_partitions_and_backfills_never_on_the_clock(dagbag):
+    score = dagbag.dags["bike_demand_score"]
+    assert {a.uri for a in score.timetable.asset_condition.objects} == {"ml://bike_demand/raw"}
+    assert type(score.timetable).__name__ == "AssetOrTimeSchedule"  # the cron gives `airflow backfill create` days
+    assert {str(t.value) for t in score.allowed_run_types} == {"asset_triggered", "backfill", "manual"}
+    assert score.get_task("score_partitions").upstream_task_ids == {"resolve_champion"}  # one version per run
 
 
 def test_gate_task_links_to_the_model_card_and_promotion_follows_registration(dagbag):

@@ -23,6 +23,7 @@ STAGE_OF_TASK = {
     "train_model": "train_model",
     "evaluate_model": "evaluate_model",
     "check_drift": "check_drift",
+    "score_partitions": "score_partitions",  # batch scoring
 }
 
 
