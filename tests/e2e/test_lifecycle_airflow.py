@@ -1,4 +1,4 @@
-"""End to end through Airflow: the three bike-demand DAGs on a slice of the real data.
+"""End to end through Airflow: the bike-demand DAGs (ingest, train, score, monitor) on a slice of the real data.
 
 Runs each DAG with ``dag.test()`` against a real (SQLite) Airflow metadata DB, a real MLflow store and a
 real model server process. The spec is the shipped one with a shorter window, so the test stays fast.
@@ -6,6 +6,7 @@ real model server process. The spec is the shipped one with a shorter window, so
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,23 @@ def test_bike_demand_lifecycle_through_airflow(stack: dict[str, Any]) -> None:
     stages.replay("bike_demand", LABEL_DAYS[0], LABEL_DAYS[-1])
     for day in LABEL_DAYS:
         assert str(_ingest(dags, day).state) == "success"
+
+    # batch scoring: the score DAG scores one day of the window with the champion, into scores/ (what the raw
+    # Asset event does for each new partition); the monitor counts those rows beside the served ones
+    scored_day = SERVED_DAYS[-1]
+    run = dags["bike_demand_score"].test(run_conf={"partition": scored_day})
+    assert _states(run) == {"resolve_champion": "success", "score_partitions": "success"}, _states(run)
+    scored = root / "scores" / "bike_demand" / f"dt={scored_day}"
+    assert json.loads((scored / "scored.json").read_text())["model_version"] == str(v1.version)
+    assert len(pd.read_parquet(scored / f"v{v1.version}.parquet")) == 24
+
     end = _day(LABEL_DAYS[-1]) + timedelta(days=1, hours=2)
     run = dags["bike_demand_monitor"].test(logical_date=end)
     assert _states(run) == {"check_drift": "success", "drift_detected": "success", "request_retrain": "success"}
     reports = list((root / "monitoring" / "bike_demand").glob("*/drift.html"))
     assert reports and list((root / "monitoring" / "bike_demand").glob("*/summary.json"))
+    summary = json.loads(next((root / "monitoring" / "bike_demand").glob("*/summary.json")).read_text())
+    assert summary["rows_by_source"] == {"batch": 24, "served": 3 * 24}
     # the task links to the report kept on the window's MLflow run
     check = next(t for t in run.get_task_instances() if t.task_id == "check_drift")
     report_url = check.xcom_pull(task_ids="check_drift", key="_link_DriftReportLink")

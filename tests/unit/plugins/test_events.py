@@ -11,6 +11,7 @@ from mlops_airflow.events import partitions_from_event, run_partitions
     ("extra", "days"),
     [
         ({"partition": "2011-06-01T00:00:00"}, ["2011-06-01"]),  # REST
+        ({"partitions": ["2011-06-08", "2011-06-09"], "rows": 48}, ["2011-06-08", "2011-06-09"]),  # the raw Asset
         ({"from_trigger": True, "payload": {"partitions": ["2011-06-02", "2011-06-03"]}}, ["2011-06-02", "2011-06-03"]),
         ({"from_trigger": True, "payload": {"partition": "2011-06-04"}}, ["2011-06-04"]),
         ({"from_trigger": True, "payload": {"data": '{"partition": "2011-06-05"}'}}, ["2011-06-05"]),
