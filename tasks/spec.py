@@ -209,7 +209,14 @@ class FeatureSpec(_Strict):
         default_factory=list, description="Numeric columns passed to the model as they are.", examples=[["temp", "hum"]]
     )
     categorical: dict[str, list[int | str]] = Field(
-        default_factory=dict, description="Column -> its declared categories (one-hot encoded)."
+        default_factory=dict,
+        description="Column -> its categories, one-hot encoded ([]: the levels training saw, learned at fit).",
+        examples=[{"weathersit": [1, 2, 3, 4], "job": []}],
+    )
+    unseen: Literal["zeros", "other"] = Field(
+        default="zeros",
+        description="A value outside a column's categories: zeros (every indicator 0) or other (an explicit "
+        "<column>=__other__ indicator). Either way monitoring counts them per column (input_quality.unseen_levels).",
     )
     cyclical: dict[str, int] = Field(default_factory=dict, description="Column -> period, encoded as sin/cos.")
 
@@ -494,6 +501,43 @@ class ChampionCheckSpec(_Strict):
         return self.min_improvement or 0.0
 
 
+class SliceColumnSpec(_Strict):
+    """One sensitive column's own slice rule: numeric bands, and its own gap and group size."""
+
+    bands: list[float] = Field(
+        default_factory=list,
+        description="Ascending band edges for a numeric column: [25, 40, 60] makes the groups <25, 25-40, 40-60 and "
+        ">=60 (empty: one group per value).",
+        examples=[[25, 40, 60]],
+    )
+    max_gap: float | None = Field(default=None, gt=0, description="This column's gap (default: slices.max_gap).")
+    min_rows: int | None = Field(default=None, gt=0, description="This column's group size (default: slices.min_rows).")
+
+    @model_validator(mode="after")
+    def _ascending(self) -> SliceColumnSpec:
+        if any(b >= a for a, b in zip(self.bands[1:], self.bands, strict=False)):
+            raise ValueError(f"slice bands must be strictly ascending, got {self.bands}")
+        return self
+
+    def group(self, value: object) -> str:
+        """The group a value belongs to (its band, or the value itself as text)."""
+        if not self.bands:
+            return str(value)
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return str(value)
+        if number != number:  # NaN: missing
+            return "missing"
+        edges = self.bands
+        if number < edges[0]:
+            return f"<{edges[0]:g}"
+        for low, high in zip(edges, edges[1:], strict=False):
+            if low <= number < high:
+                return f"{low:g}-{high:g}"
+        return f">={edges[-1]:g}"
+
+
 class SliceCheckSpec(_Strict):
     """Per-group metrics over each sensitive column: the spread between groups may not exceed ``max_gap``."""
 
@@ -502,6 +546,18 @@ class SliceCheckSpec(_Strict):
         gt=0, description="Largest allowed difference of the metric between groups.", examples=[0.06]
     )
     min_rows: int = Field(default=100, gt=0, description="Groups with fewer holdout rows are reported, not judged.")
+    columns: dict[str, SliceColumnSpec] = Field(
+        default_factory=dict,
+        description="Sensitive column -> its own rule (bands for a numeric column such as age, its own gap).",
+        examples=[{"age": {"bands": [25, 40, 60], "max_gap": 0.08}}],
+    )
+
+    def rule(self, column: str) -> SliceColumnSpec:
+        """The column's rule with the defaults filled in."""
+        own = self.columns.get(column) or SliceColumnSpec()
+        return own.model_copy(
+            update={"max_gap": own.max_gap or self.max_gap, "min_rows": own.min_rows or self.min_rows}
+        )
 
 
 class ApprovalSpec(_Strict):
@@ -701,6 +757,9 @@ class PipelineSpec(_Strict):
             raise ValueError(f"training.search.metric {search.metric!r} is not one of {list(metrics)}")
         if gate.slices and not self.schema_.sensitive:
             raise ValueError("gate.slices needs schema.sensitive columns to slice by")
+        if gate.slices and set(gate.slices.columns) - set(self.schema_.sensitive):
+            unknown = sorted(set(gate.slices.columns) - set(self.schema_.sensitive))
+            raise ValueError(f"gate.slices.columns names columns that are not schema.sensitive: {unknown}")
         return self
 
     @property
