@@ -1,7 +1,9 @@
 """Command line: stages, the model server and the promotion ledger.
 
-``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve`` and
-``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger).
+``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve``,
+``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger),
+``python -m tasks suite --pipeline NAME --sample FILE [--out PATH]`` (write a starter expectation suite) and
+``python -m tasks spec-schema [--check]`` (regenerate the spec reference and its JSON Schema).
 
 This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call. With
 ``--result`` the outcome is written as a manifest in the shared store, which is how a pod's result gets
@@ -13,7 +15,8 @@ back to Airflow (not through the XCom sidecar)::
 
 The result is also printed to stdout. Exit codes: 0 success, 1 stage failure, 2 bad arguments: a
 ``--pipeline`` that is not a spec in the specs folder, a day that is not strict ``YYYY-MM-DD``, or a ``..``
-path segment anywhere in an argument.
+path segment anywhere in an argument, or a keyword the stage does not take (the message lists the ones
+it takes).
 """
 
 from __future__ import annotations
@@ -81,6 +84,23 @@ def check_stage_args(kwargs: Any) -> str | None:
     return None
 
 
+def stage_arg_problem(stage: Any, kwargs: dict[str, Any]) -> str | None:
+    """Why ``kwargs`` cannot call ``stage`` (unknown or missing keywords, with the accepted ones), or None."""
+    import inspect
+
+    params = [p for p in inspect.signature(stage).parameters.values() if p.name != "pipeline"]
+    accepted = [p.name for p in params]
+    required = [p.name for p in params if p.default is inspect.Parameter.empty]
+    unknown = sorted(set(kwargs) - set(accepted))
+    missing = [name for name in required if name not in kwargs]
+    if not unknown and not missing:
+        return None
+    parts = [f"unknown {unknown}"] if unknown else []
+    parts += [f"missing {missing}"] if missing else []
+    shown = ", ".join(f"{n} (required)" if n in required else n for n in accepted) or "none"
+    return f"--args: {'; '.join(parts)}; accepted arguments: {shown}"
+
+
 def _parser() -> argparse.ArgumentParser:
     from tasks.spec import pipeline_names, pipelines_dir
     from tasks.stages import STAGES
@@ -102,7 +122,54 @@ def _parser() -> argparse.ArgumentParser:
     ledger.add_argument("--pipeline", type=_no_parent, help="only this pipeline's entries")
     ledger.add_argument("--limit", type=int, help="only the last N entries")
     ledger.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    suite = sub.add_parser("suite", help="write a starter expectation suite from the schema and a sample file")
+    suite.add_argument("--pipeline", required=True, choices=names, help=where)
+    suite.add_argument("--sample", required=True, type=_no_parent, help="CSV (any delimiter, gzip ok) or Parquet")
+    suite.add_argument("--out", type=_no_parent, help="where to write it (default: the spec's expectations path)")
+    schema = sub.add_parser("spec-schema", help="regenerate docs/spec-reference.md and docs/pipeline-spec.schema.json")
+    schema.add_argument("--check", action="store_true", help="exit 1 when the committed files are stale")
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tasks.serving.app import serve
+    from tasks.settings import get_settings
+    from tasks.spec import list_specs
+
+    serve(get_settings(), args.pipelines or [s.name for s in list_specs()], args.host, args.port)
+    return 0
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from tasks.ledger import PromotionLedger, format_table
+    from tasks.settings import get_settings
+
+    entries = PromotionLedger(get_settings().ledger_uri).read(args.pipeline, args.limit)
+    if args.json:
+        for entry in entries:
+            print(json.dumps(entry.to_dict(), sort_keys=True))  # noqa: T201 - the CLI's output
+    else:
+        print(format_table(entries))  # noqa: T201 - the CLI's output
+    return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from tasks.suite import write_suite
+
+    print(json.dumps(write_suite(args.pipeline, args.sample, args.out)))  # noqa: T201 - the CLI's output
+    return 0
+
+
+def _spec_schema(args: argparse.Namespace) -> int:
+    from tasks.spec_doc import write_reference
+
+    changed = write_reference(check=args.check)
+    for path in changed:
+        print(f"{'stale' if args.check else 'wrote'}: {path}")  # noqa: T201 - the CLI's output
+    return 1 if (args.check and changed) else 0
+
+
+_TOOLS = {"serve": _serve, "ledger": _ledger, "suite": _suite, "spec-schema": _spec_schema}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,22 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     register_secrets(get_settings())
 
-    if args.command == "serve":
-        from tasks.serving.app import serve
-        from tasks.spec import list_specs
-
-        serve(get_settings(), args.pipelines or [s.name for s in list_specs()], args.host, args.port)
-        return 0
-    if args.command == "ledger":
-        from tasks.ledger import PromotionLedger, format_table
-
-        entries = PromotionLedger(get_settings().ledger_uri).read(args.pipeline, args.limit)
-        if args.json:
-            for entry in entries:
-                print(json.dumps(entry.to_dict(), sort_keys=True))  # noqa: T201 - the CLI's output
-        else:
-            print(format_table(entries))  # noqa: T201 - the CLI's output
-        return 0
+    if args.command in _TOOLS:
+        return _TOOLS[args.command](args)
     from tasks.stages import STAGES
 
     try:
@@ -139,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as exc:
         print(f"--args is not JSON: {exc}", file=sys.stderr)  # noqa: T201 - CLI error channel
         return 2
-    refused = check_stage_args(kwargs)
+    refused = check_stage_args(kwargs) or stage_arg_problem(STAGES[args.command], kwargs)
     if refused:
         print(f"python -m tasks {args.command}: {refused}", file=sys.stderr)  # noqa: T201 - CLI error channel
         return 2

@@ -149,8 +149,10 @@ def evaluate_model(
     scores = {role: m.score_all(spec.metric_names, y, p, spec.gate.decision_threshold) for role, p in preds.items()}
 
     frame = pd.DataFrame({"y": y, **preds})
-    for col in spec.schema_.sensitive:
-        frame[f"group:{col}"] = holdout[col].astype(str).to_numpy()
+    for col in spec.schema_.sensitive:  # a numeric column with slice bands is grouped by band, not by value
+        rule = spec.gate.slices.rule(col) if spec.gate.slices else None
+        groups = holdout[col].map(rule.group) if rule and rule.bands else holdout[col].astype(str)
+        frame[f"group:{col}"] = groups.to_numpy()
     predictions = _write_parquet(frame, layout.holdout_predictions(spec.name, run_id))
     smoke = X.head(SMOKE_ROWS).assign(**{EXPECTED_COLUMN: preds["candidate"][:SMOKE_ROWS]})
     smoke_path = _write_parquet(smoke, layout.smoke_sample(spec.name, run_id))

@@ -65,8 +65,9 @@ def _inner(estimator: Any) -> Any:
 def raw_column_of(builder: Any) -> list[str]:
     """For each model feature (in order), the raw input column it is computed from."""
     raw = list(builder.numeric)
-    for col, cats in builder.categorical.items():
-        raw += [col] * len(cats)
+    other = getattr(builder, "unseen", "zeros") == "other"  # an explicit <column>=__other__ indicator
+    for col, cats in getattr(builder, "levels", builder.categorical).items():
+        raw += [col] * (len(cats) + other)
     for col in builder.cyclical:
         raw += [col, col]
     return raw

@@ -26,30 +26,61 @@ class FeatureError(PermanentError, ValueError):
     """Input rows lack columns the features need, or the window is too small to split."""
 
 
-class FeatureBuilder(TransformerMixin, BaseEstimator):
-    """Numeric passthrough, one-hot over declared categories, sin/cos for cyclical columns."""
+OTHER = "__other__"
 
-    def __init__(self, numeric: list[str], categorical: dict[str, list[Any]], cyclical: dict[str, int]) -> None:
+
+class FeatureBuilder(TransformerMixin, BaseEstimator):
+    """Numeric passthrough, one-hot over categories (unseen: zeros or an explicit other), sin/cos for cyclical columns.
+
+    A categorical column declared with no levels learns them at ``fit`` (the training rows' values, sorted).
+    """
+
+    def __init__(
+        self,
+        numeric: list[str],
+        categorical: dict[str, list[Any]],
+        cyclical: dict[str, int],
+        unseen: str = "zeros",
+    ) -> None:
         """Configure from the spec's ``features`` block (kept as plain attributes for sklearn cloning)."""
         self.numeric = numeric
         self.categorical = categorical
         self.cyclical = cyclical
+        self.unseen = unseen
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> FeatureBuilder:
         """Build from a validated spec."""
-        return cls(list(spec.numeric), {k: list(v) for k, v in spec.categorical.items()}, dict(spec.cyclical))
+        return cls(
+            list(spec.numeric), {k: list(v) for k, v in spec.categorical.items()}, dict(spec.cyclical), spec.unseen
+        )
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureBuilder:  # noqa: N803 - sklearn's signature
-        """Stateless: nothing to learn."""
+        """Learn the levels of categorical columns declared without any; nothing else to learn."""
+        learned = {}
+        for col, cats in self.categorical.items():
+            if not cats:
+                if col not in X.columns:
+                    raise FeatureError(f"input rows lack columns {[col]}")
+                learned[col] = sorted(X[col].dropna().unique().tolist(), key=str)
+        self.levels_ = {col: learned.get(col, list(cats)) for col, cats in self.categorical.items()}
         return self
+
+    @property
+    def levels(self) -> dict[str, list[Any]]:
+        """Each categorical column's levels: learned at fit, else as declared."""
+        return getattr(self, "levels_", None) or self.categorical
+
+    @property
+    def _other(self) -> bool:
+        return getattr(self, "unseen", "zeros") == "other"  # models pickled before ``unseen`` existed: zeros
 
     @property
     def feature_names(self) -> list[str]:
         """Output column names, in order."""
         names = list(self.numeric)
-        for col, cats in self.categorical.items():
-            names += [f"{col}={c}" for c in cats]
+        for col, cats in self.levels.items():
+            names += [f"{col}={c}" for c in cats] + ([f"{col}={OTHER}"] if self._other else [])
         for col in self.cyclical:
             names += [f"{col}_sin", f"{col}_cos"]
         return names
@@ -69,15 +100,26 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         if missing:
             raise FeatureError(f"input rows lack columns {missing}")
         out: dict[str, Any] = {c: pd.to_numeric(X[c]).astype("float64").to_numpy() for c in self.numeric}
-        for col, cats in self.categorical.items():
+        for col, cats in self.levels.items():
             values = X[col].to_numpy()
             for cat in cats:
                 out[f"{col}={cat}"] = (values == cat).astype("float64")
+            if self._other:  # a present value outside the levels (a missing one stays all zeros)
+                out[f"{col}={OTHER}"] = (X[col].notna() & ~X[col].isin(cats)).to_numpy().astype("float64")
         for col, period in self.cyclical.items():
             angle = 2 * np.pi * pd.to_numeric(X[col]).to_numpy(dtype="float64") / period
             out[f"{col}_sin"] = np.sin(angle)
             out[f"{col}_cos"] = np.cos(angle)
         return pd.DataFrame(out, index=X.index)[self.feature_names]
+
+
+def unseen_levels(spec: FeatureSpec, frame: pd.DataFrame) -> dict[str, int]:
+    """Per categorical column with declared levels, how many present values of ``frame`` are outside them."""
+    return {
+        col: int((frame[col].notna() & ~frame[col].isin(cats)).sum())
+        for col, cats in spec.categorical.items()
+        if cats and col in frame.columns
+    }
 
 
 def load_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str]) -> pd.DataFrame:
@@ -119,7 +161,7 @@ def build_features(spec: PipelineSpec, layout: DataLayout, days: list[str], run_
     keep = list(dict.fromkeys(keep))
     train = load_partitions(spec, layout, train_days)[keep]
     holdout = load_partitions(spec, layout, holdout_days)[keep]
-    features = FeatureBuilder.from_spec(spec.features).transform(train)
+    features = FeatureBuilder.from_spec(spec.features).fit_transform(train)
     features[spec.schema_.target] = train[spec.schema_.target].to_numpy()
     name = spec.name
     uris = Datasets(

@@ -191,6 +191,8 @@ def _slice_checks(
     name = rule.metric or gate.primary_metric
     checks, table = [], {}
     for column, values in groups.items():
+        own = rule.rule(column)
+        min_rows, max_gap = own.min_rows or rule.min_rows, own.max_gap or rule.max_gap
         per_group: dict[str, dict[str, Any]] = {}
         for group in sorted(pd.unique(values.astype(str))):
             mask = values.astype(str) == group
@@ -198,8 +200,8 @@ def _slice_checks(
             value = (
                 float(m.score(name, y[mask], candidate[mask], threshold=gate.decision_threshold)) if rows else np.nan
             )
-            ok = rows >= rule.min_rows and not np.isnan(value)
-            note = "" if ok else (f"fewer than {rule.min_rows} rows" if rows < rule.min_rows else f"{name} undefined")
+            ok = rows >= min_rows and not np.isnan(value)
+            note = "" if ok else (f"fewer than {min_rows} rows" if rows < min_rows else f"{name} undefined")
             per_group[group] = {"rows": rows, name: None if np.isnan(value) else value, "judged": ok, "note": note}
         table[column] = per_group
         judged = {g: r[name] for g, r in per_group.items() if r["judged"]}
@@ -207,19 +209,19 @@ def _slice_checks(
         skip_note = f"; not judged: {', '.join(skipped)}" if skipped else ""
         if len(judged) < 2:
             reason = (
-                f"fewer than 2 groups of {column} with >= {rule.min_rows} rows and a defined {name}: "
+                f"fewer than 2 groups of {column} with >= {min_rows} rows and a defined {name}: "
                 f"no gap to judge{skip_note}"
             )
-            checks.append(_check(f"slice_gap_{column}", True, None, rule.max_gap, reason, {"groups": per_group}))
+            checks.append(_check(f"slice_gap_{column}", True, None, max_gap, reason, {"groups": per_group}))
             continue
         best, worst = max(judged, key=lambda g: judged[g]), min(judged, key=lambda g: judged[g])
         gap = float(judged[best] - judged[worst])
-        ok = gap <= rule.max_gap
+        ok = gap <= max_gap
         reason = (
             f"{name} ranges from {judged[worst]:.4g} ({column}={worst}) to {judged[best]:.4g} ({column}={best}): "
-            f"gap {gap:.4g} {'<=' if ok else '>'} max {rule.max_gap:.4g}{skip_note}"
+            f"gap {gap:.4g} {'<=' if ok else '>'} max {max_gap:.4g}{skip_note}"
         )
-        checks.append(_check(f"slice_gap_{column}", ok, gap, rule.max_gap, reason, {"groups": per_group}))
+        checks.append(_check(f"slice_gap_{column}", ok, gap, max_gap, reason, {"groups": per_group}))
     return checks, table
 
 

@@ -62,7 +62,9 @@ def build_sections(
         ],
     )
     train_days, holdout_days = datasets.train_partitions, datasets.holdout_partitions
-    as_inputs = "also inputs" if set(schema.sensitive) & set(schema.input_columns) else "never inputs"
+    sensitive_inputs = [c for c in schema.sensitive if c in schema.input_columns]
+    as_inputs = f"model inputs too: {', '.join(sensitive_inputs)}" if sensitive_inputs else "not model inputs"
+    other_inputs = [c for c in schema.input_columns if c not in schema.sensitive]
     data = Section(
         "Data",
         items=[
@@ -70,8 +72,8 @@ def build_sections(
             f"({train_days[0]} .. {train_days[-1]})",
             f"holdout: {datasets.holdout_rows:,} rows from {len(holdout_days)} partitions "
             f"({holdout_days[0]} .. {holdout_days[-1]}), the most recent ones (time-based split)",
-            f"inputs: {', '.join(schema.input_columns)}",
-            f"sensitive columns (sliced, {as_inputs}): {', '.join(schema.sensitive) or 'none declared'}",
+            f"inputs: {', '.join(other_inputs)}",
+            f"sensitive columns (sliced by the gate; {as_inputs}): {', '.join(schema.sensitive) or 'none declared'}",
         ],
     )
     roles = [r for r in ("candidate", "baseline", "champion") if decision.metrics.get(r)]

@@ -337,7 +337,10 @@ def input_quality(
     Returns:
         ``{"columns": {column: figures}, "breaches": [one sentence per breach]}``.
     """
+    from tasks.features import unseen_levels
+
     rules = spec.monitoring.quality
+    unseen = unseen_levels(spec.features, current)  # values outside a column's categories (encoded as zeros or other)
     columns: dict[str, dict[str, Any]] = {}
     breaches: list[str] = []
     for col in [*numerical, *categorical]:
@@ -368,6 +371,8 @@ def input_quality(
             limit = rules.max_out_of_range_share
             if limit is not None and outside > limit:
                 breaches.append(f"{col}: {outside:.1%} of served values outside the reference range [{lo:g}, {hi:g}]")
+        if col in unseen:
+            entry["unseen_levels"] = unseen[col]
         columns[col] = entry
     return {"columns": columns, "breaches": breaches}
 

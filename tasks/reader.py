@@ -48,6 +48,9 @@ _MAGIC = {
 }
 _OTHER_DELIMITERS = (";", "\t", "|")
 _EXAMPLES = 3
+_TEXT = frozenset({"str", "category", "date", "datetime"})  # kept as text (date and datetime checked, not converted)
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
 
 
 class LandingFileRefusedError(PermanentError, RuntimeError):
@@ -307,7 +310,7 @@ class _Typer:
 
         for col, kind in self.spec.schema_.columns.items():
             text = batch.column(col)
-            if kind == "str":
+            if kind in _TEXT or kind == "bool":
                 keep = pc.if_else(pc.is_in(text, value_set=self.na), None, text) if len(self.na) else text
                 self.chunks[col].append(keep)
             else:
@@ -344,8 +347,11 @@ class _Typer:
         reasons = []
         for col, kind in self.spec.schema_.columns.items():
             chunks, self.chunks[col] = self.chunks[col], []
-            if kind == "str":
-                out[col] = pa.chunked_array(chunks, pa.string())
+            if kind in _TEXT or kind == "bool":
+                text = pa.chunked_array(chunks, pa.string())
+                typed, why = _typed_text(col, kind, text, self.rows, lines)
+                reasons += [why] if why else []
+                out[col] = typed
                 continue
             if col in self.lost:
                 shown = ", ".join(f"{v!r} on line {lines(i)}" for i, v in self.not_numbers[col])
@@ -372,6 +378,45 @@ class _Typer:
                     values = pc.cast(values, pa.int64())
             out[col] = values
         return out, reasons
+
+
+def _typed_text(col: str, kind: str, text: Any, rows: int, lines: Any) -> tuple[Any, str | None]:
+    """A text column as its schema type, with why values do not fit (None when they all do).
+
+    str and category stay as they are; date and datetime are checked and kept as text; bool becomes booleans
+    (true/false, t/f, yes/no, y/n, 1/0, any case).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if kind in ("str", "category"):
+        return text, None
+    values = pc.utf8_lower(pc.utf8_trim_whitespace(pc.fill_null(text, "")))
+    present = pc.not_equal(values, "")
+    if kind == "bool":
+        truth = pc.is_in(values, value_set=pa.array(sorted(_TRUE)))
+        valid = pc.or_(truth, pc.is_in(values, value_set=pa.array(sorted(_FALSE))))
+        typed = pc.if_else(present, truth, pa.scalar(None, pa.bool_()))
+        expected = "true/false, yes/no or 1/0"
+    else:
+        import pandas as pd
+
+        series = pd.Series(text.to_pandas(), dtype=object)
+        if kind == "date":
+            parsed = pd.to_datetime(series, format="%Y-%m-%d", errors="coerce")
+            expected = "dates (YYYY-MM-DD)"
+        else:
+            parsed = pd.to_datetime(series, format="ISO8601", errors="coerce", utc=True)
+            expected = "ISO 8601 date-times"
+        valid = pa.array(parsed.notna().to_numpy())
+        typed = text
+    bad = pc.indices_nonzero(pa.chunked_array([pc.and_(present, pc.invert(valid))]).combine_chunks())
+    if not len(bad):
+        return typed, None
+    shown = ", ".join(f"{text[int(i)].as_py()!r} on line {lines(int(i))}" for i in bad[:_EXAMPLES].to_pylist())
+    return typed, (
+        f"column {col!r}: {len(bad)} of {rows} values are not {expected} (e.g. {shown}); the schema declares it {kind}"
+    )
 
 
 def _stream(spec: PipelineSpec, path: Path, names: list[str], bom: bool) -> tuple[dict[str, Any], list[str], _Typer]:

@@ -34,8 +34,22 @@ class ReplayResult:
     corrupted: list[str]
 
 
+def _delimiter(path: Path) -> str:
+    """The dataset's field separator, sniffed from its header line (``,``, ``;``, tab or ``|``)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
 def load_dataset(spec: PipelineSpec, datasets_dir: Path) -> pd.DataFrame:
-    """Read the spec's source dataset with every column as text, exactly as shipped.
+    """Read the spec's source dataset with every column as text, exactly as shipped (any separator).
 
     A dataset without a date column (``source.rows_per_day``) gets one: row ``i`` is delivered on day
     ``start_date + i // rows_per_day``, in file order, written into the partition column.
@@ -43,7 +57,7 @@ def load_dataset(spec: PipelineSpec, datasets_dir: Path) -> pd.DataFrame:
     path = Path(datasets_dir) / spec.source.dataset
     if not path.is_file():
         raise ReplayError(f"dataset {spec.source.dataset} not found under {datasets_dir}")
-    data = pd.read_csv(path, dtype=str, keep_default_na=False)
+    data = pd.read_csv(path, dtype=str, keep_default_na=False, sep=_delimiter(path))
     per_day = spec.source.rows_per_day
     if per_day:
         offsets = pd.to_timedelta(np.arange(len(data)) // per_day, unit="D")

@@ -166,12 +166,22 @@ class SourceSpec(_Strict):
         return self
 
 
+ColumnType = Literal["int", "float", "str", "bool", "date", "datetime", "category"]
+"""A schema column's type. bool, date and datetime are parsed at ingest; category is text."""
+
+
 class SchemaSpec(_Strict):
     """The columns of a landed batch and their roles."""
 
-    columns: dict[str, Literal["int", "float", "str"]]
-    target: str
-    id_column: str | None = None
+    columns: dict[str, ColumnType] = Field(
+        description="Every column of a landed batch, in file order -> its type: int, float, str, bool (true/false, "
+        "yes/no, 1/0), date (YYYY-MM-DD), datetime (ISO 8601) or category (text whose levels the features may list).",
+        examples=[{"dteday": "date", "temp": "float", "cnt": "int", "job": "category"}],
+    )
+    target: str = Field(description="The column the model predicts.", examples=["cnt"])
+    id_column: str | None = Field(
+        default=None, description="A unique row id (never a model input).", examples=["instant"]
+    )
     not_inputs: list[str] = Field(
         default_factory=list,
         description="Columns callers do not know at prediction time (ids, leakage), besides the target.",
@@ -195,9 +205,18 @@ class SchemaSpec(_Strict):
 class FeatureSpec(_Strict):
     """Stateless feature transformations, applied identically in training and serving."""
 
-    numeric: list[str] = Field(default_factory=list)
+    numeric: list[str] = Field(
+        default_factory=list, description="Numeric columns passed to the model as they are.", examples=[["temp", "hum"]]
+    )
     categorical: dict[str, list[int | str]] = Field(
-        default_factory=dict, description="Column -> its declared categories (one-hot encoded)."
+        default_factory=dict,
+        description="Column -> its categories, one-hot encoded ([]: the levels training saw, learned at fit).",
+        examples=[{"weathersit": [1, 2, 3, 4], "job": []}],
+    )
+    unseen: Literal["zeros", "other"] = Field(
+        default="zeros",
+        description="A value outside a column's categories: zeros (every indicator 0) or other (an explicit "
+        "<column>=__other__ indicator). Either way monitoring counts them per column (input_quality.unseen_levels).",
     )
     cyclical: dict[str, int] = Field(default_factory=dict, description="Column -> period, encoded as sin/cos.")
 
@@ -210,8 +229,16 @@ class FeatureSpec(_Strict):
 class ModelSpec(_Strict):
     """One estimator: a family from the train module's registry plus its hyperparameters."""
 
-    family: Family
-    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    family: Family = Field(
+        description="Model family: lightgbm, ridge, logistic_regression, random_forest, hist_gradient_boosting "
+        "or torch.",
+        examples=["lightgbm"],
+    )
+    params: dict[str, float | int | str | bool] = Field(
+        default_factory=dict,
+        description="Hyperparameters passed to the family's estimator.",
+        examples=[{"n_estimators": 300, "learning_rate": 0.05}],
+    )
 
 
 FAMILIES = ("lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch")
@@ -221,10 +248,10 @@ Family = Literal["lightgbm", "ridge", "logistic_regression", "random_forest", "h
 class IntRange(_Strict):
     """An integer hyperparameter drawn from [low, high] (log scale: low > 0)."""
 
-    type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
+    type: Literal["int"] = Field(description="An integer range.")
+    low: int = Field(description="Smallest value.", examples=[8])
+    high: int = Field(description="Largest value.", examples=[64])
+    log: bool = Field(default=False, description="Draw on a log scale.")
 
     @model_validator(mode="after")
     def _ordered(self) -> IntRange:
@@ -238,10 +265,10 @@ class IntRange(_Strict):
 class FloatRange(_Strict):
     """A float hyperparameter drawn from [low, high] (log scale: low > 0)."""
 
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
+    type: Literal["float"] = Field(description="A float range.")
+    low: float = Field(description="Smallest value.", examples=[0.02])
+    high: float = Field(description="Largest value.", examples=[0.2])
+    log: bool = Field(default=False, description="Draw on a log scale.")
 
     @model_validator(mode="after")
     def _ordered(self) -> FloatRange:
@@ -255,8 +282,10 @@ class FloatRange(_Strict):
 class Choice(_Strict):
     """A hyperparameter drawn from a list of values."""
 
-    type: Literal["categorical"]
-    choices: list[float | int | str | bool] = Field(min_length=1)
+    type: Literal["categorical"] = Field(description="A choice among listed values.")
+    choices: list[float | int | str | bool] = Field(
+        min_length=1, description="The values to choose from.", examples=[["gbdt", "dart"]]
+    )
 
 
 SearchParam = Annotated[IntRange | FloatRange | Choice, Field(discriminator="type")]
@@ -275,9 +304,13 @@ class SearchSpec(_Strict):
         description="Family -> hyperparameter -> {type: int|float, low, high, log} or {type: categorical, choices}."
     )
     trials: int | None = Field(default=None, gt=0, description="Trials per searched family.")
-    minutes: float | None = Field(default=None, gt=0, description="Wall-clock budget per searched family.")
-    seed: int = 42
-    metric: str | None = Field(default=None, description="Validation metric to optimise; default: gate.primary_metric.")
+    minutes: float | None = Field(
+        default=None, gt=0, description="Wall-clock budget per searched family.", examples=[10]
+    )
+    seed: int = Field(default=42, description="Seed of the Optuna sampler.")
+    metric: str | None = Field(
+        default=None, description="Validation metric to optimise; default: gate.primary_metric.", examples=["roc_auc"]
+    )
     n_jobs: int = Field(default=1, ge=1, le=64, description="Parallel trials when only a minutes budget is set.")
 
     @model_validator(mode="after")
@@ -298,17 +331,20 @@ class TrainingSpec(_Strict):
     retrain_after_new_partitions: int = Field(
         gt=0, description="On new data alone, retrain once this many partitions are newer than the champion's."
     )
-    seed: int = 42
+    seed: int = Field(default=42, description="Random seed of the model fit and the validation split.")
     model: ModelSpec
     baseline: ModelSpec
     candidates: list[ModelSpec] = Field(
         default_factory=list,
         description="Other families (fixed params, or searched when training.search.space names them); the best of "
         "model and these on the validation split becomes the candidate. The baseline stays the baseline.",
+        examples=[[{"family": "random_forest", "params": {"n_estimators": 200}}]],
     )
     search: SearchSpec | None = None
     calibration: Literal["isotonic", "sigmoid"] | None = Field(
-        default=None, description="Classification: post-hoc calibration fitted on the validation split."
+        default=None,
+        description="Classification: post-hoc calibration fitted on the validation split.",
+        examples=["isotonic"],
     )
     validation_fraction: float = Field(
         default=0.2,
@@ -369,13 +405,21 @@ class StageResources(_Strict):
     GPU node pool (settings ``kubernetes.gpu_*``) when the pod asks for a GPU.
     """
 
-    cpu_request: str | None = None
-    cpu_limit: str | None = None
-    memory_request: str | None = None
-    memory_limit: str | None = None
-    gpu: int | None = Field(default=None, ge=0)
-    node_selector: dict[str, str] | None = None
-    tolerations: list[dict[str, str | int]] | None = None
+    cpu_request: str | None = Field(default=None, description="Kubernetes CPU request.", examples=["500m"])
+    cpu_limit: str | None = Field(default=None, description="Kubernetes CPU limit.", examples=["2"])
+    memory_request: str | None = Field(default=None, description="Kubernetes memory request.", examples=["1Gi"])
+    memory_limit: str | None = Field(default=None, description="Kubernetes memory limit.", examples=["4Gi"])
+    gpu: int | None = Field(
+        default=None, ge=0, description="GPUs for the pod (null: the stage's default).", examples=[1]
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Pod node selector.", examples=[{"pool": "gpu"}]
+    )
+    tolerations: list[dict[str, str | int]] | None = Field(
+        default=None,
+        description="Pod tolerations.",
+        examples=[[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]],
+    )
     timeout_minutes: int | None = Field(default=None, gt=0, description="Task execution timeout and pod deadline.")
 
 
@@ -415,8 +459,8 @@ HIGHER_IS_BETTER = frozenset({"r2", "roc_auc", "pr_auc", "f1"})
 class Bound(_Strict):
     """An absolute threshold on one holdout metric."""
 
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(default=None, description="Lowest accepted value.", examples=[0.85])
+    max: float | None = Field(default=None, description="Highest accepted value.", examples=[0.4])
 
     @model_validator(mode="after")
     def _one_side(self) -> Bound:
@@ -433,10 +477,17 @@ class ChampionCheckSpec(_Strict):
     ``max_regression`` (the lower bound may not fall below minus it: "not measurably worse").
     """
 
-    min_improvement: float | None = Field(default=None, ge=0)
-    max_regression: float | None = Field(default=None, ge=0)
-    bootstrap_samples: int = Field(default=1000, ge=100, le=20000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_improvement: float | None = Field(
+        default=None,
+        ge=0,
+        description="The CI's lower bound of the relative improvement must reach this.",
+        examples=[0.0],
+    )
+    max_regression: float | None = Field(
+        default=None, ge=0, description="The CI's lower bound may not fall below minus this.", examples=[0.02]
+    )
+    bootstrap_samples: int = Field(default=1000, ge=100, le=20000, description="Bootstrap resamples of the holdout.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of the interval.")
 
     @model_validator(mode="after")
     def _one_rule(self) -> ChampionCheckSpec:
@@ -452,26 +503,83 @@ class ChampionCheckSpec(_Strict):
         return self.min_improvement or 0.0
 
 
+class SliceColumnSpec(_Strict):
+    """One sensitive column's own slice rule: numeric bands, and its own gap and group size."""
+
+    bands: list[float] = Field(
+        default_factory=list,
+        description="Ascending band edges for a numeric column: [25, 40, 60] makes the groups <25, 25-40, 40-60 and "
+        ">=60 (empty: one group per value).",
+        examples=[[25, 40, 60]],
+    )
+    max_gap: float | None = Field(default=None, gt=0, description="This column's gap (default: slices.max_gap).")
+    min_rows: int | None = Field(default=None, gt=0, description="This column's group size (default: slices.min_rows).")
+
+    @model_validator(mode="after")
+    def _ascending(self) -> SliceColumnSpec:
+        if any(b >= a for a, b in zip(self.bands[1:], self.bands, strict=False)):
+            raise ValueError(f"slice bands must be strictly ascending, got {self.bands}")
+        return self
+
+    def group(self, value: object) -> str:
+        """The group a value belongs to (its band, or the value itself as text)."""
+        if not self.bands:
+            return str(value)
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return str(value)
+        if number != number:  # NaN: missing
+            return "missing"
+        edges = self.bands
+        if number < edges[0]:
+            return f"<{edges[0]:g}"
+        for low, high in zip(edges, edges[1:], strict=False):
+            if low <= number < high:
+                return f"{low:g}-{high:g}"
+        return f">={edges[-1]:g}"
+
+
 class SliceCheckSpec(_Strict):
     """Per-group metrics over each sensitive column: the spread between groups may not exceed ``max_gap``."""
 
     metric: str | None = Field(default=None, description="Metric compared across groups (default: primary metric).")
-    max_gap: float = Field(gt=0)
+    max_gap: float = Field(
+        gt=0, description="Largest allowed difference of the metric between groups.", examples=[0.06]
+    )
     min_rows: int = Field(default=100, gt=0, description="Groups with fewer holdout rows are reported, not judged.")
+    columns: dict[str, SliceColumnSpec] = Field(
+        default_factory=dict,
+        description="Sensitive column -> its own rule (bands for a numeric column such as age, its own gap).",
+        examples=[{"age": {"bands": [25, 40, 60], "max_gap": 0.08}}],
+    )
+
+    def rule(self, column: str) -> SliceColumnSpec:
+        """The column's rule with the defaults filled in."""
+        own = self.columns.get(column) or SliceColumnSpec()
+        return own.model_copy(
+            update={"max_gap": own.max_gap or self.max_gap, "min_rows": own.min_rows or self.min_rows}
+        )
 
 
 class ApprovalSpec(_Strict):
     """Optional human approval between the gate and promotion (Airflow's HITL ApprovalOperator)."""
 
-    required: bool = False
+    required: bool = Field(default=False, description="A person approves in Airflow before promotion.")
     timeout_hours: float = Field(default=72, gt=0, description="Unanswered requests time out (the run fails).")
-    assigned_users: list[str] = Field(default_factory=list, description="User ids allowed to answer (empty: any).")
+    assigned_users: list[str] = Field(
+        default_factory=list, description="User ids allowed to answer (empty: any).", examples=[["admin"]]
+    )
 
 
 class GateSpec(_Strict):
     """What a candidate must show before it may become champion. Every check has its own verdict."""
 
-    mode: Literal["disabled", "dry_run", "enabled"] = "enabled"
+    mode: Literal["disabled", "dry_run", "enabled"] = Field(
+        default="enabled",
+        description="enabled: a failing check blocks promotion; dry_run: checks are reported, never block; disabled: "
+        "no checks.",
+    )
     primary_metric: str = Field(description="The metric compared with the baseline and the champion.")
     thresholds: dict[str, Bound] = Field(default_factory=dict, description="Absolute limits per holdout metric.")
     baseline_min_improvement: float = Field(
@@ -488,19 +596,27 @@ class GateSpec(_Strict):
 class ModelCardSpec(_Strict):
     """Prose for the model card; the numbers come from the run."""
 
-    intended_use: str = "Not stated in the pipeline spec."
-    limitations: str = "Not stated in the pipeline spec."
-    ethical_considerations: str | None = None
+    intended_use: str = Field(
+        default="Not stated in the pipeline spec.", description="What the model is for, and for whom."
+    )
+    limitations: str = Field(
+        default="Not stated in the pipeline spec.", description="Where the model must not be trusted."
+    )
+    ethical_considerations: str | None = Field(
+        default=None,
+        description="Sensitive attributes, proxies, and decisions the model must not be used for.",
+        examples=["Do not use for credit decisions."],
+    )
 
 
 class TriggerPolicySpec(_Strict):
     """When violations become a retrain request (see :mod:`tasks.plan`)."""
 
     k: int = Field(default=1, ge=1, description="Violating windows needed among the last n (the latest included).")
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, description="Nightly windows looked at (the latest n).")
     cooldown_days: float = Field(default=0, ge=0, description="No new request this soon after the last one.")
     max_retrains: int = Field(default=4, ge=1, description="At most this many requests per period.")
-    period_days: float = Field(default=30, gt=0)
+    period_days: float = Field(default=30, gt=0, description="The period max_retrains counts over.")
 
     @model_validator(mode="after")
     def _k_within_n(self) -> TriggerPolicySpec:
@@ -530,18 +646,23 @@ class InputQualitySpec(_Strict):
         le=1,
         description="Share of served values of a numeric column outside the reference's [min, max] that counts as a "
         "violation; reported either way (seasonal inputs leave a short reference's range legitimately).",
+        examples=[0.2],
     )
 
 
 class MonitoringSpec(_Strict):
     """The nightly drift check."""
 
-    schedule: str = "0 2 * * *"
+    schedule: str = Field(default="0 2 * * *", description="Cron schedule of the monitoring DAG.")
     window_days: int = Field(default=1, gt=0, description="Days of served traffic (by event date) per check.")
-    min_rows: int = Field(default=50, gt=0)
-    drift_share_threshold: float = Field(default=0.5, gt=0, le=1)
-    column_p_value: float = Field(default=0.05, gt=0, lt=1)
-    reference_rows: int = Field(default=5000, gt=0)
+    min_rows: int = Field(default=50, gt=0, description="Fewer served rows in the window: no verdict.")
+    drift_share_threshold: float = Field(
+        default=0.5, gt=0, le=1, description="Share of drifted input columns that counts as dataset drift."
+    )
+    column_p_value: float = Field(default=0.05, gt=0, lt=1, description="A column drifts below this p-value.")
+    reference_rows: int = Field(
+        default=5000, gt=0, description="Rows of the champion's training data kept as reference."
+    )
     include_target: bool = Field(
         default=True, description="Once labels for served rows have landed, also compare the target distribution."
     )
@@ -564,6 +685,7 @@ class MonitoringSpec(_Strict):
         le=1,
         description="Total variation distance between the served rows' and the reference's shares of mean "
         "|SHAP contribution| per input column that counts as attribution drift. None: report, never violate.",
+        examples=[0.2],
     )
     quality: InputQualitySpec = InputQualitySpec()
     trigger: TriggerPolicySpec = TriggerPolicySpec()
@@ -572,13 +694,19 @@ class MonitoringSpec(_Strict):
 class PipelineSpec(_Strict):
     """Everything one pipeline declares."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    description: str
-    owner: str
-    domain: str
-    start_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
-    ingest_schedule: str = "@daily"
-    task: Literal["regression", "classification"] = "regression"
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Pipeline name: DAG ids, model name, data folders.",
+        examples=["bike_demand"],
+    )
+    description: str = Field(description="One line on what the model predicts.")
+    owner: str = Field(description="Airflow owner of the DAGs (a team).", examples=["ml-platform"])
+    domain: str = Field(description="Business domain, a tag on DAGs and models.", examples=["mobility"])
+    start_date: str = Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}$", description="First partition day (YYYY-MM-DD).", examples=["2011-01-01"]
+    )
+    ingest_schedule: str = Field(default="@daily", description="Schedule of the ingest DAG.")
+    task: Literal["regression", "classification"] = Field(default="regression", description="What the model predicts.")
     landing_timeout_hours: float = Field(default=12, gt=0, description="How long ingest waits for a landing file.")
     source: SourceSpec
     schema_: SchemaSpec = Field(alias="schema")
@@ -631,6 +759,9 @@ class PipelineSpec(_Strict):
             raise ValueError(f"training.search.metric {search.metric!r} is not one of {list(metrics)}")
         if gate.slices and not self.schema_.sensitive:
             raise ValueError("gate.slices needs schema.sensitive columns to slice by")
+        if gate.slices and set(gate.slices.columns) - set(self.schema_.sensitive):
+            unknown = sorted(set(gate.slices.columns) - set(self.schema_.sensitive))
+            raise ValueError(f"gate.slices.columns names columns that are not schema.sensitive: {unknown}")
         return self
 
     @property
@@ -670,20 +801,22 @@ def pipeline_names(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if PIPELINE_NAME.match(p.stem))
 
 
-def load_spec(name_or_path: str | Path) -> PipelineSpec:
+def load_spec(name_or_path: str | Path, check_suite: bool = True) -> PipelineSpec:
     """Load and validate one pipeline spec.
 
     Args:
         name_or_path: A pipeline name (``^[a-z][a-z0-9_]*$``, looked up in :func:`pipelines_dir`), or a
             ``Path`` to a YAML file (tests, tools). A string is always a name: no path reaches a file
             outside the specs folder through it.
+        check_suite: Refuse the spec when its expectation suite disagrees with its schema (off only for the
+            tool that writes a new suite).
 
     Returns:
         The validated spec.
 
     Raises:
         SpecError: Not a pipeline name, the file is missing or does not validate; the message names the
-            file and the field.
+            file and the field, or the suite disagrees with the schema (every disagreement named).
     """
     if isinstance(name_or_path, Path):
         path = name_or_path
@@ -699,9 +832,20 @@ def load_spec(name_or_path: str | Path) -> PipelineSpec:
         raise SpecError(f"no pipeline spec at {path}; available pipelines: {available}")
     try:
         raw = yaml.load(path.read_text(), Loader=_YAML)
-        return PipelineSpec.model_validate(raw)
+        spec = PipelineSpec.model_validate(raw)
     except (yaml.YAMLError, ValueError) as exc:
         raise SpecError(f"invalid pipeline spec {path}: {exc}") from exc
+    if check_suite:
+        from tasks.suite import check_suite as suite_problems
+
+        problems = suite_problems(spec)
+        if problems:
+            raise SpecError(
+                f"pipeline spec {path}: its expectation suite {spec.expectations} disagrees with schema.columns: "
+                + "; ".join(problems)
+                + " (regenerate a starter with `python -m tasks suite`, or fix the suite or the schema)"
+            )
+    return spec
 
 
 def list_specs(directory: Path | None = None) -> list[PipelineSpec]:

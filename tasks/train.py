@@ -160,7 +160,7 @@ def _fit_and_log(
             if spec.training.calibration:
                 mlflow.set_tag(TAG_CALIBRATION, spec.training.calibration)
         estimator = _final_fit(spec, model_spec, features, split)
-        model = Pipeline([("features", FeatureBuilder.from_spec(spec.features)), ("model", estimator)])
+        model = Pipeline([("features", FeatureBuilder.from_spec(spec.features).fit(X_raw)), ("model", estimator)])
         # the model-agnostic explainer's background (tree models need none): a seeded sample of training inputs
         model.explain_background_ = X_raw.sample(min(len(X_raw), BACKGROUND_ROWS), random_state=spec.training.seed)
         mlflow.set_tags(tags | {TAG_MODEL_FAMILY: model_spec.family})

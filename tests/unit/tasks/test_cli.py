@@ -63,7 +63,8 @@ def test_cli_failures_exit_non_zero_with_the_reason(data_root):
     [
         (
             ["--pipeline", "../../x"],
-            "argument --pipeline: invalid choice: '../../x' (choose from 'adult_income', 'bike_demand'",
+            "argument --pipeline: invalid choice: '../../x' (choose from 'adult_income', 'bank_marketing', "
+            "'bike_demand'",
         ),
         (["--pipeline", "bike_demand.yaml"], "invalid choice: 'bike_demand.yaml'"),
         (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01x"}'], "not a calendar date (YYYY-MM-DD)"),
@@ -72,6 +73,10 @@ def test_cli_failures_exit_non_zero_with_the_reason(data_root):
         (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01", "x": ["a/../b"]}'], "'..' path segments"),
         (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01"}', "--result", "../r.json"], "'..' path"),
         (["--pipeline", "bike_demand", "--args", '["2011-06-01"]'], "--args must be a JSON object"),
+        (
+            ["--pipeline", "bike_demand", "--args", '{"dai": "2011-06-01"}'],
+            "--args: unknown ['dai']; missing ['day']; accepted arguments: day (required), skip_if_unchanged, run_key",
+        ),
     ],
 )
 def test_cli_refuses_unknown_pipelines_loose_days_and_parent_segments(data_root, argv, said):

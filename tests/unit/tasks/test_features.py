@@ -74,3 +74,21 @@ def test_no_partitions_is_an_error(spec, layout):
 
     with pytest.raises(FeatureError, match="no partitions given"):
         load_partitions(spec, layout, [])
+
+
+def test_unseen_levels_go_to_an_explicit_other_and_levels_may_be_learned():
+    from tasks.features import OTHER, unseen_levels
+    from tasks.spec import FeatureSpec
+
+    train = pd.DataFrame({"job": ["admin.", "unknown", "student", None], "age": [30, 40, 50, 60]})
+    spec = FeatureSpec(numeric=["age"], categorical={"job": []}, unseen="other")
+    builder = FeatureBuilder.from_spec(spec).fit(train)
+    assert builder.levels == {"job": ["admin.", "student", "unknown"]}  # learned at fit, sorted
+    served = pd.DataFrame({"job": ["student", "pilot", None], "age": [1, 2, 3]})
+    out = builder.transform(served)
+    assert out[f"job={OTHER}"].tolist() == [0.0, 1.0, 0.0]  # unseen -> other; missing stays all zeros
+    assert out["job=student"].tolist() == [1.0, 0.0, 0.0]
+    declared = FeatureSpec(numeric=["age"], categorical={"job": ["admin.", "student"]})
+    legacy = FeatureBuilder.from_spec(declared).fit(train).transform(served)
+    assert f"job={OTHER}" not in legacy.columns and legacy.filter(like="job=").iloc[1].sum() == 0
+    assert unseen_levels(declared, served) == {"job": 1}

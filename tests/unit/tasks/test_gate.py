@@ -252,3 +252,26 @@ def test_gate_records_its_verdicts_on_the_candidates_run(use_champion_store):
     artifacts = {a.path for a in client(get_settings()).list_artifacts(run.info.run_id, "model_card")}
     assert artifacts == {"model_card/model_card.md", "model_card/model_card.html"}
     assert c["gated"]["summary"].count("[PASS]") == len(c["decision"]["checks"])
+
+
+def test_a_numeric_sensitive_column_is_sliced_in_bands_with_its_own_gap():
+    from tasks.spec import SliceColumnSpec
+
+    rule = SliceColumnSpec(bands=[25, 40, 60])
+    assert [rule.group(v) for v in (18, 25, 39.5, 40, 60, 95, float("nan"), "x")] == [
+        "<25",
+        "25-40",
+        "25-40",
+        "40-60",
+        ">=60",
+        ">=60",
+        "missing",
+        "x",
+    ]
+    with pytest.raises(ValueError, match="strictly ascending"):
+        SliceColumnSpec(bands=[40, 25])
+    mixed = np.where(np.arange(N) < 2000, GOOD, WEAK)
+    groups = {"race": _groups({"A": 2000, "B": 2000})}
+    gate = _gate(slices={"max_gap": 0.05, "columns": {"race": {"max_gap": 0.9}}})
+    check = _check(_decide(gate, {"candidate": mixed, "baseline": WEAK}, groups=groups), "slice_gap_race")
+    assert check.passed and check.threshold == 0.9  # the column's own gap, not the default

@@ -75,6 +75,10 @@ def test_sections_cover_model_data_metrics_slices_verdicts_and_use():
     assert "training: 6,000 rows from 3 partitions (2024-01-01 .. 2024-01-03)" in md
     assert "MLflow run `0123456789abcdef`" in md and "probability that income = >50K" in md
     assert "| sex | Female | 200 |" in md and "| race | White | 600 |" in md
+    # sensitive columns are listed on their own line, never among the inputs
+    inputs = next(line for line in md.splitlines() if "inputs: " in line and "sensitive" not in line)
+    assert "sex" not in inputs and "race" not in inputs and "age" in inputs
+    assert "sensitive columns (sliced by the gate; not model inputs): sex, race" in md
 
 
 def test_failed_checks_are_marked_in_the_html(tmp_path):

@@ -175,6 +175,15 @@ def test_input_quality_names_a_stuck_text_column_and_missing_values(spec):
     assert quality["columns"]["hum"]["out_of_range"] == 0.0
 
 
+def test_input_quality_counts_values_outside_a_columns_declared_categories(spec):
+    from tasks.monitor import input_quality
+
+    reference = pd.DataFrame({"weathersit": [1, 2, 3, 4] * 50})
+    served = pd.DataFrame({"weathersit": [1, 2, 7, 9, None] * 40})  # 7 and 9 are not declared levels
+    quality = input_quality(spec, reference, served, [], ["weathersit"])
+    assert quality["columns"]["weathersit"]["unseen_levels"] == 80
+
+
 # ---- the reference ----
 
 

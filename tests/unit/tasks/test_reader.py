@@ -142,3 +142,22 @@ def test_a_file_above_max_bytes_is_refused_by_its_size_without_being_loaded(tmp_
     assert "the file is 200.0 MiB (209715200 bytes), larger than source.max_bytes 100.0 MiB" in result["reasons"][0]
     assert len(result["sha256"]) == 64  # hashed in 1 MiB blocks for the quarantine record
     assert result["grown"] < 32 * 1024 * 1024, result["grown"]  # peak memory: not a fraction of the file
+
+
+def test_bool_date_and_datetime_columns_are_checked_and_typed():
+    from tasks.reader import _typed_text
+
+    lines = lambda i: i + 2  # noqa: E731 - the header is line 1
+    flags, why = _typed_text("b", "bool", pa.chunked_array([pa.array(["yes", "No", None, "1", "F"])]), 5, lines)
+    assert why is None and flags.to_pylist() == [True, False, None, True, False]
+    _, why = _typed_text("b", "bool", pa.chunked_array([pa.array(["yes", "maybe"])]), 2, lines)
+    assert why == (
+        "column 'b': 1 of 2 values are not true/false, yes/no or 1/0 (e.g. 'maybe' on line 3); "
+        "the schema declares it bool"
+    )
+    days, why = _typed_text("d", "date", pa.chunked_array([pa.array(["2024-01-31", None])]), 2, lines)
+    assert why is None and days.to_pylist() == ["2024-01-31", None]  # checked, kept as text
+    _, why = _typed_text("d", "date", pa.chunked_array([pa.array(["2024-02-30"])]), 1, lines)
+    assert why and "'2024-02-30' on line 2" in why and "dates (YYYY-MM-DD)" in why
+    _, why = _typed_text("t", "datetime", pa.chunked_array([pa.array(["2024-01-01T10:00:00+01:00", "noon"])]), 2, lines)
+    assert why and "'noon' on line 3" in why
