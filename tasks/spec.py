@@ -43,6 +43,13 @@ class EventSourcesSpec(_Strict):
         description="Redis pub/sub channel on which upstream announces a landed partition (message: "
         '{"partition": "YYYY-MM-DD"} or the bare date); an AssetWatcher in the triggerer listens.',
     )
+    redis_stream: str | None = Field(
+        default=None,
+        description="Redis Stream on which upstream announces a landed partition (XADD <stream> * partition "
+        "YYYY-MM-DD). Durable, unlike the channel: read by a consumer group and acknowledged only once Airflow "
+        "stored the event, so a message published while the triggerer is down starts its run when it is back.",
+    )
+    redis_group: str = Field(default="airflow", description="Consumer group that reads redis_stream.")
     redis_conn_id: str = Field(default="redis_default", description="Airflow connection of that Redis.")
     watch_landing: bool = Field(
         default=False,

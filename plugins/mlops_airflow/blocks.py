@@ -63,7 +63,8 @@ def landing_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Set
     """Updated when a day's file has landed.
 
     By upstream over REST (``extra = {"partition": day}``) and by the spec's watchers (``source.events``): a
-    Redis channel (the Redis provider's trigger, imported only in the triggerer), the landing zone itself.
+    Redis Stream (durable: acknowledged once the event is stored), a Redis channel (the Redis provider's
+    trigger, imported only in the triggerer; loses what is published while it is down), the landing zone.
     Both watchers run in the triggerer.
     """
     uri = LANDING_ASSET.format(pipeline=pipeline)
@@ -77,6 +78,13 @@ def landing_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Set
             [events.redis_channel], redis_conn_id=events.redis_conn_id, poll_interval=events.poll_seconds
         )
         watchers.append(AssetWatcher(name=f"{pipeline}_redis_announcements", trigger=queue))
+    if events is not None and events.redis_stream:
+        from mlops_airflow.triggers import RedisStreamTrigger
+
+        stream = RedisStreamTrigger(
+            events.redis_stream, events.redis_group, redis_conn_id=events.redis_conn_id, block_seconds=1.0
+        )
+        watchers.append(AssetWatcher(name=f"{pipeline}_redis_stream", trigger=stream))
     if source is not None and source.events.watch_landing and settings is not None:
         from mlops_airflow.triggers import LandingFileTrigger
 

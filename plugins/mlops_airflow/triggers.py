@@ -1,6 +1,8 @@
-"""Event triggers that start ingestion: the landing-zone watcher and a Redis channel (the Redis provider's trigger).
+"""Event triggers that start ingestion: the landing-zone watcher, a Redis Stream (durable), a Redis channel.
 
 They run in the triggerer as AssetWatchers on ``ml://<p>/landing``: no worker slot is held while waiting.
+The Redis Stream watcher is the durable one: a consumer group, acknowledged only after Airflow stored the
+asset event (Airflow 3.3's shared-stream ack mode); pub/sub loses what is published while nobody listens.
 Each announcement becomes an Asset event ``{"from_trigger": true, "payload": {...}}`` that schedules
 ``<p>_ingest``; :func:`mlops_airflow.events.partitions_from_event` reads the day back out of it.
 """
@@ -8,10 +10,15 @@ Each announcement becomes an Asset event ``{"from_trigger": true, "payload": {..
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Hashable, Sequence
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer, reject_shared_stream_event
+
+CRASH_BEFORE_ACK = "MLP_TEST_CRASH_BEFORE_XACK"
+"""Test hook: when set, the stream producer ends its process after the event is stored and before XACK."""
 
 
 class LandingFileTrigger(BaseEventTrigger):
@@ -145,3 +152,210 @@ class RedisChannelTrigger(BaseEventTrigger):
         )
         async for event in provider.run():
             yield event
+
+
+class RedisStreamTrigger(BaseEventTrigger):
+    """Messages on a Redis Stream, read by a consumer group and acknowledged once Airflow stored their event.
+
+    Uses Airflow 3.3's shared-stream **ack mode** (:mod:`airflow.triggers.shared_stream`): the triggerer
+    reads the stream through :class:`RedisStreamProducer`, this trigger turns each message into a
+    ``TriggerEvent``, the triggerer stores it as an asset event, and only after the supervisor confirmed it
+    stored does the producer ``XACK`` the message. A message whose event was never stored (the triggerer
+    died, the store failed, the ack timed out) stays in the group's pending list and is delivered again
+    when the triggerer comes back (``XAUTOCLAIM`` on start). Messages published while no triggerer runs wait
+    in the stream. Delivery is therefore at least once; ingest takes a (partition, file SHA-256) once and
+    reports a repeat as skipped, so a redelivered message costs a no-op run, never a second ingest.
+
+    A message is ``XADD <stream> * partition YYYY-MM-DD`` (or a ``data`` field holding ``{"partition": ...}``
+    JSON or the bare date). One naming no day is refused: it is copied to ``<stream>:dead`` with the reason
+    and acknowledged, never turned into an event.
+
+    Args:
+        stream: The stream key.
+        group: The consumer group (created, with the stream, from its first entry when missing).
+        redis_conn_id: The Airflow connection of the Redis server.
+        block_seconds: How long one ``XREADGROUP`` waits for new messages.
+        reclaim_seconds: A message still unacknowledged this long after its delivery is delivered again.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        group: str = "airflow",
+        redis_conn_id: str = "redis_default",
+        block_seconds: float = 1.0,
+        reclaim_seconds: float = 600.0,
+    ) -> None:
+        super().__init__()
+        self.stream = stream
+        self.group = group
+        self.redis_conn_id = redis_conn_id
+        self.block_seconds = block_seconds
+        self.reclaim_seconds = reclaim_seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and arguments, for the triggerer to rebuild it."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "stream": self.stream,
+                "group": self.group,
+                "redis_conn_id": self.redis_conn_id,
+                "block_seconds": self.block_seconds,
+                "reclaim_seconds": self.reclaim_seconds,
+            },
+        )
+
+    def shared_stream_key(self) -> Hashable:
+        """One consumer per (connection, stream, group) in a triggerer, however many watchers name it."""
+        return ("redis-stream", self.redis_conn_id, self.stream, self.group)
+
+    @classmethod
+    def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> SharedStreamProducer:
+        """The producer that reads and acknowledges (ack mode: advance only what was stored)."""
+        return RedisStreamProducer(**kwargs)
+
+    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        """One event per message that names a day; a message that names none is rejected (dead-lettered)."""
+        from mlops_airflow.events import partitions_from_event
+
+        async for message in shared_stream:
+            payload = {**message["fields"], "stream": message["stream"], "message_id": message["id"]}
+            if not partitions_from_event({"payload": payload}):
+                self.log.warning("message %s on %s names no partition: rejected", message["id"], self.stream)
+                reject_shared_stream_event()
+                continue
+            yield TriggerEvent({**payload, "source": "redis_stream"})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Outside a triggerer's shared streams (``dag.test()``, a unit test): read, yield, acknowledge each."""
+        producer = RedisStreamProducer(**self.serialize()[1])
+        try:
+            async for message, entry_id in producer.open_stream():
+                async for event in self.filter_shared_stream(_one(message)):
+                    yield event
+                await producer.acknowledge([entry_id])
+        finally:
+            await producer.aclose()
+
+
+async def _one(item: Any) -> AsyncIterator[Any]:
+    yield item
+
+
+class RedisStreamProducer(SharedStreamProducer):
+    """The broker half of :class:`RedisStreamTrigger`: ``XREADGROUP`` in, ``XACK`` after the event is stored.
+
+    On start it first claims every entry the group delivered and nobody acknowledged (``XAUTOCLAIM`` from
+    ``0-0``: the previous triggerer's, ours before a crash), then reads new ones (``>``); every
+    ``reclaim_seconds`` it claims again the entries pending that long (an ack timeout, a failed store). The
+    trigger runs in one triggerer at a time, so one consumer reads the group; its name is fixed
+    (``airflow-triggerer``) so a restarted triggerer is the same consumer.
+    """
+
+    CONSUMER = "airflow-triggerer"
+
+    def __init__(
+        self,
+        stream: str,
+        group: str = "airflow",
+        redis_conn_id: str = "redis_default",
+        block_seconds: float = 1.0,
+        reclaim_seconds: float = 600.0,
+    ) -> None:
+        self.stream = stream
+        self.group = group
+        self.redis_conn_id = redis_conn_id
+        self.block_ms = max(1, int(block_seconds * 1000))
+        self.reclaim_ms = int(reclaim_seconds * 1000)
+        self._client: Any = None
+
+    async def _connect(self) -> Any:
+        if self._client is None:
+            from airflow.providers.redis.hooks.redis import RedisHook
+
+            # a sync SDK call (the connection) from a worker thread: the triggerer bridges it to its loop
+            self._client = await asyncio.to_thread(RedisHook(redis_conn_id=self.redis_conn_id).get_conn)
+            await asyncio.to_thread(self._create_group)
+        return self._client
+
+    def _create_group(self) -> None:
+        import redis
+
+        try:  # from the stream's first entry: what was published before the group existed is delivered too
+            self._client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _claim(self, min_idle_ms: int) -> list[tuple[str, dict[str, str]]]:
+        claimed, start = [], "0-0"
+        while True:
+            start, entries, *_ = self._client.xautoclaim(
+                self.stream, self.group, self.CONSUMER, min_idle_ms, start_id=start, count=100
+            )
+            claimed += [_decode(entry) for entry in entries if entry and entry[1] is not None]
+            if _text(start) == "0-0":
+                return claimed
+
+    def _read(self) -> list[tuple[str, dict[str, str]]]:
+        reply = self._client.xreadgroup(self.group, self.CONSUMER, {self.stream: ">"}, count=100, block=self.block_ms)
+        return [_decode(entry) for _, entries in reply or [] for entry in entries]
+
+    async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
+        """Pending entries first, then new ones; each as ``({"id", "stream", "fields"}, entry id)``."""
+        import time
+
+        await self._connect()
+        batch = await asyncio.to_thread(self._claim, 0)
+        last_claim = time.monotonic()
+        while True:
+            for entry_id, fields in batch:
+                yield {"id": entry_id, "stream": self.stream, "fields": fields}, entry_id
+            if self.reclaim_ms and (time.monotonic() - last_claim) * 1000 >= self.reclaim_ms:
+                batch = await asyncio.to_thread(self._claim, self.reclaim_ms)
+                last_claim = time.monotonic()
+            else:
+                batch = []
+            batch += await asyncio.to_thread(self._read)
+
+    async def advance(self, batch: Sequence[AdvanceItem]) -> None:
+        """Acknowledge the entries whose events were stored; dead-letter refused ones; leave failed ones pending."""
+        if os.environ.get(CRASH_BEFORE_ACK):
+            # test hook (tests/stack): the asset events are stored, the entries not yet acknowledged
+            import logging
+
+            logging.getLogger(__name__).warning("%s set: exiting before XACK of %s", CRASH_BEFORE_ACK, batch)
+            os._exit(17)
+        rejected = [item.broker_payload for item in batch if item.outcome.rejected]
+        done = [item.broker_payload for item in batch if item.outcome.is_clean]
+        if rejected:
+            await asyncio.to_thread(self._dead_letter, rejected)
+        await self.acknowledge(done + rejected)
+
+    def _dead_letter(self, entry_ids: list[str]) -> None:
+        for entry_id in entry_ids:
+            for _, fields in (_decode(e) for e in self._client.xrange(self.stream, entry_id, entry_id)):
+                reason = "names no partition (partition: YYYY-MM-DD)"
+                self._client.xadd(f"{self.stream}:dead", {**fields, "original_id": entry_id, "reason": reason})
+
+    async def acknowledge(self, entry_ids: list[str]) -> None:
+        """``XACK`` these entries (and delete nothing: the stream's retention is the publisher's ``MAXLEN``)."""
+        if entry_ids:
+            await self._connect()
+            await asyncio.to_thread(self._client.xack, self.stream, self.group, *entry_ids)
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+            self._client = None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(entry: Any) -> tuple[str, dict[str, str]]:
+    entry_id, fields = entry
+    return _text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()}

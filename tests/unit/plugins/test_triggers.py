@@ -61,3 +61,77 @@ def test_redis_trigger_serialises_itself_and_relays_the_provider_trigger_s_messa
     probe = "import sys, mlops_airflow.triggers as t; t.RedisChannelTrigger(['c']); print('redis' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _redis() -> Any:
+    import redis
+
+    from tests.conftest import require
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        require(False, f"Redis is not reachable on 127.0.0.1:6379 ({exc}); CI machines have it")
+    return client
+
+
+def test_redis_stream_trigger_acknowledges_only_what_airflow_confirmed_stored(monkeypatch):
+    """Airflow's own shared-stream manager (ack mode), as the triggerer drives it, against the real Redis.
+
+    A message is acknowledged only after its event's persist confirmation; one naming no day is dead-lettered
+    and acknowledged; an unconfirmed one (the triggerer died first) is delivered again to the next consumer.
+    """
+    import secrets
+
+    from airflow.triggers.shared_stream import SharedStreamManager
+
+    from mlops_airflow.triggers import RedisStreamTrigger
+
+    client = _redis()
+    monkeypatch.setenv("AIRFLOW_CONN_REDIS_DEFAULT", "redis://127.0.0.1:6379/0")
+    stream = f"mlp.test.{secrets.token_hex(4)}.landing"
+    trigger = RedisStreamTrigger(stream, "airflow", block_seconds=0.1)
+    assert trigger.serialize()[1] == {
+        "stream": stream, "group": "airflow", "redis_conn_id": "redis_default", "block_seconds": 0.1,
+        "reclaim_seconds": 600.0,
+    }  # fmt: skip
+    first = client.xadd(stream, {"partition": "2011-06-22"})  # published before any consumer: kept
+    client.xadd(stream, {"note": "no day here"})
+    second = client.xadd(stream, {"data": '{"partition": "2011-06-23"}'})
+    key = trigger.shared_stream_key()
+
+    async def consume(confirm: bool, n: int) -> list[dict[str, Any]]:
+        manager = SharedStreamManager(ack_timeout=30)
+        events, seqs = [], []
+        stream_events = trigger.filter_shared_stream(manager.subscribe(trigger_id=1, trigger=trigger, key=key))
+        for _ in range(n):
+            events.append((await asyncio.wait_for(anext(stream_events), 10)).payload)
+            seqs.append(manager.bind_pending_event(trigger_id=1, key=key))
+        if confirm:
+            manager.confirm_persisted(seqs)
+            pending = asyncio.wait_for(anext(stream_events), 1.0)  # moves past the last one: it resolves
+            try:
+                await pending
+            except TimeoutError:
+                pass
+            for _ in range(50):
+                if not client.xpending(stream, "airflow")["pending"]:
+                    break
+                await asyncio.sleep(0.1)
+        await stream_events.aclose()
+        await manager.stop_all()  # (unconfirmed: as a crash leaves them)
+        return events
+
+    crashed = asyncio.run(consume(confirm=False, n=2))
+    assert [e["partition"] if "partition" in e else e["data"] for e in crashed] == [
+        "2011-06-22", '{"partition": "2011-06-23"}',
+    ]  # fmt: skip
+    assert crashed[0]["message_id"] == first and crashed[0]["source"] == "redis_stream"
+    assert client.xpending(stream, "airflow")["pending"] == 3  # nothing stored was confirmed: nothing acknowledged
+    again = asyncio.run(consume(confirm=True, n=2))  # the next triggerer: the same messages, then acknowledged
+    assert [e["message_id"] for e in again] == [first, second]
+    assert client.xpending(stream, "airflow")["pending"] == 0
+    (dead,) = client.xrange(f"{stream}:dead")
+    assert dead[1]["note"] == "no day here" and "names no partition" in dead[1]["reason"]
+    client.delete(stream, f"{stream}:dead")
