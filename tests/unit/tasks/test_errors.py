@@ -39,6 +39,7 @@ PERMANENT = {
     "tasks.results.ResultError",
     "tasks.search.SelectionError",
     "tasks.settings.SettingsError",
+    "tasks.sources.SourceError",
     "tasks.spec.SpecError",
     "tasks.storage.LayoutError",
     "tasks.train.TrainingError",
@@ -55,6 +56,7 @@ RETRIED = {
     "tasks.serving.app.ModelUnavailableError",
     "tasks.serving.app.NoChampionError",
     "tasks.serving.hygiene.ApiError",
+    "tasks.sources.SourceUnavailableError",  # the database or object store did not answer
 }
 
 
