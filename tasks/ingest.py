@@ -181,6 +181,10 @@ def ingest_partition(
         LandingFileRefusedError: The file was refused; the quarantine record is ``exc.record``.
     """
     day = strict_day(day)
+    if spec.source.pulls:  # files or SQL: bring the day into the landing zone first (a no-op when unchanged)
+        from tasks.sources import pull
+
+        pull(spec, layout, day)
     source = layout.landing_file(spec.name, day)
     if not source.is_file():
         raise IngestError(

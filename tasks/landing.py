@@ -65,7 +65,9 @@ class Contract:
 
     @classmethod
     def of(cls, source: SourceSpec) -> Contract:
-        """The contract a spec's ``source`` declares."""
+        """The contract a spec's ``source`` declares (a pulled source lands each file by renaming it)."""
+        if source.files is not None or source.sql is not None:
+            return cls("rename", float(source.settle_seconds))
         return cls(source.completion, float(source.settle_seconds))
 
 

@@ -2,8 +2,9 @@
 
 :func:`check_drift` is a chain of immutable results, each step one function of the ones before:
 
-``window_dates`` -> :func:`collect` (:class:`Served`: the champion, the window's logged rows and batch-scored
-rows (``scores/``, ``source`` ``batch``), landed labels)
+``served_window`` (event days, or the hours up to the window's end for date-less data; a window ending in the
+future is refused) -> :func:`collect` (:class:`Served`: the champion, the window's logged rows and batch-scored
+rows (``scores/``, ``source`` ``batch``), labels joined on a declared unique key only)
 -> :func:`load_reference` (:class:`Reference`: its training sample and its holdout predictions)
 -> :func:`assess` (:class:`Assessment`: data drift, prediction drift, input quality, performance decay,
 the violations) -> :func:`tasks.plan.judge_window` (the trigger policy) -> :func:`publish`, the one step
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -65,12 +66,68 @@ def window_dates(window_end: str, days: int) -> list[str]:
     return [(last - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
 
 
+class MonitoringWindowError(PermanentError, ValueError):
+    """The window cannot be checked as asked (it ends in the future): every re-run would fail the same way."""
+
+
+def _utc(moment: str | datetime) -> datetime:
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def check_window_end(window_end: str, now: datetime | None = None) -> datetime:
+    """``window_end`` as an aware UTC time; a window that ends in the future is refused with the reason.
+
+    Raises:
+        MonitoringWindowError: ``window_end`` is later than now: its traffic has not been served yet.
+    """
+    try:
+        end = _utc(window_end)
+    except ValueError:
+        raise MonitoringWindowError(f"window end {window_end[:60]!r} is not an ISO date/time") from None
+    now = _utc(now or datetime.now(UTC))
+    if end > now + timedelta(minutes=1):
+        raise MonitoringWindowError(
+            f"the monitoring window ends at {end.isoformat()}, in the future (now {now.isoformat()}): its traffic "
+            "has not been served yet. Trigger the check with a logical date up to now (none: now)"
+        )
+    return end
+
+
+def served_window(
+    spec: PipelineSpec, window_end: str, now: datetime | None = None
+) -> tuple[list[str], datetime | None]:
+    """The window's days, and for serving-time windows its exact start (rows logged at or after it count).
+
+    Event time (the rows carry ``source.partition_column``): the ``monitoring.window_days`` calendar days
+    before ``window_end`` (:func:`window_dates`), so a backfill or re-run looks at the same rows. Serving time
+    (date-less data): the ``window_days`` * 24 hours up to ``window_end`` itself, so today's traffic is checked
+    today: a run triggered now sees every row served until now.
+
+    Raises:
+        MonitoringWindowError: ``window_end`` is in the future.
+    """
+    from tasks.prediction_log import event_column
+
+    end = check_window_end(window_end, now)
+    days = spec.monitoring.window_days
+    if event_column(spec):
+        return window_dates(window_end, days), None
+    start = end - timedelta(days=days)
+    first, last = start.date(), end.date()
+    span = (last - first).days + 1
+    return [(first + timedelta(days=i)).isoformat() for i in range(span)], start
+
+
 # ---- the window's served rows ----
 
 
 @dataclass(frozen=True)
 class Served:
-    """What was served in the window: the champion judged, its logged rows, those whose labels have landed."""
+    """What was served in the window: the champion judged, its logged rows, those whose labels have landed.
+
+    ``labels``: how labels were joined (the key), or why they were not (a refusal naming the missing key).
+    """
 
     window_end: str
     window: list[str]
@@ -78,23 +135,79 @@ class Served:
     rows: pd.DataFrame
     labelled: pd.DataFrame
     champion_on_labelled: Metrics | None = None
+    labels: str = ""
 
 
-def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) -> pd.DataFrame:
-    """Join the true target from landed raw partitions onto served rows (delayed labels), where present."""
-    day_col, target = spec.source.partition_column, spec.schema_.target
-    keys = [day_col, *spec.source.order_by]
-    if served.empty or not set(keys) <= set(served.columns):  # callers do not send the event keys: no join
-        return served.assign(**{target: float("nan")})
+class LabelJoinRefusedError(PermanentError, ValueError):
+    """Labels cannot be joined onto served rows exactly: no declared unique key, or the key is not unique."""
+
+
+def label_key(spec: PipelineSpec, served_columns: set[str]) -> list[str]:
+    """The unique key labels are joined on, from what the spec declares and the served rows carry.
+
+    ``schema.id_column`` when served rows carry it, else the event day with ``source.order_by`` (bike demand:
+    ``dteday`` + ``hr``, one row per hour of a day).
+
+    Raises:
+        LabelJoinRefusedError: No declared key, or served rows lack its columns; the message names them.
+    """
+    ident = spec.schema_.id_column
+    if ident and ident in served_columns:
+        return [ident]
+    dated = [spec.source.partition_column, *spec.source.order_by]
+    if spec.source.order_by and set(dated) <= served_columns:
+        return dated
+    missing = [c for c in ([ident] if ident else dated) if c not in served_columns]
+    if not ident and not spec.source.order_by:
+        raise LabelJoinRefusedError(
+            f"labels not joined: no unique row key is declared ({spec.source.partition_column!r} alone names a "
+            "partition, not a row). Declare schema.id_column (a column unique across partitions) and have callers "
+            "send it with each row, or source.order_by (unique within a day, with the partition column sent)"
+        )
+    raise LabelJoinRefusedError(
+        f"labels not joined: served rows lack the key column(s) {missing} (declared by "
+        f"{'schema.id_column' if ident else 'source.partition_column + source.order_by'}); callers must send them"
+    )
+
+
+def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Join the true target from landed raw partitions onto served rows (delayed labels), on a unique key only.
+
+    Returns:
+        The rows (target NaN where no label landed or the join was refused) and how labels were joined, or the
+        refusal naming the missing key: a join on a key that is not unique would score the wrong rows.
+    """
+    target = spec.schema_.target
+    unlabelled = served.assign(**{target: float("nan")})
+    if served.empty:
+        return unlabelled, ""
+    try:
+        keys = label_key(spec, set(served.columns))
+    except LabelJoinRefusedError as exc:
+        log.warning("%s: %s", spec.name, exc)
+        return unlabelled, str(exc)
+    day_col = spec.source.partition_column
+    dated = day_col in keys  # the key names the day: read only the served days' partitions
+    days = sorted(served[day_col].astype(str).unique()) if dated else layout.raw_partitions(spec.name)
     frames = [
-        pd.read_parquet(layout.raw_partition(spec.name, d), columns=[*keys, target])
-        for d in sorted(served[day_col].astype(str).unique())
+        pd.read_parquet(layout.raw_partition(spec.name, d), columns=list(dict.fromkeys([*keys, target])))
+        for d in days
         if layout.raw_partition(spec.name, d).is_file()
     ]
     if not frames:
-        return served.assign(**{target: float("nan")})
-    labels = pd.concat(frames, ignore_index=True).drop_duplicates(keys)
-    return served.drop(columns=[target], errors="ignore").merge(labels, on=keys, how="left")
+        return unlabelled, f"labels joined on {keys}: none landed yet"
+    labels = pd.concat(frames, ignore_index=True)
+    repeated = labels.duplicated(keys, keep=False)
+    if repeated.any():
+        example = labels.loc[repeated, keys].iloc[0].to_dict()
+        why = (
+            f"labels not joined: the key {keys} is not unique in the landed rows ({int(repeated.sum())} rows share "
+            f"a key, e.g. {example}). Declare schema.id_column (unique across partitions) and have callers send it"
+        )
+        log.warning("%s: %s", spec.name, why)
+        return unlabelled, why
+    joined = served.drop(columns=[target], errors="ignore").merge(labels, on=keys, how="left", validate="many_to_one")
+    return joined, f"labels joined on {keys}"
 
 
 def with_batch_scores(spec: PipelineSpec, layout: DataLayout, logged: pd.DataFrame, window: list[str]) -> pd.DataFrame:
@@ -107,15 +220,24 @@ def with_batch_scores(spec: PipelineSpec, layout: DataLayout, logged: pd.DataFra
     return batch if logged.empty else pd.concat([logged, batch], ignore_index=True)
 
 
-def collect(spec: PipelineSpec, settings: Settings, layout: DataLayout, window_end: str) -> Served:
-    """The champion and the window's logged rows (labels joined where they have landed)."""
+def collect(
+    spec: PipelineSpec, settings: Settings, layout: DataLayout, window_end: str, now: datetime | None = None
+) -> Served:
+    """The champion and the window's logged rows (labels joined where they have landed, on a unique key).
+
+    Raises:
+        MonitoringWindowError: ``window_end`` is in the future.
+    """
     from tasks.prediction_log import read_window
     from tasks.registry import champion
 
-    window = window_dates(window_end, spec.monitoring.window_days)
+    window, start = served_window(spec, window_end, now)
     current = champion(settings, spec.registered_model_name)
     logged = read_window(layout.prediction_log, spec.registered_model_name, window)
-    rows = attach_labels(spec, layout, with_batch_scores(spec, layout, logged, window))
+    if start is not None and not logged.empty:  # serving time: exactly the hours up to the window's end
+        when = pd.to_datetime(logged["event_time"], utc=True, format="ISO8601")
+        logged = logged[(when >= start) & (when < check_window_end(window_end, now))].reset_index(drop=True)
+    rows, labels = attach_labels(spec, layout, with_batch_scores(spec, layout, logged, window))
     labelled = rows.dropna(subset=[spec.schema_.target])
     scored = None
     if len(labelled):
@@ -124,7 +246,7 @@ def collect(spec: PipelineSpec, settings: Settings, layout: DataLayout, window_e
 
         y = target_values(spec, labelled[spec.schema_.target])
         scored = score_all(spec.metric_names, y, labelled[PREDICTION].to_numpy())
-    return Served(window_end, window, current, rows, labelled, scored)
+    return Served(window_end, window, current, rows, labelled, scored, labels)
 
 
 # ---- the champion's reference ----
@@ -587,6 +709,7 @@ def _summary(
         "drift_share_threshold": spec.monitoring.drift_share_threshold,
         "rows": len(served.rows),
         "rows_by_source": _rows_by_source(served.rows),
+        "labels": served.labels,
         "champion_version": served.champion.version if served.champion else None,
         "status": assessment.status,
         "reason": assessment.reason,

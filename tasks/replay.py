@@ -54,6 +54,11 @@ def load_dataset(spec: PipelineSpec, datasets_dir: Path) -> pd.DataFrame:
     A dataset without a date column (``source.rows_per_day``) gets one: row ``i`` is delivered on day
     ``start_date + i // rows_per_day``, in file order, written into the partition column.
     """
+    if spec.source.dataset is None:
+        raise ReplayError(
+            f"{spec.name} names no source.dataset: the replay tool (demos, tests) has nothing to replay; its data "
+            "comes from its source (files, sql) or from upstream"
+        )
     path = Path(datasets_dir) / spec.source.dataset
     if not path.is_file():
         raise ReplayError(f"dataset {spec.source.dataset} not found under {datasets_dir}")

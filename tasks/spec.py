@@ -115,13 +115,85 @@ def _is_calendar_day(value: str) -> bool:
     return True
 
 
+_ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+
+
+class FilesSourceSpec(_Strict):
+    """Files in a landing location (a path or an fsspec URL): CSV, Parquet or JSON lines."""
+
+    path: str = Field(
+        description="Where the files are: a local path or an fsspec URL (file://, memory://, s3://bucket/prefix "
+        "with its driver installed). With {day} in it (data/pm25/{day}.parquet), one file per partition: the "
+        "file named for the day is the partition (date-less data: the day it was delivered). Without {day} "
+        "(a file, or a glob such as exports/*.parquet), set date_column: each day takes the rows dated that day.",
+        examples=["s3://team-bucket/exports/{day}.parquet", "/srv/landing/pm25/*.jsonl"],
+    )
+    format: Literal["csv", "parquet", "jsonl"] = Field(default="csv", description="File format (jsonl: JSON lines).")
+    date_column: str | None = Field(
+        default=None,
+        description="Partition by the value of this column (a date, a timestamp or their ISO text) instead of "
+        "one file per day.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="fsspec storage options (no secrets: drivers read credentials themselves)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> FilesSourceSpec:
+        if ("{day}" in self.path) == (self.date_column is not None):
+            raise ValueError(
+                "source.files: either {day} in path (one file per partition) or date_column (rows by their date), "
+                "exactly one"
+            )
+        return self
+
+
+class SqlSourceSpec(_Strict):
+    """A SQL table or query, read through SQLAlchemy one partition (day) at a time by a date column."""
+
+    url_env: str = Field(
+        pattern=_ENV_NAME,
+        description="Environment variable holding the SQLAlchemy URL (never the URL itself). The Airflow plugin "
+        "fills it from conn_id; in Kubernetes mode the pod gets it from a Secret.",
+        examples=["MLP_PM25_DB_URL"],
+    )
+    conn_id: str | None = Field(
+        default=None, description="Airflow connection whose URI the plugin puts into url_env when it is unset."
+    )
+    table: str | None = Field(default=None, description="Table to read (or query).")
+    db_schema: str | None = Field(default=None, description="Database schema of the table (default: the search path).")
+    query: str | None = Field(
+        default=None,
+        description="SELECT with the bind parameters :start and :end (the day and the next day), instead of table.",
+    )
+    date_column: str = Field(
+        description="Column the day is read by: date_column >= day AND date_column < day + 1 (a date or timestamp)."
+    )
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSourceSpec:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("source.sql needs exactly one of table or query")
+        if self.query is not None and not {":start", ":end"} <= set(re.findall(r":[a-z]+", self.query)):
+            raise ValueError("source.sql.query must select one day with the bind parameters :start and :end")
+        return self
+
+
 class SourceSpec(_Strict):
     """Where the pipeline's data lands, how it is partitioned, and what a landing file must look like."""
 
-    dataset: str = Field(description="File name under the shared datasets folder, used by the replay tool.")
+    dataset: str | None = Field(
+        default=None,
+        description="Demo and tests only: a file under the shared datasets folder that the replay tool writes into "
+        "the landing zone as if upstream delivered it. A production spec names files or sql, or has upstream "
+        "deliver landing/<pipeline>/<day>.csv itself.",
+    )
+    files: FilesSourceSpec | None = Field(default=None, description="Pull each partition from files (fsspec).")
+    sql: SqlSourceSpec | None = Field(default=None, description="Pull each partition from a SQL table or query.")
     partition_column: str = Field(
         description="Column holding the calendar date (YYYY-MM-DD) of each row; every row of a day's file must "
-        "hold that day."
+        "hold that day. A pulled source (files, sql) writes the day into it when the data has no such column "
+        "(date-less data: the ingestion day; declare schema.id_column so labels join exactly)."
     )
     order_by: list[str] = Field(default_factory=list, description="Columns that order rows inside a day.")
     na_values: list[str] = Field(
@@ -161,6 +233,17 @@ class SourceSpec(_Strict):
         default=None, description="Rows of a complete partition; unset: any number of rows."
     )
     events: EventSourcesSpec = EventSourcesSpec()
+
+    @property
+    def pulls(self) -> bool:
+        """Whether partitions are pulled from files or SQL (else upstream delivers landing files)."""
+        return self.files is not None or self.sql is not None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceSpec:
+        if self.files is not None and self.sql is not None:
+            raise ValueError("source: name files or sql, not both")
+        return self
 
     @model_validator(mode="after")
     def _known_encoding(self) -> SourceSpec:

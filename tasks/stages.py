@@ -40,18 +40,16 @@ def replay(pipeline: str, start: str, end: str, corrupt: list[str] | None = None
 def landing_status(pipeline: str, day: str) -> dict[str, Any]:
     """Whether the landing file of ``day`` is complete under the spec's ``source.completion``, and why.
 
+    A spec with a ``files`` or ``sql`` source pulls the day into the landing zone first (:mod:`tasks.sources`).
     Waits at most ``source.settle_seconds`` for a file that changed just now. Never reads the file.
 
     Raises:
         BadPartitionError: ``day`` is not a calendar date.
     """
-    from tasks.landing import Contract, readiness, strict_day
+    from tasks.sources import landing_status as status
 
     spec, _, layout = _ctx(pipeline)
-    day = strict_day(day)
-    state = readiness(Contract.of(spec.source), layout.landing_file(pipeline, day), wait=True)
-    log.info("%s partition %s: %s", pipeline, day, state.reason)
-    return {"partition": day, "ready": state.ready, "reason": state.reason}
+    return status(spec, layout, day)
 
 
 def landing_ready(pipeline: str, day: str) -> bool:

@@ -233,13 +233,19 @@ def _check_drift_args(i: Result, ctx: Any) -> Result:
 
 
 def _landing_ready(pipeline: str, params: Any, interval_start: Any, events: Any) -> bool:
+    from mlops_airflow.connections import export_source_url
     from tasks import stages
+
+    export_source_url(pipeline)  # a SQL source's URL, from its Airflow connection (run time, never at parse)
 
     return all(call(stages.landing_ready, pipeline, day) for day in run_partitions(params, interval_start, events))
 
 
 def _ingest(pipeline: str, params: Any, interval_start: Any, events: Any) -> Result:
+    from mlops_airflow.connections import export_source_url
     from tasks import stages
+
+    export_source_url(pipeline)
 
     days = run_partitions(params, interval_start, events)
     from_event = bool(events) and not (params or {}).get("partition")

@@ -70,8 +70,17 @@ def _secret_env(name: str, secret: str, key: str) -> k8s.V1EnvVar:
     return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(secret_key_ref=ref))
 
 
-def stage_env(settings: Settings, res: StageResources) -> list[k8s.V1EnvVar]:
-    """The pod's environment: settings layer, data root as mounted, MLflow credentials from the Secret."""
+def source_secret(pipeline: str) -> str:
+    """The Kubernetes Secret holding a pipeline's SQL source URL (key ``url``): ``mlops-source-<pipeline>``."""
+    return "mlops-source-" + pipeline.replace("_", "-")
+
+
+def stage_env(settings: Settings, res: StageResources, spec: PipelineSpec | None = None) -> list[k8s.V1EnvVar]:
+    """The pod's environment: settings layer, data root as mounted, MLflow credentials from the Secret.
+
+    A pipeline with a SQL source also gets ``source.sql.url_env`` from its Secret (:func:`source_secret`, key
+    ``url``; optional: only stages that pull a day need it).
+    """
     kube = settings.kubernetes
     plain = {
         "ML_ENV": settings.env,
@@ -91,6 +100,8 @@ def stage_env(settings: Settings, res: StageResources) -> list[k8s.V1EnvVar]:
         _secret_env("MLFLOW_TRACKING_USERNAME", secret, "username"),
         _secret_env("MLFLOW_TRACKING_PASSWORD", secret, "password"),
     ]
+    if spec is not None and spec.source.sql is not None:
+        env.append(_secret_env(spec.source.sql.url_env, source_secret(spec.name), "url"))
     return env
 
 
@@ -254,7 +265,7 @@ def stage_pod(
         config_file=kube.config_file,
         pod_template_file=template,
         labels={**kube.labels, "mlops/pipeline": spec.name, "mlops/stage": stage},
-        env_vars=stage_env(settings, res),
+        env_vars=stage_env(settings, res, spec),
         container_resources=container_resources(res),
         node_selector=node_selector,
         tolerations=tolerations,

@@ -85,6 +85,16 @@ def test_pod_environment_and_secrets(prod_settings: Settings) -> None:
         assert "sqlite:" not in rendered and "mlflow.db" not in rendered and 'password": "' not in rendered
 
 
+def test_a_sql_sources_url_comes_from_the_pipelines_secret(prod_settings: Settings) -> None:
+    spec = load_spec("bike_demand")
+    sql = {"url_env": "MLP_TEAM_DB_URL", "conn_id": "team_db", "table": "t", "date_column": "ts"}
+    source = spec.source.model_validate(spec.source.model_dump(exclude={"dataset"}) | {"sql": sql})
+    for _, pod in _pods(spec.model_copy(update={"source": source}), prod_settings).values():
+        var = _env(pod)["MLP_TEAM_DB_URL"]
+        ref = var.value_from.secret_key_ref
+        assert var.value is None and (ref.name, ref.key, ref.optional) == ("mlops-source-bike-demand", "url", True)
+
+
 def test_volumes_template_and_timeouts(prod_settings: Settings) -> None:
     kube = prod_settings.kubernetes
     for op, pod in _pods(load_spec("bike_demand"), prod_settings).values():

@@ -28,7 +28,9 @@ PERMANENT = {
     "tasks.gate.GateFailedError",
     "tasks.ingest.IngestError",
     "tasks.landing.BadPartitionError",
+    "tasks.monitor.LabelJoinRefusedError",
     "tasks.monitor.MonitoringError",
+    "tasks.monitor.MonitoringWindowError",
     "tasks.plan.PlanError",
     "tasks.prediction_log.PredictionLogError",
     "tasks.reader.LandingFileRefusedError",
@@ -37,6 +39,7 @@ PERMANENT = {
     "tasks.results.ResultError",
     "tasks.search.SelectionError",
     "tasks.settings.SettingsError",
+    "tasks.sources.SourceError",
     "tasks.spec.SpecError",
     "tasks.storage.LayoutError",
     "tasks.train.TrainingError",
@@ -53,6 +56,7 @@ RETRIED = {
     "tasks.serving.app.ModelUnavailableError",
     "tasks.serving.app.NoChampionError",
     "tasks.serving.hygiene.ApiError",
+    "tasks.sources.SourceUnavailableError",  # the database or object store did not answer
 }
 
 

@@ -92,3 +92,19 @@ def test_unseen_levels_go_to_an_explicit_other_and_levels_may_be_learned():
     legacy = FeatureBuilder.from_spec(declared).fit(train).transform(served)
     assert f"job={OTHER}" not in legacy.columns and legacy.filter(like="job=").iloc[1].sum() == 0
     assert unseen_levels(declared, served) == {"job": 1}
+
+
+def test_rows_without_their_target_are_left_out_of_training_and_the_holdout(spec, layout):
+    from tests.unit.tasks.conftest import raw_rows
+
+    rows = raw_rows(FIXTURES, "2011-06-01", "2011-06-09")
+    rows["cnt"] = rows["cnt"].astype(float)
+    rows.loc[[0, 5, len(rows) - 1], "cnt"] = np.nan  # two in training, one in the holdout
+    for day, part in rows.groupby("dteday"):
+        target = layout.raw_partition("bike_demand", str(day))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part.to_parquet(target)
+    uris = build_features(spec, layout, sorted(rows.dteday.unique()), "run")
+    assert (uris.train_rows, uris.holdout_rows) == (2 * 24 - 2, 7 * 24 - 1)
+    assert not pd.read_parquet(uris.train_features)["cnt"].isna().any()
+    assert not pd.read_parquet(uris.holdout)["cnt"].isna().any()

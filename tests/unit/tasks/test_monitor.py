@@ -17,12 +17,16 @@ from tasks.monitor import (
     TWO_SAMPLE_CHI2,
     Assessment,
     MonitoringError,
+    MonitoringWindowError,
     Reference,
     Served,
+    attach_labels,
+    collect,
     drift_report,
     load_reference,
     publish,
     reference_frame,
+    served_window,
     window_dates,
 )
 from tasks.plan import judge_window
@@ -42,6 +46,90 @@ DROP = ["instant", "casual", "registered", "cnt"]
 def test_window_is_the_event_days_before_the_interval_end():
     assert window_dates("2012-06-25T02:00:00+00:00", 3) == ["2012-06-22", "2012-06-23", "2012-06-24"]
     assert window_dates("2012-06-25T00:00:00+00:00", 1) == ["2012-06-24"]
+
+
+def test_date_less_data_is_windowed_by_serving_time_up_to_the_window_end_so_today_is_checked_today():
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 26, 17, 30, tzinfo=UTC)
+    spec = load_spec("adult_income")
+    spec = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"window_days": 1})})
+    days, start = served_window(spec, "2026-11-26T17:30:00+00:00", now)
+    assert days == ["2026-11-25", "2026-11-26"] and start == datetime(2026, 11, 25, 17, 30, tzinfo=UTC)
+    # dated data keeps event days before the interval end: a backfill looks at the same rows
+    days, start = served_window(load_spec("bike_demand"), "2012-06-25T02:00:00+00:00", now)
+    assert days[-1] == "2012-06-24" and len(days) == 7 and start is None
+
+
+def test_a_window_ending_in_the_future_fails_fast_with_the_reason(data_root):
+    with pytest.raises(MonitoringWindowError, match="in the future .* logical date up to now") as caught:
+        stages.check_drift("adult_income", "2999-01-01T00:00:00+00:00", "m-future")
+    assert isinstance(caught.value, PermanentError)  # failed at once, never retried or left waiting
+
+
+def _date_less(spec: Any, with_id: bool) -> Any:
+    """adult_income as a team with date-less data declares it: an ingestion-day partition and a row id."""
+    if not with_id:
+        return spec
+    schema = spec.schema_.model_copy(
+        update={"id_column": "row_id", "columns": {"row_id": "int", **spec.schema_.columns}}
+    )
+    return spec.model_copy(update={"schema_": schema})
+
+
+@pytest.mark.parametrize("with_id", [True, False])
+def test_label_join_on_date_less_data_equals_scikit_learn_or_refuses_naming_the_key(data_root, monkeypatch, with_id):
+    """Regression (issue 14): joined on the batch day alone, ROC AUC read 0.295 for a model whose true one was 0.70."""
+    from datetime import UTC, datetime
+
+    from sklearn.metrics import roc_auc_score
+
+    from tasks import registry
+    from tasks.prediction_log import PredictionLogWriter
+
+    spec = _date_less(load_spec("adult_income"), with_id)
+    layout = DataLayout(data_root)
+    rng = np.random.default_rng(7)
+    landed = pd.DataFrame({"row_id": np.arange(400), "batch_date": ["2024-01-01"] * 200 + ["2024-01-02"] * 200})
+    landed["income"] = np.where(rng.random(400) < 0.3, ">50K", "<=50K")
+    for day, part in landed.groupby("batch_date"):
+        target = layout.raw_partition(spec.name, str(day))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part.to_parquet(target)
+    served = landed.sample(frac=0.6, random_state=1)  # served in another order than landed, 240 rows
+    truth = (served["income"] == ">50K").to_numpy()
+    scores = np.clip(truth * 0.3 + rng.random(len(served)) * 0.7, 0, 1)  # informative, not perfect
+    rows = [
+        {"row_id": int(i), "batch_date": d, "age": 40} for i, d in zip(served.row_id, served.batch_date, strict=True)
+    ]
+    writer = PredictionLogWriter(layout.prediction_log, {spec.name: None})  # date-less: placed by serving time
+    writer.append("r1", spec.name, "1", rows, scores.tolist(), source="batch")
+    writer.close()
+    monkeypatch.setattr(registry, "champion", lambda settings, name: None)
+    window_end = datetime.now(UTC).isoformat()
+    result = collect(spec, get_settings(), layout, window_end)
+    assert len(result.rows) == len(served)  # today's traffic, checked today
+    if with_id:
+        assert result.labels == "labels joined on ['row_id']"
+        assert result.champion_on_labelled is not None
+        assert result.champion_on_labelled["roc_auc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    else:
+        assert result.champion_on_labelled is None and result.labelled.empty
+        assert "labels not joined" in result.labels and "schema.id_column" in result.labels
+
+
+def test_a_declared_key_that_is_not_unique_in_the_landed_rows_is_refused(data_root):
+    spec = load_spec("bike_demand")
+    layout = DataLayout(data_root)
+    day = pd.DataFrame({"dteday": ["2012-06-01"] * 3, "hr": [0, 0, 1], "cnt": [5, 7, 9]})
+    target = layout.raw_partition(spec.name, "2012-06-01")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    day.to_parquet(target)
+    rows, why = attach_labels(spec, layout, pd.DataFrame({"dteday": ["2012-06-01"], "hr": [1], "prediction": [8.0]}))
+    assert "is not unique" in why and "['dteday', 'hr']" in why and rows["cnt"].isna().all()
+    # an unserved key column is named
+    rows, why = attach_labels(spec, layout, pd.DataFrame({"dteday": ["2012-06-01"], "prediction": [8.0]}))
+    assert "lack the key column(s) ['instant']" in why
 
 
 def _serve(start: str, end: str) -> None:
