@@ -9,7 +9,8 @@ The story (all through Airflow's scheduler, driven over its REST API):
      and the model server starts serving it;
   3. serve a week of June 2012 traffic; the delayed labels (June 2012 partitions) land and are ingested;
   4. the nightly monitor sees the drift (2012 is hotter and demand much higher) and requests a retrain;
-  5. the retrain on 2012 data becomes champion v2, deployed without restarting anything;
+  5. the retrain on 2012 data becomes champion v2, deployed without restarting anything; its search trials
+     (MLflow), the model card's explanations, one explained prediction and one batch-scored day are shown;
   6. a second pipeline from its spec alone: UCI Adult income classification, gated on ROC AUC, calibration
      and per-group gaps over sex and race, with a model card linked from the gate task, served beside bike.
 """
@@ -345,6 +346,7 @@ def story() -> None:
     wait_idle(f"{P}_train", since)
     h = health()
     v2, mae2 = serve_traffic("2012-06-18", "2012-06-24")
+    models = models_story()
     quarantined = sorted(p.name for p in (Path(env()["MLP_DATA_ROOT"]) / "quarantine" / P).glob("dt=*"))
     adult = adult_story()
     print(
@@ -356,21 +358,90 @@ def story() -> None:
    quarantined partitions: {", ".join(quarantined) or "none"} (reasons.json beside each)
 
  Look around:
-   Airflow UI      {API}            (DAGs bike_demand_ingest / _train / _monitor; no login locally)
+   Airflow UI      {API}            (DAGs bike_demand_ingest / _train / _score / _monitor; no login locally)
    MLflow UI       {MLFLOW}            (experiment bike_demand; model bike_demand @champion)
    adult_income    v{adult["version"]} ROC AUC {adult["auc"]:.3f} on its holdout; gate {adult["verdicts"]}
    Model card      {adult["card"]}
+   Search          {models["search"]}
+   Explanations    {models["card"]}  (section "Explanations"; plot {models["plot"]})
+   Batch scores    {models["scored"]}
    Drift report    {summary.get("report_url") or summary.get("report_html")}  (check_drift's "Drift report" link)
    Model endpoint  {SERVER}/health   POST {SERVER}/predict (bike)   POST {SERVER}/models/adult_income/predict
    Ledger          make ledger      (every promotion, lost race, rejection and rollback: who, when, why)
    Roll back       the 'rollback' DAG in the Airflow UI (param pipeline; optional version)
-   Data root       {env()["MLP_DATA_ROOT"]}  (landing/ raw/ quarantine/ runs/ monitoring/ serving/)
+   Data root       {env()["MLP_DATA_ROOT"]}  (landing/ raw/ quarantine/ runs/ scores/ monitoring/ serving/)
 
  Try it:  curl -s {SERVER}/health
  Stop everything with: make stop
 ================================================================================""",
         flush=True,
     )  # noqa: T201
+
+
+def mlflow_api(method: str, path: str, **kw: Any) -> Any:
+    reply = httpx.request(method, f"{MLFLOW}/api/2.0/mlflow/{path}", timeout=30, **kw)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def search_summary() -> str:
+    """The champion's training run: its search trials (nested MLflow runs) and the parameters it chose."""
+    experiment = mlflow_api("GET", "experiments/get-by-name", params={"experiment_name": P})["experiment"]
+    ids = [experiment["experiment_id"]]
+    found = mlflow_api(
+        "POST",
+        "runs/search",
+        json={
+            "experiment_ids": ids,
+            "filter": "tags.role = 'candidate'",
+            "order_by": ["start_time DESC"],
+            "max_results": 1,
+        },
+    ).get("runs", [])
+    if not found:
+        return "(no candidate run found)"
+    run = found[0]
+    run_id = run["info"]["run_id"]
+    trials = mlflow_api(
+        "POST",
+        "runs/search",
+        json={"experiment_ids": ids, "filter": f"tags.mlflow.parentRunId = '{run_id}'", "max_results": 1000},
+    ).get("runs", [])
+    params = {
+        p["key"][len("model.") :]: p["value"] for p in run["data"].get("params", []) if p["key"].startswith("model.")
+    }
+    return f"{len(trials)} trials nested under run {run_id[:8]} (MLflow); chosen: {params}"
+
+
+def models_story() -> dict[str, str]:
+    """Search trials, the model card's explanations, one explained prediction and one batch-scored day."""
+    say("   the champion's search, its explanations, one explained prediction, one batch-scored day")
+    search = search_summary()
+    say(f"  search: {search}")
+    root = Path(env()["MLP_DATA_ROOT"])
+    cards = sorted((root / "runs" / P).glob("*/model_card.html"), key=lambda p: p.stat().st_mtime)
+    plots = sorted((root / "runs" / P).glob("*/explanations/importance.png"), key=lambda p: p.stat().st_mtime)
+    card, plot = (str(cards[-1]) if cards else "(none)"), (str(plots[-1]) if plots else "(none)")
+    say(f"  model card with its Explanations section: {card}")
+    import pandas as pd
+
+    data = pd.read_csv(REPO.parent / "shared" / "datasets" / "bike_sharing_hour.csv.gz")
+    row = data[(data.dteday == "2012-06-24") & (data.hr == 18)].drop(columns=["instant", "casual", "registered", "cnt"])
+    body = {"instances": row.to_dict("records"), "explain": True, "top_k": 3}
+    reply = httpx.post(f"{SERVER}/predict", json=body, timeout=30).json()
+    reasons = ", ".join(f"{r['feature']}={r['value']} ({r['contribution']:+.0f})" for r in reply["explanations"][0])
+    say(f"  explained: 2012-06-24 18:00 -> {reply['predictions'][0]:.0f} rentals/hour; top reasons {reasons}")
+    day, since = "2012-06-24", now_iso()
+    unpause(f"{P}_score")
+    api("POST", f"/dags/{P}_score/dagRuns", json={"logical_date": None, "conf": {"partition": day}})
+    wait_idle(f"{P}_score", since, quiet_s=5)
+    manifest = root / "scores" / P / f"dt={day}" / "scored.json"
+    if not manifest.is_file():
+        raise SystemExit(f"{P}_score wrote no scores for {day}; see {API}")
+    scored = json.loads(manifest.read_text())
+    where = f"{manifest.parent / scored['file']} ({scored['rows']} rows, model v{scored['model_version']})"
+    say(f"  batch-scored {day}: {where}")
+    return {"search": search, "card": card, "plot": plot, "scored": where}
 
 
 A = "adult_income"

@@ -73,6 +73,20 @@ def raw_column_of(builder: Any) -> list[str]:
     return raw
 
 
+def raw_index(builder: Any) -> tuple[list[str], np.ndarray]:
+    """The raw input columns (in first-feature order) and the 0/1 matrix (features x raw columns) summing onto them.
+
+    ``per_feature @ matrix`` adds each row's one-hot and sin/cos contributions onto their raw column in one
+    matrix product (no per-row or per-column Python loop).
+    """
+    raw = raw_column_of(builder)
+    columns = list(dict.fromkeys(raw))
+    position = {c: j for j, c in enumerate(columns)}
+    matrix = np.zeros((len(raw), len(columns)))
+    matrix[np.arange(len(raw)), [position[c] for c in raw]] = 1.0
+    return columns, matrix
+
+
 def _tree_contributions(inner: Any, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     booster = getattr(inner, "booster_", None)
     if booster is not None:  # LightGBM: TreeSHAP in the library, on the raw margin
@@ -98,7 +112,7 @@ def contributions(model: Any, X: pd.DataFrame) -> Contributions:  # noqa: N803 -
     """
     builder, estimator = _parts(model)
     features = builder.transform(X)
-    raw = raw_column_of(builder)
+    columns, matrix = raw_index(builder)
     tree = _tree_contributions(_inner(estimator), features)
     if tree is not None:
         values, expected = tree
@@ -106,9 +120,8 @@ def contributions(model: Any, X: pd.DataFrame) -> Contributions:  # noqa: N803 -
     else:
         values, expected = _agnostic(model, builder, estimator, features)
         space = "prediction"
-    per_feature = pd.DataFrame(values, columns=builder.feature_names, index=X.index)
-    per_raw = per_feature.T.groupby(np.asarray(raw), sort=False).sum().T
-    return Contributions(per_raw[list(dict.fromkeys(raw))], np.asarray(expected, dtype="float64"), space)
+    per_raw = np.asarray(values, dtype="float64") @ matrix
+    return Contributions(pd.DataFrame(per_raw, columns=columns, index=X.index), np.asarray(expected, "float64"), space)
 
 
 def _agnostic(model: Any, builder: Any, estimator: Any, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +149,12 @@ def top_k(result: Contributions, X: pd.DataFrame, k: int) -> list[list[dict[str,
     columns = list(result.values.columns)
     values = result.values.to_numpy(dtype="float64")
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    sent = X[columns].to_numpy(dtype=object)
+    rows = np.arange(len(values))[:, None]
+    picked = values[rows, order].tolist()  # Python floats, one conversion for the whole batch
+    sent = X[columns].to_numpy(dtype=object)[rows, order]
     return [
-        [{"feature": columns[j], "value": _plain(sent[i, j]), "contribution": float(values[i, j])} for j in row]
-        for i, row in enumerate(order)
+        [{"feature": columns[j], "value": _plain(v), "contribution": c} for j, v, c in zip(o, s, p, strict=True)]
+        for o, s, p in zip(order.tolist(), sent, picked, strict=True)
     ]
 
 

@@ -43,10 +43,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import pandas as pd
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Header
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,8 +76,8 @@ ModelState = Literal["loading", "serving", "failed", "no_champion"]
 class PredictRequest(BaseModel):
     """The MLflow / TF-serving ``instances`` convention: one mapping of raw input column -> value per row.
 
-    ``explain: true`` adds, per row, the ``top_k`` input columns that moved the prediction most (SHAP
-    contributions in raw-input terms: reason codes). Without it nothing is computed.
+    ``explain: true`` (or the header ``X-Explain: true``) adds, per row, the ``top_k`` input columns that moved
+    the prediction most (SHAP contributions in raw-input terms: reason codes). Without it nothing is computed.
     """
 
     instances: list[Any] = Field(min_length=1)
@@ -852,6 +852,16 @@ def _openapi(app: FastAPI, service: ModelService) -> Callable[[], dict[str, Any]
     return build
 
 
+ExplainHeader = Annotated[
+    bool, Header(alias="X-Explain", description="true: explain every row, as the body's explain: true does.")
+]
+
+
+def _explained(request: PredictRequest, header: bool) -> PredictRequest:
+    """The request, asking for explanations when the ``X-Explain`` header does."""
+    return request.model_copy(update={"explain": True}) if header else request
+
+
 def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
     """Build the HTTP app over a :class:`ModelService` for ``pipelines``; it loads the champions in the background."""
     from tasks.redact import install
@@ -898,8 +908,8 @@ def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
     predict_errors = _errors(404, 413, 422, 503)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=predict_errors)
-    def predict(request: PredictRequest) -> dict[str, Any]:
-        return service.predict(service.default, request)
+    def predict(request: PredictRequest, x_explain: ExplainHeader = False) -> dict[str, Any]:
+        return service.predict(service.default, _explained(request, x_explain))
 
     @app.post(
         "/models/{name}/predict",
@@ -907,8 +917,8 @@ def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
         response_model_exclude_none=True,
         responses=predict_errors,
     )
-    def predict_named(name: str, request: PredictRequest) -> dict[str, Any]:
-        return service.predict(name, request)
+    def predict_named(name: str, request: PredictRequest, x_explain: ExplainHeader = False) -> dict[str, Any]:
+        return service.predict(name, _explained(request, x_explain))
 
     @app.post(
         "/admin/reload",

@@ -154,6 +154,8 @@ def test_explain_returns_top_k_contributions_per_row_in_raw_input_terms(server):
         assert sizes == sorted(sizes, reverse=True)
     default = server.post("/predict", json={"instances": rows[:1], "explain": True}).json()
     assert len(default["explanations"][0]) == 5  # top_k defaults to 5
+    by_header = server.post("/predict", json={"instances": rows[:1]}, headers={"X-Explain": "true"}).json()
+    assert by_header["explanations"] == default["explanations"]  # the header asks as the body's flag does
 
 
 @pytest.mark.parametrize(
