@@ -5,8 +5,9 @@ Each row says who did what, when and why, and which version the champion moved f
 gate said no), ``dry_run``, ``rollback``, ``deploy_failed`` (the server refused the version; the
 champion alias went back to what it serves), and the model server's own record of every admin reload:
 ``serve`` (it now serves that version) and ``serve_refused`` (the policy, a failed smoke test or an
-outage kept it from serving it). Every row is masked with :func:`tasks.redact.redact` before it is
-written, so no credential reaches the ledger.
+outage kept it from serving it); and a person's answer to a promotion approval (``gate.approval``):
+``approved``, ``declined`` (promotion skipped, the champion keeps serving) or ``approval_timeout``.
+Every row is masked with :func:`tasks.redact.redact` before it is written, so no credential reaches the ledger.
 
 The ledger lives in a SQL database (``Settings.ledger_uri``): a SQLite file under the data root by default,
 PostgreSQL in the compose and Kubernetes stacks. Triggers make the table append-only in the database
@@ -30,7 +31,19 @@ from typing import Any
 
 from tasks.redact import redact, redact_value
 
-ACTIONS = ("promote", "lost_race", "rejected", "dry_run", "rollback", "deploy_failed", "serve", "serve_refused")
+ACTIONS = (
+    "promote",
+    "lost_race",
+    "rejected",
+    "dry_run",
+    "rollback",
+    "deploy_failed",
+    "serve",
+    "serve_refused",
+    "approved",
+    "declined",
+    "approval_timeout",
+)
 
 _COLUMNS = "at, pipeline, action, from_version, to_version, actor, reason, run_id, details"
 _SQLITE_SCHEMA = """

@@ -533,16 +533,19 @@ def score(pipeline: str) -> XComArg:
 
 
 def approval(spec: PipelineSpec) -> Any:
-    """Airflow's HITL ApprovalOperator between registration and promotion (Browse -> Required Actions).
+    """Airflow's HITL approval between registration and promotion (Browse -> Required Actions).
 
     Approve: promotion proceeds. Reject: promotion and deploy are skipped; the version stays ``challenger``.
+    Either answer needs a reason; both are recorded in the ledger, as is a timeout, which fails the run
+    (:mod:`mlops_airflow.approval`).
     """
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from mlops_airflow.approval import PromotionApproval
 
     rule = spec.gate.approval
     users = [{"id": u, "name": u} for u in rule.assigned_users] or None
-    return ApprovalOperator(
+    return PromotionApproval(
         task_id="approve_promotion",
+        pipeline=spec.name,
         subject=f"Promote {spec.name} v{{{{ ti.xcom_pull(task_ids='register_model')['version'] }}}} to champion?",
         body=(
             "The candidate passed the gate.\n\n"

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Hashable, Sequence
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
-from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer, reject_shared_stream_event
+from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
 CRASH_BEFORE_ACK = "MLP_TEST_CRASH_BEFORE_XACK"
 """Test hook: when set, the stream producer ends its process after the event is stored and before XACK."""
@@ -167,8 +167,9 @@ class RedisStreamTrigger(BaseEventTrigger):
     reports a repeat as skipped, so a redelivered message costs a no-op run, never a second ingest.
 
     A message is ``XADD <stream> * partition YYYY-MM-DD`` (or a ``data`` field holding ``{"partition": ...}``
-    JSON or the bare date). One naming no day is refused: it is copied to ``<stream>:dead`` with the reason
-    and acknowledged, never turned into an event.
+    JSON or the bare date). The messages of one read become one event ``{"partitions": [...], "messages":
+    [...]}`` (one run for all of them). One naming no day is refused: it is copied to ``<stream>:dead``
+    with the reason and acknowledged, never turned into an event.
 
     Args:
         stream: The stream key.
@@ -216,25 +217,25 @@ class RedisStreamTrigger(BaseEventTrigger):
         return RedisStreamProducer(**kwargs)
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
-        """One event per message that names a day; a message that names none is rejected (dead-lettered)."""
+        """One event per batch of messages the producer read together (all the days they name)."""
         from mlops_airflow.events import partitions_from_event
 
-        async for message in shared_stream:
-            payload = {**message["fields"], "stream": message["stream"], "message_id": message["id"]}
-            if not partitions_from_event({"payload": payload}):
-                self.log.warning("message %s on %s names no partition: rejected", message["id"], self.stream)
-                reject_shared_stream_event()
-                continue
-            yield TriggerEvent({**payload, "source": "redis_stream"})
+        async for batch in shared_stream:
+            messages = [{**m["fields"], "message_id": m["id"]} for m in batch["messages"]]
+            days = sorted({d for m in messages for d in partitions_from_event({"payload": m})})
+            self.log.info("%s: messages %s announce %s", self.stream, [m["message_id"] for m in messages], days)
+            yield TriggerEvent(
+                {"partitions": days, "messages": messages, "stream": batch["stream"], "source": "redis_stream"}
+            )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Outside a triggerer's shared streams (``dag.test()``, a unit test): read, yield, acknowledge each."""
+        """Outside a triggerer's shared streams (``dag.test()``, a unit test): read, yield, acknowledge."""
         producer = RedisStreamProducer(**self.serialize()[1])
         try:
-            async for message, entry_id in producer.open_stream():
-                async for event in self.filter_shared_stream(_one(message)):
+            async for batch, entry_ids in producer.open_stream():
+                async for event in self.filter_shared_stream(_one(batch)):
                     yield event
-                await producer.acknowledge([entry_id])
+                await producer.acknowledge(entry_ids)
         finally:
             await producer.aclose()
 
@@ -303,41 +304,63 @@ class RedisStreamProducer(SharedStreamProducer):
         return [_decode(entry) for _, entries in reply or [] for entry in entries]
 
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
-        """Pending entries first, then new ones; each as ``({"id", "stream", "fields"}, entry id)``."""
+        """Batches of messages: pending ones with the first read, then each read's; ``(batch, entry ids)``.
+
+        One raw event per read, not per message: Airflow 3.3 gives an asset one queued run at a time (the
+        run consumes the events up to the first one's time), so messages read together must be one event
+        to start one run that ingests all their days. Messages that name no day are moved to
+        ``<stream>:dead`` with the reason and acknowledged here: they never become an event.
+        """
         import time
 
         await self._connect()
         batch = await asyncio.to_thread(self._claim, 0)
         last_claim = time.monotonic()
         while True:
-            for entry_id, fields in batch:
-                yield {"id": entry_id, "stream": self.stream, "fields": fields}, entry_id
+            batch += await asyncio.to_thread(self._read)
+            good = await asyncio.to_thread(self._refuse_unannounced, batch)
+            if good:
+                messages = [{"id": entry_id, "fields": fields} for entry_id, fields in good]
+                yield {"stream": self.stream, "messages": messages}, [entry_id for entry_id, _ in good]
+            batch = []
             if self.reclaim_ms and (time.monotonic() - last_claim) * 1000 >= self.reclaim_ms:
                 batch = await asyncio.to_thread(self._claim, self.reclaim_ms)
                 last_claim = time.monotonic()
-            else:
-                batch = []
-            batch += await asyncio.to_thread(self._read)
+
+    def _refuse_unannounced(self, batch: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, str]]]:
+        from mlops_airflow.events import partitions_from_event
+
+        bad = [entry_id for entry_id, fields in batch if not partitions_from_event({"payload": fields})]
+        if bad:
+            self._dead_letter(bad)
+            self._client.xack(self.stream, self.group, *bad)
+        return [(entry_id, fields) for entry_id, fields in batch if entry_id not in bad]
 
     async def advance(self, batch: Sequence[AdvanceItem]) -> None:
-        """Acknowledge the entries whose events were stored; dead-letter refused ones; leave failed ones pending."""
+        """Acknowledge the batches whose event was stored; leave failed ones pending (delivered again)."""
         if os.environ.get(CRASH_BEFORE_ACK):
             # test hook (tests/stack): the asset events are stored, the entries not yet acknowledged
             import logging
 
             logging.getLogger(__name__).warning("%s set: exiting before XACK of %s", CRASH_BEFORE_ACK, batch)
             os._exit(17)
-        rejected = [item.broker_payload for item in batch if item.outcome.rejected]
-        done = [item.broker_payload for item in batch if item.outcome.is_clean]
-        if rejected:
-            await asyncio.to_thread(self._dead_letter, rejected)
-        await self.acknowledge(done + rejected)
+        done = [entry_id for item in batch if item.outcome.is_clean for entry_id in item.broker_payload]
+        await self.acknowledge(done)
 
     def _dead_letter(self, entry_ids: list[str]) -> None:
         for entry_id in entry_ids:
             for _, fields in (_decode(e) for e in self._client.xrange(self.stream, entry_id, entry_id)):
                 reason = "names no partition (partition: YYYY-MM-DD)"
                 self._client.xadd(f"{self.stream}:dead", {**fields, "original_id": entry_id, "reason": reason})
+                self.log_refused(entry_id, reason)
+
+    def log_refused(self, entry_id: str, reason: str) -> None:
+        """Say so in the triggerer's log."""
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s message %s %s: moved to %s:dead", self.stream, entry_id, reason, self.stream
+        )
 
     async def acknowledge(self, entry_ids: list[str]) -> None:
         """``XACK`` these entries (and delete nothing: the stream's retention is the publisher's ``MAXLEN``)."""

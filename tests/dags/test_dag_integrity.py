@@ -124,7 +124,10 @@ def test_spec_with_approval_puts_a_hitl_approval_between_registration_and_promot
     (tmp_path / "adult_income.yaml").write_text(yaml.safe_dump(raw))
     train = build_pipeline_dags(load_spec(tmp_path / "adult_income.yaml"))["adult_income_train"]
     approval = train.get_task("approve_promotion")
-    assert type(approval).__name__ == "ApprovalOperator"
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    assert isinstance(approval, ApprovalOperator) and type(approval).__name__ == "PromotionApproval"
+    assert approval.params.get_param("reason").schema["minLength"] == 1  # the form's required reason
     assert approval.upstream_task_ids == {"register_model"}
     assert "approve_promotion" in train.get_task("promote_model").upstream_task_ids
     assert approval.response_timeout.total_seconds() == 48 * 3600

@@ -99,6 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("stack")
     suffix = secrets.token_hex(4)
     channel = f"mlp.test.{suffix}.bike_demand.landing"  # this stack's own: Redis is shared by the machine
+    stream = f"mlp.test.{suffix}.bike_demand.landed"
     dbs = {"AIRFLOW_DB": f"mlp_stack_airflow_{suffix}", "MLFLOW_DB": f"mlp_stack_mlflow_{suffix}"}
     with closing(_pg()) as conn, conn.cursor() as cur:
         for db in dbs.values():
@@ -124,7 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "REDIS_HOST": "127.0.0.1",
         "PROJECT_DIR": str(REPO),
         "DATA_ROOT": str(tmp / "data"),
-        "PIPELINES_DIR": str(_specs(tmp / "specs", channel)),
+        "PIPELINES_DIR": str(_specs(tmp / "specs", channel, stream)),
         "SHARED_DATASETS": str(SHARED),
         "MLFLOW_ARTIFACTS": str(tmp / "mlartifacts"),
         **dbs,
@@ -134,11 +135,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (tmp / "logs").mkdir()
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def launch(service: str) -> subprocess.Popen[bytes]:
+    def launch(service: str, **extra_env: str) -> subprocess.Popen[bytes]:
         spec = compose[service]
         argv = [str(BIN / spec["command"][0]) if spec["command"][0] != "python" else sys.executable]
-        env = _clean_env() | {k: str(v) for k, v in (spec.get("environment") or {}).items()}
-        log = open(tmp / "logs" / f"{service}.log", "wb")  # noqa: SIM115 - owned by the child
+        env = _clean_env() | {k: str(v) for k, v in (spec.get("environment") or {}).items()} | extra_env
+        log = open(tmp / "logs" / f"{service}.log", "ab")  # noqa: SIM115 - owned by the child (a relaunch appends)
         return subprocess.Popen(
             argv + spec["command"][1:], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -167,6 +168,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "root": tmp / "data",
             "logs": tmp / "logs",
             "channel": channel,
+            "stream": stream,
+            "specs": tmp / "specs",
+            "launch": launch,
+            "procs": procs,
             "mlflow_password": dotenv["MLFLOW_ADMIN_PASSWORD"],
         }
     finally:
@@ -185,9 +190,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
-def _specs(folder: Path, channel: str) -> Path:
-    """Bike demand (20-day window) announced on a Redis channel; adult income announced by its landing files."""
-    write_spec(folder, events={"redis_channel": channel, "poll_seconds": 1})
+def _specs(folder: Path, channel: str, stream: str) -> Path:
+    """Bike demand (20-day window) announced on a Redis channel and a Redis Stream; adult income by its files."""
+    write_spec(folder, events={"redis_channel": channel, "redis_stream": stream, "poll_seconds": 1})
     adult = yaml.safe_load((REPO / "config" / "pipelines" / "adult_income.yaml").read_text())
     adult["source"]["events"] = {"watch_landing": True, "poll_seconds": 2}
     cap_search(adult)
@@ -414,6 +419,84 @@ def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, An
     assert (stack["root"] / "raw" / "bike_demand" / "dt=2011-06-22" / "part.parquet").is_file()
 
 
+@pytest.mark.needs_redis
+def test_a_redis_stream_message_survives_a_triggerer_crash_before_its_ack(stack: dict[str, Any]) -> None:
+    """At least once, ingested once: a crash between the stored event and XACK, and a message sent while down.
+
+    The triggerer runs with the test hook ``MLP_TEST_CRASH_BEFORE_XACK``: its stream producer exits when asked
+    to acknowledge, i.e. after Airflow stored the asset event and before ``XACK``. A second message is
+    published while no triggerer runs. The next triggerer delivers the first one again (it is still pending in
+    the consumer group) and the second for the first time; both are then acknowledged, and the first day is
+    ingested once (its repeat is reported skipped: the same file SHA-256).
+    """
+    import redis
+
+    from mlops_airflow.triggers import CRASH_BEFORE_ACK
+
+    base, logs, stream, procs = stack["urls"]["airflow"], stack["logs"], stack["stream"], stack["procs"]
+    queue = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    try:
+        queue.ping()
+    except redis.ConnectionError as exc:
+        require(False, f"Redis is not reachable on 127.0.0.1:6379 ({exc}); CI machines have it")
+    days = ["2011-06-23", "2011-06-24"]
+    _replay(stack, "bike_demand", days[0], days[-1])
+    _wait_until("the DAGs to be parsed", lambda: _api(base, "GET", "/dags")["total_entries"] >= 7, 180, logs)
+    _api(base, "PATCH", "/dags/bike_demand_ingest", json={"is_paused": False})
+    before = len(_event_runs(base, "bike_demand_ingest"))
+
+    def restart_triggerer(**env: str) -> subprocess.Popen[bytes]:
+        old = procs["airflow-triggerer"]
+        if old.poll() is None:
+            os.killpg(old.pid, signal.SIGTERM)
+            old.wait(60)
+        procs["airflow-triggerer"] = stack["launch"]("airflow-triggerer", **env)
+        return procs["airflow-triggerer"]
+
+    def stream_events() -> list[dict[str, Any]]:
+        extras = [e["extra"] or {} for e in _landing_events(base, "bike_demand")]
+        return [x["payload"] for x in extras if (x.get("payload") or {}).get("source") == "redis_stream"]
+
+    def delivered() -> list[str]:
+        return [m["message_id"] for e in stream_events() for m in e["messages"]]
+
+    crashing = restart_triggerer(**{CRASH_BEFORE_ACK: "1"})
+    _wait_until("the stream's consumer group", lambda: _has_group(queue, stream), 180, logs / "airflow-triggerer.log")
+    first = queue.xadd(stream, {"partition": days[0]})
+    _wait_until("the triggerer to crash before XACK", lambda: crashing.poll() is not None, 180, logs)
+    assert f"{CRASH_BEFORE_ACK} set: exiting before XACK" in (logs / "airflow-triggerer.log").read_text()
+    assert delivered() == [first]  # the event was stored ...
+    assert queue.xpending(stream, "airflow")["pending"] == 1  # ... and the message not acknowledged
+    second = queue.xadd(stream, {"partition": days[1]})  # published while no triggerer runs
+
+    restart_triggerer()
+
+    def settled() -> list[dict[str, Any]] | None:
+        if queue.xpending(stream, "airflow")["pending"]:
+            return None
+        runs = [r for r in _event_runs(base, "bike_demand_ingest")[before:] if r["state"] in ("success", "failed")]
+        if len(runs) < len(_event_runs(base, "bike_demand_ingest")[before:]):
+            return None
+        results = [p for r in runs for p in _ingested(base, "bike_demand_ingest", r)]
+        return results if {p["partition"] for p in results} >= set(days) and len(stream_events()) == 2 else None
+
+    results = _wait_until("both messages ingested and acknowledged", settled, 300, logs)
+    assert sorted(delivered()) == sorted([first, first, second])  # the first delivered again, with the second
+    taken = [p["partition"] for p in results if not p["skipped"]]
+    assert sorted(taken) == days, results  # one ingest per (partition, file SHA-256)
+    assert all("identical landing file" in p["reason"] for p in results if p["skipped"]), results
+    assert queue.xpending(stream, "airflow")["pending"] == 0
+    for day in days:
+        assert (stack["root"] / "raw" / "bike_demand" / f"dt={day}" / "part.parquet").is_file()
+
+
+def _has_group(queue: Any, stream: str) -> bool:
+    try:
+        return any(g["name"] == "airflow" for g in queue.xinfo_groups(stream))
+    except Exception:  # noqa: BLE001 - no stream yet
+        return False
+
+
 def test_a_landed_file_starts_ingestion_and_a_bad_one_is_quarantined_on_arrival(stack: dict[str, Any]) -> None:
     base, logs, root = stack["urls"]["airflow"], stack["logs"], stack["root"]
     _api(base, "PATCH", "/dags/adult_income_ingest", json={"is_paused": False})
@@ -485,3 +568,112 @@ def test_a_backfill_rerun_is_byte_identical_runs_beside_the_monitor_and_retrains
     # the re-announced days reached the training DAG, whose retrain policy trained nothing new
     assert len(registry.search_model_versions("name = 'bike_demand'")) == versions
     assert registry.get_model_version_by_alias("bike_demand", "champion").version == champion
+
+
+def _hitl(base: str, run: dict[str, Any]) -> str:
+    run_path = f"{base}/api/v2/dags/bike_demand_train/dagRuns/{run['dag_run_id']}"
+    return f"{run_path}/taskInstances/approve_promotion/-1/hitlDetails"
+
+
+def _awaiting(base: str, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The approval request of ``run`` once its task waits for an answer."""
+    states = _task_states(base, "bike_demand_train", run)
+    if states.get("approve_promotion") != "awaiting_input":
+        return None
+    reply = httpx.get(_hitl(base, run), timeout=30)
+    return reply.json() if reply.status_code == 200 and not reply.json()["response_received"] else None
+
+
+def _answer_and_settle(stack: dict[str, Any], run: dict[str, Any], answer: dict[str, Any] | None) -> dict[str, str]:
+    """Wait for the request, answer it (``None``: let it time out), wait for the run to finish; its task states."""
+    base, logs = stack["urls"]["airflow"], stack["logs"]
+    _wait_until("the approval request", lambda: _awaiting(base, run), 600, logs)
+    if answer is not None:
+        reply = httpx.patch(_hitl(base, run), json=answer, timeout=30)
+        assert reply.status_code == 200, reply.text
+
+    def finished() -> dict[str, Any] | None:
+        now = _api(base, "GET", f"/dags/bike_demand_train/dagRuns/{run['dag_run_id']}")
+        return now if now["state"] in ("success", "failed") else None
+
+    _wait_until("the approval's run to finish", finished, 240, logs)
+    return _task_states(base, "bike_demand_train", run)
+
+
+def _ledger_rows(stack: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    with closing(_pg(stack["dbs"]["MLFLOW_DB"])) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT action, to_version, actor, reason FROM promotion_ledger WHERE pipeline = 'bike_demand' ORDER BY seq"
+        )
+        return cur.fetchall()
+
+
+def test_a_person_approves_rejects_or_lets_a_promotion_time_out_through_the_rest_api(stack: dict[str, Any]) -> None:
+    """One training run, its approval answered three times (the task cleared in between), under the scheduler.
+
+    The spec turns ``gate.approval`` on (45 s to answer) and lets a candidate no worse than the champion pass
+    the gate, so a forced retrain on the same days reaches the approval. Reject: promotion and deploy are
+    skipped, the ledger has who and why, the champion keeps serving. No answer: the spec's timeout fails the
+    run, recorded in the ledger. Approve: the version is promoted and served.
+    """
+    from mlflow import MlflowClient
+
+    base, logs, server = stack["urls"]["airflow"], stack["logs"], stack["urls"]["server"]
+    registry = MlflowClient(stack["urls"]["mlflow"], stack["urls"]["mlflow"])
+    champion = registry.get_model_version_by_alias("bike_demand", "champion").version
+    spec_file = stack["specs"] / "bike_demand.yaml"
+    shipped = spec_file.read_text()
+    spec = yaml.safe_load(shipped)
+    spec["gate"]["approval"] = {"required": True, "timeout_hours": 45 / 3600}
+    spec["gate"]["champion"] = {"max_regression": 0.5, "bootstrap_samples": 200}
+    spec_file.write_text(yaml.safe_dump(spec))
+    try:
+
+        def has_approval() -> bool:
+            tasks = _api(base, "GET", "/dags/bike_demand_train/tasks")["tasks"]
+            return "approve_promotion" in {t["task_id"] for t in tasks}
+
+        _wait_until("the train DAG re-parsed with the approval", has_approval, 240, logs)
+        _api(base, "PATCH", "/dags/bike_demand_train", json={"is_paused": False})
+        run = _api(
+            base, "POST", "/dags/bike_demand_train/dagRuns", json={"logical_date": None, "conf": {"force": True}}
+        )
+
+        # reject: promotion and deploy skipped; who and why in the ledger; the champion keeps serving
+        reason = "the spring holdout is too short to trust"
+        states = _answer_and_settle(stack, run, {"chosen_options": ["Reject"], "params_input": {"reason": reason}})
+        assert states["approve_promotion"] == "success", states
+        assert states["promote_model"] == "skipped" and states["deploy_model"] == "skipped", states
+        who = httpx.get(_hitl(base, run), timeout=30).json()["responded_by_user"]["name"]
+        candidate = _api(
+            base,
+            "GET",
+            f"/dags/bike_demand_train/dagRuns/{run['dag_run_id']}/taskInstances/register_model/xcomEntries/return_value",
+        )["value"]["version"]
+        action, version, actor, why = _ledger_rows(stack)[-1]
+        assert (action, version, why) == ("declined", str(candidate), reason)
+        assert actor.startswith(f"{who} (airflow user ") and f"airflow:bike_demand_train/{run['dag_run_id']}" in actor
+        assert registry.get_model_version_by_alias("bike_demand", "champion").version == champion
+        assert httpx.get(f"{server}/health").json()["version"] == str(champion)
+
+        clear = {"dry_run": False, "task_ids": ["approve_promotion"], "dag_run_id": run["dag_run_id"],
+                 "include_downstream": True, "only_failed": False, "reset_dag_runs": True}  # fmt: skip
+        # no answer: the spec's timeout fails the run; the ledger says so; the champion keeps serving
+        _api(base, "POST", "/dags/bike_demand_train/clearTaskInstances", json=clear)
+        states = _answer_and_settle(stack, run, None)
+        assert states["approve_promotion"] == "failed" and states["promote_model"] == "upstream_failed", states
+        assert _ledger_rows(stack)[-1][:2] == ("approval_timeout", str(candidate))
+        assert registry.get_model_version_by_alias("bike_demand", "champion").version == champion
+
+        # approve: promoted and served
+        _api(base, "POST", "/dags/bike_demand_train/clearTaskInstances", json=clear)
+        states = _answer_and_settle(
+            stack, run, {"chosen_options": ["Approve"], "params_input": {"reason": "reviewed the model card"}}
+        )
+        assert states["promote_model"] == "success" and states["deploy_model"] == "success", states
+        assert registry.get_model_version_by_alias("bike_demand", "champion").version == str(candidate)
+        assert httpx.get(f"{server}/health").json()["version"] == str(candidate)
+        actions = [row[0] for row in _ledger_rows(stack)[-3:]]
+        assert actions == ["approved", "promote", "serve"], _ledger_rows(stack)[-4:]
+    finally:
+        spec_file.write_text(shipped)

@@ -79,8 +79,9 @@ def _redis() -> Any:
 def test_redis_stream_trigger_acknowledges_only_what_airflow_confirmed_stored(monkeypatch):
     """Airflow's own shared-stream manager (ack mode), as the triggerer drives it, against the real Redis.
 
-    A message is acknowledged only after its event's persist confirmation; one naming no day is dead-lettered
-    and acknowledged; an unconfirmed one (the triggerer died first) is delivered again to the next consumer.
+    The messages of one read are one event (one run); they are acknowledged only after that event's persist
+    confirmation; one naming no day is dead-lettered; unconfirmed ones (the triggerer died first) are
+    delivered again to the next triggerer.
     """
     import secrets
 
@@ -101,37 +102,32 @@ def test_redis_stream_trigger_acknowledges_only_what_airflow_confirmed_stored(mo
     second = client.xadd(stream, {"data": '{"partition": "2011-06-23"}'})
     key = trigger.shared_stream_key()
 
-    async def consume(confirm: bool, n: int) -> list[dict[str, Any]]:
+    async def consume(confirm: bool) -> dict[str, Any]:
         manager = SharedStreamManager(ack_timeout=30)
-        events, seqs = [], []
-        stream_events = trigger.filter_shared_stream(manager.subscribe(trigger_id=1, trigger=trigger, key=key))
-        for _ in range(n):
-            events.append((await asyncio.wait_for(anext(stream_events), 10)).payload)
-            seqs.append(manager.bind_pending_event(trigger_id=1, key=key))
+        events = trigger.filter_shared_stream(manager.subscribe(trigger_id=1, trigger=trigger, key=key))
+        event = (await asyncio.wait_for(anext(events), 10)).payload
+        seq = manager.bind_pending_event(trigger_id=1, key=key)
         if confirm:
-            manager.confirm_persisted(seqs)
-            pending = asyncio.wait_for(anext(stream_events), 1.0)  # moves past the last one: it resolves
-            try:
-                await pending
+            manager.confirm_persisted([seq])
+            try:  # moving past the event resolves it
+                await asyncio.wait_for(anext(events), 0.5)
             except TimeoutError:
                 pass
             for _ in range(50):
                 if not client.xpending(stream, "airflow")["pending"]:
                     break
                 await asyncio.sleep(0.1)
-        await stream_events.aclose()
-        await manager.stop_all()  # (unconfirmed: as a crash leaves them)
-        return events
+        await events.aclose()
+        await manager.stop_all()  # (unconfirmed: as a crash leaves it)
+        return event
 
-    crashed = asyncio.run(consume(confirm=False, n=2))
-    assert [e["partition"] if "partition" in e else e["data"] for e in crashed] == [
-        "2011-06-22", '{"partition": "2011-06-23"}',
-    ]  # fmt: skip
-    assert crashed[0]["message_id"] == first and crashed[0]["source"] == "redis_stream"
-    assert client.xpending(stream, "airflow")["pending"] == 3  # nothing stored was confirmed: nothing acknowledged
-    again = asyncio.run(consume(confirm=True, n=2))  # the next triggerer: the same messages, then acknowledged
-    assert [e["message_id"] for e in again] == [first, second]
-    assert client.xpending(stream, "airflow")["pending"] == 0
-    (dead,) = client.xrange(f"{stream}:dead")
+    crashed = asyncio.run(consume(confirm=False))
+    assert crashed["partitions"] == ["2011-06-22", "2011-06-23"] and crashed["source"] == "redis_stream"
+    assert [m["message_id"] for m in crashed["messages"]] == [first, second]
+    assert client.xpending(stream, "airflow")["pending"] == 2  # not confirmed stored: not acknowledged
+    (dead,) = client.xrange(f"{stream}:dead")  # the one naming no day: refused at once, acknowledged
     assert dead[1]["note"] == "no day here" and "names no partition" in dead[1]["reason"]
+    again = asyncio.run(consume(confirm=True))  # the next triggerer: the same messages, then acknowledged
+    assert [m["message_id"] for m in again["messages"]] == [first, second]
+    assert client.xpending(stream, "airflow")["pending"] == 0
     client.delete(stream, f"{stream}:dead")

@@ -60,6 +60,9 @@ def test_the_vocabulary_is_fixed():
         "deploy_failed",
         "serve",
         "serve_refused",
+        "approved",
+        "declined",
+        "approval_timeout",
     }
 
 
