@@ -98,12 +98,12 @@ def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) 
 
 def collect(spec: PipelineSpec, settings: Settings, layout: DataLayout, window_end: str) -> Served:
     """The champion and the window's logged rows (labels joined where they have landed)."""
-    from tasks.prediction_log import read_window
+    from tasks.prediction_log import log_store, read_window
     from tasks.registry import champion
 
     window = window_dates(window_end, spec.monitoring.window_days)
     current = champion(settings, spec.registered_model_name)
-    rows = attach_labels(spec, layout, read_window(layout.prediction_log, spec.registered_model_name, window))
+    rows = attach_labels(spec, layout, read_window(log_store(settings), spec.registered_model_name, window))
     labelled = rows.dropna(subset=[spec.schema_.target])
     scored = None
     if len(labelled):

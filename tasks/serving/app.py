@@ -50,7 +50,7 @@ from fastapi import Depends, FastAPI
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.prediction_log import PredictionLogWriter
+from tasks.prediction_log import PredictionLogUnavailable, PredictionLogWriter, log_store
 from tasks.redact import redact
 from tasks.serving.hygiene import (
     ApiError,
@@ -148,6 +148,17 @@ class ModelHealth(BaseModel):
     retry_in_s: float | None = None
 
 
+class LogHealth(BaseModel):
+    """This worker's prediction-log writer: what it committed, and the requests it answered 503."""
+
+    requests: int = Field(description="Requests handed to the writer.")
+    rows: int = Field(description="Rows committed.")
+    transactions: int = Field(description="Transactions (group commits) tried: fewer than requests under load.")
+    unavailable: int = Field(description="Requests answered 503 because the store was down.")
+    busy: int = Field(description="Requests answered 503 because the store stayed locked.")
+    last_error: str | None = None
+
+
 class Health(BaseModel):
     """The server's state: the default model (``/predict``) and every pipeline's."""
 
@@ -155,6 +166,7 @@ class Health(BaseModel):
     model: str
     version: str | None
     models: dict[str, ModelHealth]
+    prediction_log: LogHealth
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -166,7 +178,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "The version cannot be served (no champion, failed to load or its smoke test); the old one serves",
         413: "Request body or batch too large",
         422: "The request does not fit the schema, the JSON is not strict, or rows do not fit the model signature",
-        503: "Model still loading, failed to load, no champion yet, or MLflow / the ledger unreachable",
+        503: "Model still loading, failed to load, no champion yet, MLflow / the ledger unreachable, or the "
+        "prediction log down or locked (nothing was logged)",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
@@ -447,8 +460,6 @@ class ModelService:
         """Serve ``pipelines``; ``/predict`` answers for ``serving_default_model`` (else the first of them)."""
         if not pipelines:
             raise ValueError("the model server needs at least one pipeline to serve")
-        from tasks.storage import DataLayout
-
         self.settings = settings
         self.pipelines = list(pipelines)
         wanted = settings.serving_default_model
@@ -461,7 +472,9 @@ class ModelService:
         self._wake = threading.Event()
         self._loader: threading.Thread | None = None
         self._downloads: Path | None = None  # created on first load, removed on stop
-        self.log = PredictionLogWriter.for_pipelines(DataLayout(settings.data_root).prediction_log, self.pipelines)
+        self.log = PredictionLogWriter.for_pipelines(
+            log_store(settings), self.pipelines, timeout_s=settings.serving_log_timeout_s
+        )
 
     # -- lifecycle
     def start(self) -> None:
@@ -481,6 +494,7 @@ class ModelService:
             model.discard()
         if self._downloads is not None:
             shutil.rmtree(self._downloads, ignore_errors=True)
+        self.log.close()
 
     def load_all(self) -> None:
         """Load every pipeline's champion now, in this thread (one attempt each; no retries)."""
@@ -562,6 +576,25 @@ class ModelService:
         if name not in self.pipelines:
             raise ApiError(404, "unknown_model", f"unknown model {name!r:.100}; served: {self.pipelines}")
 
+    def _adopt(self, name: str) -> None:
+        """Serve from now on a pipeline whose spec was written after the server started (deploying it)."""
+        if name in self.pipelines:
+            return
+        from tasks.prediction_log import event_column
+        from tasks.spec import SpecError, load_spec
+
+        try:
+            spec = load_spec(name)
+        except SpecError:
+            return  # no such pipeline: _known answers 404
+        with self._swap_lock:
+            if name not in self.pipelines:
+                self.log.add_pipeline(name, event_column(spec))
+                self.status[name] = ModelStatus(state="no_champion", error="not loaded yet: deploy it")
+                self._load_locks[name] = threading.Lock()
+                self.pipelines = [*self.pipelines, name]  # readers iterate the old list undisturbed
+                log.info("serving a new pipeline %s (its spec appeared after the server started)", name)
+
     # -- admin
     def _record(self, name: str, action: str, actor: str, reason: str, **fields: Any) -> str | None:
         """Append a ledger row; returns why it could not be written (None when it was)."""
@@ -610,6 +643,7 @@ class ModelService:
         from tasks.serving.policy import reload_policy
 
         name = request.model
+        self._adopt(name)
         self._known(name)
         actor = f"{request.actor or 'unnamed caller'} via admin token"
         with self._load_locks[name]:
@@ -695,6 +729,7 @@ class ModelService:
             "model": self.default,
             "version": default.version if default else None,
             "models": {name: self.describe(name) for name in self.pipelines},
+            "prediction_log": self.log.stats.as_dict(),
         }
 
     def _current(self, name: str) -> ServedModel:
@@ -754,7 +789,13 @@ class ModelService:
             )
         explained = self._explain(current, request) if request.explain else {}
         request_id = uuid.uuid4().hex
-        self.log.append(request_id, current.name, current.version, request.instances, values)
+        try:
+            self.log.append(request_id, current.name, current.version, request.instances, values)
+        except PredictionLogUnavailable as exc:
+            code = "log_busy" if exc.busy else "log_unavailable"
+            raise ApiError(
+                503, code, f"{exc}; the predictions were not logged, so none is answered", {"Retry-After": "1"}
+            ) from exc
         return {
             "predictions": values,
             "model_name": name,
