@@ -977,9 +977,37 @@ def configure_mlflow_http(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-def serve(settings: Settings, pipelines: list[str], host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the server in the foreground (``python -m tasks serve``)."""
+SERVE_PIPELINES_ENV = "MLP_SERVE_PIPELINES"
+
+
+def app_from_env() -> FastAPI:
+    """One worker's app under ``serve --workers N`` (uvicorn calls it in each worker process)."""
+    import os
+
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    configure_mlflow_http(settings)
+    return create_app(settings, os.environ[SERVE_PIPELINES_ENV].split(","))
+
+
+def serve(
+    settings: Settings, pipelines: list[str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1
+) -> None:
+    """Run the server in the foreground (``python -m tasks serve``).
+
+    ``workers`` > 1: that many processes (uvicorn's supervisor restarts one that dies) share the port and the
+    prediction log; each loads the champions itself. An ``/admin/reload`` reaches the one worker that takes
+    the request: run one worker per container where the deploy stage reloads through HTTP (compose), and
+    scale with replicas (Kubernetes) or restart the workers to pick up a new champion.
+    """
+    import os
+
     import uvicorn
 
     configure_mlflow_http(settings)
-    uvicorn.run(create_app(settings, pipelines), host=host, port=port, log_level="info")
+    if workers <= 1:
+        uvicorn.run(create_app(settings, pipelines), host=host, port=port, log_level="info")
+        return
+    os.environ[SERVE_PIPELINES_ENV] = ",".join(pipelines)
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="info")
