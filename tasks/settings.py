@@ -121,6 +121,16 @@ class Settings(BaseModel):
         description="The prediction log's database (postgresql://..., sqlite:///...); unset: "
         "serving/predictions.sqlite under the data root. Every server worker and the monitor share it.",
     )
+    serving_model_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Threads per prediction (the served estimators' n_jobs): requests run concurrently.",
+    )
+    serving_log_sync: Literal["normal", "full"] = Field(
+        default="normal",
+        description="SQLite prediction log: normal (a commit survives the server being killed, not a power loss; "
+        "no fsync) or full (fsync per group commit). PostgreSQL commits durably either way.",
+    )
     serving_log_timeout_s: float = Field(
         default=10,
         gt=0,

@@ -210,7 +210,7 @@ def test_the_writer_reads_each_pipelines_event_column_from_its_spec(log_path):
 
 
 def test_concurrent_requests_share_transactions(log_path):
-    writer = PredictionLogWriter(log_path, COLUMNS)
+    writer = PredictionLogWriter(log_path, COLUMNS, sync="full")  # an fsync per commit: requests queue behind it
     rows = _bike_rows("2012-06-18", "2012-06-18")[:10]
     barrier = threading.Barrier(8)
 
