@@ -348,7 +348,16 @@ def main() -> None:
     parser.add_argument("--extras", default=",".join(EXTRAS), help="search (trials/min), explain (latency)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--dag-parse-only", action="store_true", help="only the DAG parse section")
+    parser.add_argument("--serving-only", action="store_true", help="only the serving section (bench_serving.py)")
+    parser.add_argument("--no-serving", action="store_true", help="skip the serving section")
+    parser.add_argument("--serving-seconds", type=float, default=5, help="seconds per serving cell and round")
+    parser.add_argument("--serving-rounds", type=int, default=2, help="interleaved rounds of the serving cells")
+    parser.add_argument("--serving-root", type=Path, help="a data root with a bike_demand champion")
+    parser.add_argument("--serving-baseline", help="also serve our server as it stood at this commit")
     args = parser.parse_args()
+    if args.serving_only:
+        _serving(args)
+        return
     _print_dag_parse()
     if args.dag_parse_only:
         return
@@ -375,8 +384,22 @@ def main() -> None:
             a = measure(fn.__name__, n)
             rows.append({"step": extra, "rows": n, "ours": a})
             print(f"{extra:<11} {n:>9,}  {a['seconds']:>8.3f} {'':>10} {'':>6}  {a['peak_mb']:>8.0f}  {a['result']}")  # noqa: T201
+    if not args.no_serving:
+        rows += _serving(args)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+
+
+def _serving(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The serving section (scripts/bench_serving.py): its table, and its rows for --json."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_serving
+
+    rows = bench_serving.run(args.serving_root, args.serving_seconds, args.serving_rounds, args.serving_baseline)
+    bench_serving.print_table(rows)
+    if args.json and args.serving_only:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return [{"step": "serving", **r} for r in rows]
 
 
 if __name__ == "__main__":

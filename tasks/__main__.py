@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pipelines", nargs="+", choices=names, help="pipelines to serve (default: every spec)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the port and the prediction log (default 1)"
+    )
     ledger = sub.add_parser("ledger", help="print the promotion ledger (append-only: who, what, when, why)")
     ledger.add_argument("--pipeline", type=_no_parent, help="only this pipeline's entries")
     ledger.add_argument("--limit", type=int, help="only the last N entries")
@@ -136,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tasks.settings import get_settings
     from tasks.spec import list_specs
 
-    serve(get_settings(), args.pipelines or [s.name for s in list_specs()], args.host, args.port)
+    serve(get_settings(), args.pipelines or [s.name for s in list_specs()], args.host, args.port, args.workers)
     return 0
 
 

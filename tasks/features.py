@@ -99,18 +99,34 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         missing = [c for c in needed if c not in X.columns]
         if missing:
             raise FeatureError(f"input rows lack columns {missing}")
-        out: dict[str, Any] = {c: pd.to_numeric(X[c]).astype("float64").to_numpy() for c in self.numeric}
+        # one float64 matrix filled column by column, framed once: a served request is often one row, where
+        # building a frame from a dict of columns and reordering it cost more than the arithmetic
+        names = self.feature_names
+        matrix = np.empty((len(X), len(names)), dtype="float64")
+        i = 0
+        for c in self.numeric:
+            matrix[:, i] = _floats(X[c])
+            i += 1
         for col, cats in self.levels.items():
             values = X[col].to_numpy()
             for cat in cats:
-                out[f"{col}={cat}"] = (values == cat).astype("float64")
+                matrix[:, i] = values == cat
+                i += 1
             if self._other:  # a present value outside the levels (a missing one stays all zeros)
-                out[f"{col}={OTHER}"] = (X[col].notna() & ~X[col].isin(cats)).to_numpy().astype("float64")
+                matrix[:, i] = (X[col].notna() & ~X[col].isin(cats)).to_numpy()
+                i += 1
         for col, period in self.cyclical.items():
-            angle = 2 * np.pi * pd.to_numeric(X[col]).to_numpy(dtype="float64") / period
-            out[f"{col}_sin"] = np.sin(angle)
-            out[f"{col}_cos"] = np.cos(angle)
-        return pd.DataFrame(out, index=X.index)[self.feature_names]
+            angle = 2 * np.pi * _floats(X[col]) / period
+            matrix[:, i], matrix[:, i + 1] = np.sin(angle), np.cos(angle)
+            i += 2
+        return pd.DataFrame(matrix, index=X.index, columns=names, copy=False)
+
+
+def _floats(column: pd.Series) -> np.ndarray:
+    """A column as float64 (numbers as they are; text through ``pd.to_numeric``, as training did)."""
+    if column.dtype.kind in "biuf":
+        return column.to_numpy(dtype="float64", na_value=np.nan)
+    return pd.to_numeric(column).astype("float64").to_numpy()
 
 
 def unseen_levels(spec: FeatureSpec, frame: pd.DataFrame) -> dict[str, int]:

@@ -228,12 +228,12 @@ def collect(
     Raises:
         MonitoringWindowError: ``window_end`` is in the future.
     """
-    from tasks.prediction_log import read_window
+    from tasks.prediction_log import log_store, read_window
     from tasks.registry import champion
 
     window, start = served_window(spec, window_end, now)
     current = champion(settings, spec.registered_model_name)
-    logged = read_window(layout.prediction_log, spec.registered_model_name, window)
+    logged = read_window(log_store(settings), spec.registered_model_name, window)
     if start is not None and not logged.empty:  # serving time: exactly the hours up to the window's end
         when = pd.to_datetime(logged["event_time"], utc=True, format="ISO8601")
         logged = logged[(when >= start) & (when < check_window_end(window_end, now))].reset_index(drop=True)

@@ -3,7 +3,7 @@
 Environment variables (highest precedence): ``ML_ENV`` (layer, default ``local``), ``MLP_DATA_ROOT``,
 ``MLFLOW_TRACKING_URI``, ``MLP_SERVING_URL``, ``MLP_SHARED_DATASETS``, ``MLP_EXECUTION_MODE`` and
 ``MLP_TASK_IMAGE`` (the task image of the kubernetes execution mode), ``MLP_LEDGER_URI`` (the promotion
-ledger's database) and ``MLP_MLFLOW_UI_URL``.
+ledger's database), ``MLP_PREDICTION_LOG_URI`` (the prediction log's database) and ``MLP_MLFLOW_UI_URL``.
 
 The model server's admin token comes only from the environment, never from a file under ``config/``:
 ``MLP_ADMIN_TOKEN``, or ``MLP_ADMIN_TOKEN_FILE`` (the path of a mounted Kubernetes Secret key; the trailing
@@ -32,6 +32,7 @@ _ENV_OVERRIDES = {
     "MLP_SHARED_DATASETS": "shared_datasets",
     "MLP_EXECUTION_MODE": "execution_mode",
     "MLP_LEDGER_URI": "ledger_uri",
+    "MLP_PREDICTION_LOG_URI": "prediction_log_uri",
     "MLP_MLFLOW_UI_URL": "mlflow_ui_url",
     "MLP_SEARCH_STORAGE_URL": "search_storage_url",
     "MLP_SEARCH_MAX_TRIALS": "search_max_trials",
@@ -115,6 +116,26 @@ class Settings(BaseModel):
         description="Bearer token of the model server's admin API; only from MLP_ADMIN_TOKEN / MLP_ADMIN_TOKEN_FILE.",
     )
     ledger_uri: str = Field(description="The promotion ledger's database (sqlite:///... or postgresql://...).")
+    prediction_log_uri: str | None = Field(
+        default=None,
+        description="The prediction log's database (postgresql://..., sqlite:///...); unset: "
+        "serving/predictions.sqlite under the data root. Every server worker and the monitor share it.",
+    )
+    serving_model_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Threads per prediction (the served estimators' n_jobs): requests run concurrently.",
+    )
+    serving_log_sync: Literal["normal", "full"] = Field(
+        default="normal",
+        description="SQLite prediction log: normal (a commit survives the server being killed, not a power loss; "
+        "no fsync) or full (fsync per group commit). PostgreSQL commits durably either way.",
+    )
+    serving_log_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="How long a prediction waits for a locked log store before it is answered 503 (never 500).",
+    )
     mlflow_ui_url: str | None = Field(
         default=None, description="MLflow UI address people open; model-card links from Airflow point there."
     )
@@ -238,7 +259,8 @@ def register_secrets(settings: Settings) -> list[str]:
     from tasks.redact import register_secret, register_uri_secrets
 
     uris = [settings.mlflow_tracking_uri, settings.ledger_uri]
-    found = register_uri_secrets(uris + ([settings.search_storage_url] if settings.search_storage_url else []))
+    optional = (settings.search_storage_url, settings.prediction_log_uri)
+    found = register_uri_secrets(uris + [uri for uri in optional if uri])
     for value in (
         settings.admin_token.get_secret_value() if settings.admin_token else None,
         os.environ.get("MLFLOW_TRACKING_PASSWORD"),

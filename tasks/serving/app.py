@@ -50,7 +50,7 @@ from fastapi import Depends, FastAPI, Header
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.prediction_log import PredictionLogWriter
+from tasks.prediction_log import PredictionLogUnavailable, PredictionLogWriter, log_store
 from tasks.redact import redact
 from tasks.serving.hygiene import (
     ApiError,
@@ -148,6 +148,17 @@ class ModelHealth(BaseModel):
     retry_in_s: float | None = None
 
 
+class LogHealth(BaseModel):
+    """This worker's prediction-log writer: what it committed, and the requests it answered 503."""
+
+    requests: int = Field(description="Requests handed to the writer.")
+    rows: int = Field(description="Rows committed.")
+    transactions: int = Field(description="Transactions (group commits) tried: fewer than requests under load.")
+    unavailable: int = Field(description="Requests answered 503 because the store was down.")
+    busy: int = Field(description="Requests answered 503 because the store stayed locked.")
+    last_error: str | None = None
+
+
 class Health(BaseModel):
     """The server's state: the default model (``/predict``) and every pipeline's."""
 
@@ -155,6 +166,7 @@ class Health(BaseModel):
     model: str
     version: str | None
     models: dict[str, ModelHealth]
+    prediction_log: LogHealth
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -166,7 +178,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "The version cannot be served (no champion, failed to load or its smoke test); the old one serves",
         413: "Request body or batch too large",
         422: "The request does not fit the schema, the JSON is not strict, or rows do not fit the model signature",
-        503: "Model still loading, failed to load, no champion yet, or MLflow / the ledger unreachable",
+        503: "Model still loading, failed to load, no champion yet, MLflow / the ledger unreachable, or the "
+        "prediction log down or locked (nothing was logged)",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
@@ -205,6 +218,15 @@ class ServedModel:
     smoke: dict[str, Any] = field(default_factory=dict)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     folder: Path | None = None  # the server-owned download folder, removed once this version stops serving
+    direct: Any = None  # the model under the pyfunc wrapper, when it reproduces the smoke test (see _direct)
+
+    def predict(self, frame: pd.DataFrame) -> Any:
+        """Predict a frame built by :func:`_frame` (rows already checked against the signature).
+
+        The unwrapped model skips MLflow's per-call schema enforcement (the rows were checked and typed
+        already); a model whose unwrapped predictions did not match the smoke test goes through pyfunc.
+        """
+        return (self.direct or self.model).predict(frame)
 
     def describe(self) -> dict[str, Any]:
         """Health entry."""
@@ -337,6 +359,7 @@ def load_version(
         )
         try:
             model = mlflow.pyfunc.load_model(local)
+            _limit_threads(model, settings.serving_model_threads)
             smoke = _smoke_test(model, local, uri, sample)
         except ModelLoadError:
             raise
@@ -348,7 +371,7 @@ def load_version(
     schema = model.metadata.get_input_schema()
     columns = {c.name: getattr(c.type, "name", str(c.type)) for c in schema.inputs}
     required = frozenset(c.name for c in schema.inputs if getattr(c, "required", True))
-    return ServedModel(
+    served = ServedModel(
         name=name,
         version=str(version),
         mlflow_run_id=str(run_id),
@@ -358,6 +381,52 @@ def load_version(
         smoke=smoke,
         folder=folder,
     )
+    served.direct = _direct(served, sample)
+    served.smoke["direct_predict"] = served.direct is not None
+    return served
+
+
+def _limit_threads(model: Any, threads: int) -> None:
+    """Give the estimators under the pyfunc wrapper ``threads`` threads each (``n_jobs``).
+
+    Requests run concurrently, each on one core is the most a server gets from them: OpenMP's default of
+    every core per predict (LightGBM, XGBoost) made concurrent requests wait on each other's thread pools.
+    """
+    try:
+        raw = model.get_raw_model()
+    except Exception:  # noqa: BLE001 - a flavour without a raw model: leave it as it is
+        return
+    for _, estimator in getattr(raw, "steps", None) or [("model", raw)]:
+        get_params = getattr(estimator, "get_params", None)
+        if get_params is not None and "n_jobs" in get_params(deep=False):
+            estimator.set_params(n_jobs=threads)
+
+
+def _direct(served: ServedModel, sample_path: str) -> Any:
+    """The unwrapped model, when it predicts the smoke sample, rebuilt as requests are, as the pyfunc does.
+
+    Returns:
+        The raw model (whose ``predict`` the server then calls directly), or None (serve through pyfunc).
+    """
+    import numpy as np
+
+    from tasks.names import EXPECTED_COLUMN
+
+    try:
+        raw = served.model.get_raw_model()
+        sample = pd.read_parquet(sample_path)
+        expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
+        records = cast(list[dict[str, Any]], sample[list(served.input_columns)].to_dict("records"))
+        got = np.asarray(raw.predict(_frame(served, records)), dtype="float64")
+    except Exception as exc:  # noqa: BLE001 - whatever the raw model does, pyfunc's path stays the safe one
+        log.info("%s v%s served through pyfunc (%s: %s)", served.name, served.version, type(exc).__name__, exc)
+        return None
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=SMOKE_RTOL, atol=SMOKE_ATOL):
+        log.warning(
+            "%s v%s: the unwrapped model differs from pyfunc; served through pyfunc", served.name, served.version
+        )
+        return None
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------- payloads
@@ -447,8 +516,6 @@ class ModelService:
         """Serve ``pipelines``; ``/predict`` answers for ``serving_default_model`` (else the first of them)."""
         if not pipelines:
             raise ValueError("the model server needs at least one pipeline to serve")
-        from tasks.storage import DataLayout
-
         self.settings = settings
         self.pipelines = list(pipelines)
         wanted = settings.serving_default_model
@@ -461,7 +528,12 @@ class ModelService:
         self._wake = threading.Event()
         self._loader: threading.Thread | None = None
         self._downloads: Path | None = None  # created on first load, removed on stop
-        self.log = PredictionLogWriter.for_pipelines(DataLayout(settings.data_root).prediction_log, self.pipelines)
+        self.log = PredictionLogWriter.for_pipelines(
+            log_store(settings),
+            self.pipelines,
+            timeout_s=settings.serving_log_timeout_s,
+            sync=settings.serving_log_sync,
+        )
 
     # -- lifecycle
     def start(self) -> None:
@@ -481,6 +553,7 @@ class ModelService:
             model.discard()
         if self._downloads is not None:
             shutil.rmtree(self._downloads, ignore_errors=True)
+        self.log.close()
 
     def load_all(self) -> None:
         """Load every pipeline's champion now, in this thread (one attempt each; no retries)."""
@@ -562,6 +635,25 @@ class ModelService:
         if name not in self.pipelines:
             raise ApiError(404, "unknown_model", f"unknown model {name!r:.100}; served: {self.pipelines}")
 
+    def _adopt(self, name: str) -> None:
+        """Serve from now on a pipeline whose spec was written after the server started (deploying it)."""
+        if name in self.pipelines:
+            return
+        from tasks.prediction_log import event_column
+        from tasks.spec import SpecError, load_spec
+
+        try:
+            spec = load_spec(name)
+        except SpecError:
+            return  # no such pipeline: _known answers 404
+        with self._swap_lock:
+            if name not in self.pipelines:
+                self.log.add_pipeline(name, event_column(spec))
+                self.status[name] = ModelStatus(state="no_champion", error="not loaded yet: deploy it")
+                self._load_locks[name] = threading.Lock()
+                self.pipelines = [*self.pipelines, name]  # readers iterate the old list undisturbed
+                log.info("serving a new pipeline %s (its spec appeared after the server started)", name)
+
     # -- admin
     def _record(self, name: str, action: str, actor: str, reason: str, **fields: Any) -> str | None:
         """Append a ledger row; returns why it could not be written (None when it was)."""
@@ -610,6 +702,7 @@ class ModelService:
         from tasks.serving.policy import reload_policy
 
         name = request.model
+        self._adopt(name)
         self._known(name)
         actor = f"{request.actor or 'unnamed caller'} via admin token"
         with self._load_locks[name]:
@@ -695,6 +788,7 @@ class ModelService:
             "model": self.default,
             "version": default.version if default else None,
             "models": {name: self.describe(name) for name in self.pipelines},
+            "prediction_log": self.log.stats.as_dict(),
         }
 
     def _current(self, name: str) -> ServedModel:
@@ -717,9 +811,11 @@ class ModelService:
             ApiError: 404 unknown model, 503 not serving (loading, failed, no champion), 413 batch too large,
                 422 rows that do not fit the signature or a prediction that is not a finite number.
         """
+        current = self._current(name)
+        # imported once a model serves (MLflow fully imported): importing it here while the loader thread
+        # imports mlflow left a partially initialised module behind, and every later load failed
         from mlflow.exceptions import MlflowException
 
-        current = self._current(name)
         limit = self.settings.serving_max_batch
         if len(request.instances) > limit:
             raise ApiError(
@@ -737,7 +833,7 @@ class ModelService:
             )
         started = time.perf_counter()
         try:
-            output = current.model.predict(_frame(current, request.instances))
+            output = current.predict(_frame(current, request.instances))
         except (MlflowException, ValueError, TypeError, OverflowError) as exc:
             message = getattr(exc, "message", str(exc))
             raise ApiError(
@@ -754,7 +850,13 @@ class ModelService:
             )
         explained = self._explain(current, request) if request.explain else {}
         request_id = uuid.uuid4().hex
-        self.log.append(request_id, current.name, current.version, request.instances, values)
+        try:
+            self.log.append(request_id, current.name, current.version, request.instances, values)
+        except PredictionLogUnavailable as exc:
+            code = "log_busy" if exc.busy else "log_unavailable"
+            raise ApiError(
+                503, code, f"{exc}; the predictions were not logged, so none is answered", {"Retry-After": "1"}
+            ) from exc
         return {
             "predictions": values,
             "model_name": name,
@@ -946,9 +1048,37 @@ def configure_mlflow_http(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-def serve(settings: Settings, pipelines: list[str], host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the server in the foreground (``python -m tasks serve``)."""
+SERVE_PIPELINES_ENV = "MLP_SERVE_PIPELINES"
+
+
+def app_from_env() -> FastAPI:
+    """One worker's app under ``serve --workers N`` (uvicorn calls it in each worker process)."""
+    import os
+
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    configure_mlflow_http(settings)
+    return create_app(settings, os.environ[SERVE_PIPELINES_ENV].split(","))
+
+
+def serve(
+    settings: Settings, pipelines: list[str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1
+) -> None:
+    """Run the server in the foreground (``python -m tasks serve``).
+
+    ``workers`` > 1: that many processes (uvicorn's supervisor restarts one that dies) share the port and the
+    prediction log; each loads the champions itself. An ``/admin/reload`` reaches the one worker that takes
+    the request: run one worker per container where the deploy stage reloads through HTTP (compose), and
+    scale with replicas (Kubernetes) or restart the workers to pick up a new champion.
+    """
+    import os
+
     import uvicorn
 
     configure_mlflow_http(settings)
-    uvicorn.run(create_app(settings, pipelines), host=host, port=port, log_level="info")
+    if workers <= 1:
+        uvicorn.run(create_app(settings, pipelines), host=host, port=port, log_level="info")
+        return
+    os.environ[SERVE_PIPELINES_ENV] = ",".join(pipelines)
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="info")

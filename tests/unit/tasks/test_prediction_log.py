@@ -1,10 +1,16 @@
-"""The prediction log: typed columns, event time, the window reader and its index, migration and refusal."""
+"""The prediction log: typed columns, event time, the window reader and its index, migration and refusal;
+group commit, a locked or a down store, PostgreSQL."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
 
 import pandas as pd
 import pytest
@@ -13,11 +19,14 @@ from tasks.errors import PermanentError
 from tasks.prediction_log import (
     SCHEMA_VERSION,
     PredictionLogError,
+    PredictionLogUnavailable,
     PredictionLogWriter,
     event_time,
+    log_store,
     read_window,
     window_bounds,
 )
+from tests.conftest import free_port, require
 from tests.unit.conftest import FIXTURES
 
 DROP = ["instant", "casual", "registered", "cnt"]
@@ -198,3 +207,113 @@ def test_no_log_or_no_days_is_an_empty_window(log_path):
 def test_the_writer_reads_each_pipelines_event_column_from_its_spec(log_path):
     writer = PredictionLogWriter.for_pipelines(log_path, ["bike_demand", "adult_income"])
     assert writer.event_columns == {"bike_demand": "dteday", "adult_income": None}
+
+
+def test_concurrent_requests_share_transactions(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS, sync="full")  # an fsync per commit: requests queue behind it
+    rows = _bike_rows("2012-06-18", "2012-06-18")[:10]
+    barrier = threading.Barrier(8)
+
+    def serve(worker: int) -> None:
+        barrier.wait()
+        for i in range(10):
+            assert writer.append(f"{worker}-{i}", "bike_demand", "1", rows, [1.0] * len(rows)) == 10
+
+    threads = [threading.Thread(target=serve, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = writer.stats
+    writer.close()
+    assert stats.requests == 80 and stats.rows == 800 and stats.unavailable == stats.busy == 0
+    assert stats.transactions < 80 / 2, f"group commit: {stats.transactions} transactions for 80 requests"
+    with sqlite3.connect(log_path) as conn:
+        counts = dict(conn.execute("SELECT request_id, COUNT(*) FROM predictions GROUP BY request_id").fetchall())
+    assert len(counts) == 80 and set(counts.values()) == {10}
+
+
+def test_a_store_locked_past_the_timeout_refuses_the_request_whole_then_recovers(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS, timeout_s=0.5)
+    holder = sqlite3.connect(log_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    started = time.monotonic()
+    with pytest.raises(PredictionLogUnavailable, match="stayed locked") as err:
+        writer.append("r1", "adult_income", "1", [{"age": 40}, {"age": 41}], [0.1, 0.2])
+    assert err.value.busy and time.monotonic() - started < 5
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert writer.append("r2", "adult_income", "1", [{"age": 42}], [0.3]) == 1
+    assert writer.stats.busy == 1 and writer.stats.rows == 1
+    writer.close()
+    with sqlite3.connect(log_path) as conn:
+        assert conn.execute("SELECT request_id FROM predictions").fetchall() == [("r2",)]
+
+
+def test_a_store_that_is_down_is_unavailable_with_its_password_masked():
+    url = f"postgresql://mlp:Secret-pw-{secrets.token_hex(4)}@127.0.0.1:{free_port()}/log"
+    writer = PredictionLogWriter(url, COLUMNS, timeout_s=2)  # starts anyway: the store may come up later
+    with pytest.raises(PredictionLogUnavailable, match="is unavailable") as err:
+        writer.append("r", "adult_income", "1", [{"age": 40}], [0.5])
+    assert not err.value.busy and "mlp:***@127.0.0.1" in str(err.value) and "Secret-pw" not in str(err.value)
+    assert writer.stats.unavailable == 1 and "Secret-pw" not in str(writer.stats.last_error)
+    writer.close()
+
+
+def test_the_settings_choose_the_store(monkeypatch, data_root):
+    from tasks.settings import get_settings
+
+    assert log_store(get_settings()) == f"sqlite:///{data_root / 'serving' / 'predictions.sqlite'}"
+    monkeypatch.setenv("MLP_PREDICTION_LOG_URI", "postgresql://u:p@db:5432/log")
+    get_settings.cache_clear()
+    assert log_store(get_settings()) == "postgresql://u:p@db:5432/log"
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def pg_store() -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (trust auth)."""
+    import psycopg2
+
+    user = os.environ.get("MLP_TEST_PG_USER", "postgres")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=user, dbname="postgres", connect_timeout=3)
+    except psycopg2.Error as exc:
+        require(False, f"PostgreSQL is not reachable on 127.0.0.1:5432 as {user!r} ({exc})")
+        raise
+    admin.autocommit = True
+    db = f"mlp_log_{secrets.token_hex(4)}"
+    with closing(admin), admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    try:
+        yield f"postgresql://{user}@127.0.0.1:5432/{db}"
+    finally:
+        with closing(psycopg2.connect(host="127.0.0.1", user=user, dbname="postgres")) as admin:
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_postgresql_store_holds_the_typed_table_and_serves_the_window(pg_store):
+    import sqlalchemy as sa
+
+    writers = [PredictionLogWriter(pg_store, COLUMNS) for _ in range(2)]  # two workers: one creates, both write
+    rows = _bike_rows("2012-06-18", "2012-06-19")
+    writers[0].append("a", "bike_demand", "3", rows[:24], [1.0] * 24)
+    writers[1].append("b", "bike_demand", "3", rows[24:], [2.0] * 24)
+    writers[1].append("c", "adult_income", "1", [{"age": 40}], [0.5], source="batch")
+    for writer in writers:
+        writer.close()
+    window = read_window(pg_store, "bike_demand", ["2012-06-19"])
+    assert len(window) == 24 and set(window["request_id"]) == {"b"} and set(window["prediction"]) == {2.0}
+    assert window["hr"].tolist() == list(range(24))
+    engine = sa.create_engine(pg_store.replace("postgresql://", "postgresql+psycopg2://"))
+    try:
+        inspector = sa.inspect(engine)
+        types = {c["name"]: str(c["type"]) for c in inspector.get_columns("predictions")}
+        indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("predictions")}
+    finally:
+        engine.dispose()
+    assert types["row_id"] == "BIGINT" and types["prediction"] == "DOUBLE PRECISION" and types["inputs"] == "TEXT"
+    assert indexes["predictions_window"] == ["pipeline", "event_time"]
+    assert read_window(pg_store, "taxi", ["2012-06-19"]).empty

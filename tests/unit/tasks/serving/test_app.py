@@ -165,3 +165,70 @@ def test_a_malformed_explain_request_is_a_422(server, extra):
     rows = _instances("2012-06-18", "2012-06-18")[:1]
     reply = server.post("/models/bike_demand/predict", json={"instances": rows, **extra})
     assert reply.status_code == 422, reply.text
+
+
+def test_a_down_log_store_is_a_503_counted_in_health_and_nothing_is_answered(server):
+    from tasks.prediction_log import PredictionLogWriter
+    from tests.conftest import free_port
+
+    service = server.app.state.service
+    working = service.log
+    service.log = PredictionLogWriter(
+        f"postgresql://mlp:log-pw-1234567@127.0.0.1:{free_port()}/log", working.event_columns, timeout_s=2
+    )
+    try:
+        reply = server.post("/predict", json={"instances": _instances("2012-06-18", "2012-06-18")[:2]})
+        health = server.get("/health").json()["prediction_log"]
+    finally:
+        service.log.close()
+        service.log = working
+    assert reply.status_code == 503 and reply.json()["error"] == "log_unavailable", reply.text
+    assert "mlp:***@127.0.0.1" in reply.json()["detail"] and "log-pw" not in reply.text
+    assert reply.headers["Retry-After"] == "1" and "predictions" not in reply.json()
+    assert health["unavailable"] == 1 and health["rows"] == 0
+
+
+def test_a_locked_log_store_is_a_503_never_a_500(server, use_champion_store):
+    from tasks.prediction_log import PredictionLogWriter
+
+    service = server.app.state.service
+    working = service.log
+    path = DataLayout(use_champion_store["root"]).prediction_log
+    service.log = PredictionLogWriter(path, working.event_columns, timeout_s=0.3)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        reply = server.post("/predict", json={"instances": _instances("2012-06-18", "2012-06-18")[:2]})
+        holder.execute("ROLLBACK")
+        after = server.post("/predict", json={"instances": _instances("2012-06-18", "2012-06-18")[:2]})
+        health = server.get("/health").json()["prediction_log"]
+    finally:
+        holder.close()
+        service.log.close()
+        service.log = working
+    assert reply.status_code == 503 and reply.json()["error"] == "log_busy", reply.text
+    assert after.status_code == 200 and health["busy"] == 1 and health["rows"] == 2
+
+
+def test_a_pipeline_whose_spec_appears_after_start_is_served_when_deployed(server, tmp_path, monkeypatch):
+    import shutil
+
+    from tasks.spec import pipelines_dir
+
+    for spec in pipelines_dir().glob("*.yaml"):
+        shutil.copy(spec, tmp_path / spec.name)
+    monkeypatch.setenv("MLP_PIPELINES_DIR", str(tmp_path))
+    reload = {"model": "bike_copy", "actor": "t"}
+    before = server.post("/admin/reload", json=reload, headers=admin_headers())
+    assert before.status_code == 404 and before.json()["error"] == "unknown_model"
+    text = (tmp_path / "bike_demand.yaml").read_text().replace("name: bike_demand\n", "name: bike_copy\n", 1)
+    (tmp_path / "bike_copy.yaml").write_text(text)  # a new pipeline, after the server started
+    after = server.post("/admin/reload", json=reload, headers=admin_headers())
+    # known now: the registry answers (no champion yet) instead of 404, and the server lists and logs it
+    assert after.status_code == 409 and "no version of 'bike_copy' has the champion alias" in after.json()["detail"]
+    health = server.get("/health").json()
+    assert health["models"]["bike_copy"]["state"] == "no_champion"
+    assert server.app.state.service.log.event_columns["bike_copy"] == "dteday"
+    assert "/models/bike_copy/predict" in server.get("/openapi.json").json()["paths"]
+    predict = server.post("/models/bike_copy/predict", json={"instances": _instances("2012-06-18", "2012-06-18")[:1]})
+    assert predict.status_code == 503 and predict.json()["error"] == "no_champion"

@@ -1,0 +1,337 @@
+"""`make bench` serving section: our model server vs ``mlflow models serve`` vs a bare Starlette app.
+
+All three serve the same model (bike demand's champion, trained on the committed fixture rows) and get the
+same real rows; each runs as its own process with one worker (ours also with two: ``serve --workers 2``),
+and, with ``--serving-baseline COMMIT``, our server as it stood at that commit. A Python load generator
+(httpx on asyncio, in this process: ``wrk`` is not installed) keeps N connections busy for a few seconds
+per cell; the cells are interleaved (every server once per round, rounds repeated) so a change in the
+machine's load hits all of them alike. Per cell: requests/s, rows/s, p50 and p99 latency, errors.
+
+    python scripts/bench.py --serving-only [--serving-seconds 5 --serving-rounds 2 --serving-root DATA_ROOT]
+
+``--serving-root``: a data root holding a bike_demand champion (``make demo``'s); default: one is trained
+once into the system's temporary folder (a few minutes) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "datasets"
+PIPELINE = "bike_demand"
+WINDOW = ("2011-05-30", "2011-06-26")
+TARGETS = ["instant", "casual", "registered", "cnt"]
+CELLS = [(1, 1), (1, 8), (100, 8)]  # (rows per request, connections)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return env | {"MLP_SHARED_DATASETS": str(FIXTURES), "MLP_SEARCH_MAX_TRIALS": "3"} | extra
+
+
+def champion_root(root: Path | None) -> Path:
+    """A data root with a bike_demand champion: the given one, or one trained once under the temp folder."""
+    if root is not None:
+        return root
+    root = Path(tempfile.gettempdir()) / "mlp-bench-serving" / "data"
+    if (root / "champion.ok").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"training a champion into {root} (once; later runs reuse it)", flush=True)  # noqa: T201
+    code = f"""
+import sys; sys.path.insert(0, {str(REPO)!r})
+from datetime import date, timedelta
+from tasks import stages
+start, end = date.fromisoformat({WINDOW[0]!r}), date.fromisoformat({WINDOW[1]!r})
+days = [(start + timedelta(d)).isoformat() for d in range((end - start).days + 1)]
+stages.replay("{PIPELINE}", *{WINDOW!r})
+for d in days:
+    stages.ingest_partition("{PIPELINE}", d)
+plan = stages.plan_training("{PIPELINE}")
+valid = stages.validate_data("{PIPELINE}", plan["partitions"], "bench")["valid"]
+datasets = stages.build_features("{PIPELINE}", valid, "bench")
+trained = stages.train_model("{PIPELINE}", datasets, "bench", {{"airflow.run_id": "bench"}})
+evaluation = stages.evaluate_model("{PIPELINE}", trained, datasets, "bench")
+gated = stages.gate_model("{PIPELINE}", trained, datasets, evaluation, "bench")
+registered = stages.register_model("{PIPELINE}", trained, gated)
+stages.promote_model("{PIPELINE}", registered["version"], gated["decision"])
+"""
+    subprocess.run([sys.executable, "-c", code], env=_env({"MLP_DATA_ROOT": str(root)}), cwd=REPO, check=True)
+    (root / "champion.ok").write_text("ok")
+    return root
+
+
+def _download_model(root: Path, into: Path) -> Path:
+    code = f"""
+import sys; sys.path.insert(0, {str(REPO)!r})
+import mlflow
+from tasks.settings import get_settings
+from tasks.tracking import use_store
+use_store(get_settings())
+print(mlflow.artifacts.download_artifacts("models:/{PIPELINE}@champion", dst_path={str(into)!r}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=_env({"MLP_DATA_ROOT": str(root)}), cwd=REPO, check=True, capture_output=True
+    )
+    return Path(out.stdout.decode().strip().splitlines()[-1])
+
+
+BARE_APP = """
+import sys
+import mlflow.pyfunc
+import pandas as pd
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+
+
+async def invocations(request: Request) -> JSONResponse:
+    body = await request.json()
+    predictions = model.predict(pd.DataFrame.from_records(body["instances"]))
+    return JSONResponse({"predictions": [float(p) for p in predictions]})
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+app = Starlette(routes=[Route("/invocations", invocations, methods=["POST"]), Route("/health", health)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+class Server:
+    """One server process: its name, URL, predict path and the command that starts it."""
+
+    def __init__(self, name: str, argv: list[str], path: str, env: dict[str, str], cwd: Path, logs: Path) -> None:
+        self.name, self.path = name, path
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.log = logs / f"{name.replace(' ', '_')}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait(self, probe: dict[str, Any], timeout: float = 300) -> None:
+        """Until a prediction of ``probe`` answers 200 (the model is loaded)."""
+        import httpx
+
+        deadline, last = time.monotonic() + timeout, "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                reply = httpx.post(self.url + self.path, json=probe, timeout=5)
+                if reply.status_code == 200:
+                    return
+                last = f"{reply.status_code} {reply.text[:500]}"
+            time.sleep(0.5)
+        raise SystemExit(f"{self.name} did not answer within {timeout:.0f}s ({last}):\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group (SIGKILL after 20 s)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+async def _load(url: str, bodies: list[bytes], conns: int, seconds: float) -> dict[str, Any]:
+    """Keep ``conns`` connections busy for ``seconds``; latencies of the answered requests, errors counted."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                try:
+                    reply = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+                    ok = reply.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+                i += conns
+
+        end = time.perf_counter() + min(1.0, seconds / 4)  # warm-up, not counted
+        await asyncio.gather(*(worker(k) for k in range(conns)))
+        latencies.clear()
+        errors = 0
+        started = time.perf_counter()
+        end = started + seconds
+        await asyncio.gather(*(worker(k) for k in range(conns)))
+        elapsed = time.perf_counter() - started
+    return {"latencies": latencies, "errors": errors, "seconds": elapsed}
+
+
+def _bodies(rows: list[dict[str, Any]], per_request: int) -> list[bytes]:
+    import json
+
+    return [
+        json.dumps({"instances": rows[i : i + per_request]}).encode()
+        for i in range(0, len(rows) - per_request + 1, max(per_request, 1))
+    ][:200]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+@contextlib.contextmanager
+def _servers(root: Path, baseline: str | None, work: Path) -> Iterator[list[Server]]:
+    """Start every server (ours 1 and 2 workers, the baseline commit's, mlflow, bare); stop them all after."""
+    model_dir = _download_model(root, work / "model")
+    bin_dir = Path(sys.executable).parent
+    ours_env = {"MLP_DATA_ROOT": str(root), "MLP_PIPELINES_DIR": str(REPO / "config" / "pipelines")}
+    serve = [sys.executable, "-m", "tasks", "serve", "--pipelines", PIPELINE, "--port", "{port}"]
+    path = f"/models/{PIPELINE}/predict"
+    plans: list[tuple[str, list[str], str, dict[str, str], Path]] = [
+        ("ours", serve, path, ours_env | {"MLP_PREDICTION_LOG_URI": f"sqlite:///{work / 'log1.sqlite'}"}, REPO),
+        (
+            "ours 2 workers",
+            [*serve, "--workers", "2"],
+            path,
+            ours_env | {"MLP_PREDICTION_LOG_URI": f"sqlite:///{work / 'log2.sqlite'}"},
+            REPO,
+        ),
+    ]
+    if baseline:
+        tree = work / f"tree-{baseline}"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), baseline], check=True)
+        old_root = work / "baseline-data"  # its own log (its schema), the same MLflow store
+        old_root.mkdir()
+        old_env = {
+            "MLP_DATA_ROOT": str(old_root),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+            "MLP_PIPELINES_DIR": str(tree / "config" / "pipelines"),
+            "PYTHONPATH": str(tree),
+        }
+        plans.append((f"ours @{baseline}", serve, path, old_env, tree))
+    plans += [
+        (
+            "mlflow models serve",
+            [str(bin_dir / "mlflow"), "models", "serve", "-m", str(model_dir), "-h", "127.0.0.1", "-p", "{port}"]
+            + ["--env-manager", "local", "-w", "1"],
+            "/invocations",
+            {},
+            REPO,
+        ),
+        ("bare starlette", [sys.executable, "-c", BARE_APP, str(model_dir), "{port}"], "/invocations", {}, REPO),
+    ]
+    servers: list[Server] = []
+    try:
+        for name, argv, route, extra, cwd in plans:
+            servers.append(Server(name, argv, route, _env(extra), cwd, work))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+        if baseline:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / f"tree-{baseline}")], check=False
+            )
+
+
+def run(root: Path | None, seconds: float, rounds: int, baseline: str | None) -> list[dict[str, Any]]:
+    """Every server x cell, interleaved over ``rounds``; one row per server and cell."""
+    import pandas as pd
+
+    root = champion_root(root)
+    data = pd.read_csv(FIXTURES / "bike_sharing_hour.csv.gz")
+    rows = data[data.dteday.between("2011-06-01", "2011-06-26")].drop(columns=TARGETS).to_dict("records")
+    work = Path(tempfile.mkdtemp(prefix="mlp-bench-serving-"))
+    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    try:
+        with _servers(root, baseline, work) as servers:
+            for server in servers:
+                server.wait({"instances": rows[:1]})
+            bodies = {n: _bodies(rows, n) for n, _ in CELLS}
+            for _ in range(rounds):
+                for n, conns in CELLS:
+                    for server in servers:
+                        if server.name == "ours 2 workers" and n == 1:
+                            continue  # the worker comparison is at 100 rows
+                        got = asyncio.run(_load(server.url + server.path, bodies[n], conns, seconds))
+                        cell = results.setdefault((server.name, n, conns), {"latencies": [], "errors": 0, "s": 0.0})
+                        cell["latencies"] += got["latencies"]
+                        cell["errors"] += got["errors"]
+                        cell["s"] += got["seconds"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = []
+    for (name, n, conns), cell in results.items():
+        done = len(cell["latencies"])
+        out.append(
+            {
+                "server": name,
+                "rows": n,
+                "conns": conns,
+                "req_s": done / cell["s"],
+                "rows_s": done * n / cell["s"],
+                "p50_ms": statistics.median(cell["latencies"]) * 1000 if done else float("nan"),
+                "p99_ms": _percentile(cell["latencies"], 0.99) * 1000,
+                "errors": cell["errors"],
+            }
+        )
+    return out
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The serving table, then ours against the others per cell."""
+    header = f"{'serving':<22} {'rows':>4} {'conns':>5}  {'req/s':>8} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    header += f" {'errors':>6}"
+    print(header)  # noqa: T201 - the benchmark's output
+    print("-" * len(header))  # noqa: T201
+    for r in sorted(rows, key=lambda r: (r["rows"], r["conns"], r["server"])):
+        print(  # noqa: T201
+            f"{r['server']:<22} {r['rows']:>4} {r['conns']:>5}  {r['req_s']:>8.1f} {r['rows_s']:>9.0f} "
+            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6}"
+        )
+    by = {(r["server"], r["rows"], r["conns"]): r["req_s"] for r in rows}
+    for n, conns in CELLS:
+        ours = by.get(("ours", n, conns))
+        if not ours:
+            continue
+        parts = [f"{other} {ours / by[(other, n, conns)]:.2f}x" for other in ("mlflow models serve", "bare starlette")]
+        if ("ours 2 workers", n, conns) in by:
+            parts.append(f"2 workers / 1 worker {by[('ours 2 workers', n, conns)] / ours:.2f}x")
+        print(f"ours vs, {n} rows x {conns} conns: " + ", ".join(parts))  # noqa: T201
