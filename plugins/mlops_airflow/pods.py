@@ -90,6 +90,8 @@ def stage_env(settings: Settings, res: StageResources) -> list[k8s.V1EnvVar]:
         _secret_env("MLFLOW_TRACKING_URI", secret, "tracking_uri"),
         _secret_env("MLFLOW_TRACKING_USERNAME", secret, "username"),
         _secret_env("MLFLOW_TRACKING_PASSWORD", secret, "password"),
+        # Optuna's RDB storage for the training pod's search (optional key: unset, a journal file in the run folder)
+        _secret_env("MLP_SEARCH_STORAGE_URL", secret, "search_storage_url"),
     ]
     return env
 
