@@ -99,6 +99,8 @@ def stage_env(settings: Settings, res: StageResources, spec: PipelineSpec | None
         _secret_env("MLFLOW_TRACKING_URI", secret, "tracking_uri"),
         _secret_env("MLFLOW_TRACKING_USERNAME", secret, "username"),
         _secret_env("MLFLOW_TRACKING_PASSWORD", secret, "password"),
+        # Optuna's RDB storage for the training pod's search (optional key: unset, a journal file in the run folder)
+        _secret_env("MLP_SEARCH_STORAGE_URL", secret, "search_storage_url"),
     ]
     if spec is not None and spec.source.sql is not None:
         env.append(_secret_env(spec.source.sql.url_env, source_secret(spec.name), "url"))

@@ -77,6 +77,7 @@ def test_pod_environment_and_secrets(prod_settings: Settings) -> None:
             ("MLFLOW_TRACKING_URI", "tracking_uri"),
             ("MLFLOW_TRACKING_USERNAME", "username"),
             ("MLFLOW_TRACKING_PASSWORD", "password"),
+            ("MLP_SEARCH_STORAGE_URL", "search_storage_url"),  # optional: a journal file without it
         ):
             ref = env[name].value_from.secret_key_ref
             assert env[name].value is None and (ref.name, ref.key) == (SECRET, key)

@@ -100,7 +100,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     suffix = secrets.token_hex(4)
     channel = f"mlp.test.{suffix}.bike_demand.landing"  # this stack's own: Redis is shared by the machine
     stream = f"mlp.test.{suffix}.bike_demand.landed"
-    dbs = {"AIRFLOW_DB": f"mlp_stack_airflow_{suffix}", "MLFLOW_DB": f"mlp_stack_mlflow_{suffix}"}
+    dbs = {
+        "AIRFLOW_DB": f"mlp_stack_airflow_{suffix}",
+        "MLFLOW_DB": f"mlp_stack_mlflow_{suffix}",
+        "SEARCH_DB": f"mlp_stack_optuna_{suffix}",
+    }
     with closing(_pg()) as conn, conn.cursor() as cur:
         for db in dbs.values():
             cur.execute(f"CREATE DATABASE {db}")
