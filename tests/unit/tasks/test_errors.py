@@ -50,6 +50,7 @@ RETRIED = {
     "tasks.deploy.DeployError",  # the model server did not answer
     "tasks.ingest.LandingNotReadyError",  # the landing file is still being written
     "tasks.ledger.LedgerError",  # the ledger's database is unreachable
+    "tasks.prediction_log.PredictionLogUnavailable",  # the log store is down or locked (the server answers 503)
     "tasks.registry.RegistryUnavailableError",  # MLflow is unreachable
     "tasks.replay.ReplayError",  # dataset missing or range empty: retried today, although mostly deterministic
     "tasks.serving.app.ModelLoadError",  # the server's own errors, answered over HTTP
