@@ -187,7 +187,7 @@ def _on_day(frame: pd.DataFrame, column: str, day: str) -> pd.DataFrame:
 
 
 def database_url(sql: SqlSourceSpec) -> str:
-    """The SQLAlchemy URL from ``$<url_env>``.
+    """The SQLAlchemy URL from ``$<url_env>`` (a bare ``postgres://`` or ``postgresql://`` gets the psycopg2 driver).
 
     Raises:
         SourceError: The variable is unset, naming it and where it comes from.
@@ -199,6 +199,9 @@ def database_url(sql: SqlSourceSpec) -> str:
             f"source.sql: the environment variable {sql.url_env} holding the database URL is not set; it comes from "
             f"{origin}, or in Kubernetes from the pod's Secret"
         )
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
+        return "postgresql+psycopg2://" + rest  # the lock has psycopg2
     return url
 
 

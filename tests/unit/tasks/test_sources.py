@@ -115,7 +115,7 @@ def pg_table() -> Any:
 
 
 def test_sql_table_is_read_one_day_at_a_time_by_its_date_column(layout, monkeypatch, pg_table):
-    monkeypatch.setenv("MLP_TEST_SOURCE_URL", PG_URL)
+    monkeypatch.setenv("MLP_TEST_SOURCE_URL", PG_URL.replace("postgresql+psycopg2:", "postgres:"))  # Airflow's form
     spec = _with_source(sql={"url_env": "MLP_TEST_SOURCE_URL", "table": pg_table, "date_column": "ts"})
     pulled = pull(spec, layout, "2011-06-02")
     assert pulled.outcome == "written" and pulled.rows == 24
