@@ -10,6 +10,25 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+MLFLOW_LOGGERS = ("mlflow", "alembic", "huey")
+
+
+def route_mlflow_logs() -> None:
+    """Send MLflow's log records (and Python warnings) through the process's logging, at their own level.
+
+    On import MLflow gives its loggers their own stderr handler and stops propagation, so in an Airflow task log
+    every MLflow warning is a stderr line, shown as an error. Here they propagate to the task's handlers instead
+    (a warning stays a warning); levels are kept.
+    """
+    import logging
+
+    for name in MLFLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+    logging.captureWarnings(True)
+
+
 def use_store(settings: Settings) -> None:
     """Point this process's MLflow tracking *and* registry URIs at the settings' store.
 
@@ -18,6 +37,7 @@ def use_store(settings: Settings) -> None:
     """
     import mlflow
 
+    route_mlflow_logs()
     if settings.mlflow_tracking_uri.startswith("sqlite:"):
         (settings.data_root / "mlflow").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

@@ -90,3 +90,16 @@ def test_artifact_url_looks_up_the_run_s_experiment_and_is_none_without_a_ui(set
     )
     none = settings.model_copy(update={"mlflow_ui_url": None})  # a SQLite store has no address a person opens
     assert artifact_url(none, run.info.run_id, "x.html") is None
+
+
+def test_mlflow_warnings_reach_the_task_log_as_warnings_not_stderr_lines(settings, caplog, capsys):
+    import logging
+
+    use_store(settings)
+    mlflow_logger = logging.getLogger("mlflow.models.model")
+    with caplog.at_level(logging.WARNING):
+        mlflow_logger.warning("pip requirements could not be inferred")
+    record = next(r for r in caplog.records if r.name == "mlflow.models.model")
+    assert record.levelname == "WARNING"  # through the process's handlers, at its own level
+    assert "pip requirements" not in capsys.readouterr().err  # not a raw stderr line (Airflow shows those as errors)
+    assert logging.getLogger("mlflow").handlers == [] and logging.getLogger("mlflow").propagate
