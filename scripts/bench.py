@@ -7,7 +7,7 @@ same data, each in a fresh process (so peak memory is that process's own maximum
                  reference profile (tasks.drift_stats: exact KS, two-sample chi-square) and Evidently's HTML
                  report (drift preset) on a 20,000-row sample  vs  scipy ks_2samp /
                  chi2_contingency, on 20 columns of served rows against a 5,000-row reference
-    monitoring-before  the monitor before issue 16 (Evidently's presets over every served row), same data
+    monitor-old  the monitor before issue 16 (Evidently's presets over every served row), same data
     validation   tasks.validate.validate_frame (Great Expectations, the bike suite)  vs  the same checks as
                  plain vectorised pandas
     training     the train stage's model (FeatureBuilder + LightGBM from the spec)  vs  bare LightGBM with the
@@ -280,7 +280,7 @@ EXTRAS = {"search": (search_rate, [10_000]), "explain": (explain_latency, [1, 10
 
 STEPS = {
     "monitoring": (monitoring_ours, monitoring_baseline, "scipy ks_2samp / chi2"),
-    "monitoring-before": (monitoring_evidently_all, monitoring_baseline, "scipy ks_2samp / chi2"),
+    "monitor-old": (monitoring_evidently_all, monitoring_baseline, "scipy ks_2samp / chi2"),
     "validation": (validation_ours, validation_baseline, "vectorised pandas"),
     "training": (training_ours, training_baseline, "bare LightGBM"),
 }

@@ -3,12 +3,14 @@
 :func:`check_drift` is a chain of immutable results, each step one function of the ones before:
 
 ``window_dates`` -> :func:`collect` (:class:`Served`: the champion, the window's logged rows, landed labels)
--> :func:`load_reference` (:class:`Reference`: its training sample and its holdout predictions)
+-> :func:`load_reference` (:class:`Reference`: its training sample, its holdout predictions, its profile)
 -> :func:`assess` (:class:`Assessment`: data drift, prediction drift, input quality, performance decay,
-the violations) -> :func:`tasks.plan.judge_window` (the trigger policy) -> :func:`publish`, the one step
-that writes: ``drift.html`` and ``summary.json`` under ``monitoring/<pipeline>/<run_id>/``, the decision
-log and trend page, the window's MLflow run. It returns a small :class:`~tasks.results.DriftReport`;
-per-column tables stay in ``summary.json``.
+the violations; the statistics from every row in one pass against the reference profile, see
+:mod:`tasks.drift_stats`, and Evidently's report from a bounded sample, labelled as such)
+-> :func:`tasks.plan.judge_window` (the trigger policy) -> :func:`publish`, the one step that writes:
+``drift.html`` and ``summary.json`` under ``monitoring/<pipeline>/<run_id>/``, the decision log and trend page,
+the window's MLflow run. It returns a small :class:`~tasks.results.DriftReport`; per-column tables stay in
+``summary.json``.
 """
 
 from __future__ import annotations
