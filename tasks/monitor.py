@@ -5,12 +5,14 @@
 ``served_window`` (event days, or the hours up to the window's end for date-less data; a window ending in the
 future is refused) -> :func:`collect` (:class:`Served`: the champion, the window's logged rows and batch-scored
 rows (``scores/``, ``source`` ``batch``), labels joined on a declared unique key only)
--> :func:`load_reference` (:class:`Reference`: its training sample and its holdout predictions)
+-> :func:`load_reference` (:class:`Reference`: its training sample, its holdout predictions, its profile)
 -> :func:`assess` (:class:`Assessment`: data drift, prediction drift, input quality, performance decay,
-the violations) -> :func:`tasks.plan.judge_window` (the trigger policy) -> :func:`publish`, the one step
-that writes: ``drift.html`` and ``summary.json`` under ``monitoring/<pipeline>/<run_id>/``, the decision
-log and trend page, the window's MLflow run. It returns a small :class:`~tasks.results.DriftReport`;
-per-column tables stay in ``summary.json``.
+the violations; the statistics from every row in one pass against the reference profile, see
+:mod:`tasks.drift_stats`, and Evidently's report from a bounded sample, labelled as such)
+-> :func:`tasks.plan.judge_window` (the trigger policy) -> :func:`publish`, the one step that writes:
+``drift.html`` and ``summary.json`` under ``monitoring/<pipeline>/<run_id>/``, the decision log and trend page,
+the window's MLflow run. It returns a small :class:`~tasks.results.DriftReport`; per-column tables stay in
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tasks.names import (
     PREDICTION,
     REFERENCE_INPUTS,
     REFERENCE_PREDICTIONS,
+    REFERENCE_PROFILE,
     TAG_AIRFLOW_RUN_ID,
     TAG_CHAMPION_VERSION,
     TAG_PIPELINE,
@@ -44,6 +47,7 @@ from tasks.results import DriftReport, DriftStatus, Metrics, Registered
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tasks.drift_stats import ReferenceProfile, WindowStats
     from tasks.plan import WindowVerdict
     from tasks.settings import Settings
     from tasks.spec import PipelineSpec
@@ -260,10 +264,11 @@ class Reference:
     predictions: pd.Series | None
     kind: str  # "holdout" | "in-sample (legacy)" | "none"
     note: str | None = None
+    profile: ReferenceProfile | None = None  # reference/profile.json, when the champion was trained with one
 
 
-def _download(settings: Settings, mlflow_run_id: str, path: str) -> pd.DataFrame | None:
-    """One parquet artifact of a run, or None when the run does not have it (an outage still raises)."""
+def _download(settings: Settings, mlflow_run_id: str, path: str, read: Any = pd.read_parquet) -> Any:
+    """One artifact of a run read with ``read`` (parquet), or None when the run does not have it (an outage raises)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -271,7 +276,7 @@ def _download(settings: Settings, mlflow_run_id: str, path: str) -> pd.DataFrame
 
     use_store(settings)
     try:
-        return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=mlflow_run_id, artifact_path=path))
+        return read(mlflow.artifacts.download_artifacts(run_id=mlflow_run_id, artifact_path=path))
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
@@ -292,11 +297,12 @@ def load_reference(settings: Settings, champion: Registered) -> Reference:
     run = champion.mlflow_run_id
     inputs = _download(settings, run, REFERENCE_INPUTS)
     if inputs is not None:
+        profile = _stored_profile(settings, run)
         predictions = _download(settings, run, REFERENCE_PREDICTIONS)
         if predictions is None:
             note = f"champion v{champion.version} has no {REFERENCE_PREDICTIONS}: prediction drift not compared"
-            return Reference(inputs, None, "none", note)
-        return Reference(inputs, predictions[PREDICTION].reset_index(drop=True), "holdout")
+            return Reference(inputs, None, "none", note, profile)
+        return Reference(inputs, predictions[PREDICTION].reset_index(drop=True), "holdout", profile=profile)
     legacy = _download(settings, run, LEGACY_REFERENCE)
     if legacy is None:
         raise MonitoringError(
@@ -314,6 +320,35 @@ def load_reference(settings: Settings, champion: Registered) -> Reference:
         f"its in-sample predictions on the training sample ({LEGACY_REFERENCE}); retrain for a holdout reference"
     )
     return Reference(legacy.drop(columns=[PREDICTION]), legacy[PREDICTION].reset_index(drop=True), "in-sample", note)
+
+
+def _stored_profile(settings: Settings, mlflow_run_id: str) -> ReferenceProfile | None:
+    """``reference/profile.json`` of the run (None: trained before it existed, computed from the sample instead)."""
+    import json
+    from pathlib import Path
+
+    from tasks.drift_stats import ReferenceProfile
+
+    doc = _download(settings, mlflow_run_id, REFERENCE_PROFILE, lambda p: json.loads(Path(p).read_text()))
+    return None if doc is None else ReferenceProfile.from_json(doc)
+
+
+def reference_profile(reference: Reference, columns: list[str], categorical: list[str]) -> ReferenceProfile:
+    """The decision statistics' reference: the stored profile, or (older champions) one computed from the sample.
+
+    A stored profile that lacks a column, or profiles a categorical column as numeric (the spec changed since
+    training), is recomputed from the reference sample. The reference predictions are added either way.
+    """
+    from tasks.drift_stats import ReferenceProfile
+
+    stored = reference.profile
+    cats = set(categorical)
+    if stored is not None and all(
+        c in (stored.categorical if c in cats else {**stored.numeric, **stored.categorical}) for c in columns
+    ):
+        return stored.with_predictions(reference.predictions)
+    present = [c for c in columns if c in reference.inputs.columns]
+    return ReferenceProfile.of(reference.inputs[present], categorical, reference.predictions)
 
 
 def reference_frame(reference: Reference, seed: int = 0) -> pd.DataFrame:
@@ -451,49 +486,127 @@ def drift_report(
     return snapshot, share, per_column
 
 
+REPORT_SAMPLE_ROWS = 20_000
+"""Served rows (a seeded sample) drawn into Evidently's HTML report; the verdicts use every row of the window."""
+
+
+def window_statistics(
+    profile: ReferenceProfile, current: pd.DataFrame, columns: list[str], chunk_rows: int = 250_000
+) -> WindowStats:
+    """The window aggregated against the reference profile in one pass over ``current`` (in chunks)."""
+    from tasks.drift_stats import WindowStats
+
+    stats = WindowStats(profile, columns, PREDICTION if profile.predictions is not None else None)
+    for start in range(0, max(len(current), 1), chunk_rows):
+        stats.add(current.iloc[start : start + chunk_rows])
+    return stats
+
+
+def drift_statistics(
+    stats: WindowStats, p_value: float, prediction_threshold: float | None = None
+) -> tuple[float, dict[str, dict[str, Any]]]:
+    """The drifted share of input columns and one result per column (the decision: every row of the window).
+
+    KS p-values for numeric columns, two-sample chi-square for categorical ones (scipy's figures on the same
+    data, see :mod:`tasks.drift_stats`), the normalised Wasserstein distance for the prediction, which is
+    left out of the share.
+    """
+    per_column = stats.drift(p_value, prediction_threshold)
+    inputs = [r for c, r in per_column.items() if c != PREDICTION]
+    share = sum(r["drifted"] for r in inputs) / len(inputs) if inputs else 0.0
+    return share, per_column
+
+
+def sample_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numerical: list[str],
+    categorical: list[str],
+    drift_share: float,
+    p_value: float,
+    prediction_threshold: float | None = None,
+    rows: int = REPORT_SAMPLE_ROWS,
+    seed: int = 0,
+    summary: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Evidently's drift report on at most ``rows`` served rows (seeded), and what it was drawn from.
+
+    Its cost is mostly plotting, per column whatever the rows: the data summary preset (``summary``) doubles
+    it and repeats what the quality checks in ``summary.json`` say, so check_drift leaves it out.
+
+    Returns:
+        The snapshot (``save_html``) and ``{"rows", "of", "note"}`` — the note heads the HTML page.
+    """
+    sample = current if len(current) <= rows else current.sample(n=rows, random_state=seed)
+    snapshot, _, _ = drift_report(
+        reference, sample, numerical, categorical, drift_share, p_value, prediction_threshold, summary=summary
+    )
+    if len(sample) < len(current):
+        note = (
+            f"This report is drawn from a random sample of {len(sample):,} of the window's {len(current):,} served "
+            "rows. The drift verdicts, the drifted share and the quality checks in summary.json are computed on "
+            "every row of the window; per-column figures here may differ from them."
+        )
+    else:
+        note = f"This report shows all {len(current):,} served rows of the window."
+    return snapshot, {"rows": len(sample), "of": len(current), "note": note}
+
+
 def input_quality(
-    spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str], categorical: list[str]
+    spec: PipelineSpec,
+    reference: pd.DataFrame | ReferenceProfile,
+    current: pd.DataFrame | WindowStats,
+    numerical: list[str],
+    categorical: list[str],
+    unseen: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Data quality of served inputs against the reference sample: missing values, stuck columns, range.
+    """Data quality of served inputs against the reference: missing values, stuck columns, range.
+
+    ``reference`` and ``current`` are frames, or the profile and the window aggregated against it (what
+    :func:`assess` passes: the figures come from the same one pass as the drift statistics).
 
     Returns:
         ``{"columns": {column: figures}, "breaches": [one sentence per breach]}``.
     """
-    from tasks.features import unseen_levels
+    from tasks.drift_stats import ReferenceProfile
 
+    columns_ = [*numerical, *categorical]
+    if isinstance(current, pd.DataFrame):
+        from tasks.features import unseen_levels
+
+        unseen = unseen_levels(spec.features, current)  # values outside a column's categories (zeros or other)
+        profile = reference if isinstance(reference, ReferenceProfile) else ReferenceProfile.of(reference, categorical)
+        current = window_statistics(profile, current, [c for c in columns_ if c in current.columns])
     rules = spec.monitoring.quality
-    unseen = unseen_levels(spec.features, current)  # values outside a column's categories (encoded as zeros or other)
     columns: dict[str, dict[str, Any]] = {}
     breaches: list[str] = []
-    for col in [*numerical, *categorical]:
-        if col not in current.columns:
+    for col in columns_:
+        if col not in current.columns or col in current.absent:
             breaches.append(f"{col}: absent from every served row")
             columns[col] = {"absent": True}
             continue
-        ref, cur = reference[col], current[col]
-        miss_ref, miss_cur = float(ref.isna().mean()), float(cur.isna().mean())
+        figures = current.quality(col)
+        miss_ref, miss_cur = figures["missing_reference"], figures["missing_served"]
         entry: dict[str, Any] = {"missing_reference": miss_ref, "missing_served": miss_cur}
         if miss_cur - miss_ref > rules.max_missing_increase:
             breaches.append(f"{col}: {miss_cur:.1%} missing in served rows vs {miss_ref:.1%} in the reference")
-        distinct_ref, distinct_cur = ref.nunique(), cur.nunique()
+        distinct_ref, served_rows = figures["distinct_reference"], figures["served_rows"]
         # a measurement stuck at one value (a client default); calendar-like columns are legitimately
         # constant over a short window, so only columns with many reference values qualify
-        if rules.flag_constant and distinct_cur <= 1 and distinct_ref >= 10 and len(cur) > 1:
-            first: Any = cur.dropna().iloc[0] if cur.notna().any() else None
-            value = first.item() if hasattr(first, "item") else first  # numpy scalar -> plain, text stays text
+        if rules.flag_constant and figures["distinct_served"] <= 1 and distinct_ref >= 10 and served_rows > 1:  # noqa: PLR2004
+            value = figures["constant_value"]
             breaches.append(
-                f"{col}: constant ({value!r}) in all {len(cur)} served rows, {distinct_ref} values in the reference"
+                f"{col}: constant ({value!r}) in all {served_rows} served rows, {distinct_ref} values in the reference"
             )
             entry["constant"] = True
-        if col in numerical:
-            values = pd.to_numeric(cur, errors="coerce").dropna()
-            lo, hi = float(ref.min()), float(ref.max())
-            outside = float(((values < lo) | (values > hi)).mean()) if len(values) else 0.0
+        if "reference_range" in figures:
+            lo, hi = figures["reference_range"]
+            outside = figures["out_of_range"]
             entry |= {"reference_range": [lo, hi], "out_of_range": outside}
             limit = rules.max_out_of_range_share
             if limit is not None and outside > limit:
                 breaches.append(f"{col}: {outside:.1%} of served values outside the reference range [{lo:g}, {hi:g}]")
-        if col in unseen:
+        if unseen and col in unseen:
             entry["unseen_levels"] = unseen[col]
         columns[col] = entry
     return {"columns": columns, "breaches": breaches}
@@ -534,6 +647,7 @@ class Assessment:
     violations: list[str] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)
     snapshot: Any = None  # the Evidently report, saved by publish
+    report_note: str | None = None  # heads the HTML report (it is drawn from a sample of the window)
 
     @property
     def figures(self) -> dict[str, Any]:
@@ -580,7 +694,12 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
     if mon.include_target and len(served.labelled) >= mon.min_rows:
         # demand itself shifting is the strongest retrain signal once its labels have landed
         compared, current = [*numerical, target], served.labelled
-    snapshot, share, per_column = drift_report(
+    # the decision: every row of the window, in one pass, against the reference profile stored with the model
+    profile = reference_profile(reference, [*compared, *categorical], categorical)
+    stats = window_statistics(profile, current, [c for c in [*compared, *categorical] if c in profile.columns])
+    share, per_column = drift_statistics(stats, mon.column_p_value, mon.prediction_drift_threshold)
+    # the picture: Evidently's report on a bounded sample, labelled as such
+    snapshot, drawn = sample_report(
         reference_frame(reference, spec.training.seed),
         current,
         compared,
@@ -588,7 +707,7 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
         mon.drift_share_threshold,
         mon.column_p_value,
         mon.prediction_drift_threshold,
-        summary=True,
+        seed=spec.training.seed,
     )
     inputs = {c: r for c, r in per_column.items() if c != PREDICTION}
     drifted = sorted(c for c, r in inputs.items() if r["drifted"])
@@ -597,7 +716,9 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
     prediction = _prediction_drift(per_column, reference)
     if mon.prediction_drift_threshold is not None and prediction.get("drifted"):
         violations.append("prediction_drift")
-    quality = input_quality(spec, reference.inputs, current, numerical, categorical)
+    from tasks.features import unseen_levels
+
+    quality = input_quality(spec, profile, stats, numerical, categorical, unseen_levels(spec.features, served.rows))
     if quality["breaches"]:
         violations.append("data_quality")
         log.warning("served-input quality: %s", "; ".join(quality["breaches"]))
@@ -609,6 +730,8 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
         violations.append("performance_decay")
     sections: dict[str, Any] = {
         "reference_rows": len(reference.inputs),
+        "reference_profile": profile.source,
+        "report_sample": drawn,
         "drift_share": share,
         "drifted_columns": drifted,
         "target_drifted": bool(per_column.get(target, {}).get("drifted", False)),
@@ -623,7 +746,7 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
     if served.champion_on_labelled is not None:
         sections |= {"champion_on_labelled": served.champion_on_labelled, "labelled_rows": len(served.labelled)}
     reason = f"{len(drifted)}/{len(inputs)} columns drifted (share {share:.2f}, threshold {mon.drift_share_threshold})"
-    return Assessment(status, reason, violations, sections, snapshot)
+    return Assessment(status, reason, violations, sections, snapshot, drawn["note"])
 
 
 def _judge(spec: PipelineSpec, settings: Settings, served: Served) -> Assessment:
@@ -727,6 +850,20 @@ def _summary(
     return summary
 
 
+def _label_report(path: Path, note: str) -> None:
+    """Head the saved HTML report with ``note`` (what it was drawn from), above Evidently's own page."""
+    import html
+
+    page = path.read_text(encoding="utf-8")
+    banner = (
+        '<div id="mlp-report-sample" style="padding:12px 16px;margin:0;background:#fff4ce;border-bottom:1px solid '
+        f'#e0c060;font:14px sans-serif">{html.escape(note)}</div>'
+    )
+    body = page.find("<body")
+    at = page.find(">", body) + 1 if body >= 0 else 0
+    path.write_text(page[:at] + banner + page[at:], encoding="utf-8")
+
+
 def publish(
     spec: PipelineSpec,
     settings: Settings,
@@ -749,6 +886,8 @@ def publish(
     if html is not None:
         with atomic_path(html) as tmp:
             assessment.snapshot.save_html(str(tmp))
+            if assessment.report_note:
+                _label_report(tmp, assessment.report_note)
     decisions = DecisionLog(layout.decision_log(name))
     history = decisions.read()
     decisions.append_record(verdict.record)

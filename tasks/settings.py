@@ -80,6 +80,19 @@ class KubernetesSettings(BaseModel):
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     )
     labels: dict[str, str] = Field(default_factory=dict)
+    serving_deployment: str | None = Field(
+        default=None,
+        description="The model server's Deployment (deploy/k8s/model-server.yaml). Set: the deploy stage rolls a "
+        "version out by pinning it in the pod template; unset: it asks one server's POST /admin/reload.",
+    )
+    serving_namespace: str = Field(default="ml-serving", description="Namespace of the model server's Deployment.")
+    serving_container: str = Field(default="model-server", description="The server's container in the pod template.")
+    rollout_timeout_s: float = Field(
+        default=900,
+        gt=0,
+        description="Longest the deploy stage watches a rollout; past it (or the Deployment's own "
+        "progressDeadlineSeconds) the rollout is rolled back and the stage fails.",
+    )
 
 
 class Settings(BaseModel):

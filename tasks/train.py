@@ -22,6 +22,7 @@ from tasks.names import (
     FIT_PREFIX,
     MODEL_ARTIFACT,
     REFERENCE_INPUTS,
+    REFERENCE_PROFILE,
     TAG_CALIBRATION,
     TAG_CANDIDATE_RUN,
     TAG_CODE_VERSION,
@@ -196,6 +197,9 @@ def _fit_and_log(
             # the reference of input and target drift travels with the run that may become champion;
             # prediction drift compares with the candidate's holdout predictions, logged at evaluation
             mlflow.log_artifact(str(reference), artifact_path=REFERENCE_INPUTS.rsplit("/", 1)[0])
+            # its distinct values and counts per column: the monitor's decision statistics in one pass
+            profile = _reference_profile(spec, reference)
+            mlflow.log_artifact(str(profile), artifact_path=REFERENCE_PROFILE.rsplit("/", 1)[0])
         return run.info.run_id, info.model_uri, selection
 
 
@@ -213,6 +217,16 @@ def model_requirements(family: str) -> list[str]:
 
     names = ("mlflow", "cloudpickle", "numpy", "pandas", "scikit-learn", *_FAMILY_PACKAGES.get(family, ()))
     return [f"{name}=={version(name)}" for name in names]
+
+
+def _reference_profile(spec: PipelineSpec, reference: Path) -> Path:
+    """``reference/profile.json`` beside the reference sample: what the monitor compares every served row with."""
+    from tasks.drift_stats import ReferenceProfile
+    from tasks.storage import write_text
+
+    profile = ReferenceProfile.of(pd.read_parquet(reference), spec.features.categorical)
+    text = json.dumps(profile.to_json(), default=str)  # compact: a few numbers per distinct reference value
+    return write_text(reference.with_name(REFERENCE_PROFILE.rsplit("/", 1)[1]), text)
 
 
 def _reference_sample(spec: PipelineSpec, train_raw: pd.DataFrame, path: Path) -> Path:

@@ -166,6 +166,8 @@ def test_drift_on_2012_traffic_requests_retrain_and_saves_reports(use_champion_s
     assert set(report) == set(DriftReport.model_fields) and len(json.dumps(report)) < 2000
     summary = _summary(report)
     assert summary["labelled_rows"] == 168 and summary["target_drifted"]
+    # the verdicts: every row against the profile logged at training; the HTML report: at most a bounded sample
+    assert summary["reference_profile"] == "stored with the model" and summary["report_sample"]["of"] == 168
     assert summary["champion_on_labelled"]["mae"] > 0 and "temp" in summary["columns"]
     # the champion's RMSE on the labelled 2012 week is far above its own holdout RMSE: decay, a second violation
     decay = summary["performance_decay"]
@@ -355,3 +357,26 @@ def test_an_unreachable_tracking_store_costs_the_link_not_the_report(data_root, 
     assert summary["status"] == "no_champion" and "report_url" not in summary
     assert DataLayout(data_root).decision_log("bike_demand").is_file()  # the decision is kept whatever MLflow does
     get_settings.cache_clear()
+
+
+def test_the_html_report_is_a_labelled_sample_while_the_verdicts_use_every_row(tmp_path):
+    from scipy.stats import ks_2samp
+
+    from tasks.drift_stats import ReferenceProfile
+    from tasks.monitor import _label_report, drift_statistics, sample_report, window_statistics
+
+    rng = np.random.default_rng(5)
+    reference = pd.DataFrame({"temp": rng.normal(0.5, 0.1, 500)})
+    current = pd.DataFrame({"temp": rng.normal(0.52, 0.1, 3000)})
+    share, columns = drift_statistics(
+        window_statistics(ReferenceProfile.of(reference, []), current, ["temp"], 700), 0.05
+    )
+    expected = ks_2samp(reference["temp"], current["temp"]).pvalue
+    assert columns["temp"]["score"] == pytest.approx(expected) and share == float(expected < 0.05)
+    snapshot, drawn = sample_report(reference, current, ["temp"], [], 0.5, 0.05, rows=200)
+    assert (drawn["rows"], drawn["of"]) == (200, 3000) and "sample of 200 of the window's 3,000 served" in drawn["note"]
+    page = tmp_path / "drift.html"
+    snapshot.save_html(str(page))
+    _label_report(page, drawn["note"])
+    text = page.read_text()
+    assert text.index('id="mlp-report-sample"') > text.index("<body") and "computed on every row" in text
