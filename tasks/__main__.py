@@ -1,7 +1,9 @@
 """Command line: stages, the model server and the promotion ledger.
 
-``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve`` and
-``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger).
+``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve``,
+``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger) and
+``python -m tasks cache clear --pipeline NAME [--kind validation|features]`` (forget kept validation
+verdicts and feature sets, so the next run computes them again).
 
 This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call. With
 ``--result`` the outcome is written as a manifest in the shared store, which is how a pod's result gets
@@ -102,19 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     ledger.add_argument("--pipeline", type=_no_parent, help="only this pipeline's entries")
     ledger.add_argument("--limit", type=int, help="only the last N entries")
     ledger.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    cache = sub.add_parser("cache", help="the kept validation verdicts and feature sets (tasks.cache)")
+    cache.add_argument("action", choices=["clear"], help="clear: remove entries; the next run computes them again")
+    cache.add_argument("--pipeline", required=True, choices=names, help=where)
+    cache.add_argument("--kind", choices=["validation", "features"], help="only this kind (default: both)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one stage; exit 0 with its JSON result, or 1 with the error on stderr."""
-    from tasks.redact import install
-
-    install()  # every log line and traceback of this process is masked (URI passwords, the admin token)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
-    from tasks.settings import get_settings, register_secrets
-
-    register_secrets(get_settings())
+def _tool(args: argparse.Namespace) -> int:
+    """The commands that are not stages: ``serve``, ``ledger`` and ``cache``."""
+    from tasks.settings import get_settings
 
     if args.command == "serve":
         from tasks.serving.app import serve
@@ -132,6 +131,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(format_table(entries))  # noqa: T201 - the CLI's output
         return 0
+    from tasks.cache import clear
+    from tasks.storage import DataLayout
+
+    removed = clear(DataLayout(get_settings().data_root), args.pipeline, args.kind)
+    print(json.dumps({"pipeline": args.pipeline, "removed": removed}))  # noqa: T201 - the CLI's output
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one stage; exit 0 with its JSON result, or 1 with the error on stderr."""
+    from tasks.redact import install
+
+    install()  # every log line and traceback of this process is masked (URI passwords, the admin token)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    from tasks.settings import get_settings, register_secrets
+
+    register_secrets(get_settings())
+
+    if args.command in ("serve", "ledger", "cache"):
+        return _tool(args)
     from tasks.stages import STAGES
 
     try:

@@ -11,6 +11,7 @@ Layout (``<root>`` is ``Settings.data_root``)::
     monitoring/<pipeline>/{decisions.jsonl,trend.html}  every window's retrain decision; the trend page
     serving/predictions.sqlite                          the model server's prediction log
     mlflow/                                             MLflow SQLite store and artifacts (local default)
+    cache/<pipeline>/{validation,features}/             verdicts and feature sets by content (tasks.cache)
 
 Every writer goes through :func:`atomic_path`: it writes to a temporary name in the target folder and
 renames into place, so readers never see half-written files and a re-run overwrites the same path.
@@ -105,6 +106,12 @@ class DataLayout:
     def monitoring_dir(self, pipeline: str, run_id: str) -> Path:
         """Per-run monitoring output folder."""
         return self.root / "monitoring" / check_pipeline(pipeline) / safe_key(run_id)
+
+    def cache_dir(self, pipeline: str, kind: str) -> Path:
+        """A pipeline's content-addressed cache of one kind (``validation``, ``features``; :mod:`tasks.cache`)."""
+        if kind not in ("validation", "features"):
+            raise LayoutError(f"cache kind is validation or features, not {str(kind)[:80]!r}")
+        return self.root / "cache" / check_pipeline(pipeline) / kind
 
     @property
     def prediction_log(self) -> Path:
