@@ -13,6 +13,9 @@ same data, each in a fresh process (so peak memory is that process's own maximum
 
     dag parse    each file under ``dags/`` executed after ``airflow.sdk`` is imported  vs  a bare
                  ``import airflow.sdk`` (each in a fresh process with warm bytecode; median of 5)
+    start-up     each stage's imports in a fresh process, and a backfill of ``--backfill-days`` days
+                 (ingest + validate per day) in one process with the validation cache cold vs warm, and
+                 warm with a process per stage (``scripts/bench_startup.py``)
 
 Then, with no raw baseline: ``search`` (Optuna trials per minute on the bike spec's space, 10^4 rows, each
 trial a nested MLflow run) and ``explain`` (p50 of predict with and without explain's top-5 SHAP
@@ -348,9 +351,17 @@ def main() -> None:
     parser.add_argument("--extras", default=",".join(EXTRAS), help="search (trials/min), explain (latency)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--dag-parse-only", action="store_true", help="only the DAG parse section")
+    parser.add_argument("--startup-only", action="store_true", help="only the stage start-up and backfill section")
+    parser.add_argument("--backfill-days", type=int, default=10, help="days in the backfill figure (0: none)")
     args = parser.parse_args()
-    _print_dag_parse()
+    if not args.startup_only:
+        _print_dag_parse()
     if args.dag_parse_only:
+        return
+    from scripts.bench_startup import print_startup
+
+    print_startup(args.backfill_days)
+    if args.startup_only:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     header = f"{'step':<11} {'rows':>9}  {'ours s':>8} {'baseline s':>10} {'ratio':>6}  "
