@@ -147,3 +147,22 @@ def test_cache_clear_is_one_command(spec, layout, judged, capsys):
     assert not (layout.root / "cache" / "bike_demand" / "features").exists()
     with pytest.raises(ValueError, match="cache kind"):
         cache.clear(layout, "bike_demand", "models")
+
+
+def test_a_window_with_every_verdict_kept_never_imports_great_expectations(judged, data_root):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import sys\nfrom tasks.spec import load_spec\nfrom tasks.storage import DataLayout\n"
+        "from tasks.validate import validate_partitions\n"
+        f"result = validate_partitions(load_spec('bike_demand'), DataLayout({str(data_root)!r}), {judged!r}, 't')\n"
+        "print(result.cached, 'great_expectations' in sys.modules, 'pandas' in sys.modules)"
+    )
+    env = dict(os.environ) | {"MLP_DATA_ROOT": str(data_root)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"{judged!r} False False"
