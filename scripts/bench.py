@@ -15,6 +15,9 @@ same data, each in a fresh process (so peak memory is that process's own maximum
 
     dag parse    each file under ``dags/`` executed after ``airflow.sdk`` is imported  vs  a bare
                  ``import airflow.sdk`` (each in a fresh process with warm bytecode; median of 5)
+    start-up     each stage's imports in a fresh process, and a backfill of ``--backfill-days`` days
+                 (ingest + validate per day) in one process with the validation cache cold vs warm, and
+                 warm with a process per stage (``scripts/bench_startup.py``)
 
 Then, with no raw baseline: ``search`` (Optuna trials per minute on the bike spec's space, 10^4 rows, each
 trial a nested MLflow run) and ``explain`` (p50 of predict with and without explain's top-5 SHAP
@@ -381,12 +384,20 @@ def main() -> None:
     parser.add_argument("--serving-rounds", type=int, default=2, help="interleaved rounds of the serving cells")
     parser.add_argument("--serving-root", type=Path, help="a data root with a bike_demand champion")
     parser.add_argument("--serving-baseline", help="also serve our server as it stood at this commit")
+    parser.add_argument("--startup-only", action="store_true", help="only the stage start-up and backfill section")
+    parser.add_argument("--backfill-days", type=int, default=10, help="days in the backfill figure (0: none)")
     args = parser.parse_args()
     if args.serving_only:
         _serving(args)
         return
-    _print_dag_parse()
+    if not args.startup_only:
+        _print_dag_parse()
     if args.dag_parse_only:
+        return
+    from scripts.bench_startup import print_startup
+
+    print_startup(args.backfill_days)
+    if args.startup_only:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     header = f"{'step':<11} {'rows':>9}  {'ours s':>8} {'baseline s':>10} {'ratio':>6}  "

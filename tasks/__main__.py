@@ -3,7 +3,9 @@
 ``python -m tasks <stage> --pipeline NAME --args JSON [--result FILE]``, ``python -m tasks serve``,
 ``python -m tasks ledger [--pipeline NAME] [--limit N] [--json]`` (read the promotion ledger),
 ``python -m tasks suite --pipeline NAME --sample FILE [--out PATH]`` (write a starter expectation suite) and
-``python -m tasks spec-schema [--check]`` (regenerate the spec reference and its JSON Schema).
+``python -m tasks spec-schema [--check]`` (regenerate the spec reference and its JSON Schema) and
+``python -m tasks cache clear --pipeline NAME [--kind validation|features]`` (forget kept validation
+verdicts and feature sets, so the next run computes them again).
 
 This is the contract a Kubernetes pod runs: the same stage functions the Airflow tasks call. With
 ``--result`` the outcome is written as a manifest in the shared store, which is how a pod's result gets
@@ -131,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     suite.add_argument("--out", type=_no_parent, help="where to write it (default: the spec's expectations path)")
     schema = sub.add_parser("spec-schema", help="regenerate docs/spec-reference.md and docs/pipeline-spec.schema.json")
     schema.add_argument("--check", action="store_true", help="exit 1 when the committed files are stale")
+    cache = sub.add_parser("cache", help="the kept validation verdicts and feature sets (tasks.cache)")
+    cache.add_argument("action", choices=["clear"], help="clear: remove entries; the next run computes them again")
+    cache.add_argument("--pipeline", required=True, choices=names, help=where)
+    cache.add_argument("--kind", choices=["validation", "features"], help="only this kind (default: both)")
     return parser
 
 
@@ -172,7 +178,17 @@ def _spec_schema(args: argparse.Namespace) -> int:
     return 1 if (args.check and changed) else 0
 
 
-_TOOLS = {"serve": _serve, "ledger": _ledger, "suite": _suite, "spec-schema": _spec_schema}
+def _cache(args: argparse.Namespace) -> int:
+    from tasks.cache import clear
+    from tasks.settings import get_settings
+    from tasks.storage import DataLayout
+
+    removed = clear(DataLayout(get_settings().data_root), args.pipeline, args.kind)
+    print(json.dumps({"pipeline": args.pipeline, "removed": removed}))  # noqa: T201 - the CLI's output
+    return 0
+
+
+_TOOLS = {"serve": _serve, "ledger": _ledger, "suite": _suite, "spec-schema": _spec_schema, "cache": _cache}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,18 +3,25 @@
 The transformation is :class:`FeatureBuilder`, a stateless scikit-learn transformer configured only by
 the spec. Training fits the estimator on its output, and the model logged to MLflow is
 ``Pipeline([FeatureBuilder, estimator])``: the server applies exactly the code training did.
+
+A window's files are kept by content (:mod:`tasks.cache`): a run over the same partitions (same bytes)
+with the same features section, schema and split links the kept files into its folder instead of
+building them again.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from tasks import cache
 from tasks.errors import PermanentError
+from tasks.landing import sha256_of
 from tasks.results import Datasets
 from tasks.spec import FeatureSpec, PipelineSpec
 from tasks.storage import DataLayout, atomic_path
@@ -183,6 +190,38 @@ def build_features(spec: PipelineSpec, layout: DataLayout, days: list[str], run_
     holdout_n = spec.training.holdout_days
     if len(days) <= holdout_n:
         raise FeatureError(f"{len(days)} partitions cannot be split into training and a {holdout_n}-day holdout")
+    missing = [d for d in days if not layout.raw_partition(spec.name, d).is_file()]
+    if missing:
+        raise FeatureError(f"partitions {missing} of {spec.name} are not in the raw store")
+    key = cache.features_key(spec, {d: sha256_of(layout.raw_partition(spec.name, d)) for d in days})
+    kept = cache.get_features(layout, spec.name, key)
+    if kept is not None:
+        return _reuse(spec, layout, run_id, *kept)
+    uris = _build(spec, layout, days, run_id)
+    files = dict(zip(cache.FEATURE_FILES, (uris.train_raw, uris.train_features, uris.holdout), strict=True))
+    meta = uris.xcom() | {"run_id": run_id}
+    cache.put_features(layout, spec.name, key, {k: Path(v) for k, v in files.items()}, meta)
+    return uris
+
+
+def _reuse(spec: PipelineSpec, layout: DataLayout, run_id: str, meta: dict[str, Any], folder: Path) -> Datasets:
+    """The run's files are the kept feature set's (hard links): the same rows an earlier run built."""
+    name = spec.name
+    targets = (layout.train_raw(name, run_id), layout.train_features(name, run_id), layout.holdout(name, run_id))
+    for file, target in zip(cache.FEATURE_FILES, targets, strict=True):
+        cache.link_or_copy(folder / file, target)
+    train_raw, train_features, holdout = (str(t) for t in targets)
+    keep = ("train_partitions", "holdout_partitions", "train_rows", "holdout_rows")
+    log.info(
+        "training window of %d partitions: feature set kept from run %s",
+        len(meta["train_partitions"]) + len(meta["holdout_partitions"]),
+        meta.get("run_id"),
+    )
+    return Datasets(train_raw=train_raw, train_features=train_features, holdout=holdout, **{k: meta[k] for k in keep})
+
+
+def _build(spec: PipelineSpec, layout: DataLayout, days: list[str], run_id: str) -> Datasets:
+    holdout_n = spec.training.holdout_days
     train_days, holdout_days = days[:-holdout_n], days[-holdout_n:]
     # sensitive columns stay beside the inputs (even when callers never send them) for the gate's slice checks
     keep = [spec.source.partition_column, *spec.schema_.input_columns, spec.schema_.target, *spec.schema_.sensitive]

@@ -131,6 +131,7 @@ class Validation(Result):
     valid: list[str] = Field(default_factory=list)
     quarantined: list[QuarantinedPartition] = Field(default_factory=list)
     report_uri: str = ""
+    cached: list[str] = Field(default_factory=list, description="Days whose verdict was kept from an earlier run.")
 
 
 # ---- training ----

@@ -13,6 +13,7 @@ Layout (``<root>`` is ``Settings.data_root``)::
     monitoring/<pipeline>/{decisions.jsonl,trend.html}  every window's retrain decision; the trend page
     serving/predictions.sqlite                          the model server's prediction log
     mlflow/                                             MLflow SQLite store and artifacts (local default)
+    cache/<pipeline>/{validation,features}/             verdicts and feature sets by content (tasks.cache)
 
 Every writer goes through :func:`atomic_path`: it writes to a temporary name in the target folder and
 renames into place, so readers never see half-written files and a re-run overwrites the same path.
@@ -121,6 +122,12 @@ class DataLayout:
     def scores_manifest(self, pipeline: str, day: str) -> Path:
         """Which version's file is the day's current scoring (rows, digest)."""
         return self.scores_dir(pipeline, day) / "scored.json"
+
+    def cache_dir(self, pipeline: str, kind: str) -> Path:
+        """A pipeline's content-addressed cache of one kind (``validation``, ``features``; :mod:`tasks.cache`)."""
+        if kind not in ("validation", "features"):
+            raise LayoutError(f"cache kind is validation or features, not {str(kind)[:80]!r}")
+        return self.root / "cache" / check_pipeline(pipeline) / kind
 
     @property
     def prediction_log(self) -> Path:

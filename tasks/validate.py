@@ -10,6 +10,11 @@ Each partition is its own batch, so one bad day never hides the good days around
 
 Either way ``reasons.json`` names the file, each failed expectation and how many rows broke it, and the
 day's ``_versions.jsonl`` records the outcome.
+
+A verdict is kept by content (:mod:`tasks.cache`): the batch's parquet SHA-256, the suite's hash and the
+library versions. A batch already judged (at ingest, or by an earlier training run) is not validated again,
+and Great Expectations is imported only when some batch has no verdict yet; a changed suite, batch or
+library version is judged afresh.
 """
 
 from __future__ import annotations
@@ -20,8 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from tasks import cache
 from tasks.errors import PermanentError
 from tasks.landing import sha256_of
 from tasks.partitions import (
@@ -42,6 +46,7 @@ from tasks.storage import DataLayout, write_json
 
 if TYPE_CHECKING:
     import great_expectations as gx
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,7 @@ class ValidationResult:
     valid: list[str] = field(default_factory=list)
     quarantined: list[QuarantinedPartition] = field(default_factory=list)
     report_uri: str = ""
+    cached: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (for XCom and the report file)."""
@@ -148,6 +154,36 @@ def validate_frame(
     return _failures(batch.validate(suite, result_format="SUMMARY"))
 
 
+class _Judge:
+    """Verdicts of one validation run: from the cache by content, else from the suite (loaded on first miss)."""
+
+    def __init__(self, spec: PipelineSpec, layout: DataLayout, run_key: str, result: ValidationResult) -> None:
+        self.spec, self.layout, self.result = spec, layout, result
+        self.report = str(layout.run_dir(spec.name, run_key) / "validation.json")
+        self.suite_hash = cache.suite_hash(spec.expectations_path)
+        self._suite: tuple[gx.ExpectationSuite, Any] | None = None
+
+    def failures(self, day: str, path: Path, parquet_sha256: str | None = None) -> list[ExpectationFailure]:
+        """The batch at ``path``'s failed expectations (empty when valid), judged once per content."""
+        digest = parquet_sha256 or sha256_of(path)
+        key = cache.validation_key(digest, self.suite_hash)
+        known = cache.get_verdict(self.layout, self.spec.name, key)
+        if known is not None:
+            self.result.cached.append(day)
+            log.info("%s partition %s: verdict of these bytes kept from %s", self.spec.name, day, known.report)
+            return [ExpectationFailure(**f) for f in known.failures]
+        if self._suite is None:
+            suite = load_suite(self.spec.expectations_path)
+            self._suite = suite, _batch_definition(suite.name)
+        import pandas as pd
+
+        found = validate_frame(pd.read_parquet(path), *self._suite)
+        verdict = cache.Verdict(failures=[asdict(f) for f in found], report=self.report, partition=day)
+        parts = {"parquet_sha256": digest, "suite_hash": self.suite_hash, "suite": str(self.spec.expectations_path)}
+        cache.put_verdict(self.layout, self.spec.name, key, verdict, parts)
+        return found
+
+
 def _entry(
     spec: PipelineSpec, layout: DataLayout, day: str, sha: str, failures: list[ExpectationFailure], stage: str
 ) -> QuarantinedPartition:
@@ -177,15 +213,14 @@ def validate_partitions(spec: PipelineSpec, layout: DataLayout, days: list[str],
     Raises:
         ValidationFailedError: The suite cannot be loaded or a listed partition is not in the raw store.
     """
-    suite = load_suite(spec.expectations_path)
-    batch_definition = _batch_definition(suite.name)
     result = ValidationResult(suite=str(spec.expectations_path))
+    judge = _Judge(spec, layout, run_key, result)
     for day in days:
         path = layout.raw_partition(spec.name, day)
         if not path.is_file():
             raise ValidationFailedError(f"partition {day} of {spec.name} is not in the raw store ({path})")
         judged = sha256_of(path)
-        failures = validate_frame(pd.read_parquet(path), suite, batch_definition)
+        failures = judge.failures(day, path, judged)
         if not failures:
             result.valid.append(day)
             continue
@@ -204,7 +239,13 @@ def _report(spec: PipelineSpec, layout: DataLayout, run_key: str, result: Valida
     report = layout.run_dir(spec.name, run_key) / "validation.json"
     result.report_uri = str(report)
     write_json(report, result.to_dict())
-    log.info("validated %d partitions: %d valid, %d quarantined", n, len(result.valid), len(result.quarantined))
+    log.info(
+        "validated %d partitions: %d valid, %d quarantined (%d verdicts kept from earlier runs)",
+        n,
+        len(result.valid),
+        len(result.quarantined),
+        len(result.cached),
+    )
     return result
 
 
@@ -242,8 +283,7 @@ def validate_staged(
     result.quarantined += [QuarantinedPartition(**r) for r in refused or []]
     if not staged:
         return _report(spec, layout, run_key, result, len(result.quarantined))
-    suite = load_suite(spec.expectations_path)
-    batch_definition = _batch_definition(suite.name)
+    judge = _Judge(spec, layout, run_key, result)
     for day, sha in staged.items():
         path = _find_staged(layout, spec.name, day, sha)
         if path is None:
@@ -256,7 +296,7 @@ def validate_staged(
                 + (f" from landing file {sha}" if sha else "")
                 + ": run ingest for the day first"
             )
-        failures = validate_frame(pd.read_parquet(path), suite, batch_definition)
+        failures = judge.failures(day, path)
         record = read_json(path.with_name(SOURCE)) or {}
         with partition_lock(layout, spec.name, day):
             entry = _entry(spec, layout, day, str(record.get("sha256", "")), failures, "validation")

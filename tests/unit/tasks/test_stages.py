@@ -73,3 +73,39 @@ def test_the_cli_sub_command_is_the_stage_name(data_root):
         [sys.executable, "-m", "tasks", "monitor", "--pipeline", "bike_demand"], capture_output=True, text=True
     )
     assert old.returncode == 2 and "invalid choice: 'monitor'" in old.stderr
+
+
+STAGE_MODULES = [
+    "tasks.__main__",
+    "tasks.stages",
+    "tasks.cache",
+    "tasks.ingest",
+    "tasks.validate",
+    "tasks.plan",
+    "tasks.features",
+    "tasks.train",
+    "tasks.evaluate",
+    "tasks.gate",
+    "tasks.registry",
+    "tasks.deploy",
+    "tasks.monitor",
+]
+HEAVY = ["great_expectations", "evidently", "torch", "mlflow", "lightgbm", "shap", "optuna", "matplotlib"]
+
+
+def test_importing_a_stage_module_loads_no_heavy_library():
+    """Every task and pod imports these; a library costing seconds is imported only by the function using it."""
+    code = (
+        f"import importlib, sys\nfor m in {STAGE_MODULES!r}: importlib.import_module(m)\n"
+        f"print([h for h in {HEAVY!r} if h in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    # and the registry and deploy stages (one MLflow call, one HTTP call) need not even pandas at import
+    light = "import sys, tasks.stages, tasks.registry, tasks.deploy, tasks.cache; print('pandas' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", light], cwd=REPO, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"
