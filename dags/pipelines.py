@@ -1,7 +1,7 @@
 """DAGs of every pipeline spec in `config/pipelines/`, and one `rollback` DAG for all of them.
 
-Each spec yields `<p>_ingest`, `<p>_train` and `<p>_monitor`. Add a pipeline by adding a spec (and
-its expectation suite); no DAG code changes.
+Each spec yields `<p>_ingest`, `<p>_ingest_announced`, `<p>_announce`, `<p>_train` and `<p>_monitor`. Add a
+pipeline by adding a spec (and its expectation suite); no DAG code changes.
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ def stage(name: str, pipeline: str = P, **kwargs: Any) -> Any:
 
 
 def ingest_partitions(start: str, end: str, pipeline: str = P) -> None:
-    """One ``bike_demand_ingest`` run per day, each naming its partition.
+    """One ``bike_demand_ingest`` run per day, each with the day as its partition key.
 
     ``airflow backfill create`` does the same job, but on SQLite Airflow cannot create a backfill while the
     scheduler writes (it answers 503 "use PostgreSQL or MySQL", and a retried attempt can leave duplicate
@@ -268,7 +268,7 @@ def ingest_partitions(start: str, end: str, pipeline: str = P) -> None:
     since = now_iso()
     say(f"{pipeline}_ingest: one run per day {start}..{end} ({len(days)} runs)")
     for day in days:
-        body = {"logical_date": f"{day}T00:00:00Z", "conf": {"partition": day}}
+        body = {"logical_date": f"{day}T00:00:00Z", "partition_key": day}
         api("POST", f"/dags/{pipeline}_ingest/dagRuns", json=body)
     wait_runs(f"{pipeline}_ingest", len(days), since)
 

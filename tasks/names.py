@@ -10,6 +10,8 @@ from __future__ import annotations
 RETRAIN_ASSET = "ml://{pipeline}/retrain"
 RAW_ASSET = "ml://{pipeline}/raw"
 LANDING_ASSET = "ml://{pipeline}/landing"
+WATCHED_ASSET = "ml://{pipeline}/landing/watched"  # what the AssetWatchers record (no partition key)
+PARTITION_KEY_FORMAT = "%Y-%m-%d"  # an Airflow partition key of a daily pipeline: the day
 
 # ---- registry aliases (never MLflow stages) ----
 CHAMPION = "champion"

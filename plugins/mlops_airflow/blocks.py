@@ -29,10 +29,17 @@ from typing import TYPE_CHECKING, Any, cast
 from airflow.sdk import Asset, AssetWatcher, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
-from mlops_airflow.events import run_partitions
+from mlops_airflow.events import announced_partitions, run_partitions
 from mlops_airflow.links import DriftReportLink, ModelCardLink
 from tasks.errors import PermanentError
-from tasks.names import LANDING_ASSET, RAW_ASSET, RETRAIN_ASSET, TAG_AIRFLOW_DAG_ID, TAG_AIRFLOW_RUN_ID
+from tasks.names import (
+    LANDING_ASSET,
+    RAW_ASSET,
+    RETRAIN_ASSET,
+    TAG_AIRFLOW_DAG_ID,
+    TAG_AIRFLOW_RUN_ID,
+    WATCHED_ASSET,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.xcom_arg import XComArg
@@ -50,24 +57,33 @@ Upstream = Any
 
 
 def raw_asset(pipeline: str) -> Asset:
-    """Updated each time a partition lands in the raw store."""
+    """Updated each time a partition lands in the raw store: one event per day, keyed by the day (AIP-76)."""
     return Asset(RAW_ASSET.format(pipeline=pipeline), group="ml")
 
 
 def retrain_asset(pipeline: str) -> Asset:
-    """Updated when monitoring asks for a retrain."""
+    """Updated when monitoring asks for a retrain, keyed by the day the monitored window ends."""
     return Asset(RETRAIN_ASSET.format(pipeline=pipeline), group="ml")
 
 
-def landing_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Settings | None = None) -> Asset:
-    """Updated when a day's file has landed.
+def landing_asset(pipeline: str) -> Asset:
+    """A day's file has landed: a partitioned event whose key is the day.
 
-    By upstream over REST (``extra = {"partition": day}``) and by the spec's watchers (``source.events``): a
-    Redis Stream (durable: acknowledged once the event is stored), a Redis channel (the Redis provider's
-    trigger, imported only in the triggerer; loses what is published while it is down), the landing zone.
-    Both watchers run in the triggerer.
+    Recorded by upstream over REST (``POST /api/v2/assets/events`` with ``partition_key``) and by
+    ``<p>_announce`` (which re-emits the watchers' key-less events); schedules ``<p>_ingest_announced``.
     """
-    uri = LANDING_ASSET.format(pipeline=pipeline)
+    return Asset(LANDING_ASSET.format(pipeline=pipeline), group="ml")
+
+
+def watched_asset(pipeline: str, spec: PipelineSpec | None = None, settings: Settings | None = None) -> Asset:
+    """What the spec's watchers (``source.events``) record; their events carry no partition key (Airflow 3.3).
+
+    A Redis Stream (durable: acknowledged once the event is stored), a Redis channel (the Redis provider's
+    trigger, imported only in the triggerer; loses what is published while it is down) and the landing zone
+    itself, all in the triggerer. Upstream may also record a key-less event here over REST
+    (``extra = {"partition": day}``). ``<p>_announce`` turns each into a partitioned landing event.
+    """
+    uri = WATCHED_ASSET.format(pipeline=pipeline)
     source = spec.source if spec is not None else None
     events = source.events if source is not None else None
     watchers = []
@@ -232,13 +248,19 @@ def _check_drift_args(i: Result, ctx: Any) -> Result:
 # ---- what some task bodies call (Airflow context in, one stage call, Airflow outcome out) ----
 
 
+def _run_days(params: Any, interval_start: Any, events: Any) -> list[str]:
+    """The run's days: its partition key (AIP-76) first; see :func:`mlops_airflow.events.run_partitions`."""
+    key = getattr(get_current_context()["dag_run"], "partition_key", None)
+    return run_partitions(key, params, interval_start, events)
+
+
 def _landing_ready(pipeline: str, params: Any, interval_start: Any, events: Any) -> bool:
     from mlops_airflow.connections import export_source_url
     from tasks import stages
 
     export_source_url(pipeline)  # a SQL source's URL, from its Airflow connection (run time, never at parse)
 
-    return all(call(stages.landing_ready, pipeline, day) for day in run_partitions(params, interval_start, events))
+    return all(call(stages.landing_ready, pipeline, day) for day in _run_days(params, interval_start, events))
 
 
 def _ingest(pipeline: str, params: Any, interval_start: Any, events: Any) -> Result:
@@ -247,9 +269,19 @@ def _ingest(pipeline: str, params: Any, interval_start: Any, events: Any) -> Res
 
     export_source_url(pipeline)
 
-    days = run_partitions(params, interval_start, events)
-    from_event = bool(events) and not (params or {}).get("partition")
+    days = _run_days(params, interval_start, events)
+    from_event = bool(events) and not (params or {}).get("partition")  # an announcement: identical files skip
     return call(stages.ingest_partitions, pipeline, days, from_event, get_current_context()["run_id"])
+
+
+def _announce(pipeline: str, events: Any) -> Result:
+    """Re-emit key-less landing announcements (watchers, REST without a key) as one partitioned event per day."""
+    days = announced_partitions(events)
+    sources = sorted({a.uri for a in (events or {})})
+    landing = get_current_context()["outlet_events"][landing_asset(pipeline)]
+    landing.extra = {"announced_by": sources}
+    landing.add_partitions(days)
+    return {"partitions": days, "announced_by": sources}
 
 
 def _publish(pipeline: str, ingested: Result, validation: Result) -> Result:
@@ -265,7 +297,9 @@ def _publish(pipeline: str, ingested: Result, validation: Result) -> Result:
         "quarantined": [q["partition"] for q in validation["quarantined"]],
         "rows": sum(rows.get(d, 0) for d in valid),
     }
-    get_current_context()["outlet_events"][raw_asset(pipeline)].extra = extra
+    raw = get_current_context()["outlet_events"][raw_asset(pipeline)]
+    raw.extra = extra
+    raw.add_partitions(valid)  # one event per valid day, keyed by it (the run's own key, for a one-day run)
     return extra
 
 
@@ -324,8 +358,16 @@ def _rollback(pipeline: str, params: Any) -> Result:
 
 def _request_retrain(pipeline: str, report: Result) -> str:
     keep = ("drift_share", "drifted_columns", "window", "champion_version", "violations", "decision")
-    get_current_context()["outlet_events"][retrain_asset(pipeline)].extra = {k: report.get(k) for k in keep}
+    retrain = get_current_context()["outlet_events"][retrain_asset(pipeline)]
+    retrain.extra = {k: report.get(k) for k in keep}
+    retrain.add_partitions(_window_day(report))  # the train DAG is partitioned: a key-less event starts no run
     return f"retrain requested: {report['decision']}"
+
+
+def _window_day(report: Result) -> str:
+    """The partition key of a retrain request: the last day of the monitored window."""
+    window = report.get("window") or []
+    return str(max(window))[:10] if window else get_current_context()["dag_run"].run_after.date().isoformat()
 
 
 # ---- one task per stage ----
@@ -350,6 +392,12 @@ def ingest_partitions(
 def validate_partitions(pipeline: str, ingested: XComArg) -> XComArg:
     """Judge the staged batches with the suite; a valid one replaces its partition (heavy)."""
     return _heavy(pipeline, "validate_partitions", {"ingested": ingested}, _validate_partitions_args)
+
+
+@task
+def announce_partitions(pipeline: str, triggering_asset_events: Any = None) -> Result:
+    """Re-emit the watchers' key-less events as partitioned landing events (give it ``outlets=[landing_asset]``)."""
+    return _announce(pipeline, triggering_asset_events)
 
 
 @task
@@ -481,6 +529,11 @@ def ingest(pipeline: str) -> XComArg:
     publish_partitions.override(outlets=[raw_asset(pipeline)])(pipeline, ingested, validation)
     report_quarantine(pipeline, validation)
     return validation
+
+
+def announce(pipeline: str) -> XComArg:
+    """Watcher event (no partition key) -> one partitioned landing event per announced day."""
+    return announce_partitions.override(outlets=[landing_asset(pipeline)])(pipeline)
 
 
 def train_and_register(

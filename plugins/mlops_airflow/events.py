@@ -1,8 +1,11 @@
 """Airflow event shapes -> partition days: what an ingest run handles (``tasks/`` never sees an event).
 
-An ingest run names its days in one of three ways: the trigger form (``params.partition``), the Asset
-events that scheduled it (upstream over REST, the Redis watcher, the landing-file watcher), or its data
-interval. Only this module knows how each of them spells a day.
+An ingest run names its day by its Airflow partition key (AIP-76: the cron partition of a scheduled or
+backfilled run, the key of the partitioned landing event that started it, the key a person triggered it
+with). Two older spellings remain: the trigger form's ``params.partition`` (``dag.test()`` cannot set a key)
+and the data interval. The watchers' events carry no key: ``<p>_announce`` reads the day from them
+(:func:`announced_partitions`) and re-emits them as partitioned landing events. Only this module knows how
+each of them spells a day.
 """
 
 from __future__ import annotations
@@ -54,26 +57,42 @@ def partitions_from_event(extra: dict[str, Any] | None) -> list[str]:
     return []
 
 
-def run_partitions(params: dict[str, Any] | None, data_interval_start: Any, events: Any) -> list[str]:
-    """The days one ingest run handles: the trigger form's, the upstream events' (deduplicated), or the interval's.
+def announced_partitions(events: Any) -> list[str]:
+    """The days a batch of key-less Asset events announces (watchers, REST without a key), deduplicated.
+
+    An event that already carries a partition key announces that key.
 
     Raises:
-        AirflowFailException: An event names no partition, or the run has neither form, events nor interval.
+        AirflowFailException: An event names no partition.
     """
+    days = []
+    for asset, asset_events in (events or {}).items():
+        for event in asset_events:
+            key = getattr(event, "partition_key", None)
+            named = [str(key)[:10]] if key else partitions_from_event(event.extra)
+            if not named:
+                raise AirflowFailException(
+                    f"an event on {asset.uri} names no partition (extra {event.extra!r}): record it with "
+                    'partition_key "YYYY-MM-DD", or publish {"partition": "YYYY-MM-DD"} on the channel'
+                )
+            days += named
+    return sorted(set(days))  # duplicate events merged into one run are one partition
+
+
+def run_partitions(
+    partition_key: str | None, params: dict[str, Any] | None, data_interval_start: Any, events: Any = None
+) -> list[str]:
+    """The days one ingest run handles: its partition key, else the form's, the events', or the interval's.
+
+    Raises:
+        AirflowFailException: An event names no partition, or the run has neither key, form, events nor interval.
+    """
+    if partition_key:
+        return [str(partition_key)[:10]]
     if (params or {}).get("partition"):
         return [str(params["partition"])]  # type: ignore[index]
     if events:
-        days = []
-        for asset, asset_events in events.items():
-            for event in asset_events:
-                named = partitions_from_event(event.extra)
-                if not named:
-                    raise AirflowFailException(
-                        f"an event on {asset.uri} names no partition (extra {event.extra!r}): record it with "
-                        'extra {"partition": "YYYY-MM-DD"}, or publish {"partition": "YYYY-MM-DD"} on the channel'
-                    )
-                days += named
-        return sorted(set(days))  # duplicate events merged into one run are one partition
+        return announced_partitions(events)
     if data_interval_start:
         return [data_interval_start.date().isoformat()]
-    raise AirflowFailException("no data interval: trigger with a 'partition' date (YYYY-MM-DD)")
+    raise AirflowFailException("no partition: trigger with a partition key (YYYY-MM-DD) or a 'partition' date")

@@ -1,4 +1,8 @@
-"""Turn a pipeline spec into its DAGs: ``<p>_ingest``, ``<p>_train``, ``<p>_score`` and ``<p>_monitor``.
+"""Turn a pipeline spec into its DAGs: ingest, ingest_announced, announce, train, score and
+monitor (``<p>_<name>``).
+
+Daily partitions are Airflow partitions (AIP-76): every ingest run is the run of one partition key (the day),
+the raw-asset events it emits carry that key, and ``<p>_train`` is scheduled on them per key.
 
 Wiring only, and only from the building blocks in :mod:`mlops_airflow.blocks` (one ``@task`` per stage,
 one ``@task_group`` per phase), the same ones a hand-written DAG uses. Each task body is one call into
@@ -11,11 +15,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag
+from airflow.sdk import DAG, CronPartitionTimetable, Param, PartitionedAssetTimetable, dag
 
 from mlops_airflow import blocks
-from mlops_airflow.blocks import heavy_stage, landing_asset, raw_asset, retrain_asset  # noqa: F401 - the public names
-from tasks.names import RAW_ASSET, RETRAIN_ASSET
+from mlops_airflow.blocks import (  # noqa: F401 - the public names
+    heavy_stage,
+    landing_asset,
+    raw_asset,
+    retrain_asset,
+    watched_asset,
+)
+from tasks.names import PARTITION_KEY_FORMAT, RAW_ASSET, RETRAIN_ASSET
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -32,47 +42,99 @@ def _common(spec: PipelineSpec, stage: str) -> dict[str, Any]:
     }
 
 
+def _partition_param() -> dict[str, Param]:
+    return {
+        "partition": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Ingest this day (only where no partition key can be given, e.g. dag.test()).",
+        )
+    }
+
+
 def ingest_dag(spec: PipelineSpec, settings: Settings) -> DAG:
-    """Daily, or on a landing event: landing files become validated raw partitions; updates the raw Asset."""
-    name, raw, landing = spec.name, raw_asset(spec.name), landing_asset(spec.name, spec, settings)
+    """One run per daily partition (``CronPartitionTimetable``): landing file -> validated raw partition."""
+    name, raw = spec.name, raw_asset(spec.name)
 
     @dag(
         dag_id=f"{name}_ingest",
-        description=f"Ingest {name} landing files into the raw store, one partition per day.",
+        description=f"Ingest {name} landing files into the raw store, one run per daily partition.",
         doc_md=f"""### {name}: ingest
-Waits (reschedule mode, up to {spec.landing_timeout_hours} h) until `landing/{name}/<day>.csv` of the run's data
-interval is complete (`source.completion: {spec.source.completion}`: a file still being written is never read),
-then checks it (encoding, header, rows, values, every row of the day, the row count) and stages it beside
-`raw/{name}/dt=<day>/part.parquet`; a refused file is quarantined with its reasons and nothing reaches raw.
-`validate_partitions` judges the staged batch with `{spec.expectations}`: only a valid batch replaces the
-partition (a bad re-delivery never touches the last valid version); `report_quarantine` fails the run, saying
-why, when anything was quarantined. `publish_partitions` then updates the Asset `{raw.uri}` with the valid days,
-which schedules `{name}_train`. Every version of a day is in `raw/{name}/dt=<day>/_versions.jsonl`.
-Backfill history with
-`airflow backfill create --dag-id {name}_ingest --from-date 2011-01-01 --to-date 2011-01-31`.
+One run per day, **keyed by the day** (an Airflow partition key, `YYYY-MM-DD`, shown on every run): the
+run scheduled after midnight takes the day before. Waits (reschedule mode, up to {spec.landing_timeout_hours} h)
+until `landing/{name}/<key>.csv` is complete (`source.completion: {spec.source.completion}`: a file still being
+written is never read), then checks it (encoding, header, rows, values, every row of the day, the row count)
+and stages it beside `raw/{name}/dt=<key>/part.parquet`; a refused file is quarantined with its reasons and
+nothing reaches raw. `validate_partitions` judges the staged batch with `{spec.expectations}`: only a valid
+batch replaces the partition (a bad re-delivery never touches the last valid version); `report_quarantine`
+fails the run, saying why, when anything was quarantined. `publish_partitions` then records an event on
+`{raw.uri}` **with the partition key**, which schedules `{name}_train` for that key. Every version of a day is
+in `raw/{name}/dt=<day>/_versions.jsonl`.
 
-Upstream systems can also start it: an event on the Asset `{landing.uri}` with `extra = {{"partition": "YYYY-MM-DD"}}`
-(Airflow REST API `POST /api/v2/assets/events`) ingests that day at once; so do the spec's watchers
-(`source.events`: a Redis channel, the landing zone itself), which run in the triggerer. Events for a file
-already ingested (or quarantined) unchanged are skipped and say so; a re-delivered, corrected file is
-ingested again.
+Backfill by key: `airflow backfill create --dag-id {name}_ingest --from-date 2011-01-01 --to-date 2011-01-31`
+makes one run per partition key in the range; re-run one day with `POST /api/v2/dags/{name}_ingest/dagRuns`
+and `"partition_key": "2011-01-05"` (or a backfill with `reprocess_behavior: completed`).
+Upstream announcements are taken by `{name}_ingest_announced`.
 """,
-        schedule=AssetOrTimeSchedule(
-            timetable=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"), assets=[landing]
+        schedule=CronPartitionTimetable(
+            spec.ingest_schedule, timezone="UTC", run_offset=-1, key_format=PARTITION_KEY_FORMAT
         ),
         max_active_runs=8,
         **_common(spec, "ingest"),
-        params={
-            "partition": Param(
-                None,
-                type=["null", "string"],
-                format="date",
-                description="Ingest this day instead of the run's data interval.",
-            )
-        },
+        params=_partition_param(),
     )
     def pipeline() -> None:
         blocks.ingest(name)
+
+    return pipeline()
+
+
+def ingest_announced_dag(spec: PipelineSpec, settings: Settings) -> DAG:
+    """One run per partition key recorded on the landing Asset: the same ingest, started by upstream."""
+    name, landing = spec.name, landing_asset(spec.name)
+
+    @dag(
+        dag_id=f"{name}_ingest_announced",
+        description=f"Ingest the {name} days upstream announces, one run per partition key.",
+        doc_md=f"""### {name}: ingest what upstream announces
+The same tasks as `{name}_ingest`, scheduled on the partitioned Asset `{landing.uri}`
+(`PartitionedAssetTimetable`): each event's partition key (the day) becomes one run with that key. Upstream
+records one over REST: `POST /api/v2/assets/events` with `"partition_key": "YYYY-MM-DD"`; the spec's watchers
+reach it through `{name}_announce`. Events for a file already ingested (or quarantined) unchanged are skipped
+and say so; a re-delivered, corrected file is ingested again.
+""",
+        schedule=PartitionedAssetTimetable(assets=landing),
+        max_active_runs=8,
+        **_common(spec, "ingest"),
+        params=_partition_param(),
+    )
+    def pipeline() -> None:
+        blocks.ingest(name)
+
+    return pipeline()
+
+
+def announce_dag(spec: PipelineSpec, settings: Settings) -> DAG:
+    """The watchers' key-less events -> partitioned landing events (AssetWatcher events carry no key in 3.3)."""
+    name, watched = spec.name, watched_asset(spec.name, spec, settings)
+
+    @dag(
+        dag_id=f"{name}_announce",
+        description=f"Re-emit the {name} watchers' announcements as partitioned landing events.",
+        doc_md=f"""### {name}: announce
+Scheduled on `{watched.uri}`, where the spec's AssetWatchers (`source.events`: a Redis channel, the landing
+zone) record what they see. In Airflow 3.3 a watcher's event has no partition key, so a partition-aware DAG
+gets no run from it: `announce_partitions` reads the day(s) from the message and records one event per day on
+`{landing_asset(name).uri}` **with that day as partition key**, which starts one `{name}_ingest_announced` run
+per day. Upstream may also record a key-less event here (`extra = {{"partition": "YYYY-MM-DD"}}`).
+""",
+        schedule=watched,
+        max_active_runs=1,
+        **_common(spec, "ingest"),
+    )
+    def pipeline() -> None:
+        blocks.announce(name)
 
     return pipeline()
 
@@ -85,14 +147,16 @@ def train_dag(spec: PipelineSpec, settings: Settings) -> DAG:
         dag_id=f"{name}_train",
         description=f"Validate, train, evaluate, gate, register and deploy the {name} model.",
         doc_md=f"""### {name}: train
-Scheduled on `{RAW_ASSET.format(pipeline=name)}` (new partitions) **or** `{RETRAIN_ASSET.format(pipeline=name)}`
-(monitoring asks for a retrain). `plan_training` decides whether a run is worth it (see ARCHITECTURE.md,
+Scheduled, per partition key, on `{RAW_ASSET.format(pipeline=name)}` (a new day) **or**
+`{RETRAIN_ASSET.format(pipeline=name)}` (monitoring asks for a retrain; keyed by the window's last day): the run
+shows the key that started it. `plan_training` decides whether a run is worth it (see ARCHITECTURE.md,
 *retrain policy*) and skips the rest otherwise. Each partition is validated with the Great Expectations suite
 `{spec.expectations}`; failures are quarantined and reported by `report_quarantine` after the good data
 was used. The model is logged to MLflow, gated ({spec.gate.mode}), registered as `{name}` with alias
 `challenger`, promoted to `champion` and deployed to the model server.
 """,
-        schedule=(raw_asset(name) | retrain_asset(name)),
+        # one run per partition key: each new day (``IdentityMapper``) or retrain request; the policy consolidates
+        schedule=PartitionedAssetTimetable(assets=raw_asset(name) | retrain_asset(name)),
         max_active_runs=1,
         **_common(spec, "train"),
         params={
@@ -227,6 +291,8 @@ def build_pipeline_dags(spec: PipelineSpec, settings: Settings | None = None) ->
     with blocks.building(spec, settings):
         dags = (
             ingest_dag(spec, settings),
+            ingest_announced_dag(spec, settings),
+            announce_dag(spec, settings),
             train_dag(spec, settings),
             score_dag(spec, settings),
             monitor_dag(spec, settings),

@@ -5,9 +5,11 @@ This test reads ``docker-compose.yaml`` and runs each service's own command with
 machine: Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor) with its metadata in
 PostgreSQL, an ``mlflow server`` with basic auth whose tracking store, registry and users are in PostgreSQL
 (every client signs in), and the model server. The bike-demand pipeline then runs through the real
-scheduler: an ``airflow backfill`` of the ingest DAG over 20 days, the asset-triggered training run, the
-champion in the PostgreSQL-backed registry, served over HTTP. tests/stack/test_container_stack.py runs the
-same file with a container engine; this one covers the commands and environments on any machine.
+scheduler: an ``airflow backfill`` of the ingest DAG over 20 daily partition keys, the raw-asset events keyed
+by them, the training runs they schedule per key, the champion in the PostgreSQL-backed registry, served over
+HTTP; partitioned landing events over REST, and the watchers' key-less events re-emitted as partitioned ones.
+tests/stack/test_container_stack.py runs the same file with a container engine; this one covers the commands
+and environments on any machine.
 
 Skipped, with the reason, where PostgreSQL is not reachable on 127.0.0.1:5432 (under CI=true: a failure).
 """
@@ -252,9 +254,14 @@ def _replay(stack: dict[str, Any], pipeline: str, start: str, end: str, corrupt:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def _landing_events(base: str, pipeline: str) -> list[dict[str, Any]]:
-    (asset,) = _api(base, "GET", "/assets", params={"uri_pattern": f"ml://{pipeline}/landing"})["assets"]
+def _asset_events(base: str, uri: str) -> list[dict[str, Any]]:
+    (asset,) = [a for a in _api(base, "GET", "/assets", params={"uri_pattern": uri})["assets"] if a["uri"] == uri]
     return _api(base, "GET", "/assets/events", params={"asset_id": asset["id"], "limit": 100})["asset_events"]
+
+
+def _landing_events(base: str, pipeline: str) -> list[dict[str, Any]]:
+    """What the watchers recorded (key-less: ``<p>_announce`` re-emits them as partitioned landing events)."""
+    return _asset_events(base, f"ml://{pipeline}/landing/watched")
 
 
 def _event_runs(base: str, dag_id: str) -> list[dict[str, Any]]:
@@ -293,11 +300,11 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     base, logs = stack["urls"]["airflow"], stack["logs"]
     # upstream delivers 20 days into the landing zone (the stage CLI, with the services' environment)
     _replay(stack, "bike_demand", DAYS[0], DAYS[-1])
-    _wait_until("the DAGs to be parsed", lambda: _api(base, "GET", "/dags")["total_entries"] >= 7, 180, logs)
-    for dag_id in ("bike_demand_ingest", "bike_demand_train"):
+    _wait_until("the DAGs to be parsed", lambda: _api(base, "GET", "/dags")["total_entries"] >= 12, 180, logs)
+    for dag_id in ("bike_demand_ingest", "bike_demand_ingest_announced", "bike_demand_announce", "bike_demand_train"):
         _api(base, "PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
-    # a real backfill (PostgreSQL metadata: no SQLite write-lock limits)
+    # a real backfill by partition key (PostgreSQL metadata: no SQLite write-lock limits)
     backfill = _backfill(base, DAYS, max_active_runs=4, reprocess="none")
     assert backfill["dag_id"] == "bike_demand_ingest"
 
@@ -311,6 +318,13 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
     partitions = sorted(p.parent.name for p in (stack["root"] / "raw" / "bike_demand").glob("dt=*/part.parquet"))
     assert partitions == [f"dt={d}" for d in DAYS]
+    # one run per partition key, which is the day it ingested; each raw-asset event carries its run's key
+    assert sorted(r["partition_key"] for r in runs) == DAYS
+    for run in runs[:3]:
+        assert [p["partition"] for p in _ingested(base, "bike_demand_ingest", run)] == [run["partition_key"]]
+    raw_events = _asset_events(base, "ml://bike_demand/raw")
+    assert sorted(e["partition_key"] for e in raw_events) == DAYS
+    assert all(e["extra"]["partitions"] == [e["partition_key"]] for e in raw_events)
 
     # every raw-asset event schedules the train DAG; once 15 partitions exist, a run trains and deploys
     def deployed() -> dict[str, Any] | None:
@@ -326,6 +340,8 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     assert all(states[t] == "success" for t in ("validate_data", "train_model", "gate_model", "register_model"))
     train_runs = _runs(base, "bike_demand_train")
     assert {r["run_type"] for r in train_runs} == {"asset_triggered"}
+    # each training run is the run of the raw partition key that scheduled it (the policy trains few of them)
+    assert {r["partition_key"] for r in train_runs} <= set(DAYS) and len(train_runs) > 1
 
     # the champion lives in the PostgreSQL-backed registry, reached through the MLflow server, which asks who calls
     search = f"{stack['urls']['mlflow']}/api/2.0/mlflow/registered-models/search"
@@ -365,21 +381,22 @@ def test_pipeline_runs_through_the_scheduler_on_postgres(stack: dict[str, Any]) 
     assert reply.status_code == 200, reply.text
     assert len(reply.json()["predictions"]) == 24 and reply.json()["model_version"] == str(champion.version)
 
-    # an upstream system announces a new day through the REST API: ingestion runs at once; a repeat is a no-op
+    # an upstream system announces a new day through the REST API, as a partitioned landing event: ingestion
+    # runs at once, as the run of that key; a repeat is a no-op
     _replay(stack, "bike_demand", "2011-06-21", "2011-06-21")
-    (asset,) = _api(base, "GET", "/assets", params={"uri_pattern": "ml://bike_demand/landing"})["assets"]
+    (asset,) = [a for a in _api(base, "GET", "/assets")["assets"] if a["uri"] == "ml://bike_demand/landing"]
     for attempt in (1, 2):  # the second event repeats the first (an at-least-once upstream)
-        event = {"asset_id": asset["id"], "extra": {"partition": "2011-06-21", "source": "upstream-export"}}
+        event = {"asset_id": asset["id"], "partition_key": "2011-06-21", "extra": {"source": "upstream-export"}}
         _api(base, "POST", "/assets/events", json=event)
 
         run = _wait_until(
             f"the asset-triggered ingest run {attempt}",
-            lambda n=attempt: _finished_event_run(base, "bike_demand_ingest", n),
+            lambda n=attempt: _finished_event_run(base, "bike_demand_ingest_announced", n),
             240,
             logs,
         )
-        assert run["state"] == "success", run
-        (result,) = _ingested(base, "bike_demand_ingest", run)
+        assert run["state"] == "success" and run["partition_key"] == "2011-06-21", run
+        (result,) = _ingested(base, "bike_demand_ingest_announced", run)
         assert result["partition"] == "2011-06-21" and result["skipped"] is (attempt == 2), result
     assert (stack["root"] / "raw" / "bike_demand" / "dt=2011-06-21" / "part.parquet").is_file()
     assert "identical landing file" in result["reason"]
@@ -396,7 +413,7 @@ def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, An
     except redis.ConnectionError as exc:
         require(False, f"Redis is not reachable on 127.0.0.1:6379 ({exc}); CI machines have it")
     _replay(stack, "bike_demand", "2011-06-22", "2011-06-22")
-    before = len(_event_runs(base, "bike_demand_ingest"))
+    before = len(_event_runs(base, "bike_demand_ingest_announced"))
     for attempt in (1, 2):  # the second message repeats the first (an at-least-once publisher)
         # pub/sub only reaches a listening subscriber: the AssetWatcher in the triggerer (it re-subscribes after
         # each message it turns into an event)
@@ -410,16 +427,22 @@ def test_a_redis_message_starts_ingestion_once_per_partition(stack: dict[str, An
 
         run = _wait_until(
             f"the Redis-triggered ingest run {attempt}",
-            lambda n=attempt: _finished_event_run(base, "bike_demand_ingest", n, skip=before),
+            lambda n=attempt: _finished_event_run(base, "bike_demand_ingest_announced", n, skip=before),
             240,
             logs,
         )
-        assert run["state"] == "success", (run, _task_states(base, "bike_demand_ingest", run))
-        (result,) = _ingested(base, "bike_demand_ingest", run)
+        assert run["state"] == "success", (run, _task_states(base, "bike_demand_ingest_announced", run))
+        assert run["partition_key"] == "2011-06-22", run
+        (result,) = _ingested(base, "bike_demand_ingest_announced", run)
         assert result["partition"] == "2011-06-22" and result["skipped"] is (attempt == 2), result
-    # the Asset events say where they came from: the watcher, with the message
+    # the watcher's events (no partition key: Airflow 3.3) say where they came from, with the message ...
     from_redis = [e for e in _landing_events(base, "bike_demand") if (e["extra"] or {}).get("from_trigger")]
     assert len(from_redis) == 2 and {e["extra"]["payload"]["channel"] for e in from_redis} == {channel}
+    assert {e["partition_key"] for e in from_redis} == {None}
+    # ... and bike_demand_announce re-emitted each as a landing event keyed by the day
+    landing = _asset_events(base, "ml://bike_demand/landing")
+    reemitted = [e for e in landing if e["source_dag_id"] == "bike_demand_announce"]
+    assert [e["partition_key"] for e in reemitted] == ["2011-06-22", "2011-06-22"], landing
     assert (stack["root"] / "raw" / "bike_demand" / "dt=2011-06-22" / "part.parquet").is_file()
 
 
@@ -503,25 +526,29 @@ def _has_group(queue: Any, stream: str) -> bool:
 
 def test_a_landed_file_starts_ingestion_and_a_bad_one_is_quarantined_on_arrival(stack: dict[str, Any]) -> None:
     base, logs, root = stack["urls"]["airflow"], stack["logs"], stack["root"]
-    _api(base, "PATCH", "/dags/adult_income_ingest", json={"is_paused": False})
+    for dag_id in ("adult_income_announce", "adult_income_ingest_announced"):
+        _api(base, "PATCH", f"/dags/{dag_id}", json={"is_paused": False})
     # upstream drops two days into the landing zone; the second is corrupted. Nobody calls anything.
     _replay(stack, "adult_income", "2024-01-01", "2024-01-02", corrupt=["2024-01-02"])
 
     def both_judged() -> list[dict[str, Any]] | None:
-        runs = [r for r in _event_runs(base, "adult_income_ingest") if r["state"] in ("success", "failed")]
-        days = {p["partition"] for r in runs for p in _ingested(base, "adult_income_ingest", r)}
+        runs = [r for r in _event_runs(base, "adult_income_ingest_announced") if r["state"] in ("success", "failed")]
+        days = {p["partition"] for r in runs for p in _ingested(base, "adult_income_ingest_announced", r)}
         return runs if days >= {"2024-01-01", "2024-01-02"} else None
 
     runs = _wait_until("ingest runs started by the landing-zone watcher", both_judged, 300, logs)
+    assert sorted(r["partition_key"] for r in runs) == ["2024-01-01", "2024-01-02"]  # re-emitted: a run per key
     assert (root / "raw" / "adult_income" / "dt=2024-01-01" / "part.parquet").is_file()
     reasons = next((root / "quarantine" / "adult_income" / "dt=2024-01-02").glob("*/reasons.json")).read_text()
     assert "age" in reasons and not (root / "raw" / "adult_income" / "dt=2024-01-02" / "part.parquet").exists()
     # the run that took the bad day says so: report_quarantine failed with the reasons; training hears of the good day
-    bad = next(r for r in runs if "2024-01-02" in {p["partition"] for p in _ingested(base, "adult_income_ingest", r)})
-    assert bad["state"] == "failed" and _task_states(base, "adult_income_ingest", bad)["report_quarantine"] == "failed"
+    bad = next(r for r in runs if r["partition_key"] == "2024-01-02")
+    assert bad["state"] == "failed"
+    assert _task_states(base, "adult_income_ingest_announced", bad)["report_quarantine"] == "failed"
     (raw,) = _api(base, "GET", "/assets", params={"uri_pattern": "ml://adult_income/raw"})["assets"]
     published = _api(base, "GET", "/assets/events", params={"asset_id": raw["id"]})["asset_events"]
     assert {d for e in published for d in e["extra"]["partitions"]} == {"2024-01-01"}
+    assert {e["partition_key"] for e in published} == {"2024-01-01"}
     # each file was announced once: a file already ingested (or quarantined) as it is is not announced again
     time.sleep(8)  # four more looks of the watcher
     announced = [d for e in _landing_events(base, "adult_income") for d in e["extra"]["payload"]["partitions"]]
@@ -549,7 +576,7 @@ def test_a_backfill_rerun_is_byte_identical_runs_beside_the_monitor_and_retrains
 
     def settled() -> bool:
         backfilled = [r for r in _runs(base, "bike_demand_ingest") if r["run_type"] == "backfill"]
-        again = [r for r in backfilled if r["logical_date"][:10] in days]
+        again = [r for r in backfilled if r["partition_key"] in days]
         m = _api(base, "GET", f"/dags/bike_demand_monitor/dagRuns/{monitor['dag_run_id']}")
         busy = [r for r in _runs(base, "bike_demand_train") if r["state"] not in ("success", "failed")]
         return (
@@ -561,7 +588,8 @@ def test_a_backfill_rerun_is_byte_identical_runs_beside_the_monitor_and_retrains
 
     _wait_until("the re-run backfill, the monitor and any training run", settled, 420, logs)
     again = [r for r in _runs(base, "bike_demand_ingest") if r["run_type"] == "backfill"]
-    again = [r for r in again if r["logical_date"][:10] in days]
+    again = [r for r in again if r["partition_key"] in days]
+    assert sorted(r["partition_key"] for r in again) == sorted(days * 2)  # the backfill re-ran these keys
     assert {r["state"] for r in again} == {"success"}
     assert _api(base, "GET", f"/dags/bike_demand_monitor/dagRuns/{monitor['dag_run_id']}")["state"] == "success"
     # the same bytes, the same rows: a re-run interval rewrites its partition identically

@@ -116,3 +116,28 @@ def test_stage_arguments_come_from_the_typed_upstream_results_and_the_run():
     assert lineage == {TAG_AIRFLOW_DAG_ID: "d", TAG_AIRFLOW_RUN_ID: "r"}
     assert blocks._file_url({"model_card": {"html": "/data/card.html"}}) == "file:///data/card.html"
     assert blocks._file_url({"model_card": None}) == ""
+
+
+def test_outlet_events_carry_the_partition_keys(monkeypatch):
+    """Raw and landing events are one per day, keyed by it (AIP-76); a retrain request by its window's last day."""
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    outlets = OutletEventAccessors()
+    run = SimpleNamespace(partition_key="2011-06-02", run_after=datetime(2011, 6, 3, tzinfo=UTC))
+    monkeypatch.setattr(blocks, "get_current_context", lambda: {"outlet_events": outlets, "dag_run": run})
+
+    ingested = {"partitions": [{"partition": "2011-06-02", "rows": 24, "skipped": False}]}
+    extra = blocks._publish("bike_demand", ingested, {"valid": ["2011-06-02"], "quarantined": []})
+    raw = outlets[blocks.raw_asset("bike_demand")]
+    assert raw.partition_keys == {"2011-06-02"} and raw.extra == extra and extra["rows"] == 24
+
+    watched = blocks.watched_asset("bike_demand")
+    message = {"from_trigger": True, "payload": {"type": "message", "data": '{"partition": "2011-06-04"}'}}
+    announced = blocks._announce("bike_demand", {watched: [SimpleNamespace(extra=message, partition_key=None)]})
+    landing = outlets[blocks.landing_asset("bike_demand")]
+    assert announced["partitions"] == ["2011-06-04"] and landing.partition_keys == {"2011-06-04"}
+    assert landing.extra == {"announced_by": ["ml://bike_demand/landing/watched"]}
+
+    report = {"decision": "k of n", "window": ["2012-07-18", "2012-07-20", "2012-07-19"], "drift_share": 0.5}
+    blocks._request_retrain("bike_demand", report)
+    assert outlets[blocks.retrain_asset("bike_demand")].partition_keys == {"2012-07-20"}

@@ -40,3 +40,34 @@ def test_the_rollback_dag_names_its_pipeline_by_the_run_form():
         task = dag.get_task(task_id)
         assert task.op_args[0] == "{{ params.pipeline }}" and "op_args" in task.template_fields
     assert dag.get_task("rollback_model").retries == 0
+
+
+def test_daily_partitions_are_airflow_partitions(spec):
+    """Ingest runs are cron partitions keyed by the day; announcements and new days schedule runs per key."""
+    from datetime import UTC, datetime
+
+    from airflow.sdk import CronPartitionTimetable, PartitionedAssetTimetable
+    from airflow.serialization.encoders import coerce_to_core_timetable
+
+    from mlops_airflow.factory import build_pipeline_dags
+
+    dags = build_pipeline_dags(spec)
+    ingest = dags["bike_demand_ingest"]
+    assert isinstance(ingest.timetable, CronPartitionTimetable)
+    core = coerce_to_core_timetable(ingest.timetable)
+    # a backfill of 2011-06-01..03 is the runs of these three keys; the run after midnight takes the day before
+    infos = core.iter_partition_dagrun_infos(
+        earliest=datetime(2011, 6, 1, tzinfo=UTC), latest=datetime(2011, 6, 3, tzinfo=UTC)
+    )
+    assert [i.partition_key for i in infos] == ["2011-06-01", "2011-06-02", "2011-06-03"]
+    assert core._get_partition_info(core._get_next(datetime(2011, 6, 1, 12, tzinfo=UTC)))[1] == "2011-06-01"
+
+    announced, announce, train = (dags[f"bike_demand_{d}"] for d in ("ingest_announced", "announce", "train"))
+    assert isinstance(announced.timetable, PartitionedAssetTimetable)
+    assert announced.timetable.asset_condition.uri == "ml://bike_demand/landing"
+    assert set(announced.task_ids) == set(ingest.task_ids)  # the same ingest, started by upstream
+    # the watchers (no partition key in 3.3) feed the announcer, whose task re-emits keyed landing events
+    assert announce.timetable.asset_condition.uri == "ml://bike_demand/landing/watched"
+    assert announce.timetable.asset_condition.watchers
+    assert [o.uri for o in announce.get_task("announce_partitions").outlets] == ["ml://bike_demand/landing"]
+    assert isinstance(train.timetable, PartitionedAssetTimetable)
