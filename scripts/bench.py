@@ -399,6 +399,15 @@ def main() -> None:
     print_startup(args.backfill_days)
     if args.startup_only:
         return
+    rows = _measured(args)
+    if not args.no_serving:
+        rows += _serving(args)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def _measured(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The steps against their baselines, then the extras (search, explain): printed, and their rows."""
     sizes = [int(s) for s in args.sizes.split(",")]
     header = f"{'step':<11} {'rows':>9}  {'ours s':>8} {'baseline s':>10} {'ratio':>6}  "
     header += f"{'ours MB':>8} {'base MB':>8}  baseline"
@@ -422,10 +431,7 @@ def main() -> None:
             a = measure(fn.__name__, n)
             rows.append({"step": extra, "rows": n, "ours": a})
             print(f"{extra:<11} {n:>9,}  {a['seconds']:>8.3f} {'':>10} {'':>6}  {a['peak_mb']:>8.0f}  {a['result']}")  # noqa: T201
-    if not args.no_serving:
-        rows += _serving(args)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 def _serving(args: argparse.Namespace) -> list[dict[str, Any]]:

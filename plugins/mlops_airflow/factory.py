@@ -1,5 +1,4 @@
-"""Turn a pipeline spec into its DAGs: ingest, ingest_announced, announce, train, score and
-monitor (``<p>_<name>``).
+"""Turn a pipeline spec into its DAGs: ingest, ingest_announced, announce, train, score, monitor.
 
 Daily partitions are Airflow partitions (AIP-76): every ingest run is the run of one partition key (the day),
 the raw-asset events it emits carry that key, and ``<p>_train`` is scheduled on them per key.
@@ -224,15 +223,12 @@ Scheduled on `{raw.uri}`: each new valid partition is scored by the model holdin
 `scores/{name}/dt=<day>/v<version>.parquet` with `scored.json` naming the day's current scoring. A re-run for
 the same day and version writes the same bytes; another version writes its own file. A day without a raw
 partition fails with the days that exist. The nightly `{name}_monitor` counts scored rows beside served ones
-(`source: batch`). Backfill history (a run per day; no timed runs otherwise) with
-`airflow backfill create --dag-id {name}_score --from-date 2011-01-01 --to-date 2011-01-31`, or trigger
-with `partition` (and `version` to score with another version than the champion).
+(`source: batch`). Each run is the run of one partition key (the raw event's); score a past day by
+triggering with `partition` (and `version` to score with another version than the champion).
 """,
-        schedule=AssetOrTimeSchedule(
-            timetable=CronDataIntervalTimetable(spec.ingest_schedule, timezone="UTC"), assets=[raw]
-        ),
-        # the cron only gives backfills their days: new partitions arrive through the raw Asset
-        allowed_run_types=[DagRunType.ASSET_TRIGGERED, DagRunType.BACKFILL, DagRunType.MANUAL],
+        # one run per partition key: each new valid day (its raw event's key); a past day by the trigger form
+        schedule=PartitionedAssetTimetable(assets=raw),
+        allowed_run_types=[DagRunType.ASSET_TRIGGERED, DagRunType.MANUAL],
         max_active_runs=4,
         **_common(spec, "score"),
         params={
