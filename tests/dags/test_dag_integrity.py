@@ -94,11 +94,11 @@ def test_train_is_scheduled_on_new_data_and_on_retrain_requests(dagbag):
     assert [o.uri for o in monitor.outlets] == ["ml://bike_demand/retrain"]
 
 
-def test_score_runs_on_new_raw_partitions_and_backfills_never_on_the_clock(dagbag):
+def test_score_runs_once_per_new_raw_partition_key_and_never_on_the_clock(dagbag):
     score = dagbag.dags["bike_demand_score"]
-    assert {a.uri for a in score.timetable.asset_condition.objects} == {"ml://bike_demand/raw"}
-    assert type(score.timetable).__name__ == "AssetOrTimeSchedule"  # the cron gives `airflow backfill create` days
-    assert {str(t.value) for t in score.allowed_run_types} == {"asset_triggered", "backfill", "manual"}
+    assert type(score.timetable).__name__ == "PartitionedAssetTimetable"  # one run per raw event's key
+    assert score.timetable.asset_condition.uri == "ml://bike_demand/raw"
+    assert {str(t.value) for t in score.allowed_run_types} == {"asset_triggered", "manual"}
     assert score.get_task("score_partitions").upstream_task_ids == {"resolve_champion"}  # one version per run
 
 
