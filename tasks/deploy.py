@@ -297,9 +297,9 @@ def rollout_version(
         apps.patch_namespaced_deployment(
             deployment, namespace, [{"op": "replace", "path": "/spec/template", "value": template}]
         )
+    kept = f"v{previous} keeps serving" if previous is not None else "its pods keep serving"
     raise RolloutFailedError(
-        f"rollout of {name} v{version} on {where} failed: {why}; rolled back to the previous pod template "
-        f"(v{previous} keeps serving)",
+        f"rollout of {name} v{version} on {where} failed: {why}; rolled back to the previous pod template ({kept})",
         previous,
     )
 

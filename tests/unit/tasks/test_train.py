@@ -72,6 +72,7 @@ def test_the_candidate_keeps_its_training_sample_as_the_drift_reference(use_cham
     assert sorted(p.name for p in Path(logged).iterdir()) == [
         "inputs.parquet",
         "predictions.parquet",
+        "profile.json",  # the sample's distinct values and counts: the monitor's one-pass statistics
     ]
     assert "reference.parquet" not in str(list(local.parent.iterdir()))  # the in-sample reference is gone
     baseline_artifacts = {a.path for a in client(get_settings()).list_artifacts(trained["baseline_mlflow_run_id"])}
