@@ -13,6 +13,9 @@ task image: the same command and stage function that the local-mode task calls i
 * **Failure**: a pod that cannot be scheduled or started fails within ``schedule_timeout_seconds`` /
   ``startup_timeout_seconds`` with a message naming what it asked for. Pods are deleted on success and on
   failure. A stage's permanent error (bad data, config, gate) fails the task without retries.
+* **Durable**: the provider's ``durable`` default (Airflow 3.3) keeps the pod's identity in the task state
+  store; a retry after a killed worker re-attaches to the still running pod instead of starting a second
+  one, and reads the manifest that pod's ``--result`` names (the earlier try's).
 
 This module imports the Kubernetes provider; the DAG factory imports it only in kubernetes mode.
 """
@@ -130,6 +133,7 @@ class StagePodOperator(KubernetesPodOperator):
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "stage_inputs")
     ui_color = "#c6dbef"
     _launch_error: Exception | None = None
+    _manifest: Path
 
     def __init__(
         self,
@@ -173,6 +177,22 @@ class StagePodOperator(KubernetesPodOperator):
         local.unlink(missing_ok=True)  # a manifest left by an earlier attempt must not pass for this one's
         return local
 
+    def get_or_create_pod(self, pod_request_obj: k8s.V1Pod, context: Any) -> k8s.V1Pod:
+        """As the provider's (durable: a retry re-attaches to its try's still running pod), minding the manifest.
+
+        A re-attached pod was started by an earlier try and writes the manifest its own ``--result`` names
+        (``<task>.try<earlier>.json``), not this try's: read that one.
+        """
+        pod = super().get_or_create_pod(pod_request_obj, context)
+        if pod is not pod_request_obj:  # re-attached
+            args = list(pod.spec.containers[0].args or [])
+            if "--result" in args:
+                in_pod = args[args.index("--result") + 1]
+                relative = Path(in_pod).relative_to(self.pod_data_root)
+                self._manifest = Path(self.data_root) / relative
+                self.log.info("re-attached to %s: its result manifest is %s", pod.metadata.name, self._manifest)
+        return pod
+
     def await_pod_start(self, pod: k8s.V1Pod) -> None:
         """As the provider's, remembering a launch failure (its cleanup would otherwise mask it)."""
         try:
@@ -186,7 +206,7 @@ class StagePodOperator(KubernetesPodOperator):
         from mlops_airflow.log_masking import mask_settings_secrets
 
         mask_settings_secrets()  # the pod's log is streamed into this task's log
-        manifest = self.prepare(context)
+        self._manifest = self.prepare(context)
         self._launch_error = None
         pod_error: Exception | None = None
         try:
@@ -195,7 +215,7 @@ class StagePodOperator(KubernetesPodOperator):
             if self._launch_error is not None:
                 raise StagePodError(self._launch_message(self._launch_error)) from exc
             pod_error = exc
-        result = self._read_manifest(manifest, pod_error)
+        result = self._read_manifest(self._manifest, pod_error)
         # do_xcom_push stays False so the provider adds no sidecar; the result is pushed here instead
         context["ti"].xcom_push(key="return_value", value=result)
         return result

@@ -9,6 +9,12 @@ volumes (each claim a local folder, mounted where the Airflow worker sees it), t
 without one, it runs the command as a local process. Either way the pod's mount paths in its environment
 and arguments are mapped to the local folders. Then it reports
 the phase, exit code and logs. ``behaviour="pending"`` models a pod nobody can schedule.
+
+``behaviour="background"`` runs the pod's process without waiting for it (local processes only): the pod
+is ``Running`` until the process ends, as on a real node. With ``kill_worker`` set, the Airflow worker
+"dies" the first time it looks at a running pod: that call and every later one raise :class:`WorkerKilled`
+(a killed worker makes no more API calls, so its cleanup deletes nothing) until :meth:`restart_worker`.
+The pod keeps running meanwhile.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from kubernetes.client import models as k8s
 REPO = Path(__file__).resolve().parents[2]
 
 
+class WorkerKilled(BaseException):  # noqa: N818 - an event, not an error: nothing in the worker may catch it
+    """The Airflow worker process was killed (SIGKILL): no handler, no cleanup reaches the cluster."""
+
+
 @dataclass
 class LocalKubelet:
     """Records every pod created, runs it as a process, and records every deletion."""
@@ -41,7 +51,9 @@ class LocalKubelet:
     secrets: dict[str, dict[str, str]]
     image_env: dict[str, str] = field(default_factory=dict)
     """What the image itself would set (Dockerfile ENV), e.g. where its pipeline specs are."""
-    behaviour: str = "run"  # run | pending | oomkilled
+    behaviour: str = "run"  # run | pending | oomkilled | background
+    kill_worker: bool = False
+    """With ``behaviour="background"``: the worker dies the first time it sees its pod running."""
     engine: list[str] | None = None
     """``["podman"]`` (with its environment in ``engine_env``) runs pods as containers of ``image``."""
     engine_env: dict[str, str] | None = None
@@ -54,6 +66,16 @@ class LocalKubelet:
     runs: list[dict[str, Any]] = field(default_factory=list)
     _pods: dict[str, k8s.V1Pod] = field(default_factory=dict)
     _logs: dict[str, bytes] = field(default_factory=dict)
+    _procs: dict[str, tuple[subprocess.Popen[str], list[str], dict[str, str]]] = field(default_factory=dict)
+    _worker_dead: bool = False
+
+    def restart_worker(self) -> None:
+        """A new worker process picks the task up (its retry)."""
+        self._worker_dead = False
+
+    def _alive(self) -> None:
+        if self._worker_dead:
+            raise WorkerKilled("the worker was killed: this call never reaches the API server")
 
     # -- what the provider calls -------------------------------------------------------------------
     @property
@@ -64,6 +86,7 @@ class LocalKubelet:
         return ApiClient()
 
     def create_namespaced_pod(self, namespace: str, body: Any, **_: Any) -> k8s.V1Pod:
+        self._alive()
         if isinstance(body, dict):  # the provider sends the pod as the JSON the API server receives
             body = self.api_client._ApiClient__deserialize(body, "V1Pod")
         pod = copy.deepcopy(body)
@@ -74,33 +97,51 @@ class LocalKubelet:
             pod.status = k8s.V1PodStatus(phase="Pending", conditions=[])
         elif self.behaviour == "oomkilled":
             self._finish(pod, 137, "OOMKilled", b"")
+        elif self.behaviour == "background":
+            self._start(pod)
         else:
             self._run(pod)
         return pod
 
     def read_namespaced_pod(self, name: str, namespace: str, **_: Any) -> k8s.V1Pod:
+        self._alive()
         if name not in self._pods:
             raise ApiException(status=404, reason=f"pods {name!r} not found")
-        return copy.deepcopy(self._pods[name])
+        self._poll(name)
+        pod = self._pods[name]
+        if self.kill_worker and pod.status.phase == "Running":
+            self.kill_worker, self._worker_dead = False, True
+            raise WorkerKilled(f"worker killed while {name} runs")
+        return copy.deepcopy(pod)
 
     def list_namespaced_pod(self, namespace: str, label_selector: str = "", **_: Any) -> k8s.V1PodList:
+        self._alive()
+        for name in list(self._procs):
+            self._poll(name)
         items = [copy.deepcopy(p) for p in self._pods.values() if _matches(p.metadata.labels or {}, label_selector)]
         return k8s.V1PodList(items=items)
 
     def patch_namespaced_pod(self, name: str, namespace: str, body: Any, **_: Any) -> k8s.V1Pod:
+        self._alive()
         labels = (body.get("metadata", {}) if isinstance(body, dict) else {}).get("labels", {})
         self._pods[name].metadata.labels.update(labels)
         return copy.deepcopy(self._pods[name])
 
     def delete_namespaced_pod(self, name: str, namespace: str, **_: Any) -> k8s.V1Status:
+        self._alive()
+        if name in self._procs:  # the kubelet stops the container
+            self._procs[name][0].kill()
+            self._poll(name)
         self.deleted.append(name)
         self._pods.pop(name, None)
         return k8s.V1Status(status="Success")
 
     def read_namespaced_pod_log(self, name: str, namespace: str, **_: Any) -> urllib3.HTTPResponse:
-        return urllib3.HTTPResponse(body=io.BytesIO(self._logs.get(name, b"")), preload_content=False)
+        self._alive()
+        return urllib3.HTTPResponse(body=_Body(self._logs.get(name, b"")), preload_content=False)
 
     def list_namespaced_event(self, namespace: str, **_: Any) -> k8s.CoreV1EventList:
+        self._alive()
         items = []
         if self.behaviour == "pending":
             items.append(
@@ -138,6 +179,46 @@ class LocalKubelet:
             else:
                 env[var.name] = _remap(var.value, mounts)
         return env
+
+    def _command(self, pod: k8s.V1Pod) -> tuple[list[str], dict[str, str]]:
+        container = pod.spec.containers[0]
+        mounts = self._mounts(pod)
+        command = [_remap(a, mounts) for a in [*container.command, *container.args]]
+        if command[0] == "python":
+            command[0] = sys.executable  # the task image's interpreter is this checkout's venv here
+        return command, self._env(pod, mounts)
+
+    def _start(self, pod: k8s.V1Pod) -> None:
+        """Start the pod's process and report it running (``behaviour="background"``)."""
+        assert not self.engine, "background pods run as local processes"
+        command, env = self._command(pod)
+        proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._procs[pod.metadata.name] = (proc, command, env)
+        container = pod.spec.containers[0]
+        running = k8s.V1ContainerState(running=k8s.V1ContainerStateRunning(started_at=datetime.now(UTC)))
+        status = k8s.V1ContainerStatus(
+            name=container.name, image=container.image, image_id="local", ready=True, restart_count=0, state=running
+        )
+        pod.status = k8s.V1PodStatus(
+            phase="Running",
+            container_statuses=[status],
+            conditions=[k8s.V1PodCondition(type="PodScheduled", status="True")],
+            start_time=datetime.now(UTC),
+        )
+
+    def _poll(self, name: str) -> None:
+        """A background pod whose process ended is ``Succeeded`` / ``Failed``, with its logs."""
+        if name not in self._procs or self._procs[name][0].poll() is None:
+            return
+        proc, command, env = self._procs.pop(name)
+        out = proc.stdout.read() if proc.stdout else ""
+        self.runs.append({"pod": name, "command": command, "env": env, "returncode": proc.returncode})
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = out.splitlines() or [""]
+        if name in self._pods:
+            self._finish(
+                self._pods[name], proc.returncode, "Completed", "".join(f"{stamp} {line}\n" for line in text).encode()
+            )
 
     def _run(self, pod: k8s.V1Pod) -> None:
         if self.engine:
@@ -201,6 +282,16 @@ class LocalKubelet:
             container_statuses=[status],
             conditions=[k8s.V1PodCondition(type="PodScheduled", status="True")],
         )
+
+
+class _Body(io.BytesIO):
+    """A log body that closes at its end, as the API server's stream does (urllib3 reads until closed)."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if not data:
+            self.close()
+        return data
 
 
 def _fs_group(folder: Path, gid: int | None) -> None:

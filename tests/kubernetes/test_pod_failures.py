@@ -123,3 +123,42 @@ def test_a_manifest_left_by_an_earlier_try_does_not_count(prod_settings: Setting
     with pytest.raises(StagePodError, match="wrote no result manifest.*shared store mounted"):
         _run(op)
     assert not stale.exists()
+
+
+def test_a_retry_after_a_killed_worker_reattaches_to_the_running_pod_and_starts_no_second_one(
+    prod_settings: Settings, kubelet: LocalKubelet
+) -> None:
+    """The provider's ``durable`` default (Airflow 3.3): the pod's identity is in the task state store.
+
+    The worker dies while the pod runs (nothing of its cleanup reaches the cluster); the retry, a new worker
+    with the same task state store, finds the pod there, waits for it and returns its result: one pod.
+    """
+    from tests.kubernetes.kubelet import WorkerKilled
+
+    class TaskStateStore(dict[str, Any]):  # what Airflow 3.3 keeps per task instance across its tries
+        def set(self, key: str, value: Any) -> None:
+            self[key] = value
+
+    train = _operator(prod_settings, "train_model", {"datasets": {}})
+    assert train.durable is True and train.reattach_on_restart is True  # the train stage's pod, as rendered
+    store = TaskStateStore()
+    args = {"window_end": "2011-06-21T02:00:00+00:00", "run_id": "m1"}
+    kubelet.behaviour, kubelet.kill_worker = "background", True
+    first = _TI(task_id="check_drift_task", try_number=1)
+    with pytest.raises(WorkerKilled):
+        _operator(prod_settings, "check_drift", args).execute(
+            {"ti": first, "run_id": first.run_id, "dag": object(), "task_state_store": store}
+        )
+    (pod,) = kubelet.created
+    assert store["pod_identifier"]["name"] == pod.metadata.name and not kubelet.deleted
+
+    kubelet.restart_worker()
+    assert kubelet.read_namespaced_pod(pod.metadata.name, "ml-pipelines").status.phase == "Running"  # still
+    retry = _TI(task_id="check_drift_task", try_number=2)
+    result = _operator(prod_settings, "check_drift", args).execute(
+        {"ti": retry, "run_id": retry.run_id, "dag": object(), "task_state_store": store}
+    )
+    assert result["status"] == "no_champion" and retry.xcoms["return_value"] == result
+    assert len(kubelet.created) == 1 and len(kubelet.runs) == 1  # no second pod
+    assert kubelet.deleted == [pod.metadata.name]  # the retry cleans up the pod it adopted
+    assert (prod_settings.data_root / RESULTS / "check_drift_task.try1.json").is_file()  # written by try 1's pod
