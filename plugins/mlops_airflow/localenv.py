@@ -13,6 +13,28 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN_FILE = "admin_token"
+PRELOAD = (
+    "airflow.sdk",
+    "airflow.sdk.execution_time.task_runner",
+    "mlops_airflow.blocks",
+    "pandas",
+    "pyarrow.parquet",
+    "sklearn.pipeline",
+    "lightgbm",
+    "mlflow",
+    "mlflow.sklearn",
+    "great_expectations",
+    "tasks.stages",
+    "tasks.ingest",
+    "tasks.validate",
+    "tasks.features",
+    "tasks.train",
+    "tasks.evaluate",
+    "tasks.gate",
+    "tasks.registry",
+)
+"""What the scheduler's forkserver imports once for every task process (not Evidently, torch or SHAP: the
+nightly monitor and a few families need them, and each would cost every component hundreds of MB)."""
 
 
 def admin_token_file(state_dir: Path) -> Path:
@@ -63,6 +85,13 @@ def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # 2 cores: more parallel task processes only thrash
             "AIRFLOW__CORE__PARALLELISM": "4",
+            # each task process forks from a LocalExecutor worker, and each worker from a forkserver that
+            # imported the stages' libraries once: a task starts with them loaded (Airflow 3.3's
+            # [scheduler] mp_start_method / mp_forkserver_preload), instead of paying seconds of imports
+            "AIRFLOW__SCHEDULER__MP_START_METHOD": env.get("AIRFLOW__SCHEDULER__MP_START_METHOD", "forkserver"),
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": env.get(
+                "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD", ",".join(PRELOAD)
+            ),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",

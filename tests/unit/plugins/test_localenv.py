@@ -124,3 +124,22 @@ def test_the_settings_the_stack_s_processes_load_point_at_its_data_root(tmp_path
         assert settings.admin_token.get_secret_value() == Path(env["MLP_ADMIN_TOKEN_FILE"]).read_text().strip()
     finally:
         get_settings.cache_clear()
+
+
+def test_task_processes_fork_from_a_forkserver_that_preloaded_the_stage_libraries(tmp_path, monkeypatch):
+    """Airflow 3.3 applies [scheduler] mp_start_method / mp_forkserver_preload before the LocalExecutor starts."""
+    import importlib.util
+
+    from airflow.utils.process_utils import resolve_mp_start_method
+
+    from mlops_airflow.localenv import PRELOAD
+
+    env = local_env(tmp_path)
+    assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver"
+    preload = env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",")
+    assert preload == list(PRELOAD) and "tasks.stages" in preload and "evidently" not in preload
+    assert all(importlib.util.find_spec(m) is not None for m in preload)  # a typo would be skipped in silence
+    monkeypatch.setenv("AIRFLOW__SCHEDULER__MP_START_METHOD", "fork")  # an operator's choice wins
+    assert local_env(tmp_path)["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "fork"
+    monkeypatch.setenv("AIRFLOW__SCHEDULER__MP_START_METHOD", "forkserver")  # the option exists under this name
+    assert resolve_mp_start_method("scheduler") == "forkserver"
