@@ -30,9 +30,14 @@ def export_source_url(pipeline: str) -> str | None:
     if sql is None or not sql.conn_id or os.environ.get(sql.url_env):
         return None
     from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
     from airflow.sdk.log import mask_secret
 
-    url = sqlalchemy_url(Connection.get(sql.conn_id).get_uri())
+    try:
+        connection = Connection.get(sql.conn_id)
+    except AirflowNotFoundException:  # the pull then fails at once, naming the variable and the connection
+        return None
+    url = sqlalchemy_url(connection.get_uri())
     mask_secret(url)
     os.environ[sql.url_env] = url
     return sql.url_env

@@ -41,3 +41,10 @@ def test_a_variable_already_set_wins(sql_pipeline, monkeypatch):
 def test_only_the_scheme_changes():
     assert sqlalchemy_url("postgres://u@h:1/d") == "postgresql://u@h:1/d"
     assert sqlalchemy_url("mysql+pymysql://u@h/d") == "mysql+pymysql://u@h/d"
+
+
+def test_a_missing_connection_leaves_the_variable_unset_for_the_pull_to_name(sql_pipeline, monkeypatch):
+    import os
+
+    monkeypatch.delenv("AIRFLOW_CONN_TEAM_DB", raising=False)
+    assert export_source_url(sql_pipeline) is None and "MLP_TEST_TEAM_DB_URL" not in os.environ
