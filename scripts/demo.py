@@ -36,9 +36,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 STATE = REPO / ".local" / "demo"
 PIDS = STATE / "pids.json"
-API = "http://localhost:8080"
-MLFLOW = "http://localhost:5000"
-SERVER = "http://127.0.0.1:8000"
+# ports: settings with defaults (MLP_AIRFLOW_PORT, MLP_MLFLOW_PORT, MLP_SERVING_PORT; Airflow's log servers:
+# MLP_WORKER_LOG_PORT, MLP_TRIGGER_LOG_PORT in local_env), so a second stack or a test can run beside this one
+API_PORT = int(os.environ.get("MLP_AIRFLOW_PORT", "8080"))
+MLFLOW_PORT = int(os.environ.get("MLP_MLFLOW_PORT", "5000"))
+SERVING_PORT = int(os.environ.get("MLP_SERVING_PORT", "8000"))
+API = f"http://localhost:{API_PORT}"
+MLFLOW = f"http://localhost:{MLFLOW_PORT}"
+SERVER = f"http://127.0.0.1:{SERVING_PORT}"
 P = "bike_demand"
 BIN = Path(sys.executable).parent
 T0 = time.monotonic()
@@ -51,13 +56,13 @@ def say(msg: str) -> None:
 
 
 def env() -> dict[str, str]:
-    return local_env(STATE)
+    return local_env(STATE, api_port=API_PORT, serving_port=SERVING_PORT)
 
 
 def _components(e: dict[str, str]) -> dict[str, list[str]]:
     data = Path(e["MLP_DATA_ROOT"])
     return {
-        "api-server": [str(BIN / "airflow"), "api-server", "--port", "8080"],
+        "api-server": [str(BIN / "airflow"), "api-server", "--port", str(API_PORT)],
         "scheduler": [str(BIN / "airflow"), "scheduler"],
         "dag-processor": [str(BIN / "airflow"), "dag-processor"],
         "triggerer": [str(BIN / "airflow"), "triggerer"],
@@ -71,11 +76,18 @@ def _components(e: dict[str, str]) -> dict[str, list[str]]:
             "--host",
             "127.0.0.1",
             "--port",
-            "5000",
+            str(MLFLOW_PORT),
             "--workers",
             "1",
         ],
-        "model-server": [sys.executable, "-m", "tasks", "serve", "--port", "8000"],  # every pipeline's champion
+        "model-server": [
+            sys.executable,
+            "-m",
+            "tasks",
+            "serve",
+            "--port",
+            str(SERVING_PORT),
+        ],  # every pipeline's champion
     }
 
 

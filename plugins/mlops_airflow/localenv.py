@@ -105,6 +105,11 @@ def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state_dir / "logs" / "airflow"),
+            # Airflow's log servers (serving task and triggerer logs to the UI): not a fixed 8793/8794 when set
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": env.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT")
+            or env.get("MLP_WORKER_LOG_PORT", "8793"),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": env.get("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")
+            or env.get("MLP_TRIGGER_LOG_PORT", "8794"),
             # the Redis on this machine: upstream announcements (spec source.events.redis_channel)
             "AIRFLOW_CONN_REDIS_DEFAULT": env.get("AIRFLOW_CONN_REDIS_DEFAULT", "redis://127.0.0.1:6379/0"),
             # the model server's admin API (POST /admin/reload): the deploy stage sends this token

@@ -143,3 +143,31 @@ def test_task_processes_fork_from_a_forkserver_that_preloaded_the_stage_librarie
     assert local_env(tmp_path)["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "fork"
     monkeypatch.setenv("AIRFLOW__SCHEDULER__MP_START_METHOD", "forkserver")  # the option exists under this name
     assert resolve_mp_start_method("scheduler") == "forkserver"
+
+
+def test_ports_are_settings_with_defaults_log_servers_and_the_demo_included(tmp_path, clean_env, monkeypatch):
+    import importlib.util
+
+    for var in ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    env = local_env(tmp_path)
+    assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "8793"  # Airflow's own defaults
+    assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "8794"
+    ports = {"MLP_AIRFLOW_PORT": "18080", "MLP_MLFLOW_PORT": "15000", "MLP_SERVING_PORT": "18000"}
+    ports |= {"MLP_WORKER_LOG_PORT": "18793", "MLP_TRIGGER_LOG_PORT": "18794"}
+    for var, port in ports.items():
+        monkeypatch.setenv(var, port)
+    env = local_env(tmp_path)
+    assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "18793"
+    assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "18794"
+    spec = importlib.util.spec_from_file_location("demo_under_test", REPO_ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.STATE = tmp_path / "demo"  # not the repository's .local/
+    commands = " ".join(" ".join(c) for c in demo._components(demo.env()).values())
+    assert "--port 18080" in commands and "--port 15000" in commands and "--port 18000" in commands
+    assert demo.API == "http://localhost:18080" and demo.SERVER == "http://127.0.0.1:18000"
+    assert demo.env()["MLP_SERVING_URL"] == "http://127.0.0.1:18000"
+    source = (REPO_ROOT / "scripts" / "demo.py").read_text()
+    for literal in ('"8080"', '"5000"', '"8000"', ":8080", ":5000", ":8000"):
+        assert source.count(literal) <= 1, literal  # only as a default
