@@ -64,7 +64,7 @@ def test_cli_failures_exit_non_zero_with_the_reason(data_root):
         (
             ["--pipeline", "../../x"],
             "argument --pipeline: invalid choice: '../../x' (choose from 'adult_income', 'bank_marketing', "
-            "'bike_demand'",
+            "'beijing_pm25', 'bike_demand'",
         ),
         (["--pipeline", "bike_demand.yaml"], "invalid choice: 'bike_demand.yaml'"),
         (["--pipeline", "bike_demand", "--args", '{"day": "2011-06-01x"}'], "not a calendar date (YYYY-MM-DD)"),
