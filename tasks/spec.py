@@ -510,8 +510,12 @@ class SliceColumnSpec(_Strict):
         ">=60 (empty: one group per value).",
         examples=[[25, 40, 60]],
     )
-    max_gap: float | None = Field(default=None, gt=0, description="This column's gap (default: slices.max_gap).")
-    min_rows: int | None = Field(default=None, gt=0, description="This column's group size (default: slices.min_rows).")
+    max_gap: float | None = Field(
+        default=None, gt=0, description="This column's gap (default: slices.max_gap).", examples=[0.08]
+    )
+    min_rows: int | None = Field(
+        default=None, gt=0, description="This column's group size (default: slices.min_rows).", examples=[200]
+    )
 
     @model_validator(mode="after")
     def _ascending(self) -> SliceColumnSpec:
