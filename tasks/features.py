@@ -41,18 +41,27 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         categorical: dict[str, list[Any]],
         cyclical: dict[str, int],
         unseen: str = "zeros",
+        bands: dict[str, list[float]] | None = None,
+        date_parts: dict[str, list[str]] | None = None,
     ) -> None:
         """Configure from the spec's ``features`` block (kept as plain attributes for sklearn cloning)."""
         self.numeric = numeric
         self.categorical = categorical
         self.cyclical = cyclical
         self.unseen = unseen
+        self.bands = bands
+        self.date_parts = date_parts
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> FeatureBuilder:
         """Build from a validated spec."""
         return cls(
-            list(spec.numeric), {k: list(v) for k, v in spec.categorical.items()}, dict(spec.cyclical), spec.unseen
+            list(spec.numeric),
+            {k: list(v) for k, v in spec.categorical.items()},
+            dict(spec.cyclical),
+            spec.unseen,
+            {k: list(v) for k, v in spec.bands.items()} or None,
+            {k: list(v) for k, v in spec.date_parts.items()} or None,
         )
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureBuilder:  # noqa: N803 - sklearn's signature
@@ -83,6 +92,10 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             names += [f"{col}={c}" for c in cats] + ([f"{col}={OTHER}"] if self._other else [])
         for col in self.cyclical:
             names += [f"{col}_sin", f"{col}_cos"]
+        for col, edges in (getattr(self, "bands", None) or {}).items():
+            names += [f"{col}={label}" for label in _band_labels(edges)]
+        for col, parts in (getattr(self, "date_parts", None) or {}).items():
+            names += [f"{col}_{part}" for part in parts]
         return names
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -95,7 +108,8 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         Raises:
             FeatureError: A source column is missing.
         """
-        needed = [*self.numeric, *self.categorical, *self.cyclical]
+        bands, date_parts = getattr(self, "bands", None) or {}, getattr(self, "date_parts", None) or {}
+        needed = [*self.numeric, *self.categorical, *self.cyclical, *bands, *date_parts]
         missing = [c for c in needed if c not in X.columns]
         if missing:
             raise FeatureError(f"input rows lack columns {missing}")
@@ -110,7 +124,22 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             angle = 2 * np.pi * pd.to_numeric(X[col]).to_numpy(dtype="float64") / period
             out[f"{col}_sin"] = np.sin(angle)
             out[f"{col}_cos"] = np.cos(angle)
+        for col, edges in bands.items():  # a missing value is in no band
+            values = pd.to_numeric(X[col]).to_numpy(dtype="float64")
+            which = np.digitize(values, edges)  # 0: below the first edge, len(edges): at or above the last
+            for i, label in enumerate(_band_labels(edges)):
+                out[f"{col}={label}"] = ((which == i) & ~np.isnan(values)).astype("float64")
+        for col, parts in date_parts.items():
+            stamps = pd.to_datetime(X[col], format="ISO8601", errors="coerce", utc=True)
+            for part in parts:
+                out[f"{col}_{part}"] = getattr(stamps.dt, part).astype("float64").to_numpy()
         return pd.DataFrame(out, index=X.index)[self.feature_names]
+
+
+def _band_labels(edges: list[float]) -> list[str]:
+    """``<a``, ``a-b``, ..., ``>=z`` for ascending edges ``a .. z``."""
+    inner = [f"{low:g}-{high:g}" for low, high in zip(edges, edges[1:], strict=False)]
+    return [f"<{edges[0]:g}", *inner, f">={edges[-1]:g}"]
 
 
 def unseen_levels(spec: FeatureSpec, frame: pd.DataFrame) -> dict[str, int]:
