@@ -39,6 +39,7 @@ PERMANENT = {
     "tasks.settings.SettingsError",
     "tasks.spec.SpecError",
     "tasks.storage.LayoutError",
+    "tasks.suite.SuiteError",
     "tasks.train.TrainingError",
     "tasks.validate.ValidationFailedError",
 }
