@@ -70,6 +70,10 @@ def raw_column_of(builder: Any) -> list[str]:
         raw += [col] * (len(cats) + other)
     for col in builder.cyclical:
         raw += [col, col]
+    for col, edges in (getattr(builder, "bands", None) or {}).items():
+        raw += [col] * (len(edges) + 1)
+    for col, parts in (getattr(builder, "date_parts", None) or {}).items():
+        raw += [col] * len(parts)
     return raw
 
 

@@ -12,6 +12,7 @@ building them again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +49,27 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         categorical: dict[str, list[Any]],
         cyclical: dict[str, int],
         unseen: str = "zeros",
+        bands: dict[str, list[float]] | None = None,
+        date_parts: dict[str, list[str]] | None = None,
     ) -> None:
         """Configure from the spec's ``features`` block (kept as plain attributes for sklearn cloning)."""
         self.numeric = numeric
         self.categorical = categorical
         self.cyclical = cyclical
         self.unseen = unseen
+        self.bands = bands
+        self.date_parts = date_parts
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> FeatureBuilder:
         """Build from a validated spec."""
         return cls(
-            list(spec.numeric), {k: list(v) for k, v in spec.categorical.items()}, dict(spec.cyclical), spec.unseen
+            list(spec.numeric),
+            {k: list(v) for k, v in spec.categorical.items()},
+            dict(spec.cyclical),
+            spec.unseen,
+            {k: list(v) for k, v in spec.bands.items()} or None,
+            {k: list(v) for k, v in spec.date_parts.items()} or None,
         )
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureBuilder:  # noqa: N803 - sklearn's signature
@@ -90,6 +100,10 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             names += [f"{col}={c}" for c in cats] + ([f"{col}={OTHER}"] if self._other else [])
         for col in self.cyclical:
             names += [f"{col}_sin", f"{col}_cos"]
+        for col, edges in (getattr(self, "bands", None) or {}).items():
+            names += [f"{col}={label}" for label in _band_labels(edges)]
+        for col, parts in (getattr(self, "date_parts", None) or {}).items():
+            names += [f"{col}_{part}" for part in parts]
         return names
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -102,7 +116,8 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         Raises:
             FeatureError: A source column is missing.
         """
-        needed = [*self.numeric, *self.categorical, *self.cyclical]
+        bands, date_parts = getattr(self, "bands", None) or {}, getattr(self, "date_parts", None) or {}
+        needed = [*self.numeric, *self.categorical, *self.cyclical, *bands, *date_parts]
         missing = [c for c in needed if c not in X.columns]
         if missing:
             raise FeatureError(f"input rows lack columns {missing}")
@@ -110,23 +125,33 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         # building a frame from a dict of columns and reordering it cost more than the arithmetic
         names = self.feature_names
         matrix = np.empty((len(X), len(names)), dtype="float64")
-        i = 0
+        for i, column in enumerate(self._columns(X, bands, date_parts)):
+            matrix[:, i] = column
+        return pd.DataFrame(matrix, index=X.index, columns=names, copy=False)
+
+    def _columns(self, X: pd.DataFrame, bands: dict, date_parts: dict) -> Iterator[np.ndarray]:  # noqa: N803
+        """The output columns as arrays, in :attr:`feature_names` order."""
         for c in self.numeric:
-            matrix[:, i] = _floats(X[c])
-            i += 1
+            yield _floats(X[c])
         for col, cats in self.levels.items():
             values = X[col].to_numpy()
             for cat in cats:
-                matrix[:, i] = values == cat
-                i += 1
+                yield values == cat
             if self._other:  # a present value outside the levels (a missing one stays all zeros)
-                matrix[:, i] = (X[col].notna() & ~X[col].isin(cats)).to_numpy()
-                i += 1
+                yield (X[col].notna() & ~X[col].isin(cats)).to_numpy()
         for col, period in self.cyclical.items():
             angle = 2 * np.pi * _floats(X[col]) / period
-            matrix[:, i], matrix[:, i + 1] = np.sin(angle), np.cos(angle)
-            i += 2
-        return pd.DataFrame(matrix, index=X.index, columns=names, copy=False)
+            yield np.sin(angle)
+            yield np.cos(angle)
+        for col, edges in bands.items():  # a missing value is in no band
+            values = _floats(X[col])
+            which = np.digitize(values, edges)  # 0: below the first edge, len(edges): at or above the last
+            for band in range(len(edges) + 1):
+                yield (which == band) & ~np.isnan(values)
+        for col, parts in date_parts.items():
+            stamps = pd.to_datetime(X[col], format="ISO8601", errors="coerce", utc=True)
+            for part in parts:
+                yield getattr(stamps.dt, part).astype("float64").to_numpy()
 
 
 def _floats(column: pd.Series) -> np.ndarray:
@@ -134,6 +159,12 @@ def _floats(column: pd.Series) -> np.ndarray:
     if column.dtype.kind in "biuf":
         return column.to_numpy(dtype="float64", na_value=np.nan)
     return pd.to_numeric(column).astype("float64").to_numpy()
+
+
+def _band_labels(edges: list[float]) -> list[str]:
+    """``<a``, ``a-b``, ..., ``>=z`` for ascending edges ``a .. z``."""
+    inner = [f"{low:g}-{high:g}" for low, high in zip(edges, edges[1:], strict=False)]
+    return [f"<{edges[0]:g}", *inner, f">={edges[-1]:g}"]
 
 
 def unseen_levels(spec: FeatureSpec, frame: pd.DataFrame) -> dict[str, int]:

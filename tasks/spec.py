@@ -303,6 +303,17 @@ class FeatureSpec(_Strict):
         description="Column -> its categories, one-hot encoded ([]: the levels training saw, learned at fit).",
         examples=[{"weathersit": [1, 2, 3, 4], "job": []}],
     )
+    bands: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="Derived: numeric column -> ascending band edges; one indicator per band (<a, a-b, ..., >=z), "
+        "computed inside the model so serving applies the same bands.",
+        examples=[{"age": [30, 40, 50, 60]}],
+    )
+    date_parts: dict[str, list[Literal["year", "month", "day", "dayofweek", "dayofyear", "hour"]]] = Field(
+        default_factory=dict,
+        description="Derived: date or datetime column -> parts passed to the model as numbers (<column>_<part>).",
+        examples=[{"dteday": ["month", "dayofweek"]}],
+    )
     unseen: Literal["zeros", "other"] = Field(
         default="zeros",
         description="A value outside a column's categories: zeros (every indicator 0) or other (an explicit "
@@ -313,7 +324,14 @@ class FeatureSpec(_Strict):
     @property
     def source_columns(self) -> list[str]:
         """Raw columns the features are computed from."""
-        return [*self.numeric, *self.categorical, *self.cyclical]
+        return list(dict.fromkeys([*self.numeric, *self.categorical, *self.cyclical, *self.bands, *self.date_parts]))
+
+    @model_validator(mode="after")
+    def _bands_ascending(self) -> FeatureSpec:
+        for col, edges in self.bands.items():
+            if not edges or any(b >= a for a, b in zip(edges[1:], edges, strict=False)):
+                raise ValueError(f"features.bands.{col}: edges must be non-empty and strictly ascending, got {edges}")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -602,8 +620,12 @@ class SliceColumnSpec(_Strict):
         ">=60 (empty: one group per value).",
         examples=[[25, 40, 60]],
     )
-    max_gap: float | None = Field(default=None, gt=0, description="This column's gap (default: slices.max_gap).")
-    min_rows: int | None = Field(default=None, gt=0, description="This column's group size (default: slices.min_rows).")
+    max_gap: float | None = Field(
+        default=None, gt=0, description="This column's gap (default: slices.max_gap).", examples=[0.08]
+    )
+    min_rows: int | None = Field(
+        default=None, gt=0, description="This column's group size (default: slices.min_rows).", examples=[200]
+    )
 
     @model_validator(mode="after")
     def _ascending(self) -> SliceColumnSpec:

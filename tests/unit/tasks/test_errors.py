@@ -42,6 +42,7 @@ PERMANENT = {
     "tasks.sources.SourceError",
     "tasks.spec.SpecError",
     "tasks.storage.LayoutError",
+    "tasks.suite.SuiteError",
     "tasks.train.TrainingError",
     "tasks.validate.ValidationFailedError",
 }

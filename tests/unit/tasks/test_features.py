@@ -108,3 +108,20 @@ def test_rows_without_their_target_are_left_out_of_training_and_the_holdout(spec
     assert (uris.train_rows, uris.holdout_rows) == (2 * 24 - 2, 7 * 24 - 1)
     assert not pd.read_parquet(uris.train_features)["cnt"].isna().any()
     assert not pd.read_parquet(uris.holdout)["cnt"].isna().any()
+
+
+def test_bands_and_date_parts_are_derived_inside_the_model():
+    from tasks.explain import raw_column_of
+    from tasks.spec import FeatureSpec
+
+    spec = FeatureSpec(numeric=["age"], bands={"age": [30, 60]}, date_parts={"day": ["month", "dayofweek"]})
+    rows = pd.DataFrame({"age": [25, 30, 61, None], "day": ["2024-03-01", "2024-03-02", None, "2024-12-31"]})
+    out = FeatureBuilder.from_spec(spec).fit(rows).transform(rows)
+    assert list(out.columns) == ["age", "age=<30", "age=30-60", "age=>=60", "day_month", "day_dayofweek"]
+    assert out["age=<30"].tolist() == [1.0, 0.0, 0.0, 0.0] and out["age=30-60"].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert out.iloc[3][["age=<30", "age=30-60", "age=>=60"]].sum() == 0  # missing: no band
+    assert out["day_month"].tolist()[:2] == [3.0, 3.0] and out["day_dayofweek"].tolist()[0] == 4.0  # a Friday
+    assert np.isnan(out["day_month"].iloc[2])
+    assert raw_column_of(FeatureBuilder.from_spec(spec)) == ["age", "age", "age", "age", "day", "day"]
+    with pytest.raises(ValueError, match="strictly ascending"):
+        FeatureSpec(numeric=["age"], bands={"age": [60, 30]})

@@ -110,3 +110,20 @@ def test_load_spec_takes_names_only_from_a_string(name):
     with pytest.raises(SpecError, match="is not a pipeline name.*available pipelines: .*bike_demand"):
         load_spec(name)
     assert load_spec(Path("config/pipelines/bike_demand.yaml")).name == "bike_demand"  # a Path stays allowed
+
+
+def test_bank_marketing_keeps_the_leaking_duration_out_and_slices_age_in_bands():
+    spec = load_spec("bank_marketing")
+    assert "duration" not in spec.schema_.input_columns and "duration" not in spec.features.source_columns
+    assert spec.schema_.columns["job"] == "category" and "unknown" in spec.features.categorical["job"]
+    assert spec.features.unseen == "other"
+    assert spec.gate.slices is not None and spec.gate.slices.rule("age").bands == [30, 40, 50, 60]
+
+
+def test_slice_rules_name_only_sensitive_columns(tmp_path):
+    raw = yaml.safe_load((Path(__file__).parents[3] / "config/pipelines/adult_income.yaml").read_text())
+    raw["gate"]["slices"]["columns"] = {"age": {"bands": [30, 50]}}  # age is not in schema.sensitive
+    path = tmp_path / "adult_income.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"gate.slices.columns names columns that are not schema.sensitive: \['age'\]"):
+        load_spec(path)
