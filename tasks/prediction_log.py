@@ -25,23 +25,22 @@ one transaction (the event time taken from each pipeline's spec); a file from a 
 In PostgreSQL the table is created when missing (under an advisory lock: several workers start at once);
 a ``predictions`` table with other columns is refused.
 
-Durability (group commit, :class:`PredictionLogWriter`): a request's rows go to one writer thread per
-process, which commits every request waiting at that moment in one transaction and only then lets those
-requests answer. An acknowledged request's rows are committed; a request that was not acknowledged left all
-its rows or none (one transaction). SQLite runs in WAL mode, by default with ``synchronous=NORMAL``: a commit
-survives the server process being killed (``kill -9``, an OOM kill), not a power loss or a kernel crash of the
-machine, and costs no ``fsync`` (10 ms each here); ``serving_log_sync: full`` syncs every commit (group commit
-shares one among concurrent requests). PostgreSQL commits durably. The writers of several processes take
-SQLite's write lock with ``BEGIN IMMEDIATE`` and wait for it. A store that is down, or locked for
-longer than the writer's patience, is a :class:`PredictionLogUnavailable` (the server answers 503), never a
-lost or half-written request.
+Durability (group commit, :class:`PredictionLogWriter`): while one request of a process commits, the
+others queue; the next of them commits every request waiting at that moment in one transaction, and each
+answers only once its rows are committed. An acknowledged request's rows are committed; a request that was
+not acknowledged left all its rows or none (one transaction). SQLite runs in WAL mode, by default with
+``synchronous=NORMAL``: a commit survives the server process being killed (``kill -9``, an OOM kill), not a
+power loss or a kernel crash of the machine, and costs no ``fsync`` (10 ms each here); ``serving_log_sync:
+full`` syncs every commit (group commit shares one among concurrent requests). PostgreSQL commits durably.
+The writers of several processes take SQLite's write lock with ``BEGIN IMMEDIATE`` and wait for it. A store
+that is down, or locked for longer than the writer's patience, is a :class:`PredictionLogUnavailable` (the
+server answers 503), never a lost or half-written request.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -318,7 +317,7 @@ def _is_busy(exc: BaseException) -> bool:
 
 @dataclass
 class _Pending:
-    """One request's rows, waiting for the writer thread."""
+    """One request's rows, waiting for their commit."""
 
     records: list[dict[str, Any]]
     done: threading.Event = field(default_factory=threading.Event)
@@ -344,9 +343,9 @@ class LogStats:
 class PredictionLogWriter:
     """Appends predictions with group commit (what the model server uses); one writer per process, thread-safe.
 
-    :meth:`append` hands a request's rows to the writer thread and returns once they are committed. The
-    thread takes every request waiting at that moment (up to ``max_batch_rows`` rows) into one transaction:
-    concurrent requests share one commit (and one ``fsync``) instead of one each.
+    :meth:`append` returns once the request's rows are committed. While one request commits, the others
+    wait; the next commits every request waiting at that moment (up to ``max_batch_rows`` rows) in one
+    transaction: concurrent requests share one commit (and one ``fsync``) instead of one each.
     """
 
     def __init__(
@@ -384,10 +383,10 @@ class PredictionLogWriter:
             raise
         except Exception as exc:  # noqa: BLE001 - not reachable now: every write retries, and answers 503 meanwhile
             log.warning("prediction log at %s not reachable yet (%s); retried at each write", redact(self.url), exc)
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._turn = threading.Condition()  # guards _waiting and _committing
+        self._waiting: list[_Pending] = []
+        self._committing = False
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
-        self._thread.start()
 
     @classmethod
     def for_pipelines(cls, store: Path | str, pipelines: Iterable[str], **options: Any) -> PredictionLogWriter:
@@ -441,40 +440,49 @@ class PredictionLogWriter:
             )
         if not records:
             return 0
-        pending = _Pending(records)
         if self._closed:
             raise PredictionLogUnavailable("the prediction log writer is closed")
-        self._queue.put(pending)
-        if not pending.done.wait(self.timeout_s * 4 + 30):
-            raise PredictionLogUnavailable(f"the prediction log at {redact(self.url)} did not answer in time")
+        pending = _Pending(records)
+        self._take_turn(pending)
         if pending.error is not None:
             raise pending.error
         return len(records)
 
-    def _run(self) -> None:
-        """The writer thread: take every waiting request, commit them in one transaction, wake them."""
+    def _take_turn(self, pending: _Pending) -> None:
+        """Leader/follower group commit: wait while another request commits, then commit everything waiting.
+
+        No writer thread: alone, a request commits its own rows at once (no hand-off between threads, which
+        cost up to the interpreter's 5 ms switch interval under load); concurrent requests queue while one
+        commits and the next of them commits all of their rows in one transaction.
+        """
+        with self._turn:
+            self._waiting.append(pending)
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, rows, stop = [first], len(first.records), False
-            while rows < self.max_batch_rows:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-                rows += len(more.records)
-            error = self._commit([r for p in batch for r in p.records])
-            with_error = self._count(batch, rows, error)
-            for pending in batch:
-                pending.error = with_error
-                pending.done.set()
-            if stop:
-                return
+            with self._turn:
+                while not pending.done.is_set() and self._committing:
+                    self._turn.wait()
+                if pending.done.is_set():
+                    return
+                self._committing = True
+                batch: list[_Pending] = []
+                rows = 0
+                while self._waiting and (not batch or rows < self.max_batch_rows):
+                    batch.append(self._waiting.pop(0))
+                    rows += len(batch[-1].records)
+            error: BaseException | None = None
+            try:
+                error = self._commit([r for p in batch for r in p.records])
+            except BaseException as exc:  # every waiting request must be woken, whatever happened here
+                error = exc
+                raise
+            finally:
+                error = self._count(batch, rows, error)
+                with self._turn:
+                    for done in batch:
+                        done.error = error
+                        done.done.set()
+                    self._committing = False
+                    self._turn.notify_all()
 
     def _commit(self, records: list[dict[str, Any]]) -> BaseException | None:
         """One transaction with every record (retried while the store is locked, up to ``timeout_s``)."""
@@ -515,11 +523,8 @@ class PredictionLogWriter:
         return error
 
     def close(self) -> None:
-        """Commit what is queued, stop the writer thread, close the connections."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-            self._thread.join(timeout=self.timeout_s + 30)
+        """Refuse further appends and close the connections."""
+        self._closed = True
         self._engine.dispose()
 
 
