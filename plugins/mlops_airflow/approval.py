@@ -24,11 +24,15 @@ REASON = "reason"
 
 
 def reason_param() -> dict[str, Any]:
-    """The form's one field: why (required, at least one non-blank character)."""
+    """The form's one field: why (at least one non-blank character; an answer without it is refused).
+
+    Its default is ``None`` (allowed by the schema): Airflow validates a task's params when the task starts,
+    and a default that breaks ``minLength`` would fail the task before it asks anything.
+    """
     return {
         REASON: Param(
-            "",
-            type="string",
+            None,
+            type=["string", "null"],
             minLength=1,
             pattern=r"\S",
             title="Reason",

@@ -43,6 +43,7 @@ def _ledger() -> list[Any]:
 
 def test_the_form_asks_for_a_reason_and_an_answer_is_recorded_with_who_and_why(approval):
     assert approval.params.get_param("reason").schema["minLength"] == 1
+    approval.params.validate()  # what the task runner does at start: the unanswered form must pass
     assert approval.options == ["Approve", "Reject"]
     result = approval.execute_complete(_context(), _answer("Reject", "holdout too small for the spring shift"))
     assert result["chosen_options"] == ["Reject"]
