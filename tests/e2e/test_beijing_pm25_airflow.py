@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -57,7 +57,7 @@ def _states(run: Any) -> dict[str, str]:
 
 
 def _ingest(dags: dict[str, Any], day: str) -> Any:
-    return dags[f"{P}_ingest"].test(logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1))
+    return dags[f"{P}_ingest"].test(logical_date=datetime.fromisoformat(day).replace(tzinfo=UTC))
 
 
 def test_beijing_pm25_from_a_postgresql_table_through_airflow(stack: dict[str, Any]) -> None:
