@@ -83,7 +83,8 @@ class KubernetesSettings(BaseModel):
     serving_deployment: str | None = Field(
         default=None,
         description="The model server's Deployment (deploy/k8s/model-server.yaml). Set: the deploy stage rolls a "
-        "version out by pinning it in the pod template; unset: it asks one server's POST /admin/reload.",
+        "version out by pinning it in the pod template; unset: it asks one server's POST /admin/reload. "
+        "Environment: MLP_SERVING_DEPLOYMENT (empty unsets it).",
     )
     serving_namespace: str = Field(default="ml-serving", description="Namespace of the model server's Deployment.")
     serving_container: str = Field(default="model-server", description="The server's container in the pod template.")
@@ -244,6 +245,9 @@ def load_settings(env: str | None = None) -> Settings:
     ledger = merged.pop("ledger_uri", None) or f"sqlite:///{data_root / 'registry' / 'ledger.sqlite'}"
     if os.environ.get("MLP_TASK_IMAGE"):
         merged["kubernetes"] = (merged.get("kubernetes") or {}) | {"image": os.environ["MLP_TASK_IMAGE"]}
+    if "MLP_SERVING_DEPLOYMENT" in os.environ:  # empty: no Deployment, deploy asks one server's /admin/reload
+        deployment = os.environ["MLP_SERVING_DEPLOYMENT"] or None
+        merged["kubernetes"] = (merged.get("kubernetes") or {}) | {"serving_deployment": deployment}
     try:
         return Settings(
             env=env,

@@ -54,6 +54,7 @@ def model_server(prod_settings: Settings, tmp_path: Path, monkeypatch: pytest.Mo
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLP_SERVING_URL", url)
+    monkeypatch.setenv("MLP_SERVING_DEPLOYMENT", "")  # one server process here, not a Deployment to roll out
     monkeypatch.setenv("MLP_PIPELINES_DIR", str(write_spec(tmp_path / "specs", model=TORCH)))
     get_settings.cache_clear()
     from tasks.tracking import ensure_store

@@ -25,3 +25,12 @@ def test_environment_variables_override_files(monkeypatch):
 def test_unknown_layer_is_a_clear_error():
     with pytest.raises(SettingsError, match="unknown ML_ENV 'staging'.*local"):
         load_settings("staging")
+
+
+def test_prod_rolls_out_through_the_server_deployment_unless_the_environment_unsets_it(monkeypatch):
+    monkeypatch.delenv("MLP_SERVING_DEPLOYMENT", raising=False)
+    assert load_settings("prod").kubernetes.serving_deployment == "model-server"
+    monkeypatch.setenv("MLP_SERVING_DEPLOYMENT", "")
+    assert load_settings("prod").kubernetes.serving_deployment is None
+    monkeypatch.setenv("MLP_SERVING_DEPLOYMENT", "canary-server")
+    assert load_settings("prod").kubernetes.serving_deployment == "canary-server"
