@@ -254,9 +254,9 @@ def _engine(url: str, timeout_s: float, write: bool, sync: str = "normal") -> En
     if _sqlite_path(url) is None:
         from sqlalchemy.engine import make_url
 
-        parsed = make_url(url)
-        if parsed.drivername in ("postgresql", "postgres"):  # SQLAlchemy 2.1 defaults to psycopg 3; the lock has 2
-            parsed = parsed.set(drivername="postgresql+psycopg2")
+        from tasks.storage import database_url
+
+        parsed = make_url(database_url(url))  # the psycopg2 driver for a bare postgresql:// URL
         args = {"connect_timeout": max(1, int(timeout_s))} if parsed.get_backend_name() == "postgresql" else {}
         return create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=args)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s})

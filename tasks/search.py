@@ -127,8 +127,10 @@ def _storage(url: str | None, journal: Any) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    from tasks.storage import database_url
+
     if url:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(database_url(url))  # compose and prod: PostgreSQL through psycopg2
     journal.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(journal)))
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.errors import PermanentError
 from tasks.redact import redact
 from tasks.storage import atomic_path
+from tasks.storage import database_url as _with_driver
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,10 +200,7 @@ def database_url(sql: SqlSourceSpec) -> str:
             f"source.sql: the environment variable {sql.url_env} holding the database URL is not set; it comes from "
             f"{origin}, or in Kubernetes from the pod's Secret"
         )
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("postgres", "postgresql"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
-        return "postgresql+psycopg2://" + rest  # the lock has psycopg2
-    return url
+    return _with_driver(url)
 
 
 def _from_sql(spec: PipelineSpec, sql: SqlSourceSpec, day: str) -> pd.DataFrame:

@@ -278,3 +278,16 @@ def copy_atomic(src: Path, target: Path) -> Path:
     with atomic_path(target) as tmp:
         shutil.copyfile(src, tmp)
     return target
+
+
+def database_url(url: str) -> str:
+    """A SQLAlchemy URL with the PostgreSQL driver the lock installs.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` (or ``postgres://``) as psycopg 3, which the lock does not
+    install; the lock has psycopg2. Every store this project opens by URL (prediction log, SQL sources, Optuna's
+    trials) goes through here; other URLs are returned as they are.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):
+        return "postgresql+psycopg2://" + rest
+    return url

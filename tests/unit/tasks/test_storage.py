@@ -93,3 +93,12 @@ def test_no_stage_moves_a_file_from_outside_the_data_root(data_root, layout):
             stage("bike_demand", *args)
     assert victim.read_bytes() == b"someone else's file"
     assert not (data_root / "quarantine").exists()
+
+
+def test_database_urls_get_the_postgresql_driver_the_lock_installs():
+    from tasks.storage import database_url
+
+    assert database_url("postgresql://u:p@db:5432/optuna") == "postgresql+psycopg2://u:p@db:5432/optuna"
+    assert database_url("postgres://u@db/x") == "postgresql+psycopg2://u@db/x"
+    for kept in ("postgresql+psycopg2://u@db/x", "sqlite:////tmp/x.db", "mysql://u@db/x", "not a url"):
+        assert database_url(kept) == kept
