@@ -264,6 +264,11 @@ def _landing_events(base: str, pipeline: str) -> list[dict[str, Any]]:
     return _asset_events(base, f"ml://{pipeline}/landing/watched")
 
 
+def _unpause(base: str, *dag_ids: str) -> None:
+    for dag_id in dag_ids:
+        _api(base, "PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+
 def _event_runs(base: str, dag_id: str) -> list[dict[str, Any]]:
     runs = [r for r in _runs(base, dag_id) if r["run_type"] == "asset_triggered"]
     return sorted(runs, key=lambda r: r["run_after"])
@@ -469,8 +474,8 @@ def test_a_redis_stream_message_survives_a_triggerer_crash_before_its_ack(stack:
     days = ["2011-06-23", "2011-06-24"]
     _replay(stack, "bike_demand", days[0], days[-1])
     _wait_until("the DAGs to be parsed", lambda: _api(base, "GET", "/dags")["total_entries"] >= 7, 180, logs)
-    _api(base, "PATCH", "/dags/bike_demand_ingest", json={"is_paused": False})
-    before = len(_event_runs(base, "bike_demand_ingest"))
+    _unpause(base, "bike_demand_announce", "bike_demand_ingest_announced")  # the watcher's event -> keyed runs
+    before = len(_event_runs(base, "bike_demand_ingest_announced"))
 
     def restart_triggerer(**env: str) -> subprocess.Popen[bytes]:
         old = procs["airflow-triggerer"]
@@ -501,10 +506,11 @@ def test_a_redis_stream_message_survives_a_triggerer_crash_before_its_ack(stack:
     def settled() -> list[dict[str, Any]] | None:
         if queue.xpending(stream, "airflow")["pending"]:
             return None
-        runs = [r for r in _event_runs(base, "bike_demand_ingest")[before:] if r["state"] in ("success", "failed")]
-        if len(runs) < len(_event_runs(base, "bike_demand_ingest")[before:]):
+        announced = _event_runs(base, "bike_demand_ingest_announced")[before:]
+        runs = [r for r in announced if r["state"] in ("success", "failed")]
+        if len(runs) < len(announced):
             return None
-        results = [p for r in runs for p in _ingested(base, "bike_demand_ingest", r)]
+        results = [p for r in runs for p in _ingested(base, "bike_demand_ingest_announced", r)]
         return results if {p["partition"] for p in results} >= set(days) and len(stream_events()) == 2 else None
 
     results = _wait_until("both messages ingested and acknowledged", settled, 300, logs)
