@@ -21,6 +21,8 @@ TASKS = Path(__file__).resolve().parents[3] / "tasks"
 # deterministic: bad data, bad config, a gate verdict, a refused or unauthorised deploy; no retry can fix them
 PERMANENT = {
     "tasks.deploy.DeployRefusedError",
+    "tasks.deploy.RolloutFailedError",  # rolled back: the same version would fail its readiness again
+    "tasks.score.ScoreError",  # no raw partition, no champion, or a version that cannot score the day
     "tasks.deploy.DeployUnauthorizedError",
     "tasks.evaluate.EvaluationError",
     "tasks.explain.ExplainError",
