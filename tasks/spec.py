@@ -133,9 +133,12 @@ class FilesSourceSpec(_Strict):
         default=None,
         description="Partition by the value of this column (a date, a timestamp or their ISO text) instead of "
         "one file per day.",
+        examples=["event_time"],
     )
     storage_options: dict[str, str] = Field(
-        default_factory=dict, description="fsspec storage options (no secrets: drivers read credentials themselves)."
+        default_factory=dict,
+        description="fsspec storage options (no secrets: drivers read credentials themselves).",
+        examples=[{"anon": "false", "endpoint_url": "https://minio.internal:9000"}],
     )
 
     @model_validator(mode="after")
@@ -161,10 +164,13 @@ class SqlSourceSpec(_Strict):
         default=None, description="Airflow connection whose URI the plugin puts into url_env when it is unset."
     )
     table: str | None = Field(default=None, description="Table to read (or query).")
-    db_schema: str | None = Field(default=None, description="Database schema of the table (default: the search path).")
+    db_schema: str | None = Field(
+        default=None, description="Database schema of the table (default: the search path).", examples=["sensors"]
+    )
     query: str | None = Field(
         default=None,
         description="SELECT with the bind parameters :start and :end (the day and the next day), instead of table.",
+        examples=["SELECT * FROM readings WHERE ts >= :start AND ts < :end"],
     )
     date_column: str = Field(
         description="Column the day is read by: date_column >= day AND date_column < day + 1 (a date or timestamp)."
