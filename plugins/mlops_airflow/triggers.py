@@ -10,6 +10,7 @@ Each announcement becomes an Asset event ``{"from_trigger": true, "payload": {..
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import AsyncIterator, Hashable, Sequence
 from typing import Any
@@ -21,7 +22,16 @@ CRASH_BEFORE_ACK = "MLP_TEST_CRASH_BEFORE_XACK"
 """Test hook: when set, the stream producer ends its process after the event is stored and before XACK."""
 
 
-class LandingFileTrigger(BaseEventTrigger):
+class _Rebuilt(BaseEventTrigger):
+    """A trigger the triggerer rebuilds from its constructor arguments, kept as attributes of the same names."""
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and arguments, for the triggerer to rebuild it."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return f"{type(self).__module__}.{type(self).__qualname__}", {n: getattr(self, n) for n in names}
+
+
+class LandingFileTrigger(_Rebuilt):
     """Announce each landing file of a pipeline that is new or changed since it was last ingested.
 
     Polls ``landing/<pipeline>/`` every ``poll_seconds``; a file is announced once it is complete under the
@@ -57,20 +67,6 @@ class LandingFileTrigger(BaseEventTrigger):
         self.reannounce_seconds = reannounce_seconds
         self.completion = completion
         self.settle_seconds = settle_seconds
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and arguments, for the triggerer to rebuild it."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "pipeline": self.pipeline,
-                "data_root": self.data_root,
-                "poll_seconds": self.poll_seconds,
-                "reannounce_seconds": self.reannounce_seconds,
-                "completion": self.completion,
-                "settle_seconds": self.settle_seconds,
-            },
-        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Yield one event per look that finds settled, not yet ingested landing files; never returns.
@@ -116,7 +112,7 @@ class LandingFileTrigger(BaseEventTrigger):
             await asyncio.sleep(self.poll_seconds)
 
 
-class RedisChannelTrigger(BaseEventTrigger):
+class RedisChannelTrigger(_Rebuilt):
     """A message on a Redis pub/sub channel: the Redis provider's ``AwaitMessageTrigger``, built when it runs.
 
     ``MessageQueueTrigger(scheme="redis+pubsub")`` picks the same provider trigger, but importing it (and the
@@ -136,13 +132,6 @@ class RedisChannelTrigger(BaseEventTrigger):
         self.redis_conn_id = redis_conn_id
         self.poll_interval = poll_interval
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and arguments, for the triggerer to rebuild it."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {"channels": self.channels, "redis_conn_id": self.redis_conn_id, "poll_interval": self.poll_interval},
-        )
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """The provider trigger's events (one per message on a channel)."""
         from airflow.providers.redis.triggers.redis_await_message import AwaitMessageTrigger
@@ -154,7 +143,7 @@ class RedisChannelTrigger(BaseEventTrigger):
             yield event
 
 
-class RedisStreamTrigger(BaseEventTrigger):
+class RedisStreamTrigger(_Rebuilt):
     """Messages on a Redis Stream, read by a consumer group and acknowledged once Airflow stored their event.
 
     Uses Airflow 3.3's shared-stream **ack mode** (:mod:`airflow.triggers.shared_stream`): the triggerer
@@ -193,19 +182,6 @@ class RedisStreamTrigger(BaseEventTrigger):
         self.redis_conn_id = redis_conn_id
         self.block_seconds = block_seconds
         self.reclaim_seconds = reclaim_seconds
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and arguments, for the triggerer to rebuild it."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "stream": self.stream,
-                "group": self.group,
-                "redis_conn_id": self.redis_conn_id,
-                "block_seconds": self.block_seconds,
-                "reclaim_seconds": self.reclaim_seconds,
-            },
-        )
 
     def shared_stream_key(self) -> Hashable:
         """One consumer per (connection, stream, group) in a triggerer, however many watchers name it."""
