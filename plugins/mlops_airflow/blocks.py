@@ -235,8 +235,7 @@ def _evaluate_args(i: Result, ctx: Any) -> Result:
 
 def _score_args(i: Result, ctx: Any) -> Result:
     params = ctx.get("params") or {}
-    key = getattr(ctx.get("dag_run"), "partition_key", None)
-    days = run_partitions(key, params, ctx.get("data_interval_start"), ctx.get("triggering_asset_events"))
+    days = _run_days(params, ctx.get("data_interval_start"), ctx.get("triggering_asset_events"))
     return {"days": days, "version": params.get("version") or i["champion"]["version"]}
 
 
