@@ -340,6 +340,12 @@ class FeatureSpec(_Strict):
         return self
 
 
+# defined before its first use: a forward reference leaves ModelSpec incomplete until its first validation, and the
+# spec reference generated before that would name the type "None[]"
+FAMILIES = ("lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch")
+Family = Literal["lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch"]
+
+
 class ModelSpec(_Strict):
     """One estimator: a family from the train module's registry plus its hyperparameters."""
 
@@ -353,10 +359,6 @@ class ModelSpec(_Strict):
         description="Hyperparameters passed to the family's estimator.",
         examples=[{"n_estimators": 300, "learning_rate": 0.05}],
     )
-
-
-FAMILIES = ("lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch")
-Family = Literal["lightgbm", "ridge", "logistic_regression", "random_forest", "hist_gradient_boosting", "torch"]
 
 
 class IntRange(_Strict):

@@ -41,6 +41,8 @@ def _dict_depth(annotation: Any) -> int:
 
 
 def _type_name(annotation: Any) -> str:
+    if annotation is None:  # a field whose forward reference pydantic has not resolved yet: never print "None[]"
+        raise TypeError("a spec field has an unresolved type: define the names it uses before its model")
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
