@@ -827,7 +827,14 @@ class PipelineSpec(_Strict):
     )
     ingest_schedule: str = Field(default="@daily", description="Schedule of the ingest DAG.")
     task: Literal["regression", "classification"] = Field(default="regression", description="What the model predicts.")
-    landing_timeout_hours: float = Field(default=12, gt=0, description="How long ingest waits for a landing file.")
+    landing_timeout_hours: float = Field(
+        default=12,
+        gt=0,
+        description="How long ingest waits for a day's landing file, counted from the end of that day (UTC): a day "
+        "with no file by then fails its sensor at once (the run made on unpausing, an old key re-run) instead of "
+        "waiting; a file that is there but still being written gets this long from the sensor's first look.",
+        examples=[12],
+    )
     source: SourceSpec
     schema_: SchemaSpec = Field(alias="schema")
     expectations: str = Field(description="Great Expectations suite, relative to the repository root.")
