@@ -244,11 +244,11 @@ def custom_code(spec: FeatureSpec) -> tuple[list[str], list[str]]:
     requirements: list[str] = []
     for step in spec.custom:
         top = step.transformer.partition(":")[0].split(".")[0]
+        if top == "tasks":
+            continue
         module = importlib.import_module(top)
         folder = getattr(module, "__path__", None)
         location = Path(next(iter(folder))) if folder else Path(module.__file__ or "")
-        if top == "tasks":
-            continue
         if {"site-packages", "dist-packages"} & set(location.parts) or not module.__file__ and not folder:
             requirements += [f"{d}=={version(d)}" for d in packages_distributions().get(top, [])]
             continue

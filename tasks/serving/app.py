@@ -440,7 +440,8 @@ class RowId:
 
     The monitor joins delayed labels on it (:func:`tasks.monitor.label_key`), so it must have the type the landed
     rows have: an ``int`` column takes JSON integers, a text column (``str``, ``category``) strings, any other
-    column either. A boolean, a float, null, an object or a list is never an id.
+    column either (an integral float such as ``5.0`` is the integer ``5``, as for integer inputs). A boolean, another
+    float, null, an object or a list is never an id.
     """
 
     column: str
@@ -498,7 +499,7 @@ class RowId:
         )
 
     def duplicates(self, rows: list[dict[str, Any]]) -> list[Any]:
-        """Ids sent more than once in ``rows`` (in order of first appearance)."""
+        """Ids sent more than once in ``rows``, each once, in the order their repeats appear."""
         seen: set[tuple[type, Any]] = set()
         repeated: dict[tuple[type, Any], Any] = {}
         for row in rows:
