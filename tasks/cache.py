@@ -119,6 +119,10 @@ def features_key(spec: PipelineSpec, partitions: dict[str, str]) -> str:
         "pyarrow": library_version("pyarrow"),
         "numpy": library_version("numpy"),
     }
+    if spec.features.custom:  # the team's transformer code: edited code, new features
+        from tasks.features import custom_code_digest
+
+        parts["custom_code"] = custom_code_digest(spec.features)
     return _digest(parts)
 
 

@@ -62,8 +62,19 @@ def _inner(estimator: Any) -> Any:
     return estimator
 
 
+def raw_sources(builder: Any) -> list[list[str]]:
+    """For each model feature (in order), the raw input columns it is computed from (several: a custom output)."""
+    sources = [[col] for col in raw_column_of(builder)]
+    for fitted in getattr(builder, "custom_", None) or []:
+        sources += [list(fitted.step["columns"])] * len(fitted.names)
+    return sources
+
+
 def raw_column_of(builder: Any) -> list[str]:
-    """For each model feature (in order), the raw input column it is computed from."""
+    """For each of the spec's built-in features (in order), the raw input column it is computed from.
+
+    A custom transformer's outputs (``features.custom``, last) may read several columns: :func:`raw_sources`.
+    """
     raw = list(builder.numeric)
     other = getattr(builder, "unseen", "zeros") == "other"  # an explicit <column>=__other__ indicator
     for col, cats in getattr(builder, "levels", builder.categorical).items():
@@ -83,11 +94,12 @@ def raw_index(builder: Any) -> tuple[list[str], np.ndarray]:
     ``per_feature @ matrix`` adds each row's one-hot and sin/cos contributions onto their raw column in one
     matrix product (no per-row or per-column Python loop).
     """
-    raw = raw_column_of(builder)
-    columns = list(dict.fromkeys(raw))
+    sources = raw_sources(builder)
+    columns = list(dict.fromkeys(c for cols in sources for c in cols))
     position = {c: j for j, c in enumerate(columns)}
-    matrix = np.zeros((len(raw), len(columns)))
-    matrix[np.arange(len(raw)), [position[c] for c in raw]] = 1.0
+    matrix = np.zeros((len(sources), len(columns)))
+    for i, cols in enumerate(sources):  # a custom output read from k columns: 1/k of its contribution to each
+        matrix[i, [position[c] for c in cols]] = 1.0 / len(cols)
     return columns, matrix
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ OTHER = "__other__"
 class FeatureBuilder(TransformerMixin, BaseEstimator):
     """Numeric passthrough, one-hot over categories (unseen: zeros or an explicit other), sin/cos for cyclical columns.
 
-    A categorical column declared with no levels learns them at ``fit`` (the training rows' values, sorted).
+    A categorical column declared with no levels learns them at ``fit`` (the training rows' values, sorted), and
+    the spec's custom transformers (``features.custom``) are fitted there on their columns; their outputs come last.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         unseen: str = "zeros",
         bands: dict[str, list[float]] | None = None,
         date_parts: dict[str, list[str]] | None = None,
+        custom: list[dict[str, Any]] | None = None,
     ) -> None:
         """Configure from the spec's ``features`` block (kept as plain attributes for sklearn cloning)."""
         self.numeric = numeric
@@ -59,6 +62,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         self.unseen = unseen
         self.bands = bands
         self.date_parts = date_parts
+        self.custom = custom
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> FeatureBuilder:
@@ -70,6 +74,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             spec.unseen,
             {k: list(v) for k, v in spec.bands.items()} or None,
             {k: list(v) for k, v in spec.date_parts.items()} or None,
+            [step.model_dump() for step in spec.custom] or None,
         )
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureBuilder:  # noqa: N803 - sklearn's signature
@@ -81,6 +86,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
                     raise FeatureError(f"input rows lack columns {[col]}")
                 learned[col] = sorted(X[col].dropna().unique().tolist(), key=str)
         self.levels_ = {col: learned.get(col, list(cats)) for col, cats in self.categorical.items()}
+        self.custom_ = [_fit_custom(step, X) for step in getattr(self, "custom", None) or []]
         return self
 
     @property
@@ -104,6 +110,8 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             names += [f"{col}={label}" for label in _band_labels(edges)]
         for col, parts in (getattr(self, "date_parts", None) or {}).items():
             names += [f"{col}_{part}" for part in parts]
+        for fitted in getattr(self, "custom_", None) or []:
+            names += fitted.names
         return names
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -117,8 +125,12 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             FeatureError: A source column is missing.
         """
         bands, date_parts = getattr(self, "bands", None) or {}, getattr(self, "date_parts", None) or {}
+        custom = getattr(self, "custom", None) or []
+        if custom and len(getattr(self, "custom_", None) or []) != len(custom):
+            raise FeatureError("features.custom transformers are fitted at fit: call fit before transform")
         needed = [*self.numeric, *self.categorical, *self.cyclical, *bands, *date_parts]
-        missing = [c for c in needed if c not in X.columns]
+        needed += [c for step in custom for c in step["columns"]]
+        missing = list(dict.fromkeys(c for c in needed if c not in X.columns))
         if missing:
             raise FeatureError(f"input rows lack columns {missing}")
         # one float64 matrix filled column by column, framed once: a served request is often one row, where
@@ -152,6 +164,110 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             stamps = pd.to_datetime(X[col], format="ISO8601", errors="coerce", utc=True)
             for part in parts:
                 yield getattr(stamps.dt, part).astype("float64").to_numpy()
+        yield from self._custom_columns(X)
+
+    def _custom_columns(self, X: pd.DataFrame) -> Iterator[np.ndarray]:  # noqa: N803
+        """The custom transformers' output columns (``features.custom``, fitted at fit), last."""
+        for fitted in getattr(self, "custom_", None) or []:
+            yield from fitted.outputs(X).T
+
+
+@dataclass
+class FittedCustom:
+    """One fitted ``features.custom`` transformer: its spec entry, the fitted object and its output names."""
+
+    step: dict[str, Any]
+    transformer: Any
+    names: list[str]
+
+    def outputs(self, X: pd.DataFrame) -> np.ndarray:  # noqa: N803 - sklearn's convention
+        """Its transform of ``X``'s columns as a float64 matrix, one row per input row.
+
+        Raises:
+            FeatureError: The output is not numbers, has another number of rows or of columns than at fit.
+        """
+        return _custom_matrix(self.step, self.transformer, X, len(self.names))
+
+
+def _fit_custom(step: dict[str, Any], X: pd.DataFrame) -> FittedCustom:  # noqa: N803
+    """Import, build and fit one custom transformer on the training rows' columns; name its outputs."""
+    from tasks.spec import resolve_transformer
+
+    missing = [c for c in step["columns"] if c not in X.columns]
+    if missing:
+        raise FeatureError(f"input rows lack columns {missing}")
+    try:
+        transformer = resolve_transformer(step["transformer"])(**step["params"])
+        transformer.fit(X[step["columns"]])
+    except FeatureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the team's code: say which transformer failed and how
+        raise FeatureError(f"features.custom {step['name']} ({step['transformer']}) failed to fit: {exc}") from exc
+    width = _custom_matrix(step, transformer, X.head(2)).shape[1]
+    try:
+        outputs = [str(n) for n in transformer.get_feature_names_out(step["columns"])]
+    except Exception:  # noqa: BLE001 - the protocol is optional: number the outputs
+        outputs = []
+    if len(outputs) != width:
+        outputs = [str(i) for i in range(width)]
+    return FittedCustom(step, transformer, [f"{step['name']}_{o}" for o in outputs])
+
+
+def _custom_matrix(step: dict[str, Any], transformer: Any, X: pd.DataFrame, width: int | None = None) -> np.ndarray:  # noqa: N803
+    try:
+        out = transformer.transform(X[step["columns"]])
+        matrix = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out, dtype="float64")
+    except (TypeError, ValueError) as exc:
+        raise FeatureError(f"features.custom {step['name']} ({step['transformer']}): no numbers out: {exc}") from exc
+    if matrix.ndim == 1:
+        matrix = matrix.reshape(-1, 1)
+    if matrix.ndim != 2 or matrix.shape[0] != len(X) or (width is not None and matrix.shape[1] != width):
+        raise FeatureError(
+            f"features.custom {step['name']} ({step['transformer']}) returned shape {matrix.shape} for {len(X)} rows"
+            + (f" (fitted: {width} outputs)" if width is not None else "")
+        )
+    return matrix
+
+
+def custom_code(spec: FeatureSpec) -> tuple[list[str], list[str]]:
+    """What a model with ``spec``'s custom transformers needs where it loads: ``(code_paths, requirements)``.
+
+    A transformer installed from a distribution into site-packages (feature-engine, scikit-learn) is pinned as a
+    requirement; the team's own module (on ``PYTHONPATH``, or an editable install) travels as code: its top-level
+    package folder, or its single file (MLflow ``code_paths``, put on ``sys.path`` when the model loads). The
+    pipeline's own ``tasks`` ships in the serving image.
+    """
+    import importlib
+    from importlib.metadata import packages_distributions, version
+
+    paths: list[str] = []
+    requirements: list[str] = []
+    for step in spec.custom:
+        top = step.transformer.partition(":")[0].split(".")[0]
+        if top == "tasks":
+            continue
+        module = importlib.import_module(top)
+        folder = getattr(module, "__path__", None)
+        location = Path(next(iter(folder))) if folder else Path(module.__file__ or "")
+        if {"site-packages", "dist-packages"} & set(location.parts) or not module.__file__ and not folder:
+            requirements += [f"{d}=={version(d)}" for d in packages_distributions().get(top, [])]
+            continue
+        paths.append(str(location))
+    return list(dict.fromkeys(paths)), list(dict.fromkeys(requirements))
+
+
+def custom_code_digest(spec: FeatureSpec) -> str:
+    """SHA-256 over the custom transformers' shipped source files (a cache key part: edited code, new features)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    paths, requirements = custom_code(spec)
+    for root in map(Path, paths):
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for file in files:
+            digest.update(str(file.relative_to(root.parent)).encode() + b"\0" + file.read_bytes())
+    digest.update("\n".join(requirements).encode())
+    return digest.hexdigest()
 
 
 def _floats(column: pd.Series) -> np.ndarray:

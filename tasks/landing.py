@@ -14,6 +14,13 @@ Completion rules (spec ``source.completion``):
 - ``marker``: complete once ``<day>.csv.done`` exists and is not older than the file (a file rewritten after
   its marker waits for a new one).
 - ``rename``: upstream writes ``.<name>.tmp`` or ``<name>.partial`` and renames; a final name is complete.
+
+How long ingest waits (:func:`landing_deadline`): for a day whose file is absent, until the end of the day
+(UTC) plus the spec's ``landing_timeout_hours``, measured from the day, not from when its run started. The run
+the scheduler makes just after midnight waits the usual hours; the run Airflow makes when the DAG is unpaused
+in the afternoon, a backfill of old days or a re-run of an old key gives up at its first look when nothing
+is there (:class:`LandingOverdueError`, naming the deadline) instead of holding a run for 12 hours. A file that
+is there but still being written keeps the sensor's own timeout.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks.errors import PermanentError
 from tasks.storage import LayoutError
 from tasks.storage import strict_day as _layout_day
 
@@ -54,6 +63,45 @@ def strict_day(value: Any) -> str:
         raise BadPartitionError(
             f"partition {str(value)[:80]!r} is not a calendar date (YYYY-MM-DD): nothing was read or written"
         ) from None
+
+
+class LandingOverdueError(PermanentError, RuntimeError):
+    """A day's landing file is absent after its deadline: waiting longer would wait for a file that is not coming."""
+
+
+def landing_deadline(day: str, timeout_hours: float) -> datetime:
+    """When ingest stops waiting for ``day``'s absent landing file: the end of the day (UTC) + ``timeout_hours``.
+
+    Raises:
+        BadPartitionError: ``day`` is not a calendar date.
+    """
+    first = date.fromisoformat(strict_day(day))
+    return datetime(first.year, first.month, first.day, tzinfo=UTC) + timedelta(days=1, hours=timeout_hours)
+
+
+def check_overdue(day: str, present: bool, timeout_hours: float, now: datetime | None = None) -> None:
+    """Give up on ``day`` when its landing file is absent and its deadline (:func:`landing_deadline`) has passed.
+
+    A file that is there, even one still being written, is waited for (the sensor's own timeout bounds that).
+
+    Raises:
+        LandingOverdueError: No file, and the deadline has passed; the message names both and what to do.
+    """
+    deadline = landing_deadline(day, timeout_hours)
+    now = now or datetime.now(UTC)
+    if present or now < deadline:
+        return
+    raise LandingOverdueError(
+        f"no landing file for {day}, and its deadline {deadline:%Y-%m-%d %H:%M} UTC (the end of the day + "
+        f"landing_timeout_hours={timeout_hours:g}) passed {_ago(now - deadline)} ago: not waiting for it. This is "
+        "the run Airflow makes for the last day when the DAG is unpaused, or an old key whose file never came; "
+        "deliver the file and re-run the key (or record a landing event), or leave the day out"
+    )
+
+
+def _ago(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} days"
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,9 @@ def pull(spec: PipelineSpec, layout: DataLayout, day: str) -> Pulled:
 def landing_status(spec: PipelineSpec, layout: DataLayout, day: str) -> dict[str, Any]:
     """Pull ``day`` when the spec has a source to pull, then whether its landing file is complete, and why.
 
+    Returns:
+        ``partition``, ``ready``, ``reason`` and ``present`` (whether there is a landing file at all).
+
     Raises:
         BadPartitionError: ``day`` is not a calendar date.
     """
@@ -104,7 +107,7 @@ def landing_status(spec: PipelineSpec, layout: DataLayout, day: str) -> dict[str
     state = readiness(Contract.of(spec.source), layout.landing_file(spec.name, day), wait=True)
     reason = f"{pulled.reason}; {state.reason}" if pulled.outcome == "absent" and spec.source.pulls else state.reason
     log.info("%s partition %s: %s", spec.name, day, reason)
-    return {"partition": day, "ready": state.ready, "reason": reason}
+    return {"partition": day, "ready": state.ready, "reason": reason, "present": state.look is not None}
 
 
 def describe(spec: PipelineSpec) -> str:

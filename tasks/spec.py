@@ -298,6 +298,93 @@ class SchemaSpec(_Strict):
         return [c for c in self.columns if c not in excluded]
 
 
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+TRANSFORMER_PATH = rf"^{_DOTTED}:{_DOTTED}$"
+"""``package.module:Class`` (the entry-point notation)."""
+
+
+def resolve_transformer(path: str) -> type:
+    """The class an import path ``package.module:Class`` names, checked to be a scikit-learn-style transformer.
+
+    Imports the module (so a spec naming one imports it when it loads: keep its top level light).
+
+    Raises:
+        ValueError: The module does not import, has no such attribute, or it is not a class with ``fit`` and
+            ``transform``; the message names the path and what to do.
+    """
+    import importlib
+    import inspect
+
+    module_name, _, attribute = path.partition(":")
+    try:
+        found: object = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - whatever the team's module raises on import, say which and why
+        raise ValueError(
+            f"features.custom transformer {path!r}: module {module_name!r} does not import "
+            f"({type(exc).__name__}: {exc}); it must be importable (installed, or on PYTHONPATH) wherever the "
+            "spec loads: the scheduler, the workers and the stage pods"
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"features.custom transformer {path!r}: {module_name} has no attribute {attribute!r}")
+        found = getattr(found, part)
+    if not inspect.isclass(found) or not all(callable(getattr(found, m, None)) for m in ("fit", "transform")):
+        raise ValueError(
+            f"features.custom transformer {path!r} is not a transformer: a class with fit(X, y=None) and "
+            f"transform(X) (scikit-learn's protocol) is needed, got {type(found).__name__} {found!r:.80}"
+        )
+    return found
+
+
+class CustomTransformerSpec(_Strict):
+    """A team's own scikit-learn-compatible transformer, named by import path and shipped inside the model.
+
+    At fit it gets the training rows' ``columns`` (a DataFrame, in that order); its ``transform`` returns numbers,
+    one row per input row, which join the model's features as ``<name>_<output>`` (``get_feature_names_out``,
+    else ``0``, ``1``, ...). Its module (the top-level package, or the single file) is logged with the model
+    (MLflow ``code_paths``): the model server and the scoring tasks load it from the model, not from their own
+    environment. A transformer from an installed distribution (feature-engine, scikit-learn) is pinned in the
+    model's requirements instead.
+    """
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Prefix of its output features (<name>_<output>), unique among custom transformers.",
+        examples=["price_ratio"],
+    )
+    transformer: str = Field(
+        pattern=TRANSFORMER_PATH,
+        description="Import path package.module:Class of a class with fit(X, y=None) and transform(X); checked "
+        "when the spec loads (it must import and be such a class).",
+        examples=["team_features.ratios:RatioFeature", "feature_engine.creation:RelativeFeatures"],
+    )
+    columns: list[str] = Field(
+        min_length=1,
+        description="Raw input columns it reads (inputs callers send; never the target or an id).",
+        examples=[["temp", "hum"]],
+    )
+    params: dict[str, float | int | str | bool | list[float | int | str]] = Field(
+        default_factory=dict,
+        description="Keyword arguments of its constructor (checked against its signature when the spec loads).",
+        examples=[{"clip": 10.0}],
+    )
+
+    @model_validator(mode="after")
+    def _resolves(self) -> CustomTransformerSpec:
+        import inspect
+
+        cls = resolve_transformer(self.transformer)
+        try:
+            inspect.signature(cls).bind(**self.params)
+        except TypeError as exc:
+            raise ValueError(
+                f"features.custom {self.name}: {self.transformer} does not take params {sorted(self.params)}: {exc}"
+            ) from None
+        except ValueError:  # no signature to check (a C extension class): fit will say
+            pass
+        return self
+
+
 class FeatureSpec(_Strict):
     """Stateless feature transformations, applied identically in training and serving."""
 
@@ -326,11 +413,28 @@ class FeatureSpec(_Strict):
         "<column>=__other__ indicator). Either way monitoring counts them per column (input_quality.unseen_levels).",
     )
     cyclical: dict[str, int] = Field(default_factory=dict, description="Column -> period, encoded as sin/cos.")
+    custom: list[CustomTransformerSpec] = Field(
+        default_factory=list,
+        description="The team's own scikit-learn-compatible transformers, by import path: fitted at training, "
+        "their outputs are features, and their code ships inside the model so serving applies them.",
+        examples=[[{"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "hum"]}]],
+    )
 
     @property
     def source_columns(self) -> list[str]:
         """Raw columns the features are computed from."""
-        return list(dict.fromkeys([*self.numeric, *self.categorical, *self.cyclical, *self.bands, *self.date_parts]))
+        custom = [c for step in self.custom for c in step.columns]
+        return list(
+            dict.fromkeys([*self.numeric, *self.categorical, *self.cyclical, *self.bands, *self.date_parts, *custom])
+        )
+
+    @model_validator(mode="after")
+    def _custom_names_unique(self) -> FeatureSpec:
+        names = [step.name for step in self.custom]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"features.custom: names must be unique, repeated: {repeated}")
+        return self
 
     @model_validator(mode="after")
     def _bands_ascending(self) -> FeatureSpec:
@@ -827,7 +931,14 @@ class PipelineSpec(_Strict):
     )
     ingest_schedule: str = Field(default="@daily", description="Schedule of the ingest DAG.")
     task: Literal["regression", "classification"] = Field(default="regression", description="What the model predicts.")
-    landing_timeout_hours: float = Field(default=12, gt=0, description="How long ingest waits for a landing file.")
+    landing_timeout_hours: float = Field(
+        default=12,
+        gt=0,
+        description="How long ingest waits for a day's landing file, counted from the end of that day (UTC): a day "
+        "with no file by then fails its sensor at once (the run made on unpausing, an old key re-run) instead of "
+        "waiting; a file that is there but still being written gets this long from the sensor's first look.",
+        examples=[12],
+    )
     source: SourceSpec
     schema_: SchemaSpec = Field(alias="schema")
     expectations: str = Field(description="Great Expectations suite, relative to the repository root.")

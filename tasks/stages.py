@@ -53,8 +53,17 @@ def landing_status(pipeline: str, day: str) -> dict[str, Any]:
 
 
 def landing_ready(pipeline: str, day: str) -> bool:
-    """Whether upstream has delivered the landing file for ``day`` completely (see :func:`landing_status`)."""
-    return bool(landing_status(pipeline, day)["ready"])
+    """Whether upstream has delivered the landing file for ``day`` completely (see :func:`landing_status`).
+
+    Raises:
+        LandingOverdueError: No landing file, and the day's deadline (its end + ``landing_timeout_hours``)
+            has passed (:func:`tasks.landing.check_overdue`): the sensor stops waiting.
+    """
+    from tasks.landing import check_overdue
+
+    status = landing_status(pipeline, day)
+    check_overdue(day, status["present"] or status["ready"], _ctx(pipeline)[0].landing_timeout_hours)
+    return bool(status["ready"])
 
 
 def ingest_partitions(

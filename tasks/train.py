@@ -1,7 +1,8 @@
 """Train: fit the spec's model and its baseline on the featurised window; log both to MLflow.
 
 The logged model is ``Pipeline([FeatureBuilder, estimator])`` and takes the raw input columns, so the
-MLflow signature is the contract the model server enforces.
+MLflow signature is the contract the model server enforces. The code of the spec's own transformers
+(``features.custom``) is logged with it (``code_paths``), so a server without that code on its path loads it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from tasks.errors import PermanentError
 from tasks.evaluate import target_values
 from tasks.explain import BACKGROUND_ROWS
-from tasks.features import FeatureBuilder
+from tasks.features import FeatureBuilder, custom_code
 from tasks.metrics import score_all
 from tasks.names import (
     FIT_PREFIX,
@@ -185,13 +186,15 @@ def _fit_and_log(
         if report:
             mlflow.log_metrics({f"{FIT_PREFIX}{k}": v for k, v in report.items() if isinstance(v, int | float)})
             mlflow.set_tags({f"{FIT_PREFIX}{k}": v for k, v in report.items() if isinstance(v, str)})
+        code_paths, custom_requirements = custom_code(spec.features)  # features.custom travels with the model
         info = mlflow.sklearn.log_model(
             sk_model=model,
             name=MODEL_ARTIFACT,
             signature=infer_signature(X_raw, predictions),
             input_example=X_raw.head(5),
             serialization_format="cloudpickle",
-            pip_requirements=model_requirements(model_spec.family),
+            pip_requirements=model_requirements(model_spec.family) + custom_requirements,
+            code_paths=code_paths or None,
         )
         if reference is not None:
             # the reference of input and target drift travels with the run that may become champion;

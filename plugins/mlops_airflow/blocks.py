@@ -260,7 +260,8 @@ def _landing_ready(pipeline: str, params: Any, interval_start: Any, events: Any)
 
     export_source_url(pipeline)  # a SQL source's URL, from its Airflow connection (run time, never at parse)
 
-    return all(call(stages.landing_ready, pipeline, day) for day in _run_days(params, interval_start, events))
+    days = _run_days(params, interval_start, events)
+    return all([call(stages.landing_ready, pipeline, day) for day in days])  # every day: an overdue one fails the run
 
 
 def _ingest(pipeline: str, params: Any, interval_start: Any, events: Any) -> Result:

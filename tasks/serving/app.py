@@ -23,8 +23,11 @@ Requests (:mod:`tasks.serving.hygiene`): bodies over ``serving_max_body_bytes`` 
 strictly (NaN, Infinity, numbers that overflow to infinity and lone surrogates are a 422 naming the
 problem); payloads are checked against
 the model signature before the model sees them (a missing, unknown, null, mistyped or out-of-range field is
-a 422 naming ``instances[i].field``); a batch over ``serving_max_batch`` rows is a 413. Every error body is
-``{"detail", "error"}``, documented in the OpenAPI, and masked (no credential leaves in an answer).
+a 422 naming ``instances[i].field``); a batch over ``serving_max_batch`` rows is a 413. A row may also carry
+the pipeline's ``schema.id_column`` (:class:`RowId`): it is logged with the row, never given to the model, so
+delayed labels join served rows exactly; an id of the wrong type, or one repeated within a request, is a 422.
+Every error body is ``{"detail", "error"}``, documented in the OpenAPI, and masked (no credential leaves in an
+answer).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from fastapi import Depends, FastAPI, Header
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.prediction_log import PredictionLogUnavailable, PredictionLogWriter, log_store
+from tasks.prediction_log import PredictionLogUnavailable, PredictionLogWriter, event_column, log_store
 from tasks.redact import redact
 from tasks.serving.hygiene import (
     ApiError,
@@ -60,6 +63,7 @@ from tasks.serving.hygiene import (
     install_error_handlers,
 )
 from tasks.settings import Settings
+from tasks.spec import PipelineSpec, load_spec
 from tasks.tracking import use_store
 
 log = logging.getLogger(__name__)
@@ -430,6 +434,86 @@ def _direct(served: ServedModel, sample_path: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- payloads
+@dataclass(frozen=True)
+class RowId:
+    """A pipeline's row id (``schema.id_column``): callers may send it with a row; logged, never a model input.
+
+    The monitor joins delayed labels on it (:func:`tasks.monitor.label_key`), so it must have the type the landed
+    rows have: an ``int`` column takes JSON integers, a text column (``str``, ``category``) strings, any other
+    column either (an integral float such as ``5.0`` is the integer ``5``, as for integer inputs). A boolean, another
+    float, null, an object or a list is never an id.
+    """
+
+    column: str
+    kinds: tuple[type, ...]
+
+    @classmethod
+    def of(cls, spec: PipelineSpec) -> RowId | None:
+        """The spec's row id, or None when it declares none."""
+        column = spec.schema_.id_column
+        if column is None:
+            return None
+        declared = spec.schema_.columns.get(column)
+        kinds: tuple[type, ...] = {"int": (int,), "str": (str,), "category": (str,)}.get(declared or "", (int, str))
+        return cls(column, kinds)
+
+    @property
+    def _accepted(self) -> tuple[type, ...]:
+        return (*self.kinds, float) if int in self.kinds else self.kinds
+
+    def normalized(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows with integral float ids as integers (rows already checked by :meth:`problem`)."""
+        column = self.column
+        return [row | {column: int(row[column])} if isinstance(row.get(column), float) else row for row in rows]
+
+    @property
+    def described(self) -> str:
+        """The accepted JSON type(s), in words."""
+        return " or ".join({int: "integer", str: "string"}[k] for k in self.kinds)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` cannot be a row id (None when it can); an integral float is an integer (JSON's rule)."""
+        if isinstance(value, bool) or not isinstance(value, self._accepted):
+            return f"expected a row id ({self.described}), got {type(value).__name__} {value!r:.40}"
+        if isinstance(value, float):
+            if not value.is_integer():
+                return f"expected a row id ({self.described}), got float {value!r:.40}"
+            value = int(value)
+        if isinstance(value, int) and not INT_RANGES["long"][0] <= value <= INT_RANGES["long"][1]:
+            return f"row id {value!r:.40} is outside the long range"
+        if isinstance(value, str) and not 0 < len(value) <= MAX_ID_CHARS:
+            return f"a row id is 1 to {MAX_ID_CHARS} characters, got {len(value)}"
+        return None
+
+    @property
+    def documented(self) -> str:
+        """What the OpenAPI says of the id, in words.
+
+        Not a property of the instance schema: JSON Schema cannot say "unique by this field" across rows, so a
+        property would promise that a request repeating an id is valid (Schemathesis holds the server to that).
+        """
+        return (
+            f" Each row may also carry {self.column!r} (schema.id_column: {self.described}, unique within the "
+            "request; a repeated id is a 422 duplicate_ids): logged with its prediction so delayed labels join "
+            "the row exactly, never a model input."
+        )
+
+    def duplicates(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """Ids sent more than once in ``rows``, each once, in the order their repeats appear."""
+        seen: set[tuple[type, Any]] = set()
+        repeated: dict[tuple[type, Any], Any] = {}
+        for row in rows:
+            if self.column in row:
+                key = (type(row[self.column]), row[self.column])
+                if key in seen:
+                    repeated.setdefault(key, row[self.column])
+                seen.add(key)
+        return list(repeated.values())
+
+
+MAX_ID_CHARS = 256
+
+
 _KINDS: dict[str, tuple[type, ...]] = {
     "long": (int, float),  # an integral float (5.0) is accepted for an integer field
     "integer": (int, float),
@@ -464,16 +548,22 @@ def _shown(key: str) -> str:
     return key if key.isprintable() and len(key) <= 60 else f"{key!r:.60}"
 
 
-def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10) -> list[str]:
-    """Every way ``rows`` break the signature, as ``instances[i].field: problem`` (at most ``limit``)."""
+def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10, row_id: RowId | None = None) -> list[str]:
+    """Every way ``rows`` break the signature, as ``instances[i].field: problem`` (at most ``limit``).
+
+    ``row_id``: the pipeline's row id, which a row may carry besides its inputs (once per request).
+    """
     errors: list[str] = []
     known = served.input_columns
+    extra = {row_id.column} if row_id is not None and row_id.column not in known else set()
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             errors.append(f"instances[{i}]: expected an object of input fields, got {type(row).__name__}")
             continue
         errors += [f"instances[{i}].{c}: missing (required {known[c]})" for c in sorted(served.required - row.keys())]
-        errors += [f"instances[{i}].{_shown(c)}: unknown field" for c in sorted(row.keys() - known.keys())]
+        errors += [f"instances[{i}].{_shown(c)}: unknown field" for c in sorted(row.keys() - known.keys() - extra)]
+        if extra and row_id is not None and row_id.column in row and (bad := row_id.problem(row[row_id.column])):
+            errors.append(f"instances[{i}].{row_id.column}: {bad}")
         for col, kind in known.items():
             value = row.get(col)
             if value is None:
@@ -528,9 +618,11 @@ class ModelService:
         self._wake = threading.Event()
         self._loader: threading.Thread | None = None
         self._downloads: Path | None = None  # created on first load, removed on stop
-        self.log = PredictionLogWriter.for_pipelines(
+        specs = {name: load_spec(name) for name in self.pipelines}
+        self.row_ids: dict[str, RowId | None] = {name: RowId.of(spec) for name, spec in specs.items()}
+        self.log = PredictionLogWriter(
             log_store(settings),
-            self.pipelines,
+            {name: event_column(spec) for name, spec in specs.items()},
             timeout_s=settings.serving_log_timeout_s,
             sync=settings.serving_log_sync,
         )
@@ -639,8 +731,7 @@ class ModelService:
         """Serve from now on a pipeline whose spec was written after the server started (deploying it)."""
         if name in self.pipelines:
             return
-        from tasks.prediction_log import event_column
-        from tasks.spec import SpecError, load_spec
+        from tasks.spec import SpecError
 
         try:
             spec = load_spec(name)
@@ -649,6 +740,7 @@ class ModelService:
         with self._swap_lock:
             if name not in self.pipelines:
                 self.log.add_pipeline(name, event_column(spec))
+                self.row_ids[name] = RowId.of(spec)
                 self.status[name] = ModelStatus(state="no_champion", error="not loaded yet: deploy it")
                 self._load_locks[name] = threading.Lock()
                 self.pipelines = [*self.pipelines, name]  # readers iterate the old list undisturbed
@@ -809,7 +901,8 @@ class ModelService:
 
         Raises:
             ApiError: 404 unknown model, 503 not serving (loading, failed, no champion), 413 batch too large,
-                422 rows that do not fit the signature or a prediction that is not a finite number.
+                422 rows that do not fit the signature (or carry a malformed or repeated row id) or a prediction
+                that is not a finite number.
         """
         current = self._current(name)
         # imported once a model serves (MLflow fully imported): importing it here while the loader thread
@@ -824,12 +917,21 @@ class ModelService:
                 f"batch of {len(request.instances)} instances exceeds the limit of {limit} per request "
                 "(serving_max_batch); split it into smaller requests",
             )
-        errors = payload_errors(current, request.instances)
+        row_id = self.row_ids.get(name)
+        errors = payload_errors(current, request.instances, row_id=row_id)
         if errors:
             raise ApiError(
                 422,
                 "invalid_instances",
                 f"payload does not match {name} v{current.version}'s signature: " + "; ".join(errors),
+            )
+        rows = row_id.normalized(request.instances) if row_id is not None else request.instances
+        if row_id is not None and (repeated := row_id.duplicates(rows)):
+            shown = ", ".join(f"{v!r:.60}" for v in repeated[:10]) + (" ..." if len(repeated) > 10 else "")
+            raise ApiError(
+                422,
+                "duplicate_ids",
+                f"{row_id.column} (schema.id_column) must be unique within a request; sent more than once: {shown}",
             )
         started = time.perf_counter()
         try:
@@ -851,7 +953,7 @@ class ModelService:
         explained = self._explain(current, request) if request.explain else {}
         request_id = uuid.uuid4().hex
         try:
-            self.log.append(request_id, current.name, current.version, request.instances, values)
+            self.log.append(request_id, current.name, current.version, rows, values)
         except PredictionLogUnavailable as exc:
             code = "log_busy" if exc.busy else "log_unavailable"
             raise ApiError(
@@ -926,7 +1028,7 @@ def _openapi(app: FastAPI, service: ModelService) -> Callable[[], dict[str, Any]
                     "items": _input_schema(served),
                     # a limit, not a schema rule: more rows is a 413 (Content Too Large), documented as such
                     "description": f"At most {service.settings.serving_max_batch} rows (serving_max_batch); "
-                    "more is a 413.",
+                    "more is a 413." + (row_id.documented if (row_id := service.row_ids.get(name)) else ""),
                 }
             },
             "required": ["instances"],

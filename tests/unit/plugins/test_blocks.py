@@ -56,6 +56,20 @@ def test_the_ingest_and_monitor_phases_wire_their_assets():
     assert dag.get_task("drift_detected").upstream_task_ids == {"check_drift"}
 
 
+def test_the_landing_sensor_fails_at_once_for_a_day_past_its_deadline_and_waits_for_today(data_root, monkeypatch):
+    """The run Airflow makes when the ingest DAG is unpaused (yesterday's key, at any hour) must not wait 12 h
+    for a file that is not coming: past the day's end + landing_timeout_hours, no file fails the sensor."""
+    today = datetime.now(UTC).date().isoformat()
+    for key, verdict in (("2011-06-01", None), (today, False)):
+        run = SimpleNamespace(partition_key=key)
+        monkeypatch.setattr(blocks, "get_current_context", lambda run=run: {"dag_run": run})
+        if verdict is None:
+            with pytest.raises(AirflowFailException, match="deadline 2011-06-02 12:00 UTC"):
+                blocks._landing_ready("bike_demand", {}, None, None)
+        else:
+            assert blocks._landing_ready("bike_demand", {}, None, None) is verdict
+
+
 def test_building_hands_the_factory_s_spec_and_settings_to_heavy_stages(monkeypatch):
     """In kubernetes mode a heavy block is a pod with the given settings; outside ``building`` the environment's."""
     from mlops_airflow.pods import StagePodOperator

@@ -99,3 +99,21 @@ def test_attribution_drift_reports_the_columns_whose_share_moved_and_violates_on
     assert moved["moved_most"][0]["feature"] == "capital-gain" and moved["moved_most"][0]["change"] > 0
     assert moved["distance"] > 0.2 and moved["drifted"] is True
     assert attribution_drift(model, reference, shifted, threshold=None)["drifted"] is False  # report only
+
+
+def test_a_custom_transformer_s_contribution_is_shared_by_the_raw_columns_it_reads(monkeypatch):
+    """features.custom outputs read several raw columns: their contribution is split evenly among them, so
+    contributions stay per raw input column and still add up."""
+    from pathlib import Path
+
+    from tasks.explain import raw_index
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "fixtures"))
+    step = {"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "hum"]}
+    builder = FeatureBuilder(["temp"], {}, {}, custom=[step | {"params": {}}])
+    builder.fit(pd.DataFrame({"temp": [0.1, 0.2], "atemp": [0.3, 0.4], "hum": [0.5, 0.6]}))
+    assert builder.feature_names == ["temp", "feels_ratio"]
+    columns, matrix = raw_index(builder)
+    assert columns == ["temp", "atemp", "hum"]
+    np.testing.assert_array_equal(matrix, [[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)

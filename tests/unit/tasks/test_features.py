@@ -125,3 +125,45 @@ def test_bands_and_date_parts_are_derived_inside_the_model():
     assert raw_column_of(FeatureBuilder.from_spec(spec)) == ["age", "age", "age", "age", "day", "day"]
     with pytest.raises(ValueError, match="strictly ascending"):
         FeatureSpec(numeric=["age"], bands={"age": [60, 30]})
+
+
+class DropsARow:
+    """A broken custom transformer: one row fewer out than in."""
+
+    def fit(self, X, y=None):  # noqa: N803 - sklearn's signature
+        return self
+
+    def transform(self, X):  # noqa: N803
+        return X.to_numpy()[1:]
+
+
+class FailsToFit:
+    """A custom transformer whose fit raises."""
+
+    def fit(self, X, y=None):  # noqa: N803
+        raise RuntimeError("no variance in temp")
+
+    def transform(self, X):  # noqa: N803
+        return X
+
+
+def _custom(transformer: str) -> list[dict]:
+    return [
+        {
+            "name": "bad",
+            "transformer": f"tests.unit.tasks.test_features:{transformer}",
+            "columns": ["temp"],
+            "params": {},
+        }
+    ]
+
+
+def test_a_custom_transformer_s_failures_are_named_and_it_must_be_fitted_first():
+    rows = pd.DataFrame({"temp": [0.1, 0.2, 0.3]})
+    with pytest.raises(FeatureError, match=r"features.custom bad \(.*DropsARow\) returned shape \(1, 1\) for 2 rows"):
+        FeatureBuilder(["temp"], {}, {}, custom=_custom("DropsARow")).fit(rows)
+    with pytest.raises(FeatureError, match=r"features.custom bad \(.*FailsToFit\) failed to fit: no variance in temp"):
+        FeatureBuilder(["temp"], {}, {}, custom=_custom("FailsToFit")).fit(rows)
+    with pytest.raises(FeatureError, match="call fit before transform"):
+        FeatureBuilder(["temp"], {}, {}, custom=_custom("DropsARow")).transform(rows)
+    assert isinstance(FeatureError("x"), PermanentError)  # the team's broken code is not retried

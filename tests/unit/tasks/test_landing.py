@@ -141,3 +141,47 @@ def test_landing_watcher_announces_complete_new_files_once_and_a_correction_agai
         "2011-06-02",
         "2011-06-03",
     ]
+
+
+def test_the_deadline_is_the_end_of_the_day_plus_the_landing_timeout():
+    from datetime import UTC, datetime
+
+    from tasks.landing import landing_deadline
+
+    assert landing_deadline("2026-11-25", 12) == datetime(2026, 11, 26, 12, tzinfo=UTC)
+    assert landing_deadline("2024-02-29", 0.5) == datetime(2024, 3, 1, 0, 30, tzinfo=UTC)
+    with pytest.raises(BadPartitionError):
+        landing_deadline("2026-02-30", 12)
+
+
+def test_an_absent_file_is_waited_for_until_its_deadline_and_a_present_one_always():
+    """Unpausing the ingest DAG at 15:00 makes the run of yesterday's key: with no file it gives up at once, not
+    12 h later; the run the scheduler makes just after midnight still waits until noon."""
+    from datetime import UTC, datetime
+
+    from tasks.landing import LandingOverdueError, check_overdue
+
+    yesterday = "2026-11-25"
+    for now in (datetime(2026, 11, 26, 0, 5, tzinfo=UTC), datetime(2026, 11, 26, 11, 59, tzinfo=UTC)):
+        check_overdue(yesterday, present=False, timeout_hours=12, now=now)  # keep waiting
+    unpaused = datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+    with pytest.raises(LandingOverdueError) as refused:
+        check_overdue(yesterday, present=False, timeout_hours=12, now=unpaused)
+    assert "2026-11-26 12:00 UTC" in str(refused.value) and "3.0 h ago" in str(refused.value)
+    assert isinstance(refused.value, PermanentError)  # the sensor fails at once, no retry
+    check_overdue(yesterday, present=True, timeout_hours=12, now=unpaused)  # being written: the sensor's timeout
+    with pytest.raises(LandingOverdueError, match="days ago"):
+        check_overdue("2011-06-01", present=False, timeout_hours=12, now=unpaused)  # a re-run of an old key
+
+
+def test_the_sensor_stage_gives_up_on_an_old_absent_day_and_waits_for_today(data_root):
+    from datetime import UTC, datetime
+
+    from tasks import stages
+    from tasks.landing import LandingOverdueError
+
+    with pytest.raises(LandingOverdueError, match="no landing file for 2011-06-01"):
+        stages.landing_ready("bike_demand", "2011-06-01")
+    assert stages.landing_ready("bike_demand", datetime.now(UTC).date().isoformat()) is False
+    stages.replay("bike_demand", "2011-06-01", "2011-06-01")
+    assert stages.landing_ready("bike_demand", "2011-06-01") is True  # an old day whose file is there

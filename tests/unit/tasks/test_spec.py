@@ -127,3 +127,40 @@ def test_slice_rules_name_only_sensitive_columns(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SpecError, match=r"gate.slices.columns names columns that are not schema.sensitive: \['age'\]"):
         load_spec(path)
+
+
+TEAM_FEATURES = Path(__file__).resolve().parents[2] / "fixtures"  # holds the team_features package
+
+
+@pytest.mark.parametrize(
+    ("custom", "message"),
+    [
+        ({"transformer": "no_such_team_pkg.mod:Thing"}, r"module 'no_such_team_pkg.mod' does not import"),
+        ({"transformer": "team_features.ratios:Missing"}, r"team_features.ratios has no attribute 'Missing'"),
+        ({"transformer": "team_features.ratios:NoTransform"}, r"is not a transformer: a class with fit\(X"),
+        ({"transformer": "team_features.ratios:np"}, r"is not a transformer"),
+        ({"transformer": "team_features/ratios.py"}, r"features.custom.0.transformer"),  # not an import path
+        ({"params": {"clipping": 3}}, r"does not take params \['clipping'\]"),
+        ({"columns": ["temp", "cnt"]}, r"callers cannot send.*cnt"),
+    ],
+)
+def test_a_custom_transformer_that_does_not_resolve_is_refused_when_the_spec_loads(
+    tmp_path, monkeypatch, custom, message
+):
+    monkeypatch.syspath_prepend(str(TEAM_FEATURES))
+    step = {"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "temp"]}
+    path = _write_variant(tmp_path, **{"features.custom": [step | custom]})
+    with pytest.raises(SpecError, match=message) as refused:
+        load_spec(path)
+    assert str(path) in str(refused.value)
+
+
+def test_a_custom_transformer_by_import_path_loads_and_its_columns_are_features_sources(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TEAM_FEATURES))
+    step = {"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "temp"]}
+    spec = load_spec(_write_variant(tmp_path, **{"features.custom": [step | {"params": {"clip": 3.0}}]}))
+    assert spec.features.custom[0].params == {"clip": 3.0}
+    assert {"atemp", "temp"} <= set(spec.features.source_columns)
+    twice = _write_variant(tmp_path, **{"features.custom": [step, step]})
+    with pytest.raises(SpecError, match=r"names must be unique, repeated: \['feels'\]"):
+        load_spec(twice)

@@ -115,3 +115,80 @@ def test_a_stale_datasets_result_is_refused_naming_the_field(data_root):
 
     with pytest.raises(ResultError, match=r"Datasets expected.*train_features: Field required"):
         stages.train_model("bike_demand", {"train_raw": "x", "holdout": "y"}, "r1")
+
+
+def test_a_custom_transformer_ships_inside_the_model_and_runs_where_its_module_is_not_importable(
+    data_root, tmp_path, monkeypatch
+):
+    """features.custom names the team's own transformer (tests/fixtures/team_features); the model logged to MLflow
+    carries its package (code_paths), so a process that cannot import it still loads the model and predicts what
+    the training process predicts, and differently from the same model without the transformer."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+    import numpy as np
+    import yaml
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+
+    from tasks.features import FeatureBuilder, build_features
+    from tasks.replay import replay_days
+    from tests.conftest import write_spec
+    from tests.unit.conftest import FIXTURES
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "fixtures"))  # the team's PYTHONPATH
+    folder = write_spec(tmp_path / "specs", model={"family": "ridge", "params": {"alpha": 1.0}})
+    raw = yaml.safe_load((folder / "bike_demand.yaml").read_text())
+    step = {"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "hum"]}
+    raw["features"]["custom"] = [step | {"params": {"clip": 5.0}}]
+    (folder / "bike_demand.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MLP_PIPELINES_DIR", str(folder))
+    spec, layout = load_spec("bike_demand"), DataLayout(data_root)
+    days = [f"2011-06-{d:02d}" for d in range(1, 9)]
+    replay_days(spec, layout, FIXTURES, days[0], days[-1])
+    for day in days:
+        stages.ingest_partition("bike_demand", day)
+    datasets = build_features(spec, layout, days, "run")
+    assert "feels_ratio" in pd.read_parquet(datasets.train_features).columns
+    trained = train_model(spec, get_settings(), layout, datasets, "run")
+
+    mlflow.set_tracking_uri(get_settings().mlflow_tracking_uri)
+    local = mlflow.artifacts.download_artifacts(trained.model_uri, dst_path=str(tmp_path / "model"))
+    assert (Path(local) / "code" / "team_features" / "ratios.py").is_file()
+    inputs = spec.schema_.input_columns
+    holdout = pd.read_parquet(datasets.holdout)[inputs]
+    rows = tmp_path / "rows.parquet"
+    holdout.to_parquet(rows)
+    in_process = np.asarray(mlflow.pyfunc.load_model(local).predict(holdout), dtype="float64")
+
+    script = (
+        "import importlib.util, json, sys\n"
+        "import mlflow, pandas as pd\n"
+        "assert importlib.util.find_spec('team_features') is None, 'team_features is importable here'\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "import team_features\n"
+        "out = [float(v) for v in model.predict(pd.read_parquet(sys.argv[2]))]\n"
+        "print(json.dumps({'predictions': out, 'module': team_features.__file__}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, local, str(rows)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    assert served["module"].startswith(str(Path(local) / "code")), served["module"]  # from the model, not the team
+    np.testing.assert_allclose(served["predictions"], in_process, rtol=1e-9, atol=1e-9)
+
+    train_raw = pd.read_parquet(datasets.train_raw)
+    plain = FeatureBuilder.from_spec(spec.features.model_copy(update={"custom": []}))
+    without = Pipeline([("features", plain), ("model", Ridge(alpha=1.0))]).fit(train_raw[inputs], train_raw["cnt"])
+    assert not np.allclose(without.predict(holdout), in_process, rtol=1e-3)  # the transformer really ran

@@ -232,3 +232,56 @@ def test_a_pipeline_whose_spec_appears_after_start_is_served_when_deployed(serve
     assert "/models/bike_copy/predict" in server.get("/openapi.json").json()["paths"]
     predict = server.post("/models/bike_copy/predict", json={"instances": _instances("2012-06-18", "2012-06-18")[:1]})
     assert predict.status_code == 503 and predict.json()["error"] == "no_champion"
+
+
+def _with_ids(start: str, end: str) -> tuple[list[dict], list[dict]]:
+    """A day's rows as callers send them, without and with the row id (``schema.id_column``: ``instant``)."""
+    rows = raw_rows(FIXTURES, start, end)
+    plain = rows.drop(columns=INPUT_DROP).to_dict("records")
+    return plain, [row | {"instant": int(i)} for row, i in zip(plain, rows["instant"], strict=True)]
+
+
+def test_a_row_may_carry_its_id_which_is_logged_not_predicted_on_and_joins_its_label(server, use_champion_store):
+    """Date-less data needs the id for an exact label join: the server takes it, the model never sees it."""
+    import pandas as pd
+
+    from tasks.monitor import attach_labels
+    from tasks.prediction_log import read_window
+    from tasks.spec import load_spec
+
+    plain, with_ids = _with_ids("2011-06-22", "2011-06-22")
+    without = server.post("/predict", json={"instances": plain})
+    reply = server.post("/models/bike_demand/predict", json={"instances": with_ids})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["predictions"] == without.json()["predictions"]  # the id is not an input
+    layout = DataLayout(use_champion_store["root"])
+    logged = read_window(layout.prediction_log, "bike_demand", ["2011-06-22"])
+    logged = logged[logged["request_id"] == reply.json()["request_id"]].reset_index(drop=True)
+    assert logged["instant"].tolist() == [row["instant"] for row in with_ids]
+    spec = load_spec("bike_demand")
+    joined, how = attach_labels(spec, layout, logged.drop(columns=["hr"]))  # no hour: only the id can join
+    assert how == "labels joined on ['instant']"
+    truth = raw_rows(FIXTURES, "2011-06-22", "2011-06-22")["cnt"]
+    pd.testing.assert_series_equal(joined["cnt"].astype(float), truth.astype(float), check_names=False)
+    instance = server.get("/openapi.json").json()["components"]["schemas"]["PredictRequest_bike_demand"]
+    assert "may also carry 'instant' (schema.id_column: integer" in instance["properties"]["instances"]["description"]
+
+
+def test_ids_repeated_within_a_request_are_a_422_naming_them(server):
+    _, rows = _with_ids("2011-06-22", "2011-06-22")
+    rows = rows[:4]
+    # an integral float is JSON's integer (as for integer inputs): the same id
+    rows[2], rows[3] = rows[2] | {"instant": rows[0]["instant"]}, rows[3] | {"instant": float(rows[1]["instant"])}
+    reply = server.post("/predict", json={"instances": rows})
+    assert reply.status_code == 422 and reply.json()["error"] == "duplicate_ids", reply.text
+    detail = reply.json()["detail"]
+    assert f"{rows[0]['instant']}, {rows[1]['instant']}" in detail and "schema.id_column" in detail
+
+
+@pytest.mark.parametrize("hostile", [True, 1.5, None, "4000", {"id": 1}, [1], 2**64])
+def test_an_id_that_is_not_the_declared_kind_is_a_422_naming_it(server, hostile):
+    _, rows = _with_ids("2011-06-22", "2011-06-22")
+    rows = [rows[0], rows[1] | {"instant": hostile}]
+    reply = server.post("/predict", json={"instances": rows})
+    assert reply.status_code == 422 and reply.json()["error"] == "invalid_instances", reply.text
+    assert "instances[1].instant:" in reply.json()["detail"]
