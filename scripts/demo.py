@@ -193,7 +193,9 @@ def unpause(dag_id: str) -> None:
 
 
 def runs(dag_id: str, **params: Any) -> list[dict[str, Any]]:
-    return api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 500, "order_by": "run_after", **params})["dag_runs"]
+    """The DAG's newest 100 runs, oldest first (the API returns at most 100 a page: the oldest would hide new ones)."""
+    params = {"limit": 100, "order_by": "-run_after", **params}
+    return list(reversed(api("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]))
 
 
 def task_states(dag_id: str, run_id: str) -> list[dict[str, Any]]:

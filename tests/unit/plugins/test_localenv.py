@@ -171,3 +171,15 @@ def test_ports_are_settings_with_defaults_log_servers_and_the_demo_included(tmp_
     source = (REPO_ROOT / "scripts" / "demo.py").read_text()
     for literal in ('"8080"', '"5000"', '"8000"', ":8080", ":5000", ":8000"):
         assert source.count(literal) <= 1, literal  # only as a default
+
+
+def test_airflow_plugin_discovery_imports_none_of_our_modules():
+    """Airflow executes every ``.py`` under ``[core] plugins_folder`` in every task process, looking for
+    AirflowPlugin classes (there are none here); through ``pods.py`` that is the Kubernetes client, 3.5 s a task.
+    ``plugins/.airflowignore`` keeps ``mlops_airflow/`` out of that scan (the folder stays on ``sys.path``)."""
+    from airflow.sdk._shared.module_loading import find_path_from_directory
+
+    plugins = REPO_ROOT / "plugins"
+    assert (plugins / "mlops_airflow" / "pods.py").is_file()  # the scan would find something without the ignore file
+    scanned = [p for p in find_path_from_directory(str(plugins), ".airflowignore", "glob") if p.endswith(".py")]
+    assert scanned == []
