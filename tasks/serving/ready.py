@@ -1,4 +1,4 @@
-"""The model server's readiness rule on Kubernetes, and ``python -m tasks.serving.ready`` (an exec probe).
+"""The model server's readiness rule on Kubernetes, and ``python -m tasks.serving.ready`` (the same check as a command).
 
 Ready means: the default pipeline serves a model that passed its load-time smoke test (a version that fails
 it is never served), and every version pinned in the pod template (``MLP_SERVING_VERSIONS``, a JSON object
