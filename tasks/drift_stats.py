@@ -264,7 +264,10 @@ class WindowStats:
         from scipy.stats import chi2_contingency
 
         ref, cur = self.profile.categorical[col].counts, self._categorical[col]
-        keys = [k for k in dict.fromkeys([*ref, *cur]) if ref.get(k, 0) + cur.get(k, 0) > 0]
+        # the reference's categories, then the window's others in a fixed order (not the order chunks met them):
+        # the same table, and so the same p-value to the last bit, whatever the chunks
+        new = sorted((k for k in cur if k not in ref), key=lambda k: (type(k).__name__, str(k)))
+        keys = [k for k in [*ref, *new] if ref.get(k, 0) + cur.get(k, 0) > 0]
         if len(keys) < 2 or not sum(cur.values()) or not sum(ref.values()):  # noqa: PLR2004 - a 2 x k table
             return None
         table = np.array([[ref.get(k, 0) for k in keys], [cur.get(k, 0) for k in keys]], dtype="float64").T

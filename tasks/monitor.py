@@ -45,6 +45,7 @@ from tasks.names import (
 from tasks.results import DriftReport, DriftStatus, Metrics, Registered
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
     from pathlib import Path
 
     from tasks.drift_stats import ReferenceProfile, WindowStats
@@ -490,16 +491,98 @@ REPORT_SAMPLE_ROWS = 20_000
 """Served rows (a seeded sample) drawn into Evidently's HTML report; the verdicts use every row of the window."""
 
 
+WINDOW_CHUNK_ROWS = 250_000
+"""Rows per chunk the monitor aggregates the window in."""
+
+
+def frame_chunks(frame: pd.DataFrame, chunk_rows: int = WINDOW_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """``frame`` in consecutive slices of at most ``chunk_rows`` rows (one empty slice for an empty frame)."""
+    for start in range(0, max(len(frame), 1), chunk_rows):
+        yield frame.iloc[start : start + chunk_rows]
+
+
+class ReportSample:
+    """A seeded uniform sample of at most ``rows`` of the window's rows, drawn chunk by chunk (for the report).
+
+    Every row gets a key from one seeded random stream, in window order (numpy's PCG64 doubles: drawing n then
+    m values equals drawing n + m), and the sample is the ``rows`` rows with the smallest keys, in window order:
+    the same rows whatever the chunks' sizes. Memory: the sample and one chunk.
+    """
+
+    def __init__(self, rows: int = REPORT_SAMPLE_ROWS, seed: int = 0) -> None:
+        """Keep at most ``rows`` rows; ``seed`` fixes which."""
+        import numpy as np
+
+        self.rows = rows
+        self.seen = 0
+        self._rng = np.random.default_rng(seed)
+        self._kept: pd.DataFrame | None = None
+        self._keys = np.empty(0)
+        self._positions = np.empty(0, dtype="int64")
+
+    def add(self, chunk: pd.DataFrame) -> ReportSample:
+        """Offer the next rows of the window."""
+        import numpy as np
+
+        keys = self._rng.random(len(chunk))
+        positions = np.arange(self.seen, self.seen + len(chunk), dtype="int64")
+        self.seen += len(chunk)
+        if self.rows < 1:
+            return self
+        if len(self._keys) >= self.rows:  # only rows that beat the largest kept key can enter
+            beat = keys < self._keys.max()
+            chunk, keys, positions = chunk[beat], keys[beat], positions[beat]
+        if not len(chunk) and self._kept is not None:
+            return self
+        frames = [chunk] if self._kept is None else [self._kept, chunk]
+        kept = pd.concat(frames, ignore_index=True) if len(frames) > 1 else chunk.reset_index(drop=True)
+        keys, positions = np.concatenate([self._keys, keys]), np.concatenate([self._positions, positions])
+        if len(keys) > self.rows:
+            chosen = np.sort(np.argsort(keys, kind="stable")[: self.rows])  # smallest keys, in window order
+            kept, keys, positions = kept.iloc[chosen].reset_index(drop=True), keys[chosen], positions[chosen]
+        self._kept, self._keys, self._positions = kept, keys, positions
+        return self
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The sampled rows, in window order."""
+        return pd.DataFrame() if self._kept is None else self._kept
+
+
 def window_statistics(
-    profile: ReferenceProfile, current: pd.DataFrame, columns: list[str], chunk_rows: int = 250_000
+    profile: ReferenceProfile,
+    current: pd.DataFrame | Iterable[pd.DataFrame],
+    columns: list[str],
+    chunk_rows: int = WINDOW_CHUNK_ROWS,
 ) -> WindowStats:
-    """The window aggregated against the reference profile in one pass over ``current`` (in chunks)."""
+    """The window aggregated against the reference profile in one pass over ``current`` (a frame, or its chunks)."""
+    stats, _ = window_pass(profile, current, columns, chunk_rows=chunk_rows)
+    return stats
+
+
+def window_pass(
+    profile: ReferenceProfile,
+    current: pd.DataFrame | Iterable[pd.DataFrame],
+    columns: list[str],
+    sample_rows: int = 0,
+    seed: int = 0,
+    chunk_rows: int = WINDOW_CHUNK_ROWS,
+) -> tuple[WindowStats, ReportSample]:
+    """One pass over the window: its statistics against the profile, and the report's sample of it.
+
+    ``current`` is one frame (read in slices of ``chunk_rows``) or any iterable of chunks (such as
+    :func:`tasks.prediction_log.read_window_chunks`): each chunk is counted and offered to the sample, then
+    dropped. The statistics and the sample are the same whatever the chunks' sizes.
+    """
     from tasks.drift_stats import WindowStats
 
     stats = WindowStats(profile, columns, PREDICTION if profile.predictions is not None else None)
-    for start in range(0, max(len(current), 1), chunk_rows):
-        stats.add(current.iloc[start : start + chunk_rows])
-    return stats
+    sample = ReportSample(sample_rows, seed)
+    for chunk in frame_chunks(current, chunk_rows) if isinstance(current, pd.DataFrame) else current:
+        stats.add(chunk)
+        if sample_rows:
+            sample.add(chunk)
+    return stats, sample
 
 
 def drift_statistics(
@@ -519,7 +602,7 @@ def drift_statistics(
 
 def sample_report(
     reference: pd.DataFrame,
-    current: pd.DataFrame,
+    current: pd.DataFrame | ReportSample,
     numerical: list[str],
     categorical: list[str],
     drift_share: float,
@@ -531,25 +614,29 @@ def sample_report(
 ) -> tuple[Any, dict[str, Any]]:
     """Evidently's drift report on at most ``rows`` served rows (seeded), and what it was drawn from.
 
+    ``current`` is the window, or its :class:`ReportSample` drawn during the statistics' pass (``rows`` and
+    ``seed`` are then the sample's own).
+
     Its cost is mostly plotting, per column whatever the rows: the data summary preset (``summary``) doubles
     it and repeats what the quality checks in ``summary.json`` say, so check_drift leaves it out.
 
     Returns:
         The snapshot (``save_html``) and ``{"rows", "of", "note"}`` — the note heads the HTML page.
     """
-    sample = current if len(current) <= rows else current.sample(n=rows, random_state=seed)
+    drawn = current if isinstance(current, ReportSample) else ReportSample(rows, seed).add(current)
+    sample, of = drawn.frame, drawn.seen
     snapshot, _, _ = drift_report(
         reference, sample, numerical, categorical, drift_share, p_value, prediction_threshold, summary=summary
     )
-    if len(sample) < len(current):
+    if len(sample) < of:
         note = (
-            f"This report is drawn from a random sample of {len(sample):,} of the window's {len(current):,} served "
+            f"This report is drawn from a random sample of {len(sample):,} of the window's {of:,} served "
             "rows. The drift verdicts, the drifted share and the quality checks in summary.json are computed on "
             "every row of the window; per-column figures here may differ from them."
         )
     else:
-        note = f"This report shows all {len(current):,} served rows of the window."
-    return snapshot, {"rows": len(sample), "of": len(current), "note": note}
+        note = f"This report shows all {of:,} served rows of the window."
+    return snapshot, {"rows": len(sample), "of": of, "note": note}
 
 
 def input_quality(
@@ -695,19 +782,19 @@ def assess(spec: PipelineSpec, settings: Settings, reference: Reference, served:
         # demand itself shifting is the strongest retrain signal once its labels have landed
         compared, current = [*numerical, target], served.labelled
     # the decision: every row of the window, in one pass, against the reference profile stored with the model
+    # and, in the same pass over its chunks, the picture's rows: a bounded sample for Evidently, labelled as such
     profile = reference_profile(reference, [*compared, *categorical], categorical)
-    stats = window_statistics(profile, current, [c for c in [*compared, *categorical] if c in profile.columns])
+    columns = [c for c in [*compared, *categorical] if c in profile.columns]
+    stats, sample = window_pass(profile, current, columns, REPORT_SAMPLE_ROWS, spec.training.seed)
     share, per_column = drift_statistics(stats, mon.column_p_value, mon.prediction_drift_threshold)
-    # the picture: Evidently's report on a bounded sample, labelled as such
     snapshot, drawn = sample_report(
         reference_frame(reference, spec.training.seed),
-        current,
+        sample,
         compared,
         categorical,
         mon.drift_share_threshold,
         mon.column_p_value,
         mon.prediction_drift_threshold,
-        seed=spec.training.seed,
     )
     inputs = {c: r for c, r in per_column.items() if c != PREDICTION}
     drifted = sorted(c for c, r in inputs.items() if r["drifted"])

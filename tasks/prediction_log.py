@@ -19,8 +19,9 @@ prediction     REAL (double precision)
 =============  ======================================================================================
 
 The index ``predictions_window`` on ``(pipeline, event_time)`` serves what the monitor asks: one
-pipeline's rows in a window of event days (:func:`read_window`). In SQLite ``PRAGMA user_version`` holds the
-schema version: a file from before this schema (``model_name``, ``logged_at``) is migrated on first open, in
+pipeline's rows in a window of event days (:func:`read_window`; or chunk by chunk, :func:`read_window_chunks`:
+a server-side cursor on PostgreSQL, so the reader holds one chunk's rows). In SQLite ``PRAGMA user_version``
+holds the schema version: a file from before this schema (``model_name``, ``logged_at``) is migrated on first open, in
 one transaction (the event time taken from each pipeline's spec); a file from a newer version is refused.
 In PostgreSQL the table is created when missing (under an advisory lock: several workers start at once);
 a ``predictions`` table with other columns is refused.
@@ -44,7 +45,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -534,24 +535,29 @@ def window_bounds(days: list[str]) -> tuple[str, str]:
     return min(days), last.isoformat()
 
 
-def read_window(store: Path | str, pipeline: str, days: list[str]) -> pd.DataFrame:
-    """One pipeline's logged rows whose event date is one of ``days`` (an index range scan), in logging order.
+WINDOW_CHUNK_ROWS = 100_000
+"""Rows per chunk the window is read in (:func:`read_window_chunks`)."""
+_META = ("prediction", "model_version", "event_time", "served_at", "source", "request_id")
 
-    Args:
-        store: An SQLite file or a SQLAlchemy URL (:func:`log_store`).
-        pipeline: The pipeline (registered model) whose rows to read.
-        days: The window's event days (``YYYY-MM-DD``).
 
-    Returns:
-        The rows' input fields as columns, plus ``prediction``, ``model_version``, ``event_time``,
-        ``served_at``, ``source`` and ``request_id`` (empty frame: no log, no days or no rows).
+def read_window_chunks(
+    store: Path | str, pipeline: str, days: list[str], chunk_rows: int = WINDOW_CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """:func:`read_window`'s rows as frames of at most ``chunk_rows`` rows each, in logging order.
+
+    The query's rows are streamed (``stream_results``: a server-side cursor on PostgreSQL, SQLite's cursor
+    stepping through the index range), so only one chunk's rows and its frame are in memory at a time. Each
+    frame has its own rows' input fields as columns (a field no row of the chunk sent is absent from it),
+    plus the metadata columns of :func:`read_window`. Nothing is yielded for no log, no days or no rows.
     """
     import pandas as pd
     from sqlalchemy import select
 
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     url = store_url(store)
     if not days or not prepare(url, create=False):
-        return pd.DataFrame()
+        return
     start, end = window_bounds(days)
     t = _table()
     query = (
@@ -562,14 +568,33 @@ def read_window(store: Path | str, pipeline: str, days: list[str]) -> pd.DataFra
     engine = _engine(url, 30, write=False)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(query).all()
+            result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(query)
+            for rows in result.partitions(chunk_rows):
+                frame = pd.DataFrame.from_records([json.loads(r[0]) for r in rows])
+                for i, name in enumerate(_META, start=1):
+                    frame[name] = [r[i] for r in rows]
+                frame["model_version"] = frame["model_version"].astype(str)
+                yield frame
     finally:
         engine.dispose()
-    if not rows:
+
+
+def read_window(store: Path | str, pipeline: str, days: list[str]) -> pd.DataFrame:
+    """One pipeline's logged rows whose event date is one of ``days`` (an index range scan), in logging order.
+
+    Args:
+        store: An SQLite file or a SQLAlchemy URL (:func:`log_store`).
+        pipeline: The pipeline (registered model) whose rows to read.
+        days: The window's event days (``YYYY-MM-DD``).
+
+    Returns:
+        The rows' input fields as columns, plus ``prediction``, ``model_version``, ``event_time``,
+        ``served_at``, ``source`` and ``request_id`` (empty frame: no log, no days or no rows). Read in
+        chunks (:func:`read_window_chunks`): the raw rows of one chunk at a time besides the frame.
+    """
+    import pandas as pd
+
+    chunks = list(read_window_chunks(store, pipeline, days))
+    if not chunks:
         return pd.DataFrame()
-    frame = pd.DataFrame.from_records([json.loads(r[0]) for r in rows])
-    meta = ("prediction", "model_version", "event_time", "served_at", "source", "request_id")
-    for i, name in enumerate(meta, start=1):
-        frame[name] = [r[i] for r in rows]
-    frame["model_version"] = frame["model_version"].astype(str)
-    return frame
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)

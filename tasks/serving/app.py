@@ -2,7 +2,11 @@
 
 Endpoints:
     ``GET /health``                     every pipeline's model: ``state`` (loading | serving | failed |
-                                        no_champion), version, the (masked) error of a failed load
+                                        no_champion), version, the (masked) error of a failed load; 200
+                                        whenever the process answers (liveness)
+    ``GET /ready``                      200 only when the default model serves and every version pinned in
+                                        ``MLP_SERVING_VERSIONS`` is the one served (smoke-tested), else 503
+                                        saying why (:mod:`tasks.serving.ready`; Kubernetes' readiness probe)
     ``POST /predict``                   the default pipeline's model (``serving_default_model``),
                                         ``{"instances": [{col: value}, ...]}``
     ``POST /models/{name}/predict``     a named pipeline's model
@@ -163,6 +167,15 @@ class LogHealth(BaseModel):
     last_error: str | None = None
 
 
+class Ready(BaseModel):
+    """The server serves what this pod must: the default model, and every pinned version."""
+
+    status: Literal["ready"]
+    model: str = Field(description="The default pipeline (``/predict``).")
+    versions: dict[str, str] = Field(description="The version each serving pipeline serves.")
+    pinned: dict[str, str] = Field(description="The versions pinned in the pod template (MLP_SERVING_VERSIONS).")
+
+
 class Health(BaseModel):
     """The server's state: the default model (``/predict``) and every pipeline's."""
 
@@ -173,7 +186,7 @@ class Health(BaseModel):
     prediction_log: LogHealth
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _errors(*codes: int, described_as: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Malformed request",
         401: "No or malformed `Authorization: Bearer` header",
@@ -185,6 +198,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "Model still loading, failed to load, no champion yet, MLflow / the ledger unreachable, or the "
         "prediction log down or locked (nothing was logged)",
     }
+    described |= described_as or {}
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"model": ErrorBody, "description": described[code]}
@@ -196,6 +210,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+READY_503 = (
+    "Not ready: no model loaded yet (model_loading, no_champion), a load or smoke test failed (model_unavailable, "
+    "smoke_test_failed), another version than the pinned one served (version_not_pinned), a pinned pipeline not "
+    "served here (unknown_model) or unreadable pins (bad_pins)"
+)
+
+
 # ---------------------------------------------------------------------------------------------- loading
 class ModelLoadError(RuntimeError):
     """The version cannot be served: it fails to load, lacks what the smoke test needs, or fails it."""
@@ -203,6 +224,10 @@ class ModelLoadError(RuntimeError):
 
 class NoChampionError(ModelLoadError):
     """No version holds the ``champion`` alias yet (MLflow answered)."""
+
+
+class SmokeTestError(ModelLoadError):
+    """The version loaded but fails its smoke test (signature, input example or the offline predictions)."""
 
 
 class ModelUnavailableError(RuntimeError):
@@ -282,7 +307,7 @@ def _smoke_test(model: Any, local: str, uri: str, sample_path: str) -> dict[str,
     """The checks a version passes before it may serve: signature, input example, offline predictions.
 
     Raises:
-        ModelLoadError: Naming the check that failed.
+        SmokeTestError: Naming the check that failed.
     """
     import numpy as np
     from mlflow.models import Model
@@ -290,22 +315,22 @@ def _smoke_test(model: Any, local: str, uri: str, sample_path: str) -> dict[str,
     from tasks.names import EXPECTED_COLUMN
 
     if model.metadata.get_input_schema() is None:
-        raise ModelLoadError(f"{uri} has no input signature: the server cannot validate payloads for it")
+        raise SmokeTestError(f"{uri} has no input signature: the server cannot validate payloads for it")
     example = Model.load(local).load_input_example(local)
     if example is None:
-        raise ModelLoadError(f"{uri} has no input example to smoke-test with")
+        raise SmokeTestError(f"{uri} has no input example to smoke-test with")
     out = model.predict(example)
     if len(out) != len(example):
-        raise ModelLoadError(f"{uri} returned {len(out)} predictions for {len(example)} example rows")
+        raise SmokeTestError(f"{uri} returned {len(out)} predictions for {len(example)} example rows")
     sample = pd.read_parquet(sample_path)
     if EXPECTED_COLUMN not in sample.columns or sample.empty:
-        raise ModelLoadError(f"{uri}'s holdout sample has no rows with {EXPECTED_COLUMN}: nothing to check it with")
+        raise SmokeTestError(f"{uri}'s holdout sample has no rows with {EXPECTED_COLUMN}: nothing to check it with")
     expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
     got = np.asarray(model.predict(sample), dtype="float64")
     diff = np.abs(got - expected)
     bad = ~np.isclose(got, expected, rtol=SMOKE_RTOL, atol=SMOKE_ATOL)
     if bad.any():
-        raise ModelLoadError(
+        raise SmokeTestError(
             f"smoke test failed: {int(bad.sum())} of {len(expected)} holdout rows differ from the offline predictions "
             f"(max |diff| {np.nanmax(diff):.6g}, tolerance {SMOKE_ATOL} + {SMOKE_RTOL}*|expected|): the served "
             "environment does not reproduce what evaluation measured"
@@ -597,6 +622,7 @@ class ModelStatus:
     error: str | None = None
     attempts: int = 0
     retry_at: float | None = None  # time.monotonic() of the next background attempt (outages only)
+    smoke_test_failed: bool = False  # the last load failed the smoke test (the reason /ready gives)
 
 
 class ModelService:
@@ -705,6 +731,7 @@ class ModelService:
                 return
             except ModelLoadError as exc:
                 status.state, status.error, status.retry_at = "failed", redact(str(exc)), None
+                status.smoke_test_failed = isinstance(exc, SmokeTestError)
                 log.error("not serving %s: %s", name, exc)
                 return
             except Exception as exc:  # noqa: BLE001 - the loader thread must not die: say so, retry later
@@ -882,6 +909,27 @@ class ModelService:
             "models": {name: self.describe(name) for name in self.pipelines},
             "prediction_log": self.log.stats.as_dict(),
         }
+
+    def ready(self) -> dict[str, Any]:
+        """Whether this server serves what its pod must (:func:`tasks.serving.ready.not_ready`).
+
+        Raises:
+            ApiError: 503 saying why not: a model still loading or without a champion, one that failed to load or
+                its smoke test, another version than the pinned one served, or unreadable pins.
+        """
+        from tasks.serving.ready import PINS_ENV, not_ready, pinned
+
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        try:
+            pins = pinned()
+        except ValueError as exc:
+            raise ApiError(503, "bad_pins", f"{PINS_ENV} cannot be read: {exc}", retry) from exc
+        models = {n: self.describe(n) | {"smoke_test_failed": self.status[n].smoke_test_failed} for n in self.pipelines}
+        why = not_ready(self.default, models, pins)
+        if why is not None:
+            raise ApiError(503, why[0], why[1], retry)
+        versions = {n: str(m["version"]) for n, m in models.items() if m["state"] == "serving"}
+        return {"status": "ready", "model": self.default, "versions": versions, "pinned": pins}
 
     def _current(self, name: str) -> ServedModel:
         self._known(name)
@@ -1108,6 +1156,15 @@ def create_app(settings: Settings, pipelines: list[str]) -> FastAPI:
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
         return service.health()
+
+    app.add_api_route(  # the readiness rule (tasks/serving/ready.py); /health stays liveness
+        "/ready",
+        service.ready,
+        methods=["GET"],
+        response_model=Ready,
+        responses=_errors(503, described_as={503: READY_503}),
+        name="ready",
+    )
 
     predict_errors = _errors(404, 413, 422, 503)
 

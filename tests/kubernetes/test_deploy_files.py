@@ -122,7 +122,7 @@ def test_the_model_server_objects_match_the_prod_layer() -> None:
         e for e in env.values() if "TOKEN" in e["name"] and "value" in e and e["name"] != "MLP_ADMIN_TOKEN_FILE"
     ]
     # probes: readiness is the smoke-tested, pinned version (tasks/serving/ready.py); liveness the process
-    assert container["readinessProbe"]["exec"]["command"] == ["python", "-m", "tasks.serving.ready"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     pdb, hpa = (
         docs[("PodDisruptionBudget", PROD.serving_deployment)],

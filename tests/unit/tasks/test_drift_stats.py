@@ -84,3 +84,19 @@ def test_a_stuck_column_reports_its_value_as_served():
         and quality["constant_value"] == 7
         and isinstance(quality["constant_value"], int)
     )
+
+
+def test_chi_square_is_the_same_to_the_last_bit_whatever_order_the_chunks_meet_new_categories():
+    """The window's categories the reference lacks enter the table in a fixed order, not first-seen order:
+    chunks of 1,000 rows meet them in another order than one chunk does, and the p-value must not move."""
+    levels = [f"a{i}" for i in range(15)] + [f"n{i}" for i in range(25)]
+    weights = np.r_[np.full(15, 0.99 / 15), np.full(25, 0.01 / 25)]
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        reference = pd.DataFrame({"c": rng.choice(levels[:15], 2000)})
+        profile = ReferenceProfile.of(reference, ["c"])
+        current = pd.DataFrame({"c": rng.choice(levels, 6000, p=weights)})
+        one = WindowStats(profile, ["c"]).add(current)
+        assert _window(profile, current, list(range(1000, 6000, 1000))).chi2("c") == one.chi2("c"), seed
+        table = pd.crosstab(np.r_[np.zeros(2000), np.ones(6000)], np.r_[reference["c"], current["c"]]).to_numpy()
+        assert one.chi2("c")[0] == pytest.approx(stats.chi2_contingency(table.T, correction=False)[1])

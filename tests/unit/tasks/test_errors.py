@@ -60,6 +60,7 @@ RETRIED = {
     "tasks.serving.app.ModelLoadError",  # the server's own errors, answered over HTTP
     "tasks.serving.app.ModelUnavailableError",
     "tasks.serving.app.NoChampionError",
+    "tasks.serving.app.SmokeTestError",
     "tasks.serving.hygiene.ApiError",
     "tasks.sources.SourceUnavailableError",  # the database or object store did not answer
 }

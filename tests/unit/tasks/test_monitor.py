@@ -29,6 +29,7 @@ from tasks.monitor import (
     served_window,
     window_dates,
 )
+from tasks.names import PREDICTION
 from tasks.plan import judge_window
 from tasks.prediction_log import read_window
 from tasks.results import DriftReport, Registered
@@ -380,3 +381,112 @@ def test_the_html_report_is_a_labelled_sample_while_the_verdicts_use_every_row(t
     _label_report(page, drawn["note"])
     text = page.read_text()
     assert text.index('id="mlp-report-sample"') > text.index("<body") and "computed on every row" in text
+
+
+def _served_window(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A reference and a served window with ties, missing values, a category the reference never saw (late in
+    the window) and predictions: what a chunk boundary could disturb."""
+    rng = np.random.default_rng(seed)
+    reference = pd.DataFrame(
+        {
+            "temp": rng.normal(0.5, 0.1, 800).round(2),
+            "hr": rng.integers(0, 24, 800),
+            "weathersit": rng.choice([1, 2, 3], 800, p=[0.6, 0.3, 0.1]),
+            PREDICTION: rng.gamma(2.0, 80.0, 800),
+        }
+    )
+    current = pd.DataFrame(
+        {
+            "temp": rng.normal(0.53, 0.12, rows).round(2),
+            "hr": rng.integers(0, 24, rows).astype("float64"),
+            "weathersit": rng.choice([1, 2, 3], rows, p=[0.5, 0.35, 0.15]),
+            PREDICTION: rng.gamma(2.1, 80.0, rows),
+        }
+    )
+    current.loc[rng.choice(rows, rows // 50, replace=False), "temp"] = np.nan
+    current.loc[rows - 700 :: 3, "weathersit"] = 4  # unseen in the reference, only in the last chunks
+    return reference, current
+
+
+def test_statistics_and_verdicts_from_chunks_of_1000_equal_those_from_one_chunk_exactly():
+    from scipy.stats import ks_2samp
+
+    from tasks.drift_stats import ReferenceProfile
+    from tasks.monitor import drift_statistics, frame_chunks, window_pass
+
+    reference, current = _served_window(5_300, 11)
+    profile = ReferenceProfile.of(reference.drop(columns=[PREDICTION]), ["weathersit"]).with_predictions(
+        reference[PREDICTION]
+    )
+    columns = ["temp", "hr", "weathersit"]
+    whole, _ = window_pass(profile, [current], columns)
+    chunked, _ = window_pass(profile, frame_chunks(current, 1_000), columns)
+    assert [len(c) for c in frame_chunks(current, 1_000)] == [1_000] * 5 + [300]
+    for col in ("temp", "hr"):
+        assert chunked.ks(col) == whole.ks(col)  # exact: the same counts, the same arithmetic
+    assert chunked.chi2("weathersit") == whole.chi2("weathersit")
+    assert chunked.prediction_distance() == whole.prediction_distance()
+    assert drift_statistics(chunked, 0.05, 0.1) == drift_statistics(whole, 0.05, 0.1)
+    assert all(chunked.quality(c) == whole.quality(c) for c in columns)
+    # and they are scipy's figures on the same rows
+    expected = ks_2samp(reference["temp"], current["temp"].dropna())
+    assert whole.ks("temp") == (pytest.approx(expected.statistic), pytest.approx(expected.pvalue))
+
+
+def test_the_report_sample_is_the_same_rows_whatever_the_chunk_size():
+    from tasks.drift_stats import ReferenceProfile
+    from tasks.monitor import ReportSample, frame_chunks, sample_report, window_pass
+
+    reference, current = _served_window(3_000, 12)
+    samples = [ReportSample(250, seed=7).add(current)]
+    for size in (1_000, 333, 1):
+        sample = ReportSample(250, seed=7)
+        for chunk in frame_chunks(current, size):
+            sample.add(chunk)
+        samples.append(sample)
+    profile = ReferenceProfile.of(reference.drop(columns=[PREDICTION]), ["weathersit"])
+    _, in_pass = window_pass(profile, frame_chunks(current, 700), ["temp"], sample_rows=250, seed=7)
+    samples.append(in_pass)
+    first = samples[0].frame
+    assert len(first) == 250 and first.index.tolist() == list(range(250))
+    for sample in samples[1:]:
+        assert sample.seen == 3_000
+        pd.testing.assert_frame_equal(sample.frame, first)
+    picked = current.reset_index(drop=True).merge(first, how="inner")  # rows of the window, in window order
+    assert len(picked) >= 250 and first[PREDICTION].isin(current[PREDICTION]).all()
+    assert not ReportSample(250, seed=8).add(current).frame.equals(first)  # the seed decides which rows
+    everything = ReportSample(5_000, seed=7)
+    for chunk in frame_chunks(current, 1_000):
+        everything.add(chunk)
+    pd.testing.assert_frame_equal(everything.frame, current)  # a window under the bound is shown whole
+    _, drawn = sample_report(reference, in_pass, ["temp", "hr"], ["weathersit"], 0.5, 0.05)
+    assert (drawn["rows"], drawn["of"]) == (250, 3_000) and "sample of 250 of the window's 3,000" in drawn["note"]
+
+
+def test_the_monitor_aggregates_the_logged_window_chunk_by_chunk_as_read(tmp_path):
+    from tasks.drift_stats import ReferenceProfile
+    from tasks.monitor import drift_statistics, window_pass
+    from tasks.prediction_log import PredictionLogWriter, read_window_chunks
+
+    data = pd.read_csv(FIXTURES / "bike_sharing_hour.csv.gz")
+    reference = data[data.dteday.between("2011-06-01", "2011-06-30")].drop(columns=DROP)
+    served = data[data.dteday >= "2012-01-01"].drop(columns=DROP)  # every 2012 row of the fixture cut
+    store = tmp_path / "predictions.sqlite"
+    writer = PredictionLogWriter(store, {"bike_demand": "dteday"})
+    records = served.to_dict("records")
+    for i in range(0, len(records), 100):
+        batch = records[i : i + 100]
+        writer.append(f"r{i}", "bike_demand", "3", batch, [float(r["temp"]) * 300 for r in batch])
+    writer.close()
+    days = sorted(served.dteday.unique())
+    columns = ["temp", "hum", "windspeed", "hr", "season", "weathersit"]
+    profile = ReferenceProfile.of(reference[columns], ["season", "weathersit"]).with_predictions(reference.temp * 290)
+    results = []
+    for chunk_rows in (len(served), 1_000):
+        stats, sample = window_pass(
+            profile, read_window_chunks(store, "bike_demand", days, chunk_rows=chunk_rows), columns, 200, 3
+        )
+        results.append((drift_statistics(stats, 0.05, 0.1), sample.frame, stats.rows))
+    assert results[0][2] == results[1][2] == len(served) > 1_000
+    assert results[0][0] == results[1][0]
+    pd.testing.assert_frame_equal(results[0][1], results[1][1])

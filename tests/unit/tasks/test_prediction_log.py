@@ -24,6 +24,7 @@ from tasks.prediction_log import (
     event_time,
     log_store,
     read_window,
+    read_window_chunks,
     window_bounds,
 )
 from tests.conftest import free_port, require
@@ -83,6 +84,25 @@ def test_the_window_is_read_by_event_date_through_the_index(log_path):
         bounds = window_bounds(["2012-06-18", "2012-06-19"])
         plan = conn.execute(f"EXPLAIN QUERY PLAN {query}", ("bike_demand", *bounds)).fetchall()
     assert "USING INDEX predictions_window (pipeline=? AND event_time>? AND event_time<?)" in str(plan)
+
+
+def test_the_window_is_read_in_chunks_of_at_most_the_asked_rows_in_logging_order(log_path):
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    rows = _bike_rows("2012-06-17", "2012-06-19")
+    for i in range(0, len(rows), 7):  # several requests, as served
+        writer.append(f"r{i}", "bike_demand", "3", rows[i : i + 7], [float(i + j) for j in range(len(rows[i : i + 7]))])
+    writer.append("other", "adult_income", "1", [{"age": 40}], [0.5])
+    writer.close()
+    days = ["2012-06-18", "2012-06-19"]
+    whole = read_window(log_path, "bike_demand", days)
+    chunks = list(read_window_chunks(log_path, "bike_demand", days, chunk_rows=10))
+    assert len(whole) == 48 and [len(c) for c in chunks] == [10, 10, 10, 10, 8]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), whole)
+    assert whole["prediction"].is_monotonic_increasing  # logging order
+    assert list(read_window_chunks(log_path, "bike_demand", [])) == []
+    assert list(read_window_chunks(log_path.with_name("none.sqlite"), "bike_demand", days)) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        next(read_window_chunks(log_path, "bike_demand", days, chunk_rows=0))
 
 
 def test_a_pipeline_whose_callers_send_no_date_is_placed_by_serving_time(log_path):
@@ -306,6 +326,11 @@ def test_postgresql_store_holds_the_typed_table_and_serves_the_window(pg_store):
         writer.close()
     window = read_window(pg_store, "bike_demand", ["2012-06-19"])
     assert len(window) == 24 and set(window["request_id"]) == {"b"} and set(window["prediction"]) == {2.0}
+    chunks = list(read_window_chunks(pg_store, "bike_demand", ["2012-06-18", "2012-06-19"], chunk_rows=20))
+    assert [len(c) for c in chunks] == [20, 20, 8]  # a server-side cursor, 20 rows at a time
+    pd.testing.assert_frame_equal(
+        pd.concat(chunks, ignore_index=True), read_window(pg_store, "bike_demand", ["2012-06-18", "2012-06-19"])
+    )
     assert window["hr"].tolist() == list(range(24))
     engine = sa.create_engine(pg_store.replace("postgresql://", "postgresql+psycopg2://"))
     try:

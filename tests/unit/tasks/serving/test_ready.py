@@ -1,36 +1,153 @@
-"""The readiness probe: ready only when the server serves a smoke-tested model at every pinned version."""
+"""Readiness: ``GET /ready`` answers 200 only when the server serves a smoke-tested model at every pinned version.
+
+Against the real app with the session's trained champion (tests/unit/tasks/conftest.py); the probe command
+(``python -m tasks.serving.ready``) asks the same route.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
+from tasks.serving.app import create_app
 from tasks.serving.ready import PINS_ENV, main, not_ready, pinned
+from tasks.settings import get_settings
 from tests.conftest import free_port
 
-OK = {"status": "ok", "models": {"bike_demand": {"version": "3"}, "adult_income": {"version": "7"}}}
+P = "bike_demand"
 
 
-def test_ready_needs_status_ok_and_every_pinned_version_served():
-    assert not_ready(OK, {}) is None and not_ready(OK, {"bike_demand": "3", "adult_income": "7"}) is None
-    assert not_ready(OK, {"bike_demand": "4"}) == "bike_demand serves v3, pinned v4"
-    assert not_ready({"status": "loading", "models": {}}, {}) == "status 'loading'"
-    assert not_ready({"status": "ok", "models": {}}, {"bike_demand": "3"}) == "bike_demand serves vNone, pinned v3"
-    assert pinned({PINS_ENV: '{"bike_demand": 3}'}) == {"bike_demand": "3"} and pinned({}) == {}
+def _ready(client: TestClient) -> tuple[int, dict[str, Any]]:
+    reply = client.get("/ready")
+    if reply.status_code == 503:
+        assert reply.headers["Retry-After"]
+    return reply.status_code, reply.json()
+
+
+def test_the_rule_needs_the_default_model_served_and_every_pinned_version():
+    serving = {"state": "serving", "version": "3"}
+    models = {P: serving, "adult_income": {"state": "serving", "version": "7"}}
+    assert not_ready(P, models, {}) is None and not_ready(P, models, {P: "3", "adult_income": "7"}) is None
+    assert not_ready(P, models, {P: "4"}) == ("version_not_pinned", f"{P} serves v3 while v4 is pinned")
+    assert not_ready(P, {P: {"state": "loading"}}, {})[0] == "model_loading"
+    assert not_ready(P, models | {"adult_income": {"state": "no_champion"}}, {"adult_income": "7"})[0] == "no_champion"
+    failed = {"state": "failed", "error": "smoke test failed: 3 of 3 rows differ", "smoke_test_failed": True}
+    assert not_ready(P, {P: failed}, {}) == ("smoke_test_failed", f"{P} is not served: {failed['error']}")
+    assert not_ready(P, {P: failed | {"smoke_test_failed": False}}, {})[0] == "model_unavailable"
+    assert not_ready(P, models, {"nope": "1"})[0] == "unknown_model"
+    assert pinned({PINS_ENV: '{"bike_demand": 3}'}) == {P: "3"} and pinned({}) == {}
     with pytest.raises(ValueError, match="JSON object"):
         pinned({PINS_ENV: '["3"]'})
 
 
-def test_the_probe_exits_0_only_when_the_server_answers_ready(monkeypatch, capsys):
-    answer = {"body": OK}
+def test_not_ready_before_a_model_is_loaded_while_health_answers(use_champion_store, monkeypatch):
+    monkeypatch.delenv(PINS_ENV, raising=False)
+    client = TestClient(create_app(get_settings(), [P]))  # lifespan not run: the champion is still "loading"
+    status, body = _ready(client)
+    assert (status, body["error"]) == (503, "model_loading") and "no model loaded yet" in body["detail"]
+    assert client.get("/health").status_code == 200  # liveness: the process answers
 
-    class Health(BaseHTTPRequestHandler):
+
+def test_not_ready_without_a_champion(data_root, monkeypatch):
+    monkeypatch.delenv(PINS_ENV, raising=False)
+    with TestClient(create_app(get_settings(), [P])) as client:
+        assert client.app.state.service.wait_settled(60)
+        status, body = _ready(client)
+        assert (status, body["error"]) == (503, "no_champion") and "no champion yet" in body["detail"]
+
+
+def test_ready_only_when_serving_the_pinned_version(use_champion_store, monkeypatch):
+    version = use_champion_store["registered"]["version"]
+    other = str(int(version) + 1)
+    monkeypatch.setenv(PINS_ENV, json.dumps({P: version}))
+    with TestClient(create_app(get_settings(), [P])) as client:
+        assert client.app.state.service.wait_settled(120)
+        status, body = _ready(client)
+        assert status == 200 and body == {
+            "status": "ready",
+            "model": P,
+            "versions": {P: version},
+            "pinned": {P: version},
+        }
+        # a new pod of a rollout that pins another version: serving the old one is not ready
+        monkeypatch.setenv(PINS_ENV, json.dumps({P: other}))
+        status, body = _ready(client)
+        assert (status, body) == (
+            503,
+            {"detail": f"{P} serves v{version} while v{other} is pinned", "error": "version_not_pinned"},
+        )
+        monkeypatch.setenv(PINS_ENV, "")  # nothing pinned: serving the champion is ready
+        assert _ready(client)[0] == 200
+        monkeypatch.setenv(PINS_ENV, "[1]")
+        status, body = _ready(client)
+        assert (status, body["error"]) == (503, "bad_pins") and "JSON object" in body["detail"]
+
+
+@pytest.fixture
+def tampered_champion(champion_store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private copy of the champion store whose champion is the same model with a smoke sample that expects
+    other predictions than the model makes (a served environment that does not reproduce evaluation)."""
+    import mlflow
+
+    from tasks.names import EXPECTED_COLUMN, SMOKE_SAMPLE
+    from tasks.registry import champion
+    from tasks.tracking import client, use_store
+
+    root = tmp_path / "data"
+    (root / "mlflow").mkdir(parents=True)
+    shutil.copyfile(champion_store["root"] / "mlflow" / "mlflow.db", root / "mlflow" / "mlflow.db")
+    monkeypatch.setenv("MLP_DATA_ROOT", str(root))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", PINS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    get_settings.cache_clear()
+    settings = get_settings()
+    use_store(settings)
+    v1 = champion(settings, P)
+    sample_path = mlflow.artifacts.download_artifacts(
+        run_id=v1.mlflow_run_id, artifact_path=SMOKE_SAMPLE, dst_path=str(tmp_path / "dl")
+    )
+    sample = pd.read_parquet(sample_path)
+    sample[EXPECTED_COLUMN] += 1.0
+    tampered = tmp_path / "holdout_sample.parquet"
+    sample.to_parquet(tampered)
+    mlflow_client = client(settings)
+    experiment = mlflow.create_experiment("tampered-smoke", artifact_location=(root / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_artifact(str(tampered), artifact_path=SMOKE_SAMPLE.rsplit("/", 1)[0])
+    source = mlflow_client.get_model_version(P, v1.version).source
+    version = str(mlflow_client.create_model_version(P, source, run_id=run.info.run_id).version)
+    mlflow_client.set_registered_model_alias(P, "champion", version)
+    yield version
+    get_settings.cache_clear()
+
+
+def test_not_ready_when_the_champion_fails_its_smoke_test(tampered_champion, monkeypatch):
+    monkeypatch.setenv(PINS_ENV, json.dumps({P: tampered_champion}))
+    with TestClient(create_app(get_settings(), [P])) as client:
+        assert client.app.state.service.wait_settled(120)
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["models"][P]["state"] == "failed"
+        status, body = _ready(client)
+        assert (status, body["error"]) == (503, "smoke_test_failed"), body
+        assert f"{P} (v{tampered_champion} pinned) is not served: smoke test failed" in body["detail"]
+
+
+def test_the_probe_command_exits_0_only_when_ready_answers_200(capsys):
+    answer: dict[str, Any] = {"status": 200, "body": {"status": "ready"}}
+
+    class Ready(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
             body = json.dumps(answer["body"]).encode()
-            self.send_response(200)
+            self.send_response(answer["status"])
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(body)
@@ -38,14 +155,13 @@ def test_the_probe_exits_0_only_when_the_server_answers_ready(monkeypatch, capsy
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", free_port()), Health)
+    server = HTTPServer(("127.0.0.1", free_port()), Ready)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/health"
+    url = f"http://127.0.0.1:{server.server_port}/ready"
     try:
-        monkeypatch.setenv(PINS_ENV, '{"bike_demand": "3"}')
         assert main(url) == 0
-        monkeypatch.setenv(PINS_ENV, '{"bike_demand": "4"}')  # a new pod of a rollout still on the old version
-        assert main(url) == 1 and "bike_demand serves v3, pinned v4" in capsys.readouterr().err
+        answer.update(status=503, body={"detail": f"{P} serves v3 while v4 is pinned", "error": "version_not_pinned"})
+        assert main(url) == 1 and f"not ready: {P} serves v3 while v4 is pinned" in capsys.readouterr().err
     finally:
         server.shutdown()
     assert main(url, timeout_s=1) == 1 and "not ready" in capsys.readouterr().err  # nothing listening
