@@ -463,7 +463,7 @@ def _direct(served: ServedModel, sample_path: str) -> Any:
 class RowId:
     """A pipeline's row id (``schema.id_column``): callers may send it with a row; logged, never a model input.
 
-    The monitor joins delayed labels on it (:func:`tasks.monitor.label_key`), so it must have the type the landed
+    The monitor joins delayed labels on it (:func:`tasks.monitor.join_labels`), so it must have the type the landed
     rows have: an ``int`` column takes JSON integers, a text column (``str``, ``category``) strings, any other
     column either (an integral float such as ``5.0`` is the integer ``5``, as for integer inputs). A boolean, another
     float, null, an object or a list is never an id.
