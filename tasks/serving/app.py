@@ -644,7 +644,8 @@ class ModelService:
         self._wake = threading.Event()
         self._loader: threading.Thread | None = None
         self._downloads: Path | None = None  # created on first load, removed on stop
-        specs = {name: load_spec(name) for name in self.pipelines}
+        # the model carries a custom transformer's module (code_paths): this environment need not have it
+        specs = {name: load_spec(name, resolve_code=False) for name in self.pipelines}
         self.row_ids: dict[str, RowId | None] = {name: RowId.of(spec) for name, spec in specs.items()}
         self.log = PredictionLogWriter(
             log_store(settings),
@@ -761,7 +762,7 @@ class ModelService:
         from tasks.spec import SpecError
 
         try:
-            spec = load_spec(name)
+            spec = load_spec(name, resolve_code=False)
         except SpecError:
             return  # no such pipeline: _known answers 404
         with self._swap_lock:
