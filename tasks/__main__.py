@@ -145,7 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
     from tasks.settings import get_settings
     from tasks.spec import list_specs
 
-    serve(get_settings(), args.pipelines or [s.name for s in list_specs()], args.host, args.port, args.workers)
+    names = args.pipelines or [s.name for s in list_specs(resolve_code=False)]
+    serve(get_settings(), names, args.host, args.port, args.workers)
     return 0
 
 

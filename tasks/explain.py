@@ -7,7 +7,9 @@ for a classifier) before any calibration, so ``expected + sum(contributions) == 
 against a background sample kept with the model at training (``explain_background_``).
 
 The model sees one-hot and sin/cos features; a contribution is reported per raw input column (what a caller
-sent, what a reason code names) by summing the contributions of the features computed from that column.
+sent, what a reason code names) by summing the contributions of the features computed from that column. A
+custom transformer's output (``features.custom``) that reads k columns is split equally: 1/k of its contribution
+goes to each of them (a convention: SHAP does not say how the output depends on each), so the row still adds up.
 """
 
 from __future__ import annotations

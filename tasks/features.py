@@ -235,22 +235,37 @@ def custom_code(spec: FeatureSpec) -> tuple[list[str], list[str]]:
     A transformer installed from a distribution into site-packages (feature-engine, scikit-learn) is pinned as a
     requirement; the team's own module (on ``PYTHONPATH``, or an editable install) travels as code: its top-level
     package folder, or its single file (MLflow ``code_paths``, put on ``sys.path`` when the model loads). The
-    pipeline's own ``tasks`` ships in the serving image.
+    pipeline's own ``tasks`` ships in the serving image, the standard library with Python.
+
+    Raises:
+        FeatureError: A module installed into site-packages that no distribution owns (copied there by hand):
+            it could be neither pinned nor shipped, so the model would not load where it is not; the message
+            names it.
     """
     import importlib
+    import sys
     from importlib.metadata import packages_distributions, version
 
     paths: list[str] = []
     requirements: list[str] = []
     for step in spec.custom:
         top = step.transformer.partition(":")[0].split(".")[0]
-        if top == "tasks":
+        if top == "tasks" or top in sys.stdlib_module_names:
             continue
         module = importlib.import_module(top)
         folder = getattr(module, "__path__", None)
         location = Path(next(iter(folder))) if folder else Path(module.__file__ or "")
         if {"site-packages", "dist-packages"} & set(location.parts) or not module.__file__ and not folder:
-            requirements += [f"{d}=={version(d)}" for d in packages_distributions().get(top, [])]
+            distributions = packages_distributions().get(top, [])
+            if not distributions:
+                raise FeatureError(
+                    f"features.custom {step.name} ({step.transformer}): module {top!r} is installed at "
+                    f"{location} but belongs to no distribution, so it can be neither pinned in the model's "
+                    "requirements nor shipped with the model, and the model would not load where it is not "
+                    "installed. Install it as a package (pip install), or put it on PYTHONPATH outside "
+                    "site-packages so it ships with the model"
+                )
+            requirements += [f"{d}=={version(d)}" for d in distributions]
             continue
         paths.append(str(location))
     return list(dict.fromkeys(paths)), list(dict.fromkeys(requirements))

@@ -131,7 +131,8 @@ def served_window(
 class Served:
     """What was served in the window: the champion judged, its logged rows, those whose labels have landed.
 
-    ``labels``: how labels were joined (the key), or why they were not (a refusal naming the missing key).
+    ``labels``: how labels were joined (the keys), or why rows were not (a refusal naming the missing key);
+    ``label_join``: the rows each key joined and the rows none could (:meth:`LabelJoin.section`).
     """
 
     window_end: str
@@ -141,78 +142,163 @@ class Served:
     labelled: pd.DataFrame
     champion_on_labelled: Metrics | None = None
     labels: str = ""
+    label_join: dict[str, Any] = field(default_factory=dict)
 
 
-class LabelJoinRefusedError(PermanentError, ValueError):
-    """Labels cannot be joined onto served rows exactly: no declared unique key, or the key is not unique."""
+@dataclass(frozen=True)
+class LabelJoin:
+    """How the window's labels were joined: the rows each key joined, and the rows no key could join, with why.
 
-
-def label_key(spec: PipelineSpec, served_columns: set[str]) -> list[str]:
-    """The unique key labels are joined on, from what the spec declares and the served rows carry.
-
-    ``schema.id_column`` when served rows carry it, else the event day with ``source.order_by`` (bike demand:
-    ``dteday`` + ``hr``, one row per hour of a day).
-
-    Raises:
-        LabelJoinRefusedError: No declared key, or served rows lack its columns; the message names them.
+    ``note`` is the summary's ``labels`` line; :meth:`section` its ``label_join`` table.
     """
-    ident = spec.schema_.id_column
-    if ident and ident in served_columns:
-        return [ident]
-    dated = [spec.source.partition_column, *spec.source.order_by]
-    if spec.source.order_by and set(dated) <= served_columns:
-        return dated
-    missing = [c for c in ([ident] if ident else dated) if c not in served_columns]
-    if not ident and not spec.source.order_by:
-        raise LabelJoinRefusedError(
-            f"labels not joined: no unique row key is declared ({spec.source.partition_column!r} alone names a "
-            "partition, not a row). Declare schema.id_column (a column unique across partitions) and have callers "
-            "send it with each row, or source.order_by (unique within a day, with the partition column sent)"
+
+    note: str
+    rows_by_key: dict[str, int] = field(default_factory=dict)
+    not_joined_rows: int = 0
+    not_joined_reason: str | None = None
+
+    def section(self) -> dict[str, Any]:
+        """The counts, for ``summary.json``: every served row is joined on a key or counted as not joined."""
+        return {
+            "rows_by_key": dict(self.rows_by_key),
+            "not_joined_rows": self.not_joined_rows,
+            "not_joined_reason": self.not_joined_reason,
+        }
+
+
+def label_keys(spec: PipelineSpec) -> tuple[list[str], list[str]]:
+    """The declared unique keys labels may be joined on (either may be empty).
+
+    ``schema.id_column``, and the event day with ``source.order_by`` (bike demand: ``dteday`` + ``hr``, one row
+    per hour of a day).
+    """
+    ident = [spec.schema_.id_column] if spec.schema_.id_column else []
+    dated = [spec.source.partition_column, *spec.source.order_by] if spec.source.order_by else []
+    return ident, dated
+
+
+def _carries(served: pd.DataFrame, key: list[str]) -> pd.Series:
+    """Which rows carry every column of ``key`` (a column the frame lacks: none does)."""
+    if not key or not set(key) <= set(served.columns):
+        return pd.Series(False, index=served.index)
+    return served[key].notna().all(axis=1)
+
+
+def _why_not_joined(spec: PipelineSpec, served: pd.DataFrame, rows: pd.Series) -> str:
+    """Why the ``rows`` of ``served`` can be joined on no declared key (they lack its columns, or none is declared)."""
+    ident, dated = label_keys(spec)
+    if not ident and not dated:
+        return (
+            f"no unique row key is declared ({spec.source.partition_column!r} alone names a partition, not a row). "
+            "Declare schema.id_column (a column unique across partitions) and have callers send it with each row, "
+            "or source.order_by (unique within a day, with the partition column sent)"
         )
-    raise LabelJoinRefusedError(
-        f"labels not joined: served rows lack the key column(s) {missing} (declared by "
-        f"{'schema.id_column' if ident else 'source.partition_column + source.order_by'}); callers must send them"
-    )
+    lacking = []
+    if ident:
+        lacking.append(f"{ident} (schema.id_column)")
+    if dated:
+        missing = [c for c in dated if c not in served.columns or served.loc[rows, c].isna().any()]
+        lacking.append(f"{missing} (source.partition_column + source.order_by)")
+    return f"served rows lack the key column(s) {' and '.join(lacking)}; callers must send them"
 
 
-def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Join the true target from landed raw partitions onto served rows (delayed labels), on a unique key only.
-
-    Returns:
-        The rows (target NaN where no label landed or the join was refused) and how labels were joined, or the
-        refusal naming the missing key: a join on a key that is not unique would score the wrong rows.
-    """
+def _key_labels(
+    spec: PipelineSpec, layout: DataLayout, key: list[str], served: pd.DataFrame
+) -> tuple[pd.DataFrame | None, str | None]:
+    """The landed labels by ``key`` (None: none landed yet), or why they cannot be joined (the key repeats)."""
     target = spec.schema_.target
-    unlabelled = served.assign(**{target: float("nan")})
-    if served.empty:
-        return unlabelled, ""
-    try:
-        keys = label_key(spec, set(served.columns))
-    except LabelJoinRefusedError as exc:
-        log.warning("%s: %s", spec.name, exc)
-        return unlabelled, str(exc)
     day_col = spec.source.partition_column
-    dated = day_col in keys  # the key names the day: read only the served days' partitions
-    days = sorted(served[day_col].astype(str).unique()) if dated else layout.raw_partitions(spec.name)
+    # a key naming the day reads only the served days' partitions; an id may be in any of them
+    days = sorted(served[day_col].astype(str).unique()) if day_col in key else layout.raw_partitions(spec.name)
     frames = [
-        pd.read_parquet(layout.raw_partition(spec.name, d), columns=list(dict.fromkeys([*keys, target])))
+        pd.read_parquet(layout.raw_partition(spec.name, d), columns=list(dict.fromkeys([*key, target])))
         for d in days
         if layout.raw_partition(spec.name, d).is_file()
     ]
     if not frames:
-        return unlabelled, f"labels joined on {keys}: none landed yet"
+        return None, None
     labels = pd.concat(frames, ignore_index=True)
-    repeated = labels.duplicated(keys, keep=False)
+    repeated = labels.duplicated(key, keep=False)
     if repeated.any():
-        example = labels.loc[repeated, keys].iloc[0].to_dict()
-        why = (
-            f"labels not joined: the key {keys} is not unique in the landed rows ({int(repeated.sum())} rows share "
-            f"a key, e.g. {example}). Declare schema.id_column (unique across partitions) and have callers send it"
+        example = labels.loc[repeated, key].iloc[0].to_dict()
+        return None, (
+            f"the key {key} is not unique in the landed rows ({int(repeated.sum())} rows share a key, e.g. "
+            f"{example}). Declare schema.id_column (unique across partitions) and have callers send it"
         )
-        log.warning("%s: %s", spec.name, why)
-        return unlabelled, why
-    joined = served.drop(columns=[target], errors="ignore").merge(labels, on=keys, how="left", validate="many_to_one")
-    return joined, f"labels joined on {keys}"
+    return labels, None
+
+
+def _matched(served: pd.DataFrame, labels: pd.DataFrame, key: list[str], target: str) -> pd.Series:
+    """``target`` of the label row whose ``key`` each served row has (NaN: none), indexed like ``served``."""
+    left = served[key].copy()
+    for column in key:  # a logged id next to rows without one reads back as a float: 5.0 is the label's 5
+        if pd.api.types.is_integer_dtype(labels[column]) and pd.api.types.is_float_dtype(left[column]):
+            left[column] = left[column].astype("int64")
+    joined = left.merge(labels, on=key, how="left", validate="many_to_one")  # a left join keeps the left order
+    return pd.Series(joined[target].to_numpy(), index=served.index, name=target)
+
+
+def join_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) -> tuple[pd.DataFrame, LabelJoin]:
+    """Join the true target from landed raw partitions onto served rows (delayed labels), on unique keys only.
+
+    A row that carries ``schema.id_column`` joins on its id; a row without one (a caller that sent none, a
+    batch-scored row) joins on the event day with ``source.order_by`` when the spec declares it and the row
+    carries them. A row neither key can join is counted, with the reason, and logged as a warning: the metrics
+    on labelled rows never silently cover fewer rows than landed. A key that is not unique in the landed rows
+    is refused for its rows (a join on it would score the wrong rows), with the reason.
+
+    Returns:
+        The rows (target NaN where no label landed or no key could join) and how labels were joined.
+    """
+    target = spec.schema_.target
+    rows = served.drop(columns=[target], errors="ignore").reset_index(drop=True)
+    if rows.empty:
+        return rows.assign(**{target: float("nan")}), LabelJoin("")
+    ident, dated = label_keys(spec)
+    by_id = _carries(rows, ident)
+    by_day = ~by_id & _carries(rows, dated)
+    neither = ~by_id & ~by_day
+    found: list[pd.Series] = []
+    joined: list[str] = []
+    counts: dict[str, int] = {}
+    refused: list[tuple[int, str]] = []
+    for key, chosen in ((ident, by_id), (dated, by_day)):
+        if not chosen.any():
+            continue
+        labels, why = _key_labels(spec, layout, key, rows[chosen])
+        if why is not None:
+            refused.append((int(chosen.sum()), why))
+            continue
+        counts["+".join(key)] = int(chosen.sum())
+        joined.append(f"{key}" + ("" if labels is not None else ": none landed yet"))
+        if labels is not None:
+            found.append(_matched(rows[chosen], labels, key, target))
+    if neither.any():
+        refused.insert(0, (int(neither.sum()), _why_not_joined(spec, rows, neither)))
+    column = pd.concat(found) if found else pd.Series(dtype="float64")
+    rows[target] = column.reindex(rows.index) if len(column) else float("nan")
+    several = len(joined) > 1 or bool(refused)
+    parts = []
+    if joined:
+        parts.append(
+            "labels joined on "
+            + " and on ".join(f"{j} ({n} rows)" if several else j for j, n in zip(joined, counts.values(), strict=True))
+        )
+    not_joined = sum(n for n, _ in refused)
+    reason = "; ".join(why for _, why in refused) or None
+    if refused:
+        if not joined and not_joined == len(rows):
+            parts.append(f"labels not joined: {reason}")
+        else:
+            parts.append(f"{not_joined} of {len(rows)} rows not joined: {reason}")
+        log.warning("%s: %s", spec.name, "; ".join(parts))
+    return rows, LabelJoin("; ".join(parts), counts, not_joined, reason)
+
+
+def attach_labels(spec: PipelineSpec, layout: DataLayout, served: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """:func:`join_labels`'s rows and its ``labels`` line (how labels were joined, or why rows were not)."""
+    rows, how = join_labels(spec, layout, served)
+    return rows, how.note
 
 
 def with_batch_scores(spec: PipelineSpec, layout: DataLayout, logged: pd.DataFrame, window: list[str]) -> pd.DataFrame:
@@ -242,7 +328,7 @@ def collect(
     if start is not None and not logged.empty:  # serving time: exactly the hours up to the window's end
         when = pd.to_datetime(logged["event_time"], utc=True, format="ISO8601")
         logged = logged[(when >= start) & (when < check_window_end(window_end, now))].reset_index(drop=True)
-    rows, labels = attach_labels(spec, layout, with_batch_scores(spec, layout, logged, window))
+    rows, labels = join_labels(spec, layout, with_batch_scores(spec, layout, logged, window))
     labelled = rows.dropna(subset=[spec.schema_.target])
     scored = None
     if len(labelled):
@@ -251,7 +337,7 @@ def collect(
 
         y = target_values(spec, labelled[spec.schema_.target])
         scored = score_all(spec.metric_names, y, labelled[PREDICTION].to_numpy())
-    return Served(window_end, window, current, rows, labelled, scored, labels)
+    return Served(window_end, window, current, rows, labelled, scored, labels.note, labels.section())
 
 
 # ---- the champion's reference ----
@@ -920,6 +1006,7 @@ def _summary(
         "rows": len(served.rows),
         "rows_by_source": _rows_by_source(served.rows),
         "labels": served.labels,
+        "label_join": served.label_join,
         "champion_version": served.champion.version if served.champion else None,
         "status": assessment.status,
         "reason": assessment.reason,

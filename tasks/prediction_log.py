@@ -133,7 +133,7 @@ def event_time(value: Any) -> str | None:
 def _all_event_columns() -> dict[str, str | None]:
     from tasks.spec import list_specs
 
-    return {s.name: event_column(s) for s in list_specs()}
+    return {s.name: event_column(s) for s in list_specs(resolve_code=False)}
 
 
 def _migrate_v1(conn: sqlite3.Connection) -> None:
@@ -394,7 +394,7 @@ class PredictionLogWriter:
         """A writer for the named pipelines, their event columns read from their specs."""
         from tasks.spec import load_spec
 
-        return cls(store, {name: event_column(load_spec(name)) for name in pipelines}, **options)
+        return cls(store, {name: event_column(load_spec(name, resolve_code=False)) for name in pipelines}, **options)
 
     def add_pipeline(self, name: str, column: str | None) -> None:
         """Log a pipeline that was not served at start (its event column, from its spec)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from tasks.errors import PermanentError
 
@@ -306,7 +306,8 @@ TRANSFORMER_PATH = rf"^{_DOTTED}:{_DOTTED}$"
 def resolve_transformer(path: str) -> type:
     """The class an import path ``package.module:Class`` names, checked to be a scikit-learn-style transformer.
 
-    Imports the module (so a spec naming one imports it when it loads: keep its top level light).
+    Imports the module (so a spec naming one imports it when it loads to be checked or trained, the DAG processor
+    on every parse included: keep its top level light).
 
     Raises:
         ValueError: The module does not import, has no such attribute, or it is not a class with ``fit`` and
@@ -322,7 +323,8 @@ def resolve_transformer(path: str) -> type:
         raise ValueError(
             f"features.custom transformer {path!r}: module {module_name!r} does not import "
             f"({type(exc).__name__}: {exc}); it must be importable (installed, or on PYTHONPATH) wherever the "
-            "spec loads: the scheduler, the workers and the stage pods"
+            "spec is checked or trains: the DAG processor, the workers, the training pods and `python -m tasks` "
+            "(the model server and scoring run it from the model)"
         ) from None
     for part in attribute.split("."):
         if not hasattr(found, part):
@@ -345,6 +347,10 @@ class CustomTransformerSpec(_Strict):
     (MLflow ``code_paths``): the model server and the scoring tasks load it from the model, not from their own
     environment. A transformer from an installed distribution (feature-engine, scikit-learn) is pinned in the
     model's requirements instead.
+
+    Where a spec loads for training, the DAG processor or ``python -m tasks`` the import path is resolved (the
+    module imported, the class and its ``params`` checked); the model server and the scoring stage load specs
+    with ``resolve_code=False`` (:func:`load_spec`): they check its syntax only and need no module installed.
     """
 
     name: str = Field(
@@ -355,7 +361,8 @@ class CustomTransformerSpec(_Strict):
     transformer: str = Field(
         pattern=TRANSFORMER_PATH,
         description="Import path package.module:Class of a class with fit(X, y=None) and transform(X); checked "
-        "when the spec loads (it must import and be such a class).",
+        "when the spec loads for training, DAG parsing and `python -m tasks` (it must import and be such a class); "
+        "the model server and scoring check its syntax only and run it from the model.",
         examples=["team_features.ratios:RatioFeature", "feature_engine.creation:RelativeFeatures"],
     )
     columns: list[str] = Field(
@@ -365,14 +372,17 @@ class CustomTransformerSpec(_Strict):
     )
     params: dict[str, float | int | str | bool | list[float | int | str]] = Field(
         default_factory=dict,
-        description="Keyword arguments of its constructor (checked against its signature when the spec loads).",
+        description="Keyword arguments of its constructor (checked against its signature where the import path "
+        "is resolved).",
         examples=[{"clip": 10.0}],
     )
 
     @model_validator(mode="after")
-    def _resolves(self) -> CustomTransformerSpec:
+    def _resolves(self, info: ValidationInfo) -> CustomTransformerSpec:
         import inspect
 
+        if not (info.context or {}).get("resolve_code", True):  # serving, scoring: the model carries the code
+            return self
         cls = resolve_transformer(self.transformer)
         try:
             inspect.signature(cls).bind(**self.params)
@@ -1032,7 +1042,7 @@ def pipeline_names(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if PIPELINE_NAME.match(p.stem))
 
 
-def load_spec(name_or_path: str | Path, check_suite: bool = True) -> PipelineSpec:
+def load_spec(name_or_path: str | Path, check_suite: bool = True, resolve_code: bool = True) -> PipelineSpec:
     """Load and validate one pipeline spec.
 
     Args:
@@ -1041,6 +1051,9 @@ def load_spec(name_or_path: str | Path, check_suite: bool = True) -> PipelineSpe
             outside the specs folder through it.
         check_suite: Refuse the spec when its expectation suite disagrees with its schema (off only for the
             tool that writes a new suite).
+        resolve_code: Import each ``features.custom`` transformer and check it and its params (training, DAG
+            parsing, ``python -m tasks``). The model server and the scoring stage pass False: the model carries
+            the team's module (MLflow ``code_paths``), so they check the import path's syntax only.
 
     Returns:
         The validated spec.
@@ -1063,7 +1076,7 @@ def load_spec(name_or_path: str | Path, check_suite: bool = True) -> PipelineSpe
         raise SpecError(f"no pipeline spec at {path}; available pipelines: {available}")
     try:
         raw = yaml.load(path.read_text(), Loader=_YAML)
-        spec = PipelineSpec.model_validate(raw)
+        spec = PipelineSpec.model_validate(raw, context={"resolve_code": resolve_code})
     except (yaml.YAMLError, ValueError) as exc:
         raise SpecError(f"invalid pipeline spec {path}: {exc}") from exc
     if check_suite:
@@ -1079,6 +1092,6 @@ def load_spec(name_or_path: str | Path, check_suite: bool = True) -> PipelineSpe
     return spec
 
 
-def list_specs(directory: Path | None = None) -> list[PipelineSpec]:
-    """Load every spec in a folder (default :func:`pipelines_dir`), sorted by name."""
-    return [load_spec(p) for p in sorted((directory or pipelines_dir()).glob("*.yaml"))]
+def list_specs(directory: Path | None = None, resolve_code: bool = True) -> list[PipelineSpec]:
+    """Load every spec in a folder (default :func:`pipelines_dir`), sorted by name (``resolve_code``: see load_spec)."""
+    return [load_spec(p, resolve_code=resolve_code) for p in sorted((directory or pipelines_dir()).glob("*.yaml"))]

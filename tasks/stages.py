@@ -22,9 +22,10 @@ from tasks.storage import DataLayout
 log = logging.getLogger(__name__)
 
 
-def _ctx(pipeline: str) -> tuple[PipelineSpec, Settings, DataLayout]:
+def _ctx(pipeline: str, resolve_code: bool = True) -> tuple[PipelineSpec, Settings, DataLayout]:
+    """The spec (``resolve_code``: :func:`load_spec`; False where the model runs its own code), settings, layout."""
     settings = get_settings()
-    return load_spec(pipeline), settings, DataLayout(settings.data_root)
+    return load_spec(pipeline, resolve_code=resolve_code), settings, DataLayout(settings.data_root)
 
 
 def replay(pipeline: str, start: str, end: str, corrupt: list[str] | None = None) -> dict[str, Any]:
@@ -269,7 +270,7 @@ def resolve_champion(pipeline: str) -> dict[str, Any]:
     """
     from tasks.score import resolve_version
 
-    spec, settings, _ = _ctx(pipeline)
+    spec, settings, _ = _ctx(pipeline, resolve_code=False)
     return {"version": resolve_version(settings, spec)}
 
 
@@ -283,7 +284,7 @@ def score_partitions(pipeline: str, days: list[str], version: str | None = None)
     """
     from tasks.score import score_partitions as score
 
-    spec, settings, layout = _ctx(pipeline)
+    spec, settings, layout = _ctx(pipeline, resolve_code=False)  # the model carries a custom transformer's code
     return score(spec, settings, layout, days, version).xcom()
 
 

@@ -463,7 +463,7 @@ def _direct(served: ServedModel, sample_path: str) -> Any:
 class RowId:
     """A pipeline's row id (``schema.id_column``): callers may send it with a row; logged, never a model input.
 
-    The monitor joins delayed labels on it (:func:`tasks.monitor.label_key`), so it must have the type the landed
+    The monitor joins delayed labels on it (:func:`tasks.monitor.join_labels`), so it must have the type the landed
     rows have: an ``int`` column takes JSON integers, a text column (``str``, ``category``) strings, any other
     column either (an integral float such as ``5.0`` is the integer ``5``, as for integer inputs). A boolean, another
     float, null, an object or a list is never an id.
@@ -644,7 +644,8 @@ class ModelService:
         self._wake = threading.Event()
         self._loader: threading.Thread | None = None
         self._downloads: Path | None = None  # created on first load, removed on stop
-        specs = {name: load_spec(name) for name in self.pipelines}
+        # the model carries a custom transformer's module (code_paths): this environment need not have it
+        specs = {name: load_spec(name, resolve_code=False) for name in self.pipelines}
         self.row_ids: dict[str, RowId | None] = {name: RowId.of(spec) for name, spec in specs.items()}
         self.log = PredictionLogWriter(
             log_store(settings),
@@ -761,7 +762,7 @@ class ModelService:
         from tasks.spec import SpecError
 
         try:
-            spec = load_spec(name)
+            spec = load_spec(name, resolve_code=False)
         except SpecError:
             return  # no such pipeline: _known answers 404
         with self._swap_lock:

@@ -67,6 +67,42 @@ def use_champion_store(champion_store: dict[str, Any], monkeypatch: pytest.Monke
     get_settings.cache_clear()
 
 
+TEAM_FEATURES = Path(__file__).resolve().parents[2] / "fixtures"  # holds team_features, a team's own package
+
+
+@pytest.fixture
+def custom_model(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A ridge model trained on 8 days of bike demand with ``features.custom`` (tests/fixtures/team_features).
+
+    The team's package is on this process's ``sys.path`` only (its PYTHONPATH), not in the environment:
+    a subprocess without PYTHONPATH cannot import it. ``MLP_PIPELINES_DIR`` points at the spec's folder.
+    """
+    import yaml
+
+    from tasks.features import build_features
+    from tasks.replay import replay_days
+    from tasks.spec import load_spec
+    from tasks.storage import DataLayout
+    from tasks.train import train_model
+    from tests.conftest import write_spec
+
+    monkeypatch.syspath_prepend(str(TEAM_FEATURES))
+    folder = write_spec(tmp_path / "specs", model={"family": "ridge", "params": {"alpha": 1.0}})
+    raw = yaml.safe_load((folder / "bike_demand.yaml").read_text())
+    step = {"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "hum"]}
+    raw["features"]["custom"] = [step | {"params": {"clip": 5.0}}]
+    (folder / "bike_demand.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MLP_PIPELINES_DIR", str(folder))
+    spec, layout = load_spec("bike_demand"), DataLayout(data_root)
+    days = [f"2011-06-{d:02d}" for d in range(1, 9)]
+    replay_days(spec, layout, FIXTURES, days[0], days[-1])
+    for day in days:
+        stages.ingest_partition("bike_demand", day)
+    datasets = build_features(spec, layout, days, "run")
+    trained = train_model(spec, get_settings(), layout, datasets, "run")
+    return {"spec": spec, "layout": layout, "days": days, "datasets": datasets, "trained": trained, "specs": folder}
+
+
 def _days(start: str, end: str) -> list[str]:
     from datetime import date, timedelta
 

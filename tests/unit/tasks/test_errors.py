@@ -31,7 +31,6 @@ PERMANENT = {
     "tasks.ingest.IngestError",
     "tasks.landing.BadPartitionError",
     "tasks.landing.LandingOverdueError",  # no file after the day's deadline: the sensor stops waiting
-    "tasks.monitor.LabelJoinRefusedError",
     "tasks.monitor.MonitoringError",
     "tasks.monitor.MonitoringWindowError",
     "tasks.plan.PlanError",

@@ -167,3 +167,26 @@ def test_a_custom_transformer_s_failures_are_named_and_it_must_be_fitted_first()
     with pytest.raises(FeatureError, match="call fit before transform"):
         FeatureBuilder(["temp"], {}, {}, custom=_custom("DropsARow")).transform(rows)
     assert isinstance(FeatureError("x"), PermanentError)  # the team's broken code is not retried
+
+
+def test_a_custom_module_in_site_packages_that_no_distribution_owns_is_refused_naming_it(tmp_path, monkeypatch):
+    """Copied into site-packages by hand, it was neither pinned nor shipped: the model could not load it elsewhere."""
+    import shutil
+    from importlib.metadata import version
+
+    from tasks.features import custom_code
+    from tasks.spec import FeatureSpec
+
+    site = tmp_path / "lib" / "site-packages"
+    shutil.copytree(FIXTURES.parent / "team_features", site / "orphan_features")
+    monkeypatch.syspath_prepend(str(site))
+    step = {"name": "feels", "transformer": "orphan_features.ratios:RatioFeature", "columns": ["temp", "hum"]}
+    features = FeatureSpec(numeric=["temp"], custom=[step])
+    with pytest.raises(FeatureError, match=r"module .orphan_features. is installed at .*site-packages.* no distrib"):
+        custom_code(features)
+    # one a distribution owns is pinned; the team's own package (outside site-packages) ships as code
+    installed = FeatureSpec(numeric=["temp"], custom=[step | {"transformer": "sklearn.preprocessing:StandardScaler"}])
+    assert custom_code(installed) == ([], [f"scikit-learn=={version('scikit-learn')}"])
+    monkeypatch.syspath_prepend(str(FIXTURES.parent))
+    shipped = FeatureSpec(numeric=["temp"], custom=[step | {"transformer": "team_features.ratios:RatioFeature"}])
+    assert custom_code(shipped) == ([str(FIXTURES.parent / "team_features")], [])

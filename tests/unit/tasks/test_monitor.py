@@ -133,6 +133,68 @@ def test_a_declared_key_that_is_not_unique_in_the_landed_rows_is_refused(data_ro
     assert "lack the key column(s) ['instant']" in why
 
 
+def test_rows_with_and_without_ids_and_batch_rows_each_join_their_label_and_unjoinable_ones_are_counted(
+    data_root, monkeypatch
+):
+    """Regression: once some served rows carried the id, every row was joined on it, so rows without one (other
+    callers, every batch-scored row) lost their labels and the metrics covered fewer rows, without a word."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from tasks import registry
+    from tasks.prediction_log import PredictionLogWriter
+    from tasks.score import score_day
+
+    spec = load_spec("bike_demand")
+    layout = DataLayout(data_root)
+    truth = raw_rows(FIXTURES, "2011-06-22", "2011-06-23")
+    for day, part in truth.groupby("dteday"):
+        target = layout.raw_partition(spec.name, str(day))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part.to_parquet(target)
+    served = truth[truth.dteday == "2011-06-22"].reset_index(drop=True)
+    inputs = served.drop(columns=DROP).to_dict("records")
+    with_id = [r | {"instant": int(i)} for r, i in zip(inputs[:8], served.instant[:8], strict=True)]
+    with_id[:4] = [{k: v for k, v in r.items() if k != "hr"} for r in with_id[:4]]  # the id alone joins these
+    without_id = inputs[8:16]  # a caller that sends no id: the day and the hour join these
+    keyless = [{k: v for k, v in r.items() if k != "hr"} for r in inputs[16:20]]  # no id, no hour: no key
+    rng = np.random.default_rng(3)
+    predictions = (served.cnt[:20] + rng.normal(0, 30, 20)).tolist()
+    writer = PredictionLogWriter(layout.prediction_log, {spec.name: "dteday"})
+    writer.append("r-ids", spec.name, "1", with_id, predictions[:8])
+    writer.append("r-plain", spec.name, "1", without_id, predictions[8:16])
+    writer.append("r-keyless", spec.name, "1", keyless, predictions[16:20])
+    writer.close()
+
+    class Noisy:  # batch scoring writes no id column: its rows join on the day and the hour
+        def predict(self, frame: pd.DataFrame) -> np.ndarray:
+            return frame["temp"].to_numpy() * 500.0
+
+    score_day(spec, layout, Noisy(), "1", "2011-06-23")
+    monkeypatch.setattr(registry, "champion", lambda settings, name: None)
+    result = collect(spec, get_settings(), layout, "2011-06-24T00:00:00+00:00")
+    batch = truth[truth.dteday == "2011-06-23"].sort_values("hr")
+    expected_truth = [*served.cnt[:16], *batch.cnt]
+    expected_pred = [*predictions[:16], *(batch.temp * 500.0)]
+    assert len(result.rows) == 20 + len(batch) and len(result.labelled) == 16 + len(batch)
+    by_request = result.rows.groupby("request_id")["cnt"]
+    assert by_request.count().to_dict() == {"r-ids": 8, "r-plain": 8, "r-keyless": 0, "batch:2011-06-23:v1": len(batch)}
+    labelled = result.labelled
+    assert labelled["cnt"].tolist() == expected_truth
+    metrics = result.champion_on_labelled
+    assert metrics is not None
+    assert metrics["rmse"] == pytest.approx(mean_squared_error(expected_truth, expected_pred) ** 0.5, rel=1e-12)
+    assert metrics["mae"] == pytest.approx(mean_absolute_error(expected_truth, expected_pred), rel=1e-12)
+    assert metrics["r2"] == pytest.approx(r2_score(expected_truth, expected_pred), rel=1e-12)
+    # the rows no key joins are counted, with the reason, not dropped silently
+    assert result.label_join == {
+        "rows_by_key": {"instant": 8, "dteday+hr": 8 + len(batch)},
+        "not_joined_rows": 4,
+        "not_joined_reason": result.label_join["not_joined_reason"],
+    }
+    assert "lack the key column(s) ['instant'] (schema.id_column) and ['hr']" in result.label_join["not_joined_reason"]
+    assert "4 of " in result.labels and "rows not joined" in result.labels and "['instant'] (8 rows)" in result.labels
+
+
 def _serve(start: str, end: str) -> None:
     with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
         assert client.app.state.service.wait_settled(120)  # the champion loads in the background

@@ -155,6 +155,20 @@ def test_a_custom_transformer_that_does_not_resolve_is_refused_when_the_spec_loa
     assert str(path) in str(refused.value)
 
 
+def test_where_the_model_carries_the_code_a_custom_transformer_is_not_imported_but_its_path_is_still_checked(
+    tmp_path,
+):
+    """The model server and scoring load specs with resolve_code=False: no import, the path's syntax still checked."""
+    step = {"name": "feels", "transformer": "no_such_team_pkg.mod:Thing", "columns": ["atemp", "temp"]}
+    path = _write_variant(tmp_path, **{"features.custom": [step | {"params": {"anything": 1}}]})
+    assert load_spec(path, resolve_code=False).features.custom[0].transformer == "no_such_team_pkg.mod:Thing"
+    with pytest.raises(SpecError, match=r"module 'no_such_team_pkg.mod' does not import"):
+        load_spec(path)  # training, DAG parsing, `python -m tasks`: resolved
+    malformed = _write_variant(tmp_path, **{"features.custom": [step | {"transformer": "team_features/ratios.py"}]})
+    with pytest.raises(SpecError, match=r"features.custom.0.transformer"):
+        load_spec(malformed, resolve_code=False)
+
+
 def test_a_custom_transformer_by_import_path_loads_and_its_columns_are_features_sources(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(TEAM_FEATURES))
     step = {"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "temp"]}

@@ -118,7 +118,7 @@ def test_a_stale_datasets_result_is_refused_naming_the_field(data_root):
 
 
 def test_a_custom_transformer_ships_inside_the_model_and_runs_where_its_module_is_not_importable(
-    data_root, tmp_path, monkeypatch
+    custom_model, tmp_path
 ):
     """features.custom names the team's own transformer (tests/fixtures/team_features); the model logged to MLflow
     carries its package (code_paths), so a process that cannot import it still loads the model and predicts what
@@ -130,30 +130,13 @@ def test_a_custom_transformer_ships_inside_the_model_and_runs_where_its_module_i
 
     import mlflow
     import numpy as np
-    import yaml
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import Pipeline
 
-    from tasks.features import FeatureBuilder, build_features
-    from tasks.replay import replay_days
-    from tests.conftest import write_spec
-    from tests.unit.conftest import FIXTURES
+    from tasks.features import FeatureBuilder
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "fixtures"))  # the team's PYTHONPATH
-    folder = write_spec(tmp_path / "specs", model={"family": "ridge", "params": {"alpha": 1.0}})
-    raw = yaml.safe_load((folder / "bike_demand.yaml").read_text())
-    step = {"name": "feels", "transformer": "team_features.ratios:RatioFeature", "columns": ["atemp", "hum"]}
-    raw["features"]["custom"] = [step | {"params": {"clip": 5.0}}]
-    (folder / "bike_demand.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("MLP_PIPELINES_DIR", str(folder))
-    spec, layout = load_spec("bike_demand"), DataLayout(data_root)
-    days = [f"2011-06-{d:02d}" for d in range(1, 9)]
-    replay_days(spec, layout, FIXTURES, days[0], days[-1])
-    for day in days:
-        stages.ingest_partition("bike_demand", day)
-    datasets = build_features(spec, layout, days, "run")
+    spec, datasets, trained = custom_model["spec"], custom_model["datasets"], custom_model["trained"]
     assert "feels_ratio" in pd.read_parquet(datasets.train_features).columns
-    trained = train_model(spec, get_settings(), layout, datasets, "run")
 
     mlflow.set_tracking_uri(get_settings().mlflow_tracking_uri)
     local = mlflow.artifacts.download_artifacts(trained.model_uri, dst_path=str(tmp_path / "model"))

@@ -285,3 +285,60 @@ def test_an_id_that_is_not_the_declared_kind_is_a_422_naming_it(server, hostile)
     reply = server.post("/predict", json={"instances": rows})
     assert reply.status_code == 422 and reply.json()["error"] == "invalid_instances", reply.text
     assert "instances[1].instant:" in reply.json()["detail"]
+
+
+def test_a_model_with_a_custom_transformer_serves_and_scores_where_the_team_module_is_not_installed(
+    custom_model, tmp_path
+):
+    """Regression: the server and scoring loaded the spec by importing the team's module, so they failed to start
+    where it is not installed, though the model carries it (code_paths). They now check the import path's syntax
+    only; training, DAG parsing and `python -m tasks` still import it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+    import pandas as pd
+
+    from tasks.evaluate import evaluate_model
+    from tasks.registry import promote
+
+    settings, spec = get_settings(), custom_model["spec"]
+    datasets = custom_model["datasets"]
+    evaluate_model(spec, settings, custom_model["layout"], custom_model["trained"], datasets.holdout, "run")  # smoke
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    version = mlflow.register_model(custom_model["trained"].model_uri, spec.registered_model_name).version
+    promote(settings, spec.registered_model_name, str(version), None, reason="test")
+    holdout = pd.read_parquet(datasets.holdout)
+    rows = tmp_path / "instances.json"
+    rows.write_text(json.dumps(holdout[spec.schema_.input_columns].head(5).to_dict("records")))
+    script = (
+        "import importlib.util, json, sys\n"
+        "assert importlib.util.find_spec('team_features') is None, 'team_features is importable here'\n"
+        "from fastapi.testclient import TestClient\n"
+        "from tasks import stages\n"
+        "from tasks.serving.app import create_app\n"
+        "from tasks.settings import get_settings\n"
+        "with TestClient(create_app(get_settings(), ['bike_demand'])) as client:\n"
+        "    assert client.app.state.service.wait_settled(120)\n"
+        "    reply = client.post('/predict', json={'instances': json.loads(open(sys.argv[1]).read())})\n"
+        "scored = stages.score_partitions('bike_demand', [sys.argv[2]])\n"
+        "print(json.dumps({'status': reply.status_code, 'body': reply.json(), 'scored': scored}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the team's package is not installed
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(rows), custom_model["days"][-1]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"] == 200, out["body"]
+    assert len(out["body"]["predictions"]) == 5 and out["body"]["model_version"] == str(version)
+    assert out["scored"]["partitions"][0]["rows"] > 0
