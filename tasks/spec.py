@@ -934,9 +934,10 @@ class PipelineSpec(_Strict):
     landing_timeout_hours: float = Field(
         default=12,
         gt=0,
-        description="How long ingest waits for a day's landing file, counted from the end of that day (UTC): a day "
-        "with no file by then fails its sensor at once (the run made on unpausing, an old key re-run) instead of "
-        "waiting; a file that is there but still being written gets this long from the sensor's first look.",
+        description="How long ingest waits for a day's landing file, counted from the day's scheduled ingest run "
+        "(the first fire of ingest_schedule at or after the end of the day, UTC): a day with no file by then fails "
+        "its sensor at once (the run made on unpausing after that, an old key re-run) instead of waiting; a file "
+        "that is there but still being written gets this long from the sensor's first look.",
         examples=[12],
     )
     source: SourceSpec
