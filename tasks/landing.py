@@ -13,7 +13,8 @@ Completion rules (spec ``source.completion``):
   skewed network share should use ``marker`` or ``rename``); otherwise it waits and looks again.
 - ``marker``: complete once ``<day>.csv.done`` exists and is not older than the file (a file rewritten after
   its marker waits for a new one).
-- ``rename``: upstream writes ``.<name>.tmp`` or ``<name>.partial`` and renames; a final name is complete.
+- ``rename``: upstream writes ``.<name>.tmp`` (or ``.<name>.<random>.tmp``, as :func:`tasks.storage.atomic_path`
+  does) or ``<name>.partial`` and renames; a final name is complete, a temporary one is a file still being written.
 
 How long ingest waits (:func:`landing_deadline`): for a day whose file is absent, until the key's scheduled run
 (the first fire of the spec's ``ingest_schedule`` at or after the end of the day, UTC: 00:00 the next day with
@@ -21,7 +22,8 @@ How long ingest waits (:func:`landing_deadline`): for a day whose file is absent
 when its run started. The scheduled run waits the usual hours; the run Airflow makes when the DAG is unpaused after
 the deadline, a backfill of old days or a re-run of an old key gives up at its first look when nothing is there
 (:class:`LandingOverdueError`, naming the deadline) instead of holding a run for 12 hours. A file that is there
-but still being written keeps the sensor's own timeout.
+but still being written (under ``rename``, one of the day's temporary names: :attr:`Readiness.present`) keeps the
+sensor's own timeout.
 """
 
 from __future__ import annotations
@@ -191,6 +193,28 @@ class Readiness:
     ready: bool
     reason: str
     look: Look | None = None
+    temporary: str | None = None
+    """``rename``: the temporary name the day's file is being written under while its final name is absent."""
+
+    @property
+    def present(self) -> bool:
+        """There is a file for the day, complete or not (its final name, or under ``rename`` a temporary one)."""
+        return self.look is not None or self.temporary is not None
+
+
+def temporary_names(path: Path) -> list[Path]:
+    """The temporary names ``path`` is being written under (``source.completion: rename``), sorted by name.
+
+    ``.<name>.tmp``, ``.<name>.<random>.tmp`` (six or more letters, digits or ``_``: the names of
+    :func:`tasks.storage.atomic_path`, which the replay and the pulled sources write through) and
+    ``<name>.partial``; not the temporary names of other files beside it (``.<name>.done.tmp``, a marker's).
+    """
+    if not path.parent.is_dir():
+        return []
+    hidden = re.compile(rf"^\.{re.escape(path.name)}(\.[A-Za-z0-9_]{{6,}})?\.tmp$")
+    found = [p for p in path.parent.glob(f".{path.name}*.tmp") if hidden.match(p.name)]
+    found += [path.with_name(path.name + ".partial")]
+    return sorted(p for p in found if p.is_file())
 
 
 def marker_path(path: Path) -> Path:
@@ -221,6 +245,9 @@ def readiness(
         Ready or not, the reason, and the look taken (for the next call's ``earlier``).
     """
     now = Look.of(path, clock)
+    if now is None and contract.completion == "rename" and (temporary := temporary_names(path)):
+        why = f"{path.name} is still being written as {temporary[0].name} (source.completion: rename)"
+        return Readiness(False, why, temporary=temporary[0].name)
     if now is None:
         return Readiness(False, f"no landing file {path.name} yet")
     if contract.completion == "rename":

@@ -46,7 +46,9 @@ def test_marker_and_rename_contracts(tmp_path):
     path = tmp_path / "2011-07-01.csv"
     assert not readiness(Contract("rename"), path).ready  # only the temporary name exists yet
     path.with_name(".2011-07-01.csv.tmp").write_bytes(real("2011-07-01"))
-    assert readiness(Contract("rename"), path).reason == "no landing file 2011-07-01.csv yet"
+    assert readiness(Contract("rename"), path).reason == (
+        "2011-07-01.csv is still being written as .2011-07-01.csv.tmp (source.completion: rename)"
+    )
     os.replace(path.with_name(".2011-07-01.csv.tmp"), path)
     assert readiness(Contract("rename"), path).ready  # a final name is complete at once
     marker = Contract("marker")
@@ -232,3 +234,50 @@ def test_the_sensor_stage_counts_the_deadline_from_the_specs_ingest_schedule(dat
     monkeypatch.setattr(stages, "load_spec", lambda _: spec)
     yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     assert stages.landing_ready("bike_demand", yesterday) is False
+
+
+def test_rename_counts_a_temporary_name_of_the_days_file_as_present():
+    """Under ``rename`` a file still being uploaded as ``.<name>.tmp`` / ``<name>.partial`` is there: not ready,
+    but present, so a sensor past the deadline keeps waiting instead of failing mid-upload."""
+    import tempfile
+    from pathlib import Path
+
+    from tasks.storage import atomic_path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "2011-07-01.csv"
+        assert not readiness(Contract("rename"), path).present
+        (Path(folder) / "2011-07-02.csv.partial").write_bytes(b"")  # another day's upload
+        (Path(folder) / ".2011-07-01.csv.done.tmp").write_bytes(b"")  # a marker's, not the file's
+        assert not readiness(Contract("rename"), path).present
+        for temporary in (".2011-07-01.csv.tmp", "2011-07-01.csv.partial", ".2011-07-01.csv.k3x9q_2a.tmp"):
+            (Path(folder) / temporary).write_bytes(real("2011-07-01")[:100])
+            state = readiness(Contract("rename"), path)
+            assert (state.ready, state.present, state.look) == (False, True, None)
+            assert f"still being written as {state.temporary}" in state.reason
+            (Path(folder) / temporary).unlink()
+        with atomic_path(path) as tmp:  # the replay's and the pulled sources' own temporary name counts too
+            tmp.write_bytes(real("2011-07-01")[:100])
+            assert readiness(Contract("rename"), path).present
+        assert readiness(Contract("rename"), path).ready
+        (Path(folder) / "2011-07-03.csv.partial").write_bytes(b"")
+        assert not readiness(Contract("settle"), Path(folder) / "2011-07-03.csv").present  # written in place
+
+
+def test_the_sensor_stage_waits_past_the_deadline_for_a_file_being_uploaded_under_rename(data_root, monkeypatch):
+    from tasks import stages
+    from tasks.landing import LandingOverdueError
+    from tasks.settings import get_settings
+    from tasks.spec import load_spec
+    from tasks.storage import DataLayout
+
+    shipped = load_spec("bike_demand")
+    spec = shipped.model_copy(update={"source": shipped.source.model_copy(update={"completion": "rename"})})
+    monkeypatch.setattr(stages, "load_spec", lambda _: spec)
+    with pytest.raises(LandingOverdueError):
+        stages.landing_ready("bike_demand", "2011-06-01")
+    landing = DataLayout(get_settings().data_root).landing_file("bike_demand", "2011-06-01")
+    landing.parent.mkdir(parents=True, exist_ok=True)
+    landing.with_name(".2011-06-01.csv.tmp").write_bytes(real("2011-06-01")[:100])
+    assert stages.landing_ready("bike_demand", "2011-06-01") is False  # mid-upload: the sensor's timeout decides
+    assert stages.landing_status("bike_demand", "2011-06-01")["present"] is True
