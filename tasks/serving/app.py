@@ -622,9 +622,8 @@ class ModelStatus:
     error: str | None = None
     attempts: int = 0
     retry_at: float | None = None  # time.monotonic() of the next background attempt (outages only)
-    smoke_test_failed: bool = (
-        False  # the last load failed the smoke test (the reason /ready gives); reset by any other outcome
-    )
+    # the last load failed the smoke test (the reason /ready gives); any other outcome resets it
+    smoke_test_failed: bool = False
 
 
 class ModelService:
