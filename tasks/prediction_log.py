@@ -535,13 +535,13 @@ def window_bounds(days: list[str]) -> tuple[str, str]:
     return min(days), last.isoformat()
 
 
-WINDOW_CHUNK_ROWS = 100_000
-"""Rows per chunk the window is read in (:func:`read_window_chunks`)."""
+LOG_READ_CHUNK_ROWS = 100_000
+"""Rows per chunk :func:`read_window_chunks` reads the log in (the monitor aggregates in chunks of its own size)."""
 _META = ("prediction", "model_version", "event_time", "served_at", "source", "request_id")
 
 
 def read_window_chunks(
-    store: Path | str, pipeline: str, days: list[str], chunk_rows: int = WINDOW_CHUNK_ROWS
+    store: Path | str, pipeline: str, days: list[str], chunk_rows: int = LOG_READ_CHUNK_ROWS
 ) -> Iterator[pd.DataFrame]:
     """:func:`read_window`'s rows as frames of at most ``chunk_rows`` rows each, in logging order.
 
