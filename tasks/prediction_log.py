@@ -45,7 +45,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -388,13 +388,6 @@ class PredictionLogWriter:
         self._waiting: list[_Pending] = []
         self._committing = False
         self._closed = False
-
-    @classmethod
-    def for_pipelines(cls, store: Path | str, pipelines: Iterable[str], **options: Any) -> PredictionLogWriter:
-        """A writer for the named pipelines, their event columns read from their specs."""
-        from tasks.spec import load_spec
-
-        return cls(store, {name: event_column(load_spec(name)) for name in pipelines}, **options)
 
     def add_pipeline(self, name: str, column: str | None) -> None:
         """Log a pipeline that was not served at start (its event column, from its spec)."""
