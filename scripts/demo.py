@@ -207,8 +207,9 @@ def wait_runs(
 ) -> list[dict[str, Any]]:
     """Wait until ``expect`` runs created after ``since`` (of partition ``keys``) have finished, printing progress.
 
-    ``keys`` leaves out the run Airflow makes for yesterday's key when the ingest DAG is unpaused (its sensor
-    fails at once: no file for yesterday in the demo's landing zone).
+    ``keys`` leaves out the run Airflow makes for yesterday's key when the ingest DAG is unpaused (the demo's
+    landing zone has no file for yesterday: its sensor fails at once after the deadline, noon UTC with ``@daily``,
+    and waits until then before it).
     """
     last = ""
     deadline = time.monotonic() + timeout

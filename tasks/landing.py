@@ -13,14 +13,17 @@ Completion rules (spec ``source.completion``):
   skewed network share should use ``marker`` or ``rename``); otherwise it waits and looks again.
 - ``marker``: complete once ``<day>.csv.done`` exists and is not older than the file (a file rewritten after
   its marker waits for a new one).
-- ``rename``: upstream writes ``.<name>.tmp`` or ``<name>.partial`` and renames; a final name is complete.
+- ``rename``: upstream writes ``.<name>.tmp`` (or ``.<name>.<random>.tmp``, as :func:`tasks.storage.atomic_path`
+  does) or ``<name>.partial`` and renames; a final name is complete, a temporary one is a file still being written.
 
-How long ingest waits (:func:`landing_deadline`): for a day whose file is absent, until the end of the day
-(UTC) plus the spec's ``landing_timeout_hours``, measured from the day, not from when its run started. The run
-the scheduler makes just after midnight waits the usual hours; the run Airflow makes when the DAG is unpaused
-in the afternoon, a backfill of old days or a re-run of an old key gives up at its first look when nothing
-is there (:class:`LandingOverdueError`, naming the deadline) instead of holding a run for 12 hours. A file that
-is there but still being written keeps the sensor's own timeout.
+How long ingest waits (:func:`landing_deadline`): for a day whose file is absent, until the key's scheduled run
+(the first fire of the spec's ``ingest_schedule`` at or after the end of the day, UTC: 00:00 the next day with
+``@daily``, 13:00 with ``0 13 * * *``) plus the spec's ``landing_timeout_hours``, measured from the day, not from
+when its run started. The scheduled run waits the usual hours; the run Airflow makes when the DAG is unpaused after
+the deadline, a backfill of old days or a re-run of an old key gives up at its first look when nothing is there
+(:class:`LandingOverdueError`, naming the deadline) instead of holding a run for 12 hours. A file that is there
+but still being written (under ``rename``, one of the day's temporary names: :attr:`Readiness.present`) keeps the
+sensor's own timeout.
 """
 
 from __future__ import annotations
@@ -69,17 +72,51 @@ class LandingOverdueError(PermanentError, RuntimeError):
     """A day's landing file is absent after its deadline: waiting longer would wait for a file that is not coming."""
 
 
-def landing_deadline(day: str, timeout_hours: float) -> datetime:
-    """When ingest stops waiting for ``day``'s absent landing file: the end of the day (UTC) + ``timeout_hours``.
+AIRFLOW_CRON_PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
+"""Airflow's cron presets (``airflow.utils.dates.cron_presets``; croniter lacks ``@quarterly``)."""
+
+
+def scheduled_run(day: str, schedule: str = "@daily") -> datetime:
+    """When the ingest DAG's scheduled run for key ``day`` fires: ``schedule``'s first fire at or after the day's end.
+
+    ``schedule`` is a cron expression or an Airflow preset, in UTC (the DAG's timetable is).
+
+    The DAG's ``CronPartitionTimetable(schedule, run_offset=-1)`` keys a run by the fire before it, so the run
+    for ``day`` is the first fire after the day's own (its last, for a cron that fires more than once a day).
 
     Raises:
         BadPartitionError: ``day`` is not a calendar date.
     """
+    from croniter import croniter
+
     first = date.fromisoformat(strict_day(day))
-    return datetime(first.year, first.month, first.day, tzinfo=UTC) + timedelta(days=1, hours=timeout_hours)
+    end = datetime(first.year, first.month, first.day, tzinfo=UTC) + timedelta(days=1)
+    expression = AIRFLOW_CRON_PRESETS.get(schedule.strip(), schedule)
+    fire: datetime = croniter(expression, end - timedelta(microseconds=1)).get_next(datetime)
+    return fire.astimezone(UTC)
 
 
-def check_overdue(day: str, present: bool, timeout_hours: float, now: datetime | None = None) -> None:
+def landing_deadline(day: str, timeout_hours: float, schedule: str = "@daily") -> datetime:
+    """When ingest stops waiting for ``day``'s absent landing file: its scheduled run + ``timeout_hours``.
+
+    The scheduled run is :func:`scheduled_run` (00:00 the next day with ``@daily``).
+
+    Raises:
+        BadPartitionError: ``day`` is not a calendar date.
+    """
+    return scheduled_run(day, schedule) + timedelta(hours=timeout_hours)
+
+
+def check_overdue(
+    day: str, present: bool, timeout_hours: float, now: datetime | None = None, schedule: str = "@daily"
+) -> None:
     """Give up on ``day`` when its landing file is absent and its deadline (:func:`landing_deadline`) has passed.
 
     A file that is there, even one still being written, is waited for (the sensor's own timeout bounds that).
@@ -87,15 +124,17 @@ def check_overdue(day: str, present: bool, timeout_hours: float, now: datetime |
     Raises:
         LandingOverdueError: No file, and the deadline has passed; the message names both and what to do.
     """
-    deadline = landing_deadline(day, timeout_hours)
+    deadline = landing_deadline(day, timeout_hours, schedule)
     now = now or datetime.now(UTC)
     if present or now < deadline:
         return
+    run = scheduled_run(day, schedule)
     raise LandingOverdueError(
-        f"no landing file for {day}, and its deadline {deadline:%Y-%m-%d %H:%M} UTC (the end of the day + "
-        f"landing_timeout_hours={timeout_hours:g}) passed {_ago(now - deadline)} ago: not waiting for it. This is "
-        "the run Airflow makes for the last day when the DAG is unpaused, or an old key whose file never came; "
-        "deliver the file and re-run the key (or record a landing event), or leave the day out"
+        f"no landing file for {day}, and its deadline {deadline:%Y-%m-%d %H:%M} UTC (its scheduled run at "
+        f"{run:%Y-%m-%d %H:%M} UTC, ingest_schedule {schedule!r}, + landing_timeout_hours={timeout_hours:g}) passed "
+        f"{_ago(now - deadline)} ago: not waiting for it. This is the run Airflow makes for the last key when the "
+        "DAG is unpaused after that deadline, or an old key whose file never came; deliver the file and re-run the "
+        "key (or record a landing event), or leave the day out"
     )
 
 
@@ -154,6 +193,28 @@ class Readiness:
     ready: bool
     reason: str
     look: Look | None = None
+    temporary: str | None = None
+    """``rename``: the temporary name the day's file is being written under while its final name is absent."""
+
+    @property
+    def present(self) -> bool:
+        """There is a file for the day, complete or not (its final name, or under ``rename`` a temporary one)."""
+        return self.look is not None or self.temporary is not None
+
+
+def temporary_names(path: Path) -> list[Path]:
+    """The temporary names ``path`` is being written under (``source.completion: rename``), sorted by name.
+
+    ``.<name>.tmp``, ``.<name>.<random>.tmp`` (six or more letters, digits or ``_``: the names of
+    :func:`tasks.storage.atomic_path`, which the replay and the pulled sources write through) and
+    ``<name>.partial``; not the temporary names of other files beside it (``.<name>.done.tmp``, a marker's).
+    """
+    if not path.parent.is_dir():
+        return []
+    hidden = re.compile(rf"^\.{re.escape(path.name)}(\.[A-Za-z0-9_]{{6,}})?\.tmp$")
+    found = [p for p in path.parent.glob(f".{path.name}*.tmp") if hidden.match(p.name)]
+    found += [path.with_name(path.name + ".partial")]
+    return sorted(p for p in found if p.is_file())
 
 
 def marker_path(path: Path) -> Path:
@@ -184,6 +245,9 @@ def readiness(
         Ready or not, the reason, and the look taken (for the next call's ``earlier``).
     """
     now = Look.of(path, clock)
+    if now is None and contract.completion == "rename" and (temporary := temporary_names(path)):
+        why = f"{path.name} is still being written as {temporary[0].name} (source.completion: rename)"
+        return Readiness(False, why, temporary=temporary[0].name)
     if now is None:
         return Readiness(False, f"no landing file {path.name} yet")
     if contract.completion == "rename":

@@ -45,7 +45,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -389,13 +389,6 @@ class PredictionLogWriter:
         self._committing = False
         self._closed = False
 
-    @classmethod
-    def for_pipelines(cls, store: Path | str, pipelines: Iterable[str], **options: Any) -> PredictionLogWriter:
-        """A writer for the named pipelines, their event columns read from their specs."""
-        from tasks.spec import load_spec
-
-        return cls(store, {name: event_column(load_spec(name, resolve_code=False)) for name in pipelines}, **options)
-
     def add_pipeline(self, name: str, column: str | None) -> None:
         """Log a pipeline that was not served at start (its event column, from its spec)."""
         self.event_columns[name] = column
@@ -535,13 +528,13 @@ def window_bounds(days: list[str]) -> tuple[str, str]:
     return min(days), last.isoformat()
 
 
-WINDOW_CHUNK_ROWS = 100_000
-"""Rows per chunk the window is read in (:func:`read_window_chunks`)."""
+LOG_READ_CHUNK_ROWS = 100_000
+"""Rows per chunk :func:`read_window_chunks` reads the log in (the monitor aggregates in chunks of its own size)."""
 _META = ("prediction", "model_version", "event_time", "served_at", "source", "request_id")
 
 
 def read_window_chunks(
-    store: Path | str, pipeline: str, days: list[str], chunk_rows: int = WINDOW_CHUNK_ROWS
+    store: Path | str, pipeline: str, days: list[str], chunk_rows: int = LOG_READ_CHUNK_ROWS
 ) -> Iterator[pd.DataFrame]:
     """:func:`read_window`'s rows as frames of at most ``chunk_rows`` rows each, in logging order.
 

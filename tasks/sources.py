@@ -95,7 +95,8 @@ def landing_status(spec: PipelineSpec, layout: DataLayout, day: str) -> dict[str
     """Pull ``day`` when the spec has a source to pull, then whether its landing file is complete, and why.
 
     Returns:
-        ``partition``, ``ready``, ``reason`` and ``present`` (whether there is a landing file at all).
+        ``partition``, ``ready``, ``reason`` and ``present`` (whether there is a landing file at all; under
+        ``source.completion: rename`` also one still being written under a temporary name).
 
     Raises:
         BadPartitionError: ``day`` is not a calendar date.
@@ -107,7 +108,7 @@ def landing_status(spec: PipelineSpec, layout: DataLayout, day: str) -> dict[str
     state = readiness(Contract.of(spec.source), layout.landing_file(spec.name, day), wait=True)
     reason = f"{pulled.reason}; {state.reason}" if pulled.outcome == "absent" and spec.source.pulls else state.reason
     log.info("%s partition %s: %s", spec.name, day, reason)
-    return {"partition": day, "ready": state.ready, "reason": reason, "present": state.look is not None}
+    return {"partition": day, "ready": state.ready, "reason": reason, "present": state.present}
 
 
 def describe(spec: PipelineSpec) -> str:

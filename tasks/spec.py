@@ -230,7 +230,8 @@ class SourceSpec(_Strict):
         default="settle",
         description="When a landing file counts as complete. settle: its size and modification time are the same "
         "at two looks settle_seconds apart. marker: once <day>.csv.done exists (written after the file). rename: "
-        "upstream writes a temporary name (.<name>.tmp, *.partial) and renames it, so a final name is complete.",
+        "upstream writes a temporary name (.<name>.tmp, *.partial) and renames it, so a final name is complete (a "
+        "temporary one counts as a file still being written).",
     )
     settle_seconds: float = Field(
         default=5, ge=0, le=3600, description="completion: settle: how long a file must stay unchanged."
@@ -944,9 +945,11 @@ class PipelineSpec(_Strict):
     landing_timeout_hours: float = Field(
         default=12,
         gt=0,
-        description="How long ingest waits for a day's landing file, counted from the end of that day (UTC): a day "
-        "with no file by then fails its sensor at once (the run made on unpausing, an old key re-run) instead of "
-        "waiting; a file that is there but still being written gets this long from the sensor's first look.",
+        description="How long ingest waits for a day's landing file, counted from the day's scheduled ingest run "
+        "(the first fire of ingest_schedule at or after the end of the day, UTC): a day with no file by then fails "
+        "its sensor at once (the run made on unpausing after that, an old key re-run) instead of waiting; a file "
+        "that is there but still being written (under completion: rename, one under a temporary name of the day's "
+        "file) gets this long from the sensor's first look.",
         examples=[12],
     )
     source: SourceSpec

@@ -57,13 +57,13 @@ def landing_ready(pipeline: str, day: str) -> bool:
     """Whether upstream has delivered the landing file for ``day`` completely (see :func:`landing_status`).
 
     Raises:
-        LandingOverdueError: No landing file, and the day's deadline (its end + ``landing_timeout_hours``)
-            has passed (:func:`tasks.landing.check_overdue`): the sensor stops waiting.
+        LandingOverdueError: No landing file, and the day's deadline (its scheduled run under ``ingest_schedule``
+            + ``landing_timeout_hours``) has passed (:func:`tasks.landing.check_overdue`): the sensor stops waiting.
     """
     from tasks.landing import check_overdue
 
-    status = landing_status(pipeline, day)
-    check_overdue(day, status["present"] or status["ready"], _ctx(pipeline)[0].landing_timeout_hours)
+    status, spec = landing_status(pipeline, day), _ctx(pipeline)[0]
+    check_overdue(day, status["present"] or status["ready"], spec.landing_timeout_hours, schedule=spec.ingest_schedule)
     return bool(status["ready"])
 
 

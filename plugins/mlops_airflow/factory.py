@@ -61,12 +61,13 @@ def ingest_dag(spec: PipelineSpec, settings: Settings) -> DAG:
         description=f"Ingest {name} landing files into the raw store, one run per daily partition.",
         doc_md=f"""### {name}: ingest
 One run per day, **keyed by the day** (an Airflow partition key, `YYYY-MM-DD`, shown on every run): the
-run scheduled after midnight takes the day before. Waits (reschedule mode) until `landing/{name}/<key>.csv` is
-complete (`source.completion: {spec.source.completion}`: a file still being written is never read), for an absent
-file until the end of the key's day + {spec.landing_timeout_hours:g} h (`landing_timeout_hours`, UTC): the run
-made after midnight waits about that long, while the run Airflow makes for yesterday's key when the DAG is **unpaused**
-later in the day, or a re-run of an old key with no file, fails `wait_for_landing` at its first look, naming the
-deadline, instead of waiting {spec.landing_timeout_hours:g} h for a file that is not coming. Then it checks it
+run `{spec.ingest_schedule}` schedules after the day ends takes the day before. Waits (reschedule mode) until
+`landing/{name}/<key>.csv` is complete (`source.completion: {spec.source.completion}`: a file still being written is
+never read), for an absent file until the key's scheduled run (the first fire of `{spec.ingest_schedule}` at or after
+the end of the day, UTC) plus {spec.landing_timeout_hours:g} h (`landing_timeout_hours`): the scheduled run waits
+about that long, while the run Airflow makes for yesterday's key when the DAG is **unpaused** after that deadline,
+or a re-run of an old key with no file, fails `wait_for_landing` at its first look, naming the deadline, instead of
+waiting {spec.landing_timeout_hours:g} h for a file that is not coming. Then it checks it
 (encoding, header, rows, values, every row of the day, the row count)
 and stages it beside `raw/{name}/dt=<key>/part.parquet`; a refused file is quarantined with its reasons and
 nothing reaches raw. `validate_partitions` judges the staged batch with `{spec.expectations}`: only a valid

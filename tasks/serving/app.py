@@ -622,7 +622,8 @@ class ModelStatus:
     error: str | None = None
     attempts: int = 0
     retry_at: float | None = None  # time.monotonic() of the next background attempt (outages only)
-    smoke_test_failed: bool = False  # the last load failed the smoke test (the reason /ready gives)
+    # the last load failed the smoke test (the reason /ready gives); any other outcome resets it
+    smoke_test_failed: bool = False
 
 
 class ModelService:
@@ -724,10 +725,12 @@ class ModelService:
                 candidate = load_version(self.settings, name, downloads=self._folder())
             except ModelUnavailableError as exc:
                 status.state, status.error, status.retry_at = "failed", redact(str(exc)), time.monotonic() + backoff
+                status.smoke_test_failed = False  # an outage now, whatever the last load said
                 log.error("cannot load %s (attempt %d; retrying in %.0fs): %s", name, status.attempts, backoff, exc)
                 return
             except NoChampionError as exc:
                 status.state, status.error, status.retry_at = "no_champion", str(exc), None
+                status.smoke_test_failed = False
                 log.warning("not serving %s yet: %s", name, exc)
                 return
             except ModelLoadError as exc:
@@ -738,6 +741,7 @@ class ModelService:
             except Exception as exc:  # noqa: BLE001 - the loader thread must not die: say so, retry later
                 status.state, status.retry_at = "failed", time.monotonic() + backoff
                 status.error = redact(f"unexpected {type(exc).__name__}: {exc}")
+                status.smoke_test_failed = False
                 log.exception("cannot load %s (attempt %d; retrying in %.0fs)", name, status.attempts, backoff)
                 return
             self._swap(candidate)

@@ -46,7 +46,9 @@ def test_marker_and_rename_contracts(tmp_path):
     path = tmp_path / "2011-07-01.csv"
     assert not readiness(Contract("rename"), path).ready  # only the temporary name exists yet
     path.with_name(".2011-07-01.csv.tmp").write_bytes(real("2011-07-01"))
-    assert readiness(Contract("rename"), path).reason == "no landing file 2011-07-01.csv yet"
+    assert readiness(Contract("rename"), path).reason == (
+        "2011-07-01.csv is still being written as .2011-07-01.csv.tmp (source.completion: rename)"
+    )
     os.replace(path.with_name(".2011-07-01.csv.tmp"), path)
     assert readiness(Contract("rename"), path).ready  # a final name is complete at once
     marker = Contract("marker")
@@ -154,6 +156,40 @@ def test_the_deadline_is_the_end_of_the_day_plus_the_landing_timeout():
         landing_deadline("2026-02-30", 12)
 
 
+def test_the_deadline_is_the_keys_scheduled_run_under_ingest_schedule_plus_the_landing_timeout():
+    """The run for key D fires at the first cron time at or after the end of D (``CronPartitionTimetable``,
+    ``run_offset=-1``): a 13:00 schedule does not fail at its first poke, a 06:00 one still waits 12 h."""
+    from datetime import UTC, datetime
+
+    from tasks.landing import landing_deadline, scheduled_run
+
+    day = "2026-11-25"
+    assert landing_deadline(day, 12, "@daily") == datetime(2026, 11, 26, 12, tzinfo=UTC)
+    assert landing_deadline(day, 12, "0 0 * * *") == datetime(2026, 11, 26, 12, tzinfo=UTC)
+    assert scheduled_run(day, "0 13 * * *") == datetime(2026, 11, 26, 13, tzinfo=UTC)
+    assert landing_deadline(day, 12, "0 13 * * *") == datetime(2026, 11, 27, 1, tzinfo=UTC)
+    assert landing_deadline(day, 12, "0 6 * * *") == datetime(2026, 11, 26, 18, tzinfo=UTC)
+    assert landing_deadline(day, 2, "@hourly") == datetime(2026, 11, 26, 2, tzinfo=UTC)  # the key's last run
+    assert scheduled_run(day, "@weekly") == datetime(2026, 11, 29, tzinfo=UTC)  # the next Sunday
+    assert scheduled_run(day, "@quarterly") == datetime(2027, 1, 1, tzinfo=UTC)  # Airflow's preset, not croniter's
+    assert scheduled_run("2026-11-30", "@monthly") == datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_a_run_scheduled_in_the_afternoon_waits_its_full_timeout():
+    """``ingest_schedule: "0 13 * * *"``: the scheduled run for 2026-11-25 fires at 13:00 on the 26th; with no file
+    yet it keeps waiting (until 01:00 on the 27th), where a deadline counted from midnight failed its first poke."""
+    from datetime import UTC, datetime
+
+    from tasks.landing import LandingOverdueError, check_overdue
+
+    fires = datetime(2026, 11, 26, 13, 0, 30, tzinfo=UTC)
+    check_overdue("2026-11-25", present=False, timeout_hours=12, now=fires, schedule="0 13 * * *")
+    with pytest.raises(LandingOverdueError, match=r"2026-11-27 01:00 UTC .*'0 13 \* \* \*'"):
+        check_overdue("2026-11-25", False, 12, now=datetime(2026, 11, 27, 1, 1, tzinfo=UTC), schedule="0 13 * * *")
+    early = datetime(2026, 11, 26, 17, 0, tzinfo=UTC)  # "0 6 * * *": waits until 18:00, not only until noon
+    check_overdue("2026-11-25", present=False, timeout_hours=12, now=early, schedule="0 6 * * *")
+
+
 def test_an_absent_file_is_waited_for_until_its_deadline_and_a_present_one_always():
     """Unpausing the ingest DAG at 15:00 makes the run of yesterday's key: with no file it gives up at once, not
     12 h later; the run the scheduler makes just after midnight still waits until noon."""
@@ -185,3 +221,63 @@ def test_the_sensor_stage_gives_up_on_an_old_absent_day_and_waits_for_today(data
     assert stages.landing_ready("bike_demand", datetime.now(UTC).date().isoformat()) is False
     stages.replay("bike_demand", "2011-06-01", "2011-06-01")
     assert stages.landing_ready("bike_demand", "2011-06-01") is True  # an old day whose file is there
+
+
+def test_the_sensor_stage_counts_the_deadline_from_the_specs_ingest_schedule(data_root, monkeypatch):
+    """Yesterday's key under ``0 13 * * *`` (+12 h) is waited for all day today, whatever the hour."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks import stages
+    from tasks.spec import load_spec
+
+    spec = load_spec("bike_demand").model_copy(update={"ingest_schedule": "0 13 * * *", "landing_timeout_hours": 12})
+    monkeypatch.setattr(stages, "load_spec", lambda _: spec)
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    assert stages.landing_ready("bike_demand", yesterday) is False
+
+
+def test_rename_counts_a_temporary_name_of_the_days_file_as_present():
+    """Under ``rename`` a file still being uploaded as ``.<name>.tmp`` / ``<name>.partial`` is there: not ready,
+    but present, so a sensor past the deadline keeps waiting instead of failing mid-upload."""
+    import tempfile
+    from pathlib import Path
+
+    from tasks.storage import atomic_path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "2011-07-01.csv"
+        assert not readiness(Contract("rename"), path).present
+        (Path(folder) / "2011-07-02.csv.partial").write_bytes(b"")  # another day's upload
+        (Path(folder) / ".2011-07-01.csv.done.tmp").write_bytes(b"")  # a marker's, not the file's
+        assert not readiness(Contract("rename"), path).present
+        for temporary in (".2011-07-01.csv.tmp", "2011-07-01.csv.partial", ".2011-07-01.csv.k3x9q_2a.tmp"):
+            (Path(folder) / temporary).write_bytes(real("2011-07-01")[:100])
+            state = readiness(Contract("rename"), path)
+            assert (state.ready, state.present, state.look) == (False, True, None)
+            assert f"still being written as {state.temporary}" in state.reason
+            (Path(folder) / temporary).unlink()
+        with atomic_path(path) as tmp:  # the replay's and the pulled sources' own temporary name counts too
+            tmp.write_bytes(real("2011-07-01")[:100])
+            assert readiness(Contract("rename"), path).present
+        assert readiness(Contract("rename"), path).ready
+        (Path(folder) / "2011-07-03.csv.partial").write_bytes(b"")
+        assert not readiness(Contract("settle"), Path(folder) / "2011-07-03.csv").present  # written in place
+
+
+def test_the_sensor_stage_waits_past_the_deadline_for_a_file_being_uploaded_under_rename(data_root, monkeypatch):
+    from tasks import stages
+    from tasks.landing import LandingOverdueError
+    from tasks.settings import get_settings
+    from tasks.spec import load_spec
+    from tasks.storage import DataLayout
+
+    shipped = load_spec("bike_demand")
+    spec = shipped.model_copy(update={"source": shipped.source.model_copy(update={"completion": "rename"})})
+    monkeypatch.setattr(stages, "load_spec", lambda _: spec)
+    with pytest.raises(LandingOverdueError):
+        stages.landing_ready("bike_demand", "2011-06-01")
+    landing = DataLayout(get_settings().data_root).landing_file("bike_demand", "2011-06-01")
+    landing.parent.mkdir(parents=True, exist_ok=True)
+    landing.with_name(".2011-06-01.csv.tmp").write_bytes(real("2011-06-01")[:100])
+    assert stages.landing_ready("bike_demand", "2011-06-01") is False  # mid-upload: the sensor's timeout decides
+    assert stages.landing_status("bike_demand", "2011-06-01")["present"] is True

@@ -525,7 +525,8 @@ def test_the_report_sample_is_the_same_rows_whatever_the_chunk_size():
     assert (drawn["rows"], drawn["of"]) == (250, 3_000) and "sample of 250 of the window's 3,000" in drawn["note"]
 
 
-def test_the_monitor_aggregates_the_logged_window_chunk_by_chunk_as_read(tmp_path):
+def test_window_pass_over_read_window_chunks_gives_the_same_verdicts_and_sample_whatever_the_chunk_size(tmp_path):
+    """``window_pass`` fed the log's chunks directly (``collect`` reads the window whole with ``read_window``)."""
     from tasks.drift_stats import ReferenceProfile
     from tasks.monitor import drift_statistics, window_pass
     from tasks.prediction_log import PredictionLogWriter, read_window_chunks

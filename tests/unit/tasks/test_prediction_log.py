@@ -224,9 +224,13 @@ def test_no_log_or_no_days_is_an_empty_window(log_path):
     assert read_window(log_path, "bike_demand", []).empty
 
 
-def test_the_writer_reads_each_pipelines_event_column_from_its_spec(log_path):
-    writer = PredictionLogWriter.for_pipelines(log_path, ["bike_demand", "adult_income"])
-    assert writer.event_columns == {"bike_demand": "dteday", "adult_income": None}
+def test_each_pipelines_event_column_comes_from_its_spec():
+    """What the model server gives its writer (``ModelService``): the partition column when callers send it."""
+    from tasks.prediction_log import event_column
+    from tasks.spec import load_spec
+
+    columns = {name: event_column(load_spec(name)) for name in ("bike_demand", "adult_income")}
+    assert columns == {"bike_demand": "dteday", "adult_income": None}
 
 
 def test_concurrent_requests_share_transactions(log_path):

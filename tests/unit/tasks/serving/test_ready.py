@@ -141,6 +141,45 @@ def test_not_ready_when_the_champion_fails_its_smoke_test(tampered_champion, mon
         assert f"{P} (v{tampered_champion} pinned) is not served: smoke test failed" in body["detail"]
 
 
+def test_an_outage_after_a_failed_smoke_test_reads_model_unavailable(data_root, monkeypatch):
+    """``smoke_test_failed`` says why the *last* load failed: an MLflow outage (or an unexpected error) after an
+    earlier smoke-test failure is ``model_unavailable``, not a smoke test that did not run."""
+    from tasks.serving import app as serving
+    from tasks.serving.hygiene import ApiError
+
+    monkeypatch.delenv(PINS_ENV, raising=False)
+    loads = iter(
+        [
+            serving.SmokeTestError("smoke test failed: 3 of 3 rows differ"),
+            serving.ModelUnavailableError("MLflow did not answer"),
+            serving.SmokeTestError("smoke test failed: 3 of 3 rows differ"),
+            RuntimeError("the disk is full"),
+        ]
+    )
+
+    def load_version(*args: Any, **kwargs: Any) -> Any:
+        raise next(loads)
+
+    monkeypatch.setattr(serving, "load_version", load_version)
+    service = serving.ModelService(get_settings(), [P])
+
+    def reason() -> str:
+        service._load_champion(P)
+        with pytest.raises(ApiError) as refused:
+            service.ready()
+        return refused.value.error
+
+    try:
+        assert [reason() for _ in range(4)] == [
+            "smoke_test_failed",
+            "model_unavailable",
+            "smoke_test_failed",
+            "model_unavailable",
+        ]
+    finally:
+        service.stop()
+
+
 def test_the_probe_command_exits_0_only_when_ready_answers_200(capsys):
     answer: dict[str, Any] = {"status": 200, "body": {"status": "ready"}}
 
