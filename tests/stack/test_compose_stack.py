@@ -657,6 +657,16 @@ def _answer_and_settle(stack: dict[str, Any], run: dict[str, Any], answer: dict[
     return _task_states(base, "bike_demand_train", run)
 
 
+def _approval_log(stack: dict[str, Any], run: dict[str, Any]) -> str:
+    """The approval task's attempts, as its log files say (for an assertion's message: what failed, and when)."""
+    home = stack["logs"].parent / "airflow" / "logs" / "dag_id=bike_demand_train"
+    lines = []
+    for path in sorted(home.glob(f"run_id={run['dag_run_id']}/task_id=approve_promotion/attempt=*.log")):
+        lines.append(f"--- {path.name}")
+        lines += [line[:600] for line in path.read_text().splitlines() if '"level":"info"' not in line][-12:]
+    return "\n".join(lines) or f"no approval log under {home}"
+
+
 def _ledger_rows(stack: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     with closing(_pg(stack["dbs"]["MLFLOW_DB"])) as conn, conn.cursor() as cur:
         cur.execute(
@@ -699,7 +709,7 @@ def test_a_person_approves_rejects_or_lets_a_promotion_time_out_through_the_rest
         # reject: promotion and deploy skipped; who and why in the ledger; the champion keeps serving
         reason = "the spring holdout is too short to trust"
         states = _answer_and_settle(stack, run, {"chosen_options": ["Reject"], "params_input": {"reason": reason}})
-        assert states["approve_promotion"] == "success", states
+        assert states["approve_promotion"] == "success", (states, _approval_log(stack, run))
         assert states["promote_model"] == "skipped" and states["deploy_model"] == "skipped", states
         who = httpx.get(_hitl(base, run), timeout=30).json()["responded_by_user"]["name"]
         candidate = _api(
@@ -727,7 +737,10 @@ def test_a_person_approves_rejects_or_lets_a_promotion_time_out_through_the_rest
         states = _answer_and_settle(
             stack, run, {"chosen_options": ["Approve"], "params_input": {"reason": "reviewed the model card"}}
         )
-        assert states["promote_model"] == "success" and states["deploy_model"] == "success", states
+        assert states["promote_model"] == "success" and states["deploy_model"] == "success", (
+            states,
+            _approval_log(stack, run),
+        )
         assert registry.get_model_version_by_alias("bike_demand", "champion").version == str(candidate)
         assert httpx.get(f"{server}/health").json()["version"] == str(candidate)
         actions = [row[0] for row in _ledger_rows(stack)[-3:]]
