@@ -231,7 +231,7 @@ def test_the_sensor_stage_counts_the_deadline_from_the_specs_ingest_schedule(dat
     from tasks.spec import load_spec
 
     spec = load_spec("bike_demand").model_copy(update={"ingest_schedule": "0 13 * * *", "landing_timeout_hours": 12})
-    monkeypatch.setattr(stages, "load_spec", lambda _: spec)
+    monkeypatch.setattr(stages, "load_spec", lambda _, **_kw: spec)
     yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     assert stages.landing_ready("bike_demand", yesterday) is False
 
@@ -273,7 +273,7 @@ def test_the_sensor_stage_waits_past_the_deadline_for_a_file_being_uploaded_unde
 
     shipped = load_spec("bike_demand")
     spec = shipped.model_copy(update={"source": shipped.source.model_copy(update={"completion": "rename"})})
-    monkeypatch.setattr(stages, "load_spec", lambda _: spec)
+    monkeypatch.setattr(stages, "load_spec", lambda _, **_kw: spec)
     with pytest.raises(LandingOverdueError):
         stages.landing_ready("bike_demand", "2011-06-01")
     landing = DataLayout(get_settings().data_root).landing_file("bike_demand", "2011-06-01")
