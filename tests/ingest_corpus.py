@@ -212,7 +212,7 @@ CASES: list[Case] = [
     Case("marker_written", "2011-07-18", "the same file and then its marker", None, "ingested", "", rows=24,
          source={"completion": "marker"}),
     Case("rename_temporary_name", "2011-07-19", "spec completion: rename, only .2011-07-19.csv.tmp written", None,
-         "waiting", "no landing file 2011-07-19.csv yet", source={"completion": "rename"}),
+         "waiting", "is still being written as .2011-07-19.csv.tmp", source={"completion": "rename"}),
     Case("real_short_day", "2011-01-18", "the real 2011-01-18 (12 hours at the source, a declared exception)",
          lambda: real("2011-01-18"), "ingested", "", rows=12),
     Case("identical_redelivery", "2011-07-04", "the good day's exact bytes again", lambda: real("2011-07-04"),
