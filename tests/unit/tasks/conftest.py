@@ -103,6 +103,29 @@ def custom_model(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return {"spec": spec, "layout": layout, "days": days, "datasets": datasets, "trained": trained, "specs": folder}
 
 
+def run_without_team_package(script: str, *args: str, cwd: Path) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter that cannot import the team's package (no ``PYTHONPATH``), as a
+    model server or scorer without it installed would; its last stdout line, parsed as JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def _days(start: str, end: str) -> list[str]:
     from datetime import date, timedelta
 

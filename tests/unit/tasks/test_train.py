@@ -17,6 +17,7 @@ from tasks.spec import ModelSpec, load_spec
 from tasks.storage import DataLayout
 from tasks.tracking import client
 from tasks.train import TrainingError, make_estimator, model_requirements, train_model
+from tests.unit.tasks.conftest import run_without_team_package
 
 
 def test_candidate_beats_baseline_on_the_real_holdout(use_champion_store):
@@ -123,10 +124,6 @@ def test_a_custom_transformer_ships_inside_the_model_and_runs_where_its_module_i
     """features.custom names the team's own transformer (tests/fixtures/team_features); the model logged to MLflow
     carries its package (code_paths), so a process that cannot import it still loads the model and predicts what
     the training process predicts, and differently from the same model without the transformer."""
-    import json
-    import os
-    import subprocess
-    import sys
 
     import mlflow
     import numpy as np
@@ -156,18 +153,7 @@ def test_a_custom_transformer_ships_inside_the_model_and_runs_where_its_module_i
         "out = [float(v) for v in model.predict(pd.read_parquet(sys.argv[2]))]\n"
         "print(json.dumps({'predictions': out, 'module': team_features.__file__}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "-c", script, local, str(rows)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    served = json.loads(done.stdout.strip().splitlines()[-1])
+    served = run_without_team_package(script, local, str(rows), cwd=tmp_path)
     assert served["module"].startswith(str(Path(local) / "code")), served["module"]  # from the model, not the team
     np.testing.assert_allclose(served["predictions"], in_process, rtol=1e-9, atol=1e-9)
 

@@ -9,7 +9,7 @@ from tasks.serving.app import create_app
 from tasks.settings import get_settings
 from tasks.storage import DataLayout
 from tests.unit.conftest import FIXTURES
-from tests.unit.tasks.conftest import raw_rows
+from tests.unit.tasks.conftest import raw_rows, run_without_team_package
 
 INPUT_DROP = ["instant", "casual", "registered", "cnt"]
 
@@ -294,9 +294,6 @@ def test_a_model_with_a_custom_transformer_serves_and_scores_where_the_team_modu
     where it is not installed, though the model carries it (code_paths). They now check the import path's syntax
     only; training, DAG parsing and `python -m tasks` still import it."""
     import json
-    import os
-    import subprocess
-    import sys
 
     import mlflow
     import pandas as pd
@@ -327,18 +324,7 @@ def test_a_model_with_a_custom_transformer_serves_and_scores_where_the_team_modu
         "scored = stages.score_partitions('bike_demand', [sys.argv[2]])\n"
         "print(json.dumps({'status': reply.status_code, 'body': reply.json(), 'scored': scored}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the team's package is not installed
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(rows), custom_model["days"][-1]],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_without_team_package(script, str(rows), custom_model["days"][-1], cwd=tmp_path)
     assert out["status"] == 200, out["body"]
     assert len(out["body"]["predictions"]) == 5 and out["body"]["model_version"] == str(version)
     assert out["scored"]["partitions"][0]["rows"] > 0
