@@ -281,3 +281,12 @@ def test_the_sensor_stage_waits_past_the_deadline_for_a_file_being_uploaded_unde
     landing.with_name(".2011-06-01.csv.tmp").write_bytes(real("2011-06-01")[:100])
     assert stages.landing_ready("bike_demand", "2011-06-01") is False  # mid-upload: the sensor's timeout decides
     assert stages.landing_status("bike_demand", "2011-06-01")["present"] is True
+
+
+def test_the_cron_presets_are_airflows_own():
+    """tasks/ cannot import Airflow, so landing keeps a copy of its preset table; this keeps the copy exact."""
+    from airflow.utils.dates import cron_presets
+
+    from tasks.landing import AIRFLOW_CRON_PRESETS
+
+    assert AIRFLOW_CRON_PRESETS == cron_presets
