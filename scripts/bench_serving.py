@@ -2,10 +2,13 @@
 
 All three serve the same model (bike demand's champion, trained on the committed fixture rows) and get the
 same real rows; each runs as its own process with one worker (ours also with two: ``serve --workers 2``),
-and, with ``--serving-baseline COMMIT``, our server as it stood at that commit. A Python load generator
-(httpx on asyncio, in this process: ``wrk`` is not installed) keeps N connections busy for a few seconds
-per cell; the cells are interleaved (every server once per round, rounds repeated) so a change in the
-machine's load hits all of them alike. Per cell: requests/s, rows/s, p50 and p99 latency, errors.
+and, with ``--serving-baseline COMMIT``, our server as it stood at that commit. ``wrk`` (one thread, C, a
+few percent of a core; ``apt install wrk``) keeps N connections busy for a few seconds per cell, cycling
+through the request bodies with a Lua script; where ``wrk`` is not installed, a Python load generator
+(httpx on asyncio, in this process) does, and the table says so: it needs most of a core itself, so on a
+small machine it caps what several workers can show. The cells are interleaved (every server once per
+round, rounds repeated) so a change in the machine's load hits all of them alike. Per cell: requests/s,
+rows/s, p50 and p99 latency, errors (non-200 answers and socket errors).
 
     python scripts/bench.py --serving-only [--serving-seconds 5 --serving-rounds 2 --serving-root DATA_ROOT]
 
@@ -206,7 +209,59 @@ async def _load(url: str, bodies: list[bytes], conns: int, seconds: float) -> di
         end = started + seconds
         await asyncio.gather(*(worker(k) for k in range(conns)))
         elapsed = time.perf_counter() - started
-    return {"latencies": latencies, "errors": errors, "seconds": elapsed}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "p50": statistics.median(latencies) if latencies else float("nan"),
+        "p99": _percentile(latencies, 0.99),
+    }
+
+
+WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+local path = os.getenv("BENCH_PATH")
+local headers = {["Content-Type"] = "application/json"}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", path, headers, bodies[(i % #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCH {"requests": %d, "us": %d, "errors": %d, "p50": %.1f, "p99": %.1f}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _wrk(url: str, path: str, bodies: list[bytes], conns: int, seconds: float, work: Path) -> dict[str, Any]:
+    """One wrk run (one thread, ``conns`` connections) after a short warm-up; its counts and percentiles."""
+    import json
+
+    script, body_file = work / "bench.lua", work / f"bodies-{len(bodies[0])}.jsonl"
+    script.write_text(WRK_SCRIPT)
+    if not body_file.exists():
+        body_file.write_bytes(b"\n".join(bodies) + b"\n")
+    env = os.environ | {"BENCH_BODIES": str(body_file), "BENCH_PATH": path}
+    out: dict[str, Any] = {}
+    for duration in (min(1.0, seconds / 4), seconds):  # warm-up, not counted; then the measured run
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "60s", "-s", str(script), url]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+        if line is None:
+            raise SystemExit(f"wrk printed no summary:\n{proc.stdout}\n{proc.stderr}")
+        got = json.loads(line[len("BENCH ") :])
+        out = {
+            "requests": got["requests"] - got["errors"],
+            "errors": got["errors"],
+            "seconds": got["us"] / 1e6,
+            "p50": got["p50"] / 1e6,
+            "p99": got["p99"] / 1e6,
+        }
+    return out
 
 
 def _bodies(rows: list[dict[str, Any]], per_request: int) -> list[bytes]:
@@ -287,7 +342,10 @@ def run(root: Path | None, seconds: float, rounds: int, baseline: str | None) ->
     data = pd.read_csv(FIXTURES / "bike_sharing_hour.csv.gz")
     rows = data.drop(columns=TARGETS).to_dict("records")
     work = Path(tempfile.mkdtemp(prefix="mlp-bench-serving-"))
-    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    results: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    generator = "wrk" if shutil.which("wrk") else "httpx"
+    if generator == "httpx":
+        print("wrk is not installed (apt install wrk): the load comes from httpx in this process", flush=True)  # noqa: T201
     try:
         with _servers(root, baseline, work) as servers:
             for server in servers:
@@ -298,36 +356,43 @@ def run(root: Path | None, seconds: float, rounds: int, baseline: str | None) ->
                     for server in servers:
                         if server.name == "ours 2 workers" and n != 100:
                             continue  # the worker comparison is at 100 rows
-                        got = asyncio.run(_load(server.url + server.path, bodies[n], conns, seconds))
-                        cell = results.setdefault((server.name, n, conns), {"latencies": [], "errors": 0, "s": 0.0})
-                        cell["latencies"] += got["latencies"]
-                        cell["errors"] += got["errors"]
-                        cell["s"] += got["seconds"]
+                        if generator == "wrk":
+                            got = _wrk(server.url, server.path, bodies[n], conns, seconds, work)
+                        else:
+                            got = asyncio.run(_load(server.url + server.path, bodies[n], conns, seconds))
+                        results.setdefault((server.name, n, conns), []).append(got)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = []
-    for (name, n, conns), cell in results.items():
-        done = len(cell["latencies"])
-        out.append(
-            {
-                "server": name,
-                "rows": n,
-                "conns": conns,
-                "req_s": done / cell["s"],
-                "rows_s": done * n / cell["s"],
-                "p50_ms": statistics.median(cell["latencies"]) * 1000 if done else float("nan"),
-                "p99_ms": _percentile(cell["latencies"], 0.99) * 1000,
-                "errors": cell["errors"],
-            }
-        )
-    return out
+    return [_cell(name, n, conns, runs, generator) for (name, n, conns), runs in results.items()]
+
+
+def _cell(name: str, n: int, conns: int, runs: list[dict[str, Any]], generator: str) -> dict[str, Any]:
+    """One server x cell over its rounds: rates from the summed counts, percentiles weighted by requests."""
+    done, seconds = sum(r["requests"] for r in runs), sum(r["seconds"] for r in runs)
+
+    def weighted(key: str) -> float:
+        return sum(r[key] * r["requests"] for r in runs) / done * 1000 if done else float("nan")
+
+    return {
+        "server": name,
+        "rows": n,
+        "conns": conns,
+        "req_s": done / seconds,
+        "rows_s": done * n / seconds,
+        "p50_ms": weighted("p50"),
+        "p99_ms": weighted("p99"),
+        "errors": sum(r["errors"] for r in runs),
+        "generator": generator,
+    }
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The serving table, then ours against the others per cell."""
     header = f"{'serving':<22} {'rows':>4} {'conns':>5}  {'req/s':>8} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
     header += f" {'errors':>6}"
-    print(header)  # noqa: T201 - the benchmark's output
+    if rows:
+        print(f"load generator: {rows[0]['generator']}")  # noqa: T201 - the benchmark's output
+    print(header)  # noqa: T201
     print("-" * len(header))  # noqa: T201
     for r in sorted(rows, key=lambda r: (r["rows"], r["conns"], r["server"])):
         print(  # noqa: T201

@@ -601,16 +601,29 @@ def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10, row_id
     return errors[:limit]
 
 
+_NUMPY_DTYPE = {"long": "int64", "integer": "int32", "double": "float64", "float": "float32"}
+
+
 def _frame(served: ServedModel, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The rows as the signature's dtypes (integral floats for integer fields were accepted: make them ints)."""
-    frame = pd.DataFrame.from_records(rows, columns=list(served.input_columns))
+    """The rows as the signature's dtypes (integral floats for integer fields were accepted: make them ints).
+
+    Built column by column into numpy arrays (the rows were checked against the signature already): an
+    integer field with a null becomes float64 with NaN, a float field's null NaN; other kinds keep pandas'
+    inference. ``DataFrame.from_records`` and a cast per column cost about 1 ms at one row.
+    """
+    import numpy as np
+
+    columns: dict[str, Any] = {}
     for col, kind in served.input_columns.items():
-        values = frame[col]
-        if kind in INT_RANGES and values.notna().all() and values.dtype.kind in "fO":
-            frame[col] = values.astype("int64" if kind == "long" else "int32")
-        elif kind in FLOAT_MAX and values.dtype.kind in "iuO":
-            frame[col] = values.astype("float64" if kind == "double" else "float32")
-    return frame
+        values = [row.get(col) for row in rows]
+        dtype = _NUMPY_DTYPE.get(kind)
+        if dtype is None:
+            columns[col] = values
+        elif kind in INT_RANGES and any(v is None for v in values):
+            columns[col] = np.array(values, dtype="float64")  # None -> NaN
+        else:
+            columns[col] = np.array(values, dtype=dtype)
+    return pd.DataFrame(columns, columns=list(served.input_columns))
 
 
 # ---------------------------------------------------------------------------------------------- the service
