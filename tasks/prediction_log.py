@@ -222,9 +222,41 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+_INSERT_COLUMNS = (
+    "request_id",
+    "pipeline",
+    "model_version",
+    "event_time",
+    "served_at",
+    "source",
+    "inputs",
+    "prediction",
+)
+_SQLITE_INSERT = (
+    f"INSERT INTO predictions ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+)
+
+
+def _insert(conn: Any, records: list[dict[str, Any]]) -> None:
+    """Insert the records in the open transaction.
+
+    SQLite: the driver's own ``executemany`` (every column is text or a float, nothing to bind-process);
+    SQLAlchemy's per-row parameter handling cost ~70 us a row, 0.7 s of a 10,000-row request. Elsewhere
+    (PostgreSQL) the Core ``INSERT``, which SQLAlchemy batches into multi-row ``VALUES`` for the driver.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_SQLITE_INSERT, [tuple(r[c] for c in _INSERT_COLUMNS) for r in records])
+    else:
+        conn.execute(_table().insert(), records)
+
+
 @cache
 def _table() -> Any:
-    """The typed ``predictions`` table (SQLite files are created by :data:`_SCHEMA`, which matches it)."""
+    """The typed ``predictions`` table (SQLite files are created by :data:`_SCHEMA`, which matches it).
+
+    One object per process: SQLAlchemy caches the compiled ``INSERT`` by it (a new ``Table`` per commit
+    compiled the statement again on every request).
+    """
     from sqlalchemy import BigInteger, CheckConstraint, Column, Double, Index, Integer, MetaData, Table, Text
 
     table = Table(
@@ -488,7 +520,7 @@ class PredictionLogWriter:
                 if not self._ready:
                     self._ready = prepare(self.url, self._engine)
                 with self._engine.begin() as conn:
-                    conn.execute(_table().insert(), records)
+                    _insert(conn, records)
                 return None
             except PredictionLogError as exc:
                 return exc

@@ -573,6 +573,40 @@ def _shown(key: str) -> str:
     return key if key.isprintable() and len(key) <= 60 else f"{key!r:.60}"
 
 
+def _clean_columns(served: ServedModel, rows: list[Any]) -> set[str]:
+    """The columns no row can be wrong in, decided per column from the values' types and extremes.
+
+    A column whose values are all of the exact JSON types its kind takes (``int`` for an integer field;
+    ``int``/``float`` for a float one; ``str``; ``bool``) and within its range, with no null where a value is
+    required, needs no per-cell check: :func:`payload_errors` then checks only the other columns, cell by cell,
+    and words every problem as before. At 10,000 rows the per-cell check cost ~40 us a row.
+    """
+    if not all(type(row) is dict for row in rows):
+        return set()
+    clean = set()
+    for col, kind in served.input_columns.items():
+        values = [row.get(col) for row in rows]
+        present = [v for v in values if v is not None]
+        if len(present) < len(values) and col in served.required:
+            continue  # a null (or a missing field) where a value is required: the per-cell check words it
+        if _clean_values(kind, present):
+            clean.add(col)
+    return clean
+
+
+def _clean_values(kind: str, present: list[Any]) -> bool:
+    """Whether every one of these (non-null) values fits ``kind`` (False: check them one by one)."""
+    if kind not in _KINDS or not present:
+        return True  # a kind with no check, or nothing but nulls where nulls are allowed
+    types = set(map(type, present))
+    if kind in ("string", "boolean"):
+        return types <= set(_KINDS[kind])
+    if kind in INT_RANGES:  # integral floats (5.0) go through the per-cell check
+        low, high = INT_RANGES[kind]
+        return types <= {int} and low <= min(present) and max(present) <= high
+    return types <= {int, float} and max(abs(min(present)), abs(max(present))) <= FLOAT_MAX[kind]
+
+
 def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10, row_id: RowId | None = None) -> list[str]:
     """Every way ``rows`` break the signature, as ``instances[i].field: problem`` (at most ``limit``).
 
@@ -581,6 +615,8 @@ def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10, row_id
     errors: list[str] = []
     known = served.input_columns
     extra = {row_id.column} if row_id is not None and row_id.column not in known else set()
+    clean = _clean_columns(served, rows)
+    checked = [(col, kind) for col, kind in known.items() if col not in clean]
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             errors.append(f"instances[{i}]: expected an object of input fields, got {type(row).__name__}")
@@ -589,7 +625,7 @@ def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10, row_id
         errors += [f"instances[{i}].{_shown(c)}: unknown field" for c in sorted(row.keys() - known.keys() - extra)]
         if extra and row_id is not None and row_id.column in row and (bad := row_id.problem(row[row_id.column])):
             errors.append(f"instances[{i}].{row_id.column}: {bad}")
-        for col, kind in known.items():
+        for col, kind in checked:
             value = row.get(col)
             if value is None:
                 if col in row and col in served.required:
