@@ -1037,7 +1037,8 @@ class ModelService:
             )
         started = time.perf_counter()
         try:
-            output = current.predict(_frame(current, request.instances))
+            frame = _frame(current, request.instances)
+            output = current.predict(frame)
         except (MlflowException, ValueError, TypeError, OverflowError) as exc:
             message = getattr(exc, "message", str(exc))
             raise ApiError(
@@ -1052,7 +1053,7 @@ class ModelService:
                 f"{name} v{current.version} predicts no finite number for instances {bad[:10]} "
                 "(inputs far outside what it was trained on?); nothing was logged",
             )
-        explained = self._explain(current, request) if request.explain else {}
+        explained = self._explain(current, request, frame) if request.explain else {}
         request_id = uuid.uuid4().hex
         try:
             self.log.append(request_id, current.name, current.version, rows, values)
@@ -1071,19 +1072,19 @@ class ModelService:
         }
 
     @staticmethod
-    def _explain(current: ServedModel, request: PredictRequest) -> dict[str, Any]:
-        """Per-row top-k contributions of the served model (see :mod:`tasks.explain`)."""
+    def _explain(current: ServedModel, request: PredictRequest, frame: pd.DataFrame) -> dict[str, Any]:
+        """Per-row top-k contributions of the served model (see :mod:`tasks.explain`) for the predicted frame."""
         from tasks.explain import ExplainError, contributions, top_k
 
         try:
             raw = current.model.get_raw_model()
-            result = contributions(raw, _frame(current, request.instances))
+            result = contributions(raw, frame)
         except (ExplainError, AttributeError, ValueError, TypeError) as exc:
             raise ApiError(
                 422, "not_explainable", f"{current.name} v{current.version} cannot explain its predictions: {exc}"
             ) from exc
-        frame = pd.DataFrame.from_records(request.instances, columns=list(current.input_columns))
-        return {"explanations": top_k(result, frame, request.top_k), "explanation_space": result.space}
+        sent = pd.DataFrame.from_records(request.instances, columns=list(current.input_columns))  # values as sent
+        return {"explanations": top_k(result, sent, request.top_k), "explanation_space": result.space}
 
 
 def _input_schema(served: ServedModel) -> dict[str, Any]:
