@@ -156,8 +156,8 @@ def _fit_and_log(
     inputs = spec.schema_.input_columns
     X_raw = train_raw[inputs]  # noqa: N806 - ML convention
     # resume: the candidate's run that plan_search opened for the mapped trial batches (they nest under it)
-    opened = {"run_id": resume_run_id} if resume_run_id else {"run_name": f"{spec.name}-{model_spec.family}"}
-    with mlflow.start_run(**opened) as run:
+    name = None if resume_run_id else f"{spec.name}-{model_spec.family}"
+    with mlflow.start_run(run_id=resume_run_id, run_name=name) as run:
         selection, split = choose(run.info.run_id) if choose else (None, None)
         if selection is not None and split is not None:
             model_spec = selection.best
