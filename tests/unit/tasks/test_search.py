@@ -276,3 +276,17 @@ def test_mapped_batches_share_one_study_in_postgresql_and_training_takes_its_bes
     children = mlflow.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(int(c.data.tags["search.trial"]) for c in children) == [t.number for t in study.trials]
     assert all(c.info.status == "FINISHED" and "validation_roc_auc" in c.data.metrics for c in children)
+
+
+def test_without_an_rdb_the_batches_share_the_journal_in_the_runs_folder(adult):
+    """No ``search_storage_url``: the journal file under the run's folder (the shared store, for pods)."""
+    from tasks.search import plan_search, search_trials
+
+    spec = adult_spec(search=SEARCH | {"trials": 3, "trials_per_pod": 2})
+    settings, layout = get_settings(), DataLayout(get_settings().data_root)
+    assert settings.search_storage_url is None
+    batches = plan_search(spec, settings, "r2")
+    assert [search_trials(spec, settings, layout, adult, "r2", b).trials for b in batches] == [2, 3]
+    assert layout.search_journal("adult_income", "r2").stat().st_size > 0
+    trained = _train(spec, adult, "r2", search_run_id=batches[0].parent_run_id)
+    assert trained.trials == {"lightgbm": 3} and trained.mlflow_run_id == batches[0].parent_run_id
