@@ -224,6 +224,7 @@ def search_family(
     parent_run_id: str,
     max_trials: int | None,
     batch: TrialBatch | None = None,
+    read_only: bool = False,
 ) -> FamilyResult:
     """Optuna search over the family's space; each trial a nested MLflow run under ``parent_run_id``.
 
@@ -231,7 +232,11 @@ def search_family(
     The study (:func:`study_name`) is loaded if it exists: without ``batch`` only the trials the budget still
     lacks run, so after the mapped batches ran it is only read (its best trial); with ``batch``, that batch's
     trials run (those it still owes, on a retry), sampled with the seed ``search.seed + batch.index`` so
-    concurrent batches do not propose the same values.
+    concurrent batches do not propose the same values. ``read_only`` (training after the mapped batches) runs no
+    trial: the batches ran the budget as ``plan_search`` planned it, whatever cap this process's settings set.
+
+    Raises:
+        SelectionError: ``read_only`` and the study holds no completed trial (the batches used another storage?).
     """
     import mlflow
     import optuna
@@ -277,8 +282,15 @@ def search_family(
         direction="maximize" if metric in HIGHER_IS_BETTER else "minimize",
         load_if_exists=True,
     )
-    if batch is not None:
-        trials: int | None = batch.trials - _done(study, batch.index)
+    if read_only:
+        if not _done(study):
+            raise SelectionError(
+                f"{spec.name}: study {study.study_name!r} holds no completed trial; did the search_trials batches "
+                "run against the same storage (search_storage_url, else the run folder's journal)?"
+            )
+        trials: int | None = 0
+    elif batch is not None:
+        trials = batch.trials - _done(study, batch.index)
     else:
         budget = trial_budget(spec, max_trials)
         trials = None if budget is None else budget - _done(study)
@@ -332,6 +344,7 @@ def select_model(
     storage_url: str | None,
     journal: Any,
     max_trials: int | None = None,
+    searched: bool = False,
 ) -> Selection:
     """Search each searched family, score each fixed one, on the validation split; the best one wins.
 
@@ -343,6 +356,7 @@ def select_model(
         storage_url: Optuna RDB storage URL, or None for the journal file.
         journal: Path of the journal file.
         max_trials: The environment's cap on trials per family (``settings.search_max_trials``).
+        searched: The mapped trial batches ran (``plan_search``'s run): read each study's best trial, run none.
 
     Returns:
         The best family with its final parameters, and every family's validation score.
@@ -356,7 +370,7 @@ def select_model(
     results = []
     for model in spec.training.families:
         if search and model.family in search.space:
-            results.append(search_family(spec, model, data, storage, parent_run_id, max_trials))
+            results.append(search_family(spec, model, data, storage, parent_run_id, max_trials, read_only=searched))
         else:
             results.append(FamilyResult(model, _validation_score(spec, model, data, metric), 0))
     client = mlflow.MlflowClient()

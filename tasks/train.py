@@ -297,7 +297,8 @@ def train_model(
         split = validation_split(spec, train_raw)
         journal = layout.search_journal(spec.name, run_id)
         storage = settings.search_storage_url
-        return select_model(spec, features, split, parent_run_id, storage, journal, settings.search_max_trials), split
+        cap, searched = settings.search_max_trials, search_run_id is not None
+        return select_model(spec, features, split, parent_run_id, storage, journal, cap, searched), split
 
     mlflow_run_id, model_uri, selection = _fit_and_log(
         spec,

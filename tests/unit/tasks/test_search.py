@@ -17,6 +17,7 @@ from tasks.evaluate import target_values
 from tasks.features import FeatureBuilder
 from tasks.metrics import calibration_error
 from tasks.results import Datasets
+from tasks.search import SelectionError
 from tasks.settings import get_settings
 from tasks.spec import PipelineSpec, SpecError, load_spec
 from tasks.storage import DataLayout
@@ -290,3 +291,6 @@ def test_without_an_rdb_the_batches_share_the_journal_in_the_runs_folder(adult):
     assert layout.search_journal("adult_income", "r2").stat().st_size > 0
     trained = _train(spec, adult, "r2", search_run_id=batches[0].parent_run_id)
     assert trained.trials == {"lightgbm": 3} and trained.mlflow_run_id == batches[0].parent_run_id
+    empty = plan_search(spec, settings, "r3")[0].parent_run_id  # the plan ran, its batches did not
+    with pytest.raises(SelectionError, match="holds no completed trial"):
+        _train(spec, adult, "r3", search_run_id=empty)  # training never searches in their place
