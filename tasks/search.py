@@ -5,6 +5,10 @@ for dated data (a time-ordered tail), a stratified sample for date-less data (``
 trial is a nested MLflow run under the candidate's training run (its params and validation score); each
 family's best validation score is logged on the parent. Optuna keeps its study in a journal file under the run's
 folder (:meth:`DataLayout.search_journal`), or in the RDB that ``settings.search_storage_url`` names.
+
+In the kubernetes mode with ``training.search.trials_per_pod``, :func:`plan_search` opens the candidate's run and
+cuts the budget into :class:`~tasks.results.TrialBatch` es, :func:`search_trials` runs one batch per mapped pod
+in the family's shared study, and training then only reads each study's best trial (``select_model(searched=True)``).
 """
 
 from __future__ import annotations
@@ -229,10 +233,10 @@ def search_family(
     """Optuna search over the family's space; each trial a nested MLflow run under ``parent_run_id``.
 
     ``max_trials`` (the environment's cap) lowers the spec's trial budget, or sets one where it has only minutes.
-    The study (:func:`study_name`) is loaded if it exists: without ``batch`` only the trials the budget still
-    lacks run, so after the mapped batches ran it is only read (its best trial); with ``batch``, that batch's
-    trials run (those it still owes, on a retry), sampled with the seed ``search.seed + batch.index`` so
-    concurrent batches do not propose the same values. ``read_only`` (training after the mapped batches) runs no
+    The study (:func:`study_name`) is loaded if it exists: by default the trials the budget still lacks run (in a
+    new study, all of them: the local path); with ``batch``, that batch's trials run (those it still owes, on a
+    retry), sampled with the seed ``search.seed + batch.index`` so concurrent batches do not propose the same
+    values. ``read_only`` (training after the mapped batches) runs no
     trial: the batches ran the budget as ``plan_search`` planned it, whatever cap this process's settings set.
 
     Raises:
