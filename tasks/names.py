@@ -29,6 +29,7 @@ TAG_HOLDOUT_PARTITIONS = "data.holdout_partitions"
 TAG_VALIDATION_SPLIT = "data.validation_split"
 TAG_SEARCH_FAMILY = "search.family"  # on a trial's nested run
 TAG_SEARCH_TRIAL = "search.trial"  # on a trial's nested run: the Optuna trial number
+TAG_SEARCH_RUN = "search.run"  # on a candidate's run opened before mapped trial batches: its Airflow run (folder)
 TAG_CALIBRATION = "calibration"  # on a candidate's run: isotonic | sigmoid
 TAG_AIRFLOW_DAG_ID = "airflow.dag_id"
 TAG_AIRFLOW_RUN_ID = "airflow.run_id"

@@ -160,6 +160,24 @@ class Datasets(Result):
     holdout_rows: int
 
 
+class TrialBatch(Result):
+    """One batch of a family's search trials, run by one mapped pod (kubernetes mode, ``trials_per_pod``)."""
+
+    family: str
+    trials: int = Field(gt=0, description="Trials this batch runs.")
+    index: int = Field(ge=0, description="The batch's number within its family (its sampler seed offset).")
+    parent_run_id: str = Field(description="The candidate's MLflow run the trials nest under (study name).")
+
+
+class SearchedBatch(Result):
+    """What a batch of trials left in its family's study."""
+
+    family: str
+    index: int
+    trials: int = Field(description="Completed trials of the family's study after this batch.")
+    best_value: float = Field(description="The study's best validation score so far.")
+
+
 class Trained(Result):
     """The logged candidate and baseline (MLflow runs and model URIs)."""
 

@@ -5,6 +5,10 @@ for dated data (a time-ordered tail), a stratified sample for date-less data (``
 trial is a nested MLflow run under the candidate's training run (its params and validation score); each
 family's best validation score is logged on the parent. Optuna keeps its study in a journal file under the run's
 folder (:meth:`DataLayout.search_journal`), or in the RDB that ``settings.search_storage_url`` names.
+
+In the kubernetes mode with ``training.search.trials_per_pod``, :func:`plan_search` opens the candidate's run and
+cuts the budget into :class:`~tasks.results.TrialBatch` es, :func:`search_trials` runs one batch per mapped pod
+in the family's shared study, and training then only reads each study's best trial (``select_model(searched=True)``).
 """
 
 from __future__ import annotations
@@ -19,11 +23,22 @@ import numpy as np
 from tasks.errors import PermanentError
 from tasks.evaluate import target_values
 from tasks.metrics import score
-from tasks.names import TAG_PIPELINE, TAG_SEARCH_FAMILY, TAG_SEARCH_TRIAL, VALIDATION_PREFIX
+from tasks.names import (
+    TAG_PIPELINE,
+    TAG_ROLE,
+    TAG_SEARCH_FAMILY,
+    TAG_SEARCH_RUN,
+    TAG_SEARCH_TRIAL,
+    VALIDATION_PREFIX,
+)
+from tasks.results import Datasets, SearchedBatch, TrialBatch
 from tasks.spec import HIGHER_IS_BETTER, Choice, FloatRange, ModelSpec, PipelineSpec, SearchParam
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from tasks.settings import Settings
+    from tasks.storage import DataLayout
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +150,97 @@ def _storage(url: str | None, journal: Any) -> Any:
     return JournalStorage(JournalFileBackend(str(journal)))
 
 
+def study_name(spec: PipelineSpec, parent_run_id: str, family: str) -> str:
+    """One study per family and training run: the mapped trial batches and the train stage all join it."""
+    return f"{spec.name}-{parent_run_id}-{family}"
+
+
+def trial_budget(spec: PipelineSpec, max_trials: int | None) -> int | None:
+    """Trials per searched family: the spec's budget, lowered (or set, minutes-only) by the environment's cap."""
+    search = spec.training.search
+    budgets = [t for t in (search.trials if search else None, max_trials) if t is not None]
+    return min(budgets) if budgets else None
+
+
+def open_search_run(spec: PipelineSpec, experiment_id: str, run_id: str, tags: dict[str, str]) -> str:
+    """The candidate's MLflow run of training run ``run_id``, opened before the mapped trial batches nest under it.
+
+    Idempotent: a retried plan finds the run it opened and training has not finished yet (tag ``search.run``)
+    instead of opening a second one. ``train_model`` resumes it (``search_run_id``) and finishes it.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    query = f"tags.`{TAG_SEARCH_RUN}` = '{run_id}' and attributes.status = 'RUNNING'"
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    if found:
+        return str(found[0].info.run_id)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{spec.name}-{spec.training.model.family}",
+        tags={**tags, TAG_PIPELINE: spec.name, TAG_ROLE: "candidate", TAG_SEARCH_RUN: run_id},
+    )
+    return str(run.info.run_id)
+
+
+def plan_batches(spec: PipelineSpec, max_trials: int | None, parent_run_id: str) -> list[TrialBatch]:
+    """Each searched family's trial budget cut into batches of at most ``search.trials_per_pod``.
+
+    Raises:
+        SelectionError: The spec searches nothing, or sets no ``trials_per_pod`` (nothing to map).
+    """
+    search = spec.training.search
+    if search is None or search.trials_per_pod is None:
+        raise SelectionError(f"{spec.name}: training.search.trials_per_pod is not set: there are no trial batches")
+    budget = trial_budget(spec, max_trials)
+    assert budget is not None  # noqa: S101 - trials_per_pod needs a trials budget (SearchSpec)
+    batches = []
+    for model in spec.training.families:
+        if model.family not in search.space:
+            continue
+        sizes = [min(search.trials_per_pod, budget - start) for start in range(0, budget, search.trials_per_pod)]
+        batches += [
+            TrialBatch(family=model.family, trials=n, index=i, parent_run_id=parent_run_id) for i, n in enumerate(sizes)
+        ]
+    return batches
+
+
+BATCH_ATTR = "batch"
+"""The Optuna user attribute naming the mapped batch that ran a trial."""
+
+
+def _done(study: Any, index: int | None = None) -> int:
+    """Completed trials of the study (of one batch, when given: a retried batch runs only what it still owes)."""
+    from optuna.trial import TrialState
+
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if index is None or t.user_attrs.get(BATCH_ATTR) == index
+    )
+
+
 def search_family(
-    spec: PipelineSpec, model: ModelSpec, data: _Data, storage: Any, parent_run_id: str, max_trials: int | None
+    spec: PipelineSpec,
+    model: ModelSpec,
+    data: _Data,
+    storage: Any,
+    parent_run_id: str,
+    max_trials: int | None,
+    batch: TrialBatch | None = None,
+    read_only: bool = False,
 ) -> FamilyResult:
     """Optuna search over the family's space; each trial a nested MLflow run under ``parent_run_id``.
 
     ``max_trials`` (the environment's cap) lowers the spec's trial budget, or sets one where it has only minutes.
+    The study (:func:`study_name`) is loaded if it exists: by default the trials the budget still lacks run (in a
+    new study, all of them: the local path); with ``batch``, that batch's trials run (those it still owes, on a
+    retry), sampled with the seed ``search.seed + batch.index`` so concurrent batches do not propose the same
+    values. ``read_only`` (training after the mapped batches) runs no
+    trial: the batches ran the budget as ``plan_search`` planned it, whatever cap this process's settings set.
+
+    Raises:
+        SelectionError: ``read_only`` and the study holds no completed trial (the batches used another storage?).
     """
     import mlflow
     import optuna
@@ -154,6 +254,8 @@ def search_family(
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: _suggest(trial, name, p) for name, p in space.items()}
+        if batch is not None:
+            trial.set_user_attr(BATCH_ATTR, batch.index)
         candidate = model.model_copy(update={"params": {**model.params, **params}})
         run = client.create_run(
             experiment_id,
@@ -178,25 +280,39 @@ def search_family(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=f"{spec.name}-{parent_run_id}-{model.family}",
+        study_name=study_name(spec, parent_run_id, model.family),
         storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        sampler=optuna.samplers.TPESampler(seed=search.seed + (batch.index if batch else 0)),
         direction="maximize" if metric in HIGHER_IS_BETTER else "minimize",
+        load_if_exists=True,
     )
-    budgets = [t for t in (search.trials, max_trials) if t is not None]
-    trials = min(budgets) if budgets else None
+    if read_only:
+        if not _done(study):
+            raise SelectionError(
+                f"{spec.name}: study {study.study_name!r} holds no completed trial; did the search_trials batches "
+                "run against the same storage (search_storage_url, else the run folder's journal)?"
+            )
+        trials: int | None = 0
+    elif batch is not None:
+        trials = batch.trials - _done(study, batch.index)
+    else:
+        budget = trial_budget(spec, max_trials)
+        trials = None if budget is None else budget - _done(study)
     started = time.monotonic()
-    study.optimize(
-        objective,
-        n_trials=trials,
-        timeout=search.minutes * 60 if search.minutes else None,
-        n_jobs=1 if trials else search.n_jobs,  # a trial budget runs sequentially: reproducible
-    )
+    if trials is None or trials > 0:
+        study.optimize(
+            objective,
+            n_trials=trials,
+            timeout=search.minutes * 60 if search.minutes else None,
+            n_jobs=1 if trials else search.n_jobs,  # a trial budget runs sequentially: reproducible
+        )
+    else:
+        log.info("%s: the study already holds its trials (mapped batches): only its best trial is read", model.family)
     best = study.best_trial
     log.info(
         "%s: %d trials in %.1fs, best #%d %s=%.4f %s",
         model.family,
-        len(study.trials),
+        _done(study),
         time.monotonic() - started,
         best.number,
         metric,
@@ -204,7 +320,24 @@ def search_family(
         best.params,
     )
     final = model.model_copy(update={"params": {**model.params, **best.params}})
-    return FamilyResult(final, float(best.value), len(study.trials))  # type: ignore[arg-type]
+    return FamilyResult(final, float(best.value), _done(study))  # type: ignore[arg-type]
+
+
+def search_batch(
+    spec: PipelineSpec, features: pd.DataFrame, split: Split, storage_url: str | None, journal: Any, batch: TrialBatch
+) -> FamilyResult:
+    """Run one batch of a family's trials in the run's shared study (a mapped pod's work).
+
+    Returns:
+        The family's best trial so far (over every batch that has finished) and the study's completed trials.
+    """
+    search = spec.training.search
+    models = {m.family: m for m in spec.training.families}
+    if search is None or batch.family not in search.space or batch.family not in models:
+        raise SelectionError(f"{spec.name}: {batch.family!r} is not a searched family of this spec")
+    data = _Data(spec, features, split)
+    storage = _storage(storage_url, journal)
+    return search_family(spec, models[batch.family], data, storage, batch.parent_run_id, None, batch)
 
 
 def select_model(
@@ -215,6 +348,7 @@ def select_model(
     storage_url: str | None,
     journal: Any,
     max_trials: int | None = None,
+    searched: bool = False,
 ) -> Selection:
     """Search each searched family, score each fixed one, on the validation split; the best one wins.
 
@@ -226,6 +360,7 @@ def select_model(
         storage_url: Optuna RDB storage URL, or None for the journal file.
         journal: Path of the journal file.
         max_trials: The environment's cap on trials per family (``settings.search_max_trials``).
+        searched: The mapped trial batches ran (``plan_search``'s run): read each study's best trial, run none.
 
     Returns:
         The best family with its final parameters, and every family's validation score.
@@ -239,7 +374,7 @@ def select_model(
     results = []
     for model in spec.training.families:
         if search and model.family in search.space:
-            results.append(search_family(spec, model, data, storage, parent_run_id, max_trials))
+            results.append(search_family(spec, model, data, storage, parent_run_id, max_trials, read_only=searched))
         else:
             results.append(FamilyResult(model, _validation_score(spec, model, data, metric), 0))
     client = mlflow.MlflowClient()
@@ -249,3 +384,48 @@ def select_model(
     best = pick(results, key=lambda r: r.score)
     log.info("validation %s per family: %s; candidate: %s", metric, {r.model.family: r.score for r in results}, best)
     return Selection(best.model, metric, results)
+
+
+def plan_search(
+    spec: PipelineSpec, settings: Settings, run_id: str, lineage: dict[str, str] | None = None
+) -> list[TrialBatch]:
+    """Open the candidate's MLflow run and cut each searched family's budget into batches (mapped pods).
+
+    Args:
+        spec: The pipeline (``training.search.trials_per_pod``).
+        settings: Environment settings (tracking store, ``search_max_trials``).
+        run_id: The Airflow run (output folder; the studies' journal lives there without an RDB storage).
+        lineage: Tags of the candidate's run, e.g. the Airflow DAG and run ids.
+
+    Raises:
+        SelectionError: The spec sets no ``training.search.trials_per_pod``.
+    """
+    from tasks.tracking import start_tracking
+
+    if spec.training.search is None or spec.training.search.trials_per_pod is None:
+        raise SelectionError(f"{spec.name}: training.search.trials_per_pod is not set: there are no trial batches")
+    experiment_id = start_tracking(settings, spec.name)
+    parent = open_search_run(spec, experiment_id, run_id, lineage or {})
+    return plan_batches(spec, settings.search_max_trials, parent)
+
+
+def search_trials(
+    spec: PipelineSpec, settings: Settings, layout: DataLayout, datasets: Datasets, run_id: str, batch: TrialBatch
+) -> SearchedBatch:
+    """One mapped pod's work: ``batch.trials`` trials of its family in the run's shared study.
+
+    The validation split is carved exactly as ``train_model`` carves it, so the train stage reads scores of the
+    same rows. The study lives in ``settings.search_storage_url`` (PostgreSQL in compose and prod), else in the
+    journal file under the run's folder, which in kubernetes mode is on the shared store every pod mounts.
+    """
+    import pandas as pd
+
+    from tasks.tracking import start_tracking
+
+    features = pd.read_parquet(datasets.train_features)
+    train_raw = pd.read_parquet(datasets.train_raw)
+    start_tracking(settings, spec.name)
+    split = validation_split(spec, train_raw)
+    journal = layout.search_journal(spec.name, run_id)
+    result = search_batch(spec, features, split, settings.search_storage_url, journal, batch)
+    return SearchedBatch(family=batch.family, index=batch.index, trials=result.trials, best_value=result.score)

@@ -528,7 +528,8 @@ class SearchSpec(_Strict):
     A family with a space is searched (its ``params`` in ``model`` or ``candidates`` are the fixed base the
     trial's values override); every trial is scored on the validation split carved from the training window.
     With a ``trials`` budget the search is sequential, so the same seed and data give the same best trial;
-    with only ``minutes``, ``n_jobs`` trials run at once in the worker.
+    with only ``minutes``, ``n_jobs`` trials run at once in the worker. In the kubernetes execution mode,
+    ``trials_per_pod`` splits each family's trial budget into batches that run as mapped pods before training.
     """
 
     space: dict[Family, dict[str, SearchParam]] = Field(
@@ -543,11 +544,21 @@ class SearchSpec(_Strict):
         default=None, description="Validation metric to optimise; default: gate.primary_metric.", examples=["roc_auc"]
     )
     n_jobs: int = Field(default=1, ge=1, le=64, description="Parallel trials when only a minutes budget is set.")
+    trials_per_pod: int | None = Field(
+        default=None,
+        gt=0,
+        description="Kubernetes execution mode: run each family's trials in batches of this many, one mapped pod "
+        "per batch (resources.trial), before the train pod, which then takes the study's best trial. Needs a "
+        "trials budget. Unset: every trial runs inside the train pod. Ignored in the local mode.",
+        examples=[5],
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> SearchSpec:
         if self.trials is None and self.minutes is None:
             raise ValueError("training.search needs a budget: trials and/or minutes")
+        if self.trials_per_pod is not None and self.trials is None:
+            raise ValueError("training.search.trials_per_pod needs a trials budget to split into batches")
         if not self.space or not all(self.space.values()):
             raise ValueError("training.search.space needs at least one family with at least one hyperparameter")
         return self
@@ -623,6 +634,7 @@ HEAVY_STAGES = {
     "evaluate_model": "evaluate",
     "check_drift": "monitor",
     "score_partitions": "score",
+    "search_trials": "trial",  # one batch of search trials (training.search.trials_per_pod), a mapped pod each
 }
 """Stages that run as pods in the kubernetes execution mode (the others are light and stay in Airflow), each
 with the key of its entry in the spec's ``resources:`` block."""
@@ -669,6 +681,10 @@ class ResourcesSpec(_Strict):
     evaluate: StageResources = StageResources()
     monitor: StageResources = StageResources()
     score: StageResources = StageResources()
+    trial: StageResources = Field(
+        default=StageResources(),
+        description="Each mapped pod running a batch of search trials (training.search.trials_per_pod).",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -678,7 +694,8 @@ class ResourcesSpec(_Strict):
         merged = _RESOURCE_FALLBACK.model_copy(update=self.default.model_dump(exclude_none=True))
         merged = merged.model_copy(update=override.model_dump(exclude_none=True))
         if merged.gpu is None:
-            merged = merged.model_copy(update={"gpu": 1 if (stage == "train" and model_family == "torch") else 0})
+            gpu = 1 if (stage in ("train", "trial") and model_family == "torch") else 0
+            merged = merged.model_copy(update={"gpu": gpu})
         return merged
 
 

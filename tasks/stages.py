@@ -162,14 +162,48 @@ def build_features(pipeline: str, partitions: list[str], run_id: str) -> dict[st
     return build(spec, layout, partitions, run_id).xcom()
 
 
+def plan_search(pipeline: str, run_id: str, lineage: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Open the candidate's MLflow run and cut each searched family's trial budget into batches (``TrialBatch``).
+
+    Kubernetes mode with ``training.search.trials_per_pod``: each batch becomes one mapped ``search_trials`` pod.
+
+    Raises:
+        SelectionError: The spec sets no ``training.search.trials_per_pod``.
+    """
+    from tasks.search import plan_search as plan
+
+    spec, settings, _ = _ctx(pipeline)
+    return [batch.xcom() for batch in plan(spec, settings, run_id, lineage)]
+
+
+def search_trials(pipeline: str, datasets: dict[str, Any], run_id: str, batch: dict[str, Any]) -> dict[str, Any]:
+    """Run one batch of a family's search trials in the training run's shared Optuna study (a mapped pod).
+
+    Each trial is a nested MLflow run under the batch's ``parent_run_id``; the study is Optuna's RDB storage
+    (``search_storage_url``) or the journal file in the run's folder (the shared store, in kubernetes mode).
+    """
+    from tasks.results import TrialBatch
+    from tasks.search import search_trials as search
+
+    spec, settings, layout = _ctx(pipeline)
+    return search(spec, settings, layout, Datasets.parse(datasets), run_id, TrialBatch.parse(batch)).xcom()
+
+
 def train_model(
-    pipeline: str, datasets: dict[str, Any], run_id: str, lineage: dict[str, str] | None = None
+    pipeline: str,
+    datasets: dict[str, Any],
+    run_id: str,
+    lineage: dict[str, str] | None = None,
+    search_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Fit and log the spec's model and baseline, with the reference sample monitoring compares with."""
+    """Fit and log the spec's model and baseline, with the reference sample monitoring compares with.
+
+    ``search_run_id``: the candidate's run ``plan_search`` opened; the mapped batches' trials are read, not rerun.
+    """
     from tasks.train import train_model as train
 
     spec, settings, layout = _ctx(pipeline)
-    return train(spec, settings, layout, Datasets.parse(datasets), run_id, lineage).xcom()
+    return train(spec, settings, layout, Datasets.parse(datasets), run_id, lineage, search_run_id).xcom()
 
 
 def evaluate_model(pipeline: str, trained: dict[str, Any], datasets: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -298,6 +332,8 @@ STAGES: dict[str, Callable[..., Any]] = {
         validate_data,
         validate_partitions,
         build_features,
+        plan_search,
+        search_trials,
         train_model,
         evaluate_model,
         gate_model,

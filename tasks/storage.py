@@ -101,9 +101,10 @@ class DataLayout:
         """Per-run output folder of an Airflow run (datasets, reports, model card, references)."""
         return self.root / "runs" / check_pipeline(pipeline) / safe_key(run_id)
 
-    def result_manifest(self, pipeline: str, run_id: str, task_id: str, try_number: int) -> Path:
-        """Where a stage pod writes its outcome for Airflow to read (one file per task try)."""
-        return self.run_dir(pipeline, run_id) / "results" / f"{safe_key(task_id)}.try{try_number}.json"
+    def result_manifest(self, pipeline: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> Path:
+        """Where a stage pod writes its outcome for Airflow to read (one file per task try, and per mapped pod)."""
+        mapped = f".map{map_index}" if map_index >= 0 else ""
+        return self.run_dir(pipeline, run_id) / "results" / f"{safe_key(task_id)}{mapped}.try{try_number}.json"
 
     def monitoring_dir(self, pipeline: str, run_id: str) -> Path:
         """Per-run monitoring output folder."""

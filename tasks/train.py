@@ -145,6 +145,7 @@ def _fit_and_log(
     tags: dict[str, str],
     reference: Path | None,
     choose: Callable[[str], tuple[Selection, Split]] | None = None,
+    resume_run_id: str | None = None,
 ) -> tuple[str, str, Selection | None]:
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
@@ -154,7 +155,9 @@ def _fit_and_log(
     target = spec.schema_.target
     inputs = spec.schema_.input_columns
     X_raw = train_raw[inputs]  # noqa: N806 - ML convention
-    with mlflow.start_run(run_name=f"{spec.name}-{model_spec.family}") as run:
+    # resume: the candidate's run that plan_search opened for the mapped trial batches (they nest under it)
+    name = None if resume_run_id else f"{spec.name}-{model_spec.family}"
+    with mlflow.start_run(run_id=resume_run_id, run_name=name) as run:
         selection, split = choose(run.info.run_id) if choose else (None, None)
         if selection is not None and split is not None:
             model_spec = selection.best
@@ -249,6 +252,7 @@ def train_model(
     datasets: Datasets,
     run_id: str,
     lineage: dict[str, str] | None = None,
+    search_run_id: str | None = None,
 ) -> Trained:
     """Fit the spec's model and baseline and log them (params, metrics, signature, example, lineage).
 
@@ -262,6 +266,9 @@ def train_model(
         datasets: The ``build_features`` stage's result.
         run_id: The Airflow run (output folder).
         lineage: Extra tags, e.g. the Airflow DAG and run ids.
+        search_run_id: The candidate's MLflow run that ``plan_search`` opened and the mapped trial batches ran
+            under (kubernetes mode with ``training.search.trials_per_pod``): training resumes it, and the
+            search finds the trials in the run's studies and only reads their best.
 
     Returns:
         MLflow run ids and model URIs of the candidate and baseline.
@@ -290,7 +297,8 @@ def train_model(
         split = validation_split(spec, train_raw)
         journal = layout.search_journal(spec.name, run_id)
         storage = settings.search_storage_url
-        return select_model(spec, features, split, parent_run_id, storage, journal, settings.search_max_trials), split
+        cap, searched = settings.search_max_trials, search_run_id is not None
+        return select_model(spec, features, split, parent_run_id, storage, journal, cap, searched), split
 
     mlflow_run_id, model_uri, selection = _fit_and_log(
         spec,
@@ -301,6 +309,7 @@ def train_model(
         tags | {TAG_ROLE: "candidate"},
         reference,
         choose if spec.training.selects else None,
+        search_run_id,
     )
     baseline_tags = tags | {TAG_ROLE: "baseline", TAG_CANDIDATE_RUN: mlflow_run_id}
     baseline_run_id, baseline_uri, _ = _fit_and_log(

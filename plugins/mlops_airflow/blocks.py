@@ -229,6 +229,15 @@ def _train_args(i: Result, ctx: Any) -> Result:
     return {"datasets": i["datasets"], "run_id": ctx["run_id"], "lineage": lineage}
 
 
+def _train_search_args(i: Result, ctx: Any) -> Result:
+    """Train after mapped trial batches: resume the candidate's run they nested under (``plan_search``'s)."""
+    return _train_args(i, ctx) | {"search_run_id": i["search"][0]["parent_run_id"]}
+
+
+def _search_trials_args(i: Result, ctx: Any) -> Result:
+    return {"datasets": i["datasets"], "run_id": ctx["run_id"], "batch": i["batch"]}
+
+
 def _evaluate_args(i: Result, ctx: Any) -> Result:
     return {"trained": i["trained"], "datasets": i["datasets"], "run_id": ctx["run_id"]}
 
@@ -312,6 +321,15 @@ def _plan(pipeline: str, params: Any, events: Any, force: bool | None, as_of: st
     forced = bool(p.get("force")) if force is None else force
     plan = call(stages.plan_training, pipeline, uris, as_of or p.get("as_of"), forced)
     return plan if plan["train"] else None
+
+
+def _plan_search(pipeline: str) -> list[Result]:
+    from tasks import stages
+
+    ctx = get_current_context()
+    run = ctx["dag_run"]
+    lineage = {TAG_AIRFLOW_DAG_ID: run.dag_id, TAG_AIRFLOW_RUN_ID: run.run_id}
+    return call(stages.plan_search, pipeline, ctx["run_id"], lineage)
 
 
 def _gate(pipeline: str, trained: Result, datasets: Result, evaluation: Result) -> Result:
@@ -440,9 +458,52 @@ def build_features(pipeline: str, validation: XComArg) -> XComArg:
     return _heavy(pipeline, "build_features", {"validation": validation}, _features_args)
 
 
-def train_model(pipeline: str, datasets: XComArg) -> XComArg:
-    """Fit and log the model and its baseline (heavy)."""
-    return _heavy(pipeline, "train_model", {"datasets": datasets}, _train_args)
+def train_model(pipeline: str, datasets: XComArg, search: tuple[XComArg, Any] | None = None) -> XComArg:
+    """Fit and log the model and its baseline (heavy).
+
+    ``search``: ``search_trials``'s (plan, mapped batches): training runs after them, in the candidate's run the
+    plan opened, and takes each family's best trial from its study instead of searching again.
+    """
+    if search is None:
+        return _heavy(pipeline, "train_model", {"datasets": datasets}, _train_args)
+    plan, batches = search
+    trained = _heavy(pipeline, "train_model", {"datasets": datasets, "search": plan}, _train_search_args)
+    batches >> trained
+    return trained
+
+
+@task
+def plan_search(pipeline: str) -> list[Result]:
+    """Open the candidate's MLflow run and cut the search budget into trial batches (one mapped pod each)."""
+    return _plan_search(pipeline)
+
+
+def search_trials(pipeline: str, datasets: XComArg) -> tuple[XComArg, Any] | None:
+    """Kubernetes mode with ``training.search.trials_per_pod``: the trial batches as mapped pods, else None.
+
+    ``plan_search`` (in the worker: one MLflow call) -> ``search_trials`` mapped over its batches (dynamic task
+    mapping; each pod asks for ``resources.trial``). Every batch joins its family's study of this training run
+    (Optuna's RDB storage from ``search_storage_url``, else the journal file in the run's folder on the shared
+    store). In the local mode the train stage runs every trial itself (``n_jobs`` threads under a minutes budget).
+    """
+    spec, settings = _context(pipeline)
+    search = spec.training.search
+    if settings.execution_mode != "kubernetes" or search is None or search.trials_per_pod is None:
+        return None
+    from mlops_airflow.pods import mapped_stage_pods
+
+    plan = plan_search(pipeline)
+    datasets >> plan  # after the features exist, and skipped with the rest when plan_training says no
+    batches = mapped_stage_pods(
+        spec,
+        settings,
+        task_id="search_trials",
+        stage="search_trials",
+        stage_inputs={"datasets": datasets},
+        build_args=_search_trials_args,
+        batches=plan,
+    )
+    return plan, batches
 
 
 def evaluate_model(pipeline: str, trained: XComArg, datasets: XComArg) -> XComArg:
@@ -555,7 +616,7 @@ def _train_and_register(pipeline: str, force: bool | None, as_of: Upstream) -> t
     validation = validate_data(pipeline, plan)
     report_quarantine(pipeline, validation)
     datasets = build_features(pipeline, validation)
-    trained = train_model(pipeline, datasets)
+    trained = train_model(pipeline, datasets, search_trials(pipeline, datasets))
     evaluation = evaluate_model(pipeline, trained, datasets)
     gated = gate_model(pipeline, trained, datasets, evaluation)
     gated.operator.operator_extra_links = (ModelCardLink(),)  # type: ignore[attr-defined]

@@ -127,10 +127,12 @@ class StagePodOperator(KubernetesPodOperator):
         build_args: Turns the resolved inputs and the context into the stage's keyword arguments.
         data_root: The shared store as this Airflow worker sees it (where the manifest is read).
         pod_data_root: The shared store as the pod sees it (where the manifest is written).
+        batch: A mapped pod's own input (``.partial(...).expand(batch=...)``), handed to ``build_args`` as
+            ``batch`` beside ``stage_inputs``.
         **kwargs: Passed to :class:`KubernetesPodOperator` (image, resources, timeouts, ...).
     """
 
-    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "stage_inputs")
+    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "stage_inputs", "batch")
     ui_color = "#c6dbef"
     _launch_error: Exception | None = None
     _manifest: Path
@@ -144,6 +146,7 @@ class StagePodOperator(KubernetesPodOperator):
         build_args: BuildArgs,
         data_root: str,
         pod_data_root: str,
+        batch: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -161,18 +164,22 @@ class StagePodOperator(KubernetesPodOperator):
         self.build_args = build_args
         self.data_root = data_root
         self.pod_data_root = pod_data_root
+        self.batch = batch
 
     def manifest_paths(self, context: Any) -> tuple[Path, str]:
         """The result manifest as Airflow reads it and as the pod writes it."""
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
         local = DataLayout(Path(self.data_root)).result_manifest(
-            self.pipeline, context["run_id"], self.task_id, context["ti"].try_number
+            self.pipeline, context["run_id"], self.task_id, ti.try_number, -1 if map_index is None else map_index
         )
         return local, f"{self.pod_data_root.rstrip('/')}/{local.relative_to(self.data_root).as_posix()}"
 
     def prepare(self, context: Any) -> Path:
         """Set the container arguments for this try; returns where the manifest will appear."""
         local, in_pod = self.manifest_paths(context)
-        kwargs = self.build_args(dict(self.stage_inputs), context)
+        inputs = dict(self.stage_inputs) | ({"batch": self.batch} if self.batch is not None else {})
+        kwargs = self.build_args(inputs, context)
         self.arguments = [self.stage, "--pipeline", self.pipeline, "--args", json.dumps(kwargs), "--result", in_pod]
         local.unlink(missing_ok=True)  # a manifest left by an earlier attempt must not pass for this one's
         return local
@@ -251,6 +258,59 @@ class StagePodOperator(KubernetesPodOperator):
         raise StagePodError(message)
 
 
+def _pod_kwargs(
+    spec: PipelineSpec,
+    settings: Settings,
+    *,
+    task_id: str,
+    stage: str,
+    stage_inputs: dict[str, Any],
+    build_args: BuildArgs,
+) -> dict[str, Any]:
+    """The arguments of a stage's :class:`StagePodOperator`: the spec's resources, the settings' cluster."""
+    from datetime import timedelta
+
+    kube = settings.kubernetes
+    res = spec.stage_resources(stage)
+    node_selector, tolerations = placement(res, kube)
+    volumes, mounts = shared_store(kube)
+    template = str((REPO_ROOT / kube.pod_template).resolve()) if kube.pod_template else None
+    timeout_s = (res.timeout_minutes or 60) * 60
+    return {
+        "task_id": task_id,
+        "pipeline": spec.name,
+        "stage": stage,
+        "stage_inputs": stage_inputs,
+        "build_args": build_args,
+        "data_root": str(settings.data_root),
+        "pod_data_root": kube.data_mount,
+        "name": f"{spec.name}-{stage}".replace("_", "-"),
+        "namespace": kube.namespace,
+        "image": kube.image,
+        "image_pull_policy": kube.image_pull_policy,
+        "service_account_name": kube.service_account,
+        "kubernetes_conn_id": kube.kubernetes_conn_id,
+        "in_cluster": kube.in_cluster,
+        "config_file": kube.config_file,
+        "pod_template_file": template,
+        "labels": {**kube.labels, "mlops/pipeline": spec.name, "mlops/stage": stage},
+        "env_vars": stage_env(settings, res, spec),
+        "container_resources": container_resources(res),
+        "node_selector": node_selector,
+        "tolerations": tolerations,
+        "volumes": volumes,
+        "volume_mounts": mounts,
+        "schedule_timeout_seconds": kube.schedule_timeout_seconds,
+        "startup_timeout_seconds": kube.startup_timeout_seconds,
+        "active_deadline_seconds": timeout_s,
+        "execution_timeout": timedelta(
+            seconds=timeout_s + kube.schedule_timeout_seconds + kube.startup_timeout_seconds
+        ),
+        "get_logs": True,
+        "log_events_on_failure": True,
+    }
+
+
 def stage_pod(
     spec: PipelineSpec,
     settings: Settings,
@@ -261,42 +321,24 @@ def stage_pod(
     build_args: BuildArgs,
 ) -> StagePodOperator:
     """The pod operator of one heavy stage, configured from the spec (resources) and settings (cluster)."""
-    from datetime import timedelta
+    kwargs = _pod_kwargs(spec, settings, task_id=task_id, stage=stage, stage_inputs=stage_inputs, build_args=build_args)
+    return StagePodOperator(**kwargs)
 
-    kube = settings.kubernetes
-    res = spec.stage_resources(stage)
-    node_selector, tolerations = placement(res, kube)
-    volumes, mounts = shared_store(kube)
-    template = str((REPO_ROOT / kube.pod_template).resolve()) if kube.pod_template else None
-    timeout_s = (res.timeout_minutes or 60) * 60
-    return StagePodOperator(
-        task_id=task_id,
-        pipeline=spec.name,
-        stage=stage,
-        stage_inputs=stage_inputs,
-        build_args=build_args,
-        data_root=str(settings.data_root),
-        pod_data_root=kube.data_mount,
-        name=f"{spec.name}-{stage}".replace("_", "-"),
-        namespace=kube.namespace,
-        image=kube.image,
-        image_pull_policy=kube.image_pull_policy,
-        service_account_name=kube.service_account,
-        kubernetes_conn_id=kube.kubernetes_conn_id,
-        in_cluster=kube.in_cluster,
-        config_file=kube.config_file,
-        pod_template_file=template,
-        labels={**kube.labels, "mlops/pipeline": spec.name, "mlops/stage": stage},
-        env_vars=stage_env(settings, res, spec),
-        container_resources=container_resources(res),
-        node_selector=node_selector,
-        tolerations=tolerations,
-        volumes=volumes,
-        volume_mounts=mounts,
-        schedule_timeout_seconds=kube.schedule_timeout_seconds,
-        startup_timeout_seconds=kube.startup_timeout_seconds,
-        active_deadline_seconds=timeout_s,
-        execution_timeout=timedelta(seconds=timeout_s + kube.schedule_timeout_seconds + kube.startup_timeout_seconds),
-        get_logs=True,
-        log_events_on_failure=True,
-    )
+
+def mapped_stage_pods(
+    spec: PipelineSpec,
+    settings: Settings,
+    *,
+    task_id: str,
+    stage: str,
+    stage_inputs: dict[str, Any],
+    build_args: BuildArgs,
+    batches: Any,
+) -> Any:
+    """One pod of a heavy stage per element of ``batches`` (Airflow dynamic task mapping over an upstream XCom).
+
+    Every mapped pod shares ``stage_inputs`` and the stage's resources; each gets its own element as ``batch``
+    (and its own result manifest, by map index). Returns the mapped operator.
+    """
+    kwargs = _pod_kwargs(spec, settings, task_id=task_id, stage=stage, stage_inputs=stage_inputs, build_args=build_args)
+    return StagePodOperator.partial(**kwargs).expand(batch=batches)

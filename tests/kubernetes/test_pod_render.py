@@ -47,7 +47,8 @@ def _env(pod: Any) -> dict[str, Any]:
 def test_heavy_stages_and_only_they_become_pods(prod_settings: Settings) -> None:
     pods = _pods(load_spec("bike_demand"), prod_settings)
     assert set(pods) == set(STAGE_OF_TASK)
-    assert {op.stage for op, _ in pods.values()} == set(HEAVY_STAGES)
+    # search_trials is a mapped pod, only where the spec sets training.search.trials_per_pod (tests below)
+    assert {op.stage for op, _ in pods.values()} == set(HEAVY_STAGES) - {"search_trials"}
 
 
 def test_pod_runs_the_stage_cli_in_the_task_image(prod_settings: Settings) -> None:
@@ -203,3 +204,77 @@ def test_bad_resources_are_spec_errors(tmp_path: Path, bad: dict[str, Any]) -> N
     (folder / "bike_demand.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match="resources"):
         load_spec(folder / "bike_demand.yaml")
+
+
+def _mapped_search_spec(tmp_path: Path) -> PipelineSpec:
+    """The bike spec searching 20 trials in batches of 8, each batch pod with its own resources."""
+    import yaml
+
+    folder = write_spec(tmp_path / "mapped")
+    raw = yaml.safe_load((folder / "bike_demand.yaml").read_text())
+    raw["training"]["search"] |= {"trials": 20, "trials_per_pod": 8}
+    raw["resources"]["trial"] = {
+        "cpu_request": "1",
+        "cpu_limit": "1",
+        "memory_request": "1500Mi",
+        "timeout_minutes": 20,
+    }
+    (folder / "bike_demand.yaml").write_text(yaml.safe_dump(raw))
+    return load_spec(folder / "bike_demand.yaml")
+
+
+def test_mapped_trial_batches_run_before_train_in_kubernetes_mode_only(prod_settings: Settings, tmp_path: Path) -> None:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    from mlops_airflow.factory import build_pipeline_dags
+    from mlops_airflow.pods import StagePodOperator
+    from tasks.settings import load_settings
+
+    spec = _mapped_search_spec(tmp_path)
+    train = build_pipeline_dags(spec, prod_settings)["bike_demand_train"]
+    mapped = train.get_task("search_trials")
+    assert isinstance(mapped, MappedOperator) and mapped.operator_class is StagePodOperator
+    assert mapped.partial_kwargs["stage"] == "search_trials" and mapped.partial_kwargs["retries"] >= 1
+    assert list(mapped.expand_input.value) == ["batch"]  # one pod per element of plan_search's list
+    assert mapped.expand_input.value["batch"].operator.task_id == "plan_search"
+    assert train.get_task("plan_search").upstream_task_ids == {"build_features"}
+    assert mapped.upstream_task_ids == {"plan_search", "build_features"}
+    assert {"search_trials", "plan_search"} <= train.get_task("train_model").upstream_task_ids
+    assert "search_trials" in train.get_task("evaluate_model").get_flat_relative_ids(upstream=True)
+
+    local = build_pipeline_dags(spec, load_settings("local"))["bike_demand_train"]
+    assert not {"plan_search", "search_trials"} & set(local.task_ids)  # local mode: train runs every trial itself
+    assert local.get_task("train_model").upstream_task_ids == {"build_features"}
+    shipped = build_pipeline_dags(load_spec("bike_demand"), prod_settings)["bike_demand_train"]
+    assert "search_trials" not in shipped.task_ids  # no trials_per_pod: the trials stay in the train pod
+
+
+def test_a_mapped_trial_pod_asks_for_the_trial_resources_and_gets_the_search_storage(
+    prod_settings: Settings, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from mlops_airflow.factory import build_pipeline_dags
+
+    spec = _mapped_search_spec(tmp_path)
+    mapped = build_pipeline_dags(spec, prod_settings)["bike_demand_train"].get_task("search_trials")
+    batch = {"family": "lightgbm", "trials": 8, "index": 1, "parent_run_id": "abc"}
+    op = mapped.unmap({"batch": batch})
+    pod = op.build_pod_request_obj(dry_run=True)
+    container = pod.spec.containers[0]
+    assert container.resources.requests == {"cpu": "1", "memory": "1500Mi"}  # resources.trial
+    assert container.resources.limits == {"cpu": "1", "memory": "4Gi"}  # the rest from resources.default
+    assert pod.spec.active_deadline_seconds == 20 * 60
+    assert container.args[:3] == ["search_trials", "--pipeline", "bike_demand"]
+    assert pod.metadata.labels["mlops/stage"] == "search_trials"
+    env = _env(pod)
+    ref = env["MLP_SEARCH_STORAGE_URL"].value_from.secret_key_ref
+    assert env["MLP_SEARCH_STORAGE_URL"].value is None and (ref.name, ref.key) == (SECRET, "search_storage_url")
+    assert {v.name for v in pod.spec.volumes} >= {"shared-store"}  # the journal's home when no RDB is set
+
+    op.stage_inputs = {"datasets": {"train_raw": "/x"}}  # what Airflow renders from build_features' XCom
+    ctx = {"run_id": "r1", "ti": SimpleNamespace(try_number=1, map_index=3), "dag_run": SimpleNamespace()}
+    local = op.prepare(ctx)
+    assert local.name == "search_trials.map3.try1.json"  # each mapped pod its own manifest
+    args = json.loads(op.arguments[op.arguments.index("--args") + 1])
+    assert args == {"datasets": {"train_raw": "/x"}, "run_id": "r1", "batch": batch}

@@ -103,6 +103,7 @@ def test_every_result_is_strict_and_frozen():
         *("IngestedPartition", "Ingested", "ExpectationFailure", "QuarantinedPartition", "Validation"),
         *("TrainingPlan", "Datasets", "Trained", "Evaluation", "Check", "GateDecision", "Gated", "ModelCardFiles"),
         *("Registered", "Promotion", "Deployment", "Rollback", "DriftReport", "Scored", "ScoredPartition"),
+        *("TrialBatch", "SearchedBatch"),
     }
     for model in models:
         assert model.model_config["frozen"] and model.model_config["extra"] == "forbid", model.__name__

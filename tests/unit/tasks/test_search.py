@@ -17,6 +17,7 @@ from tasks.evaluate import target_values
 from tasks.features import FeatureBuilder
 from tasks.metrics import calibration_error
 from tasks.results import Datasets
+from tasks.search import SelectionError
 from tasks.settings import get_settings
 from tasks.spec import PipelineSpec, SpecError, load_spec
 from tasks.storage import DataLayout
@@ -76,8 +77,9 @@ def adult(data_root: Path, tmp_path: Path) -> Datasets:
     return adult_datasets(tmp_path / "datasets")
 
 
-def _train(spec: PipelineSpec, datasets: Datasets, run_id: str) -> Any:
-    return train_model(spec, get_settings(), DataLayout(get_settings().data_root), datasets, run_id)
+def _train(spec: PipelineSpec, datasets: Datasets, run_id: str, search_run_id: str | None = None) -> Any:
+    settings = get_settings()
+    return train_model(spec, settings, DataLayout(settings.data_root), datasets, run_id, search_run_id=search_run_id)
 
 
 def test_search_is_reproducible_and_every_trial_is_a_nested_run(adult, monkeypatch):
@@ -180,3 +182,115 @@ def test_calibration_is_for_classifiers_only():
     raw["training"]["calibration"] = "isotonic"
     with pytest.raises(ValueError, match="classification pipelines only"):
         PipelineSpec.model_validate(raw)
+
+
+def test_trials_per_pod_cuts_each_searched_familys_budget_into_batches():
+    from tasks.search import plan_batches
+
+    spec = adult_spec(search=SEARCH | {"trials": 20, "trials_per_pod": 8})
+    batches = plan_batches(spec, None, "parent")
+    assert [(b.family, b.trials, b.index) for b in batches] == [
+        ("lightgbm", 8, 0),
+        ("lightgbm", 8, 1),
+        ("lightgbm", 4, 2),
+    ]
+    assert {b.parent_run_id for b in batches} == {"parent"}
+    assert [b.trials for b in plan_batches(spec, 3, "p")] == [3]  # the environment's cap lowers the budget first
+    with pytest.raises(ValueError, match="trials_per_pod needs a trials budget"):
+        adult_spec(search={k: v for k, v in SEARCH.items() if k != "trials"} | {"minutes": 1, "trials_per_pod": 2})
+    with pytest.raises(ValueError, match="greater than 0"):
+        adult_spec(search=SEARCH | {"trials_per_pod": 0})
+
+
+@pytest.fixture
+def optuna_pg(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (trust auth) as Optuna's RDB storage, dropped afterwards."""
+    import os
+    import secrets
+    from contextlib import closing
+
+    import psycopg2
+
+    from tests.conftest import require
+
+    user = os.environ.get("MLP_TEST_PG_USER", "postgres")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=user, dbname="test", connect_timeout=3)
+    except psycopg2.Error as exc:
+        require(False, f"PostgreSQL is not reachable on 127.0.0.1:5432 (db test) as {user!r} ({exc})")
+        raise
+    admin.autocommit = True
+    db = f"mlp_optuna_{secrets.token_hex(4)}"
+    with closing(admin), admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    url = f"postgresql://{user}@127.0.0.1:5432/{db}"
+    monkeypatch.setenv("MLP_SEARCH_STORAGE_URL", url)
+    get_settings.cache_clear()
+    try:
+        yield url
+    finally:
+        with closing(psycopg2.connect(host="127.0.0.1", user=user, dbname="test")) as admin:
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_mapped_batches_share_one_study_in_postgresql_and_training_takes_its_best_trial(adult, optuna_pg):
+    """Kubernetes mode's path without the pods: plan -> two batches (what two mapped pods run) -> train."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tasks.search import plan_search, search_trials, study_name
+    from tasks.storage import database_url
+
+    spec = adult_spec(search=SEARCH | {"trials": 3, "trials_per_pod": 2})
+    settings, layout = get_settings(), DataLayout(get_settings().data_root)
+    assert settings.search_storage_url == optuna_pg and settings.search_max_trials == 3
+    lineage = {"airflow.dag_id": "adult_income_train", "airflow.run_id": "r1"}
+    batches = plan_search(spec, settings, "r1", lineage)
+    assert [(b.family, b.trials, b.index) for b in batches] == [("lightgbm", 2, 0), ("lightgbm", 1, 1)]
+    parent = batches[0].parent_run_id
+    assert plan_search(spec, settings, "r1", lineage)[0].parent_run_id == parent  # a retried plan: the same run
+    done = [search_trials(spec, settings, layout, adult, "r1", b) for b in batches]
+    assert [d.trials for d in done] == [2, 3]  # each batch joined the same study
+    assert search_trials(spec, settings, layout, adult, "r1", batches[0]).trials == 3  # a retried batch owes nothing
+    assert not layout.search_journal("adult_income", "r1").exists()  # the study is in PostgreSQL, not a journal
+
+    storage = optuna.storages.RDBStorage(database_url(optuna_pg))
+    study = optuna.load_study(study_name=study_name(spec, parent, "lightgbm"), storage=storage)
+    assert [t.user_attrs["batch"] for t in study.trials] == [0, 0, 1]
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3  # no batch repeated another's draws
+    best = study.best_trial
+
+    trained = _train(spec, adult, "r1", search_run_id=parent)
+    study = optuna.load_study(study_name=study_name(spec, parent, "lightgbm"), storage=storage)
+    assert len(study.trials) == 3 and all(t.state == TrialState.COMPLETE for t in study.trials)  # no extra trial
+    assert trained.mlflow_run_id == parent and trained.trials == {"lightgbm": 3}
+    assert {k: trained.params[k] for k in best.params} == best.params  # the study's best trial is the model
+    assert trained.validation_scores == {"lightgbm": pytest.approx(best.value)}
+    mlflow = client(settings)
+    run = mlflow.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["role"] == "candidate"
+    assert run.data.tags["airflow.run_id"] == "r1" and run.data.params["model.num_leaves"] == str(
+        best.params["num_leaves"]
+    )
+    children = mlflow.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(int(c.data.tags["search.trial"]) for c in children) == [t.number for t in study.trials]
+    assert all(c.info.status == "FINISHED" and "validation_roc_auc" in c.data.metrics for c in children)
+
+
+def test_without_an_rdb_the_batches_share_the_journal_in_the_runs_folder(adult):
+    """No ``search_storage_url``: the journal file under the run's folder (the shared store, for pods)."""
+    from tasks.search import plan_search, search_trials
+
+    spec = adult_spec(search=SEARCH | {"trials": 3, "trials_per_pod": 2})
+    settings, layout = get_settings(), DataLayout(get_settings().data_root)
+    assert settings.search_storage_url is None
+    batches = plan_search(spec, settings, "r2")
+    assert [search_trials(spec, settings, layout, adult, "r2", b).trials for b in batches] == [2, 3]
+    assert layout.search_journal("adult_income", "r2").stat().st_size > 0
+    trained = _train(spec, adult, "r2", search_run_id=batches[0].parent_run_id)
+    assert trained.trials == {"lightgbm": 3} and trained.mlflow_run_id == batches[0].parent_run_id
+    empty = plan_search(spec, settings, "r3")[0].parent_run_id  # the plan ran, its batches did not
+    with pytest.raises(SelectionError, match="holds no completed trial"):
+        _train(spec, adult, "r3", search_run_id=empty)  # training never searches in their place

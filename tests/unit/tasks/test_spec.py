@@ -98,7 +98,8 @@ def test_each_heavy_stage_takes_its_resources_from_its_spec_entry(spec):
         == spec.stage_resources("validate_data").memory_request
     )
     assert spec.stage_resources("check_drift").memory_limit == "4Gi"  # resources.default
-    assert set(HEAVY_STAGES.values()) == {"validate", "features", "train", "evaluate", "monitor", "score"}
+    assert set(HEAVY_STAGES.values()) == {"validate", "features", "train", "evaluate", "monitor", "score", "trial"}
+    assert spec.stage_resources("search_trials").memory_limit == "4Gi"  # resources.trial, else resources.default
     with pytest.raises(SpecError, match="'gate_model' is not a heavy stage"):
         spec.stage_resources("gate_model")
     with pytest.raises(SpecError, match="'train' is not a heavy stage"):  # the spec's key is not a stage name
