@@ -8,7 +8,8 @@ through the request bodies with a Lua script; where ``wrk`` is not installed, a 
 (httpx on asyncio, in this process) does, and the table says so: it needs most of a core itself, so on a
 small machine it caps what several workers can show. The cells are interleaved (every server once per
 round, rounds repeated) so a change in the machine's load hits all of them alike. Per cell: requests/s,
-rows/s, p50 and p99 latency, errors (non-200 answers and socket errors).
+rows/s, p50 and p99 latency (each round's, averaged over the rounds weighted by its requests: wrk reports
+percentiles per run), errors (non-200 answers and socket errors).
 
     python scripts/bench.py --serving-only [--serving-seconds 5 --serving-rounds 2 --serving-root DATA_ROOT]
 
@@ -230,8 +231,8 @@ request = function()
 end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('BENCH {"requests": %d, "us": %d, "errors": %d, "p50": %.1f, "p99": %.1f}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+  io.write(string.format('BENCH {"requests": %d, "us": %d, "status": %d, "socket": %d, "p50": %.1f, "p99": %.1f}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
 """
@@ -239,9 +240,12 @@ end
 
 def _wrk(url: str, path: str, bodies: list[bytes], conns: int, seconds: float, work: Path) -> dict[str, Any]:
     """One wrk run (one thread, ``conns`` connections) after a short warm-up; its counts and percentiles."""
+    import hashlib
     import json
 
-    script, body_file = work / "bench.lua", work / f"bodies-{len(bodies[0])}.jsonl"
+    digest = hashlib.sha256(b"".join(bodies)).hexdigest()[:16]
+    body_file = work / f"bodies-{digest}.jsonl"
+    script = work / "bench.lua"
     script.write_text(WRK_SCRIPT)
     if not body_file.exists():
         body_file.write_bytes(b"\n".join(bodies) + b"\n")
@@ -254,9 +258,9 @@ def _wrk(url: str, path: str, bodies: list[bytes], conns: int, seconds: float, w
         if line is None:
             raise SystemExit(f"wrk printed no summary:\n{proc.stdout}\n{proc.stderr}")
         got = json.loads(line[len("BENCH ") :])
-        out = {
-            "requests": got["requests"] - got["errors"],
-            "errors": got["errors"],
+        out = {  # wrk counts every answer in requests (a non-2xx one also in status), socket errors apart
+            "requests": got["requests"] - got["status"],
+            "errors": got["status"] + got["socket"],
             "seconds": got["us"] / 1e6,
             "p50": got["p50"] / 1e6,
             "p99": got["p99"] / 1e6,

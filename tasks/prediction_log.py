@@ -252,11 +252,7 @@ def _insert(conn: Any, records: list[dict[str, Any]]) -> None:
 
 @cache
 def _table() -> Any:
-    """The typed ``predictions`` table (SQLite files are created by :data:`_SCHEMA`, which matches it).
-
-    One object per process: SQLAlchemy caches the compiled ``INSERT`` by it (a new ``Table`` per commit
-    compiled the statement again on every request).
-    """
+    """The typed ``predictions`` table (SQLite files are created by :data:`_SCHEMA`, which matches it)."""
     from sqlalchemy import BigInteger, CheckConstraint, Column, Double, Index, Integer, MetaData, Table, Text
 
     table = Table(

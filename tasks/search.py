@@ -25,7 +25,6 @@ from tasks.evaluate import target_values
 from tasks.metrics import score
 from tasks.names import (
     TAG_PIPELINE,
-    TAG_ROLE,
     TAG_SEARCH_FAMILY,
     TAG_SEARCH_RUN,
     TAG_SEARCH_TRIAL,
@@ -178,7 +177,8 @@ def open_search_run(spec: PipelineSpec, experiment_id: str, run_id: str, tags: d
     run = client.create_run(
         experiment_id,
         run_name=f"{spec.name}-{spec.training.model.family}",
-        tags={**tags, TAG_PIPELINE: spec.name, TAG_ROLE: "candidate", TAG_SEARCH_RUN: run_id},
+        # no role tag yet: a run whose batches never finished is no candidate (train tags it when it resumes it)
+        tags={**tags, TAG_PIPELINE: spec.name, TAG_SEARCH_RUN: run_id},
     )
     return str(run.info.run_id)
 
@@ -218,6 +218,14 @@ def _done(study: Any, index: int | None = None) -> int:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if index is None or t.user_attrs.get(BATCH_ATTR) == index
     )
+
+
+def _tried(study: Any, index: int) -> int:
+    """Trials of batch ``index`` in any state (what earlier attempts of the batch started)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BATCH_ATTR) == index)
+
+
+RETRY_SEED_STRIDE = 7919  # far above any batch count: a retry never reuses a first attempt's seed
 
 
 def search_family(
@@ -295,6 +303,9 @@ def search_family(
         trials: int | None = 0
     elif batch is not None:
         trials = batch.trials - _done(study, batch.index)
+        tried = _tried(study, batch.index)
+        if tried:  # a retried batch: a sampler seeded as on the first attempt would propose its trials again
+            study.sampler = optuna.samplers.TPESampler(seed=search.seed + batch.index + RETRY_SEED_STRIDE * tried)
     else:
         budget = trial_budget(spec, max_trials)
         trials = None if budget is None else budget - _done(study)

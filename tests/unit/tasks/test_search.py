@@ -294,3 +294,24 @@ def test_without_an_rdb_the_batches_share_the_journal_in_the_runs_folder(adult):
     empty = plan_search(spec, settings, "r3")[0].parent_run_id  # the plan ran, its batches did not
     with pytest.raises(SelectionError, match="holds no completed trial"):
         _train(spec, adult, "r3", search_run_id=empty)  # training never searches in their place
+
+
+def test_a_retried_batch_draws_new_parameters_instead_of_repeating_its_first_attempts(adult):
+    """A batch pod killed after one of its two trials: the retry owes one trial, drawn afresh (not trial 0 again)."""
+    import optuna
+
+    from tasks.search import plan_search, search_trials, study_name
+
+    spec = adult_spec(search=SEARCH | {"trials": 2, "trials_per_pod": 2})
+    settings, layout = get_settings(), DataLayout(get_settings().data_root)
+    (batch,) = plan_search(spec, settings, "r4")
+    killed = batch.model_copy(update={"trials": 1})  # what the first attempt finished before the pod died
+    assert search_trials(spec, settings, layout, adult, "r4", killed).trials == 1
+    assert search_trials(spec, settings, layout, adult, "r4", batch).trials == 2  # the retry ran the one it owed
+    journal = optuna.storages.journal.JournalFileBackend(str(layout.search_journal("adult_income", "r4")))
+    study = optuna.load_study(
+        study_name=study_name(spec, batch.parent_run_id, "lightgbm"), storage=optuna.storages.JournalStorage(journal)
+    )
+    assert [t.user_attrs["batch"] for t in study.trials] == [0, 0]
+    first, retried = (t.params for t in study.trials)
+    assert first != retried  # the first attempt's sampler seed would propose trial 0's parameters again
