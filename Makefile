@@ -9,8 +9,10 @@ STAMP := .venv/.installed
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.4"
 	python3 -m uv venv --quiet --allow-existing --python 3.11 .venv
-	@# torch==2.13.0+cpu comes from the machine's local wheel folder; everything else from PyPI
-	python3 -m uv pip sync --quiet --python $(PY) --find-links /opt/wheels requirements.lock
+	@# torch==2.13.0+cpu comes from the machine's local wheel folder; everything else from PyPI. Bytecode is
+	@# compiled at install: uv does not by default, and where PYTHONDONTWRITEBYTECODE is set (this machine, CI)
+	@# every process compiled every module it imported again (1-3 s per Airflow task, per test subprocess)
+	python3 -m uv pip sync --quiet --compile-bytecode --python $(PY) --find-links /opt/wheels requirements.lock
 	python3 -m uv pip install --quiet --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 

@@ -385,10 +385,16 @@ def main() -> None:
     parser.add_argument("--serving-root", type=Path, help="a data root with a bike_demand champion")
     parser.add_argument("--serving-baseline", help="also serve our server as it stood at this commit")
     parser.add_argument("--startup-only", action="store_true", help="only the stage start-up and backfill section")
+    parser.add_argument("--scheduler-only", action="store_true", help="only the real-scheduler section (before/after)")
+    parser.add_argument("--no-scheduler", action="store_true", help="skip the real-scheduler section (~12 min)")
+    parser.add_argument("--scheduler-train-runs", type=int, default=3, help="training runs per scheduler config")
     parser.add_argument("--backfill-days", type=int, default=10, help="days in the backfill figure (0: none)")
     args = parser.parse_args()
     if args.serving_only:
         _serving(args)
+        return
+    if args.scheduler_only:
+        _scheduler(args)
         return
     if not args.startup_only:
         _print_dag_parse()
@@ -402,6 +408,8 @@ def main() -> None:
     rows = _measured(args)
     if not args.no_serving:
         rows += _serving(args)
+    if not args.no_scheduler:
+        rows += _scheduler(args)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
@@ -444,6 +452,18 @@ def _serving(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.json and args.serving_only:
         args.json.write_text(json.dumps(rows, indent=2))
     return [{"step": "serving", **r} for r in rows]
+
+
+def _scheduler(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The real-scheduler section (scripts/bench_scheduler.py): before/after configurations of the demo stack."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_scheduler
+
+    results = bench_scheduler.run(args.scheduler_train_runs)
+    bench_scheduler.print_table(results)
+    if args.json and args.scheduler_only:
+        args.json.write_text(json.dumps(results, indent=2))
+    return [{"step": "scheduler", **r} for r in results]
 
 
 if __name__ == "__main__":

@@ -323,10 +323,11 @@ def test_the_image_installs_the_locks_runtime_pins_only() -> None:
 
 
 def test_airflow_services_fork_tasks_from_the_same_preloaded_forkserver_as_the_local_stack() -> None:
-    from mlops_airflow.localenv import PRELOAD
+    from mlops_airflow.localenv import PRELOAD, SCHEDULER_IDLE_SLEEP_S
 
     services = _services()
     for name in AIRFLOW:
         env = services[name]["environment"]
         assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver", name
         assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == list(PRELOAD), name
+        assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == SCHEDULER_IDLE_SLEEP_S, name

@@ -145,6 +145,20 @@ def test_task_processes_fork_from_a_forkserver_that_preloaded_the_stage_librarie
     assert resolve_mp_start_method("scheduler") == "forkserver"
 
 
+def test_the_scheduler_sleeps_briefly_after_an_idle_loop(tmp_path, monkeypatch):
+    """A task's successor is scheduled within ~0.2 s of its end, not Airflow's default 1 s; an operator may differ."""
+    from airflow.configuration import conf
+
+    env = local_env(tmp_path)
+    assert float(env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"]) == 0.2
+    monkeypatch.setenv(
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"]
+    )
+    assert conf.getfloat("scheduler", "scheduler_idle_sleep_time") == 0.2  # the option Airflow reads, by this name
+    monkeypatch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "1")
+    assert local_env(tmp_path)["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "1"
+
+
 def test_ports_are_settings_with_defaults_log_servers_and_the_demo_included(tmp_path, clean_env, monkeypatch):
     import importlib.util
 
