@@ -3,6 +3,7 @@ environment (a private AIRFLOW_HOME on SQLite) is set here, before any test impo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -158,6 +159,36 @@ def require(condition: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true, and this test cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new database on 127.0.0.1:5432 (trust auth, ``MLP_TEST_PG_USER``), its URL; dropped afterwards.
+
+    PostgreSQL not reachable: the test is skipped (under ``CI=true`` it fails, see :func:`require`).
+    """
+    import secrets
+    from contextlib import closing
+
+    import psycopg2
+
+    user = os.environ.get("MLP_TEST_PG_USER", "postgres")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=user, dbname="postgres", connect_timeout=3)
+    except psycopg2.Error as exc:
+        require(False, f"PostgreSQL is not reachable on 127.0.0.1:5432 as {user!r} ({exc})")
+        raise
+    admin.autocommit = True
+    db = f"{prefix}_{secrets.token_hex(4)}"
+    with closing(admin), admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    try:
+        yield f"postgresql://{user}@127.0.0.1:5432/{db}"
+    finally:
+        with closing(psycopg2.connect(host="127.0.0.1", user=user, dbname="postgres")) as admin:
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,13 +4,11 @@ group commit, a locked or a down store, PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
 
 import pandas as pd
 import pytest
@@ -27,7 +25,7 @@ from tasks.prediction_log import (
     read_window_chunks,
     window_bounds,
 )
-from tests.conftest import free_port, require
+from tests.conftest import free_port, fresh_postgres_database
 from tests.unit.conftest import FIXTURES
 
 DROP = ["instant", "casual", "registered", "cnt"]
@@ -297,25 +295,8 @@ def test_the_settings_choose_the_store(monkeypatch, data_root):
 @pytest.fixture
 def pg_store() -> Iterator[str]:
     """A fresh PostgreSQL database on 127.0.0.1:5432 (trust auth)."""
-    import psycopg2
-
-    user = os.environ.get("MLP_TEST_PG_USER", "postgres")
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=user, dbname="postgres", connect_timeout=3)
-    except psycopg2.Error as exc:
-        require(False, f"PostgreSQL is not reachable on 127.0.0.1:5432 as {user!r} ({exc})")
-        raise
-    admin.autocommit = True
-    db = f"mlp_log_{secrets.token_hex(4)}"
-    with closing(admin), admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    try:
-        yield f"postgresql://{user}@127.0.0.1:5432/{db}"
-    finally:
-        with closing(psycopg2.connect(host="127.0.0.1", user=user, dbname="postgres")) as admin:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    with fresh_postgres_database("mlp_log") as url:
+        yield url
 
 
 def test_postgresql_store_holds_the_typed_table_and_serves_the_window(pg_store):

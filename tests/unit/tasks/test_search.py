@@ -205,34 +205,12 @@ def test_trials_per_pod_cuts_each_searched_familys_budget_into_batches():
 @pytest.fixture
 def optuna_pg(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A fresh PostgreSQL database on 127.0.0.1:5432 (trust auth) as Optuna's RDB storage, dropped afterwards."""
-    import os
-    import secrets
-    from contextlib import closing
+    from tests.conftest import fresh_postgres_database
 
-    import psycopg2
-
-    from tests.conftest import require
-
-    user = os.environ.get("MLP_TEST_PG_USER", "postgres")
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=user, dbname="test", connect_timeout=3)
-    except psycopg2.Error as exc:
-        require(False, f"PostgreSQL is not reachable on 127.0.0.1:5432 (db test) as {user!r} ({exc})")
-        raise
-    admin.autocommit = True
-    db = f"mlp_optuna_{secrets.token_hex(4)}"
-    with closing(admin), admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    url = f"postgresql://{user}@127.0.0.1:5432/{db}"
-    monkeypatch.setenv("MLP_SEARCH_STORAGE_URL", url)
-    get_settings.cache_clear()
-    try:
+    with fresh_postgres_database("mlp_optuna") as url:
+        monkeypatch.setenv("MLP_SEARCH_STORAGE_URL", url)
+        get_settings.cache_clear()
         yield url
-    finally:
-        with closing(psycopg2.connect(host="127.0.0.1", user=user, dbname="test")) as admin:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def test_mapped_batches_share_one_study_in_postgresql_and_training_takes_its_best_trial(adult, optuna_pg):
