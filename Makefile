@@ -61,8 +61,9 @@ test-dags: install
 test-e2e: install
 	$(PY) -m pytest tests/e2e
 
-test: install lint typecheck  ## everything CI runs: lint, types, unit, DAG integrity, end to end
-	$(PY) -m pytest
+TEST_WORKERS ?= 2
+test: install lint typecheck  ## everything CI runs: lint, types, unit, DAG integrity, end to end (TEST_WORKERS=2 xdist workers; tests/conftest.py says how tests are shared out)
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	python3 -m uv pip compile pyproject.toml --group dev --group test --python-version 3.11 --find-links /opt/wheels -o requirements.lock

@@ -15,6 +15,10 @@ import pytest
 from mlops_airflow.localenv import local_env
 
 _SESSION_STATE = Path(tempfile.mkdtemp(prefix="mlp-tests-"))
+if os.environ.get("PYTEST_XDIST_WORKER") and "/mlp-tests-" in os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", ""):
+    # an xdist worker inherits the controller's environment, which this module set for the controller's own
+    # session: local_env keeps an Airflow DB URL it finds, and every worker would share the controller's
+    del os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
 os.environ.update(local_env(_SESSION_STATE, api_port=18080, serving_port=18000))
 # the shipped specs search 15-20 trials per training; tests (and the Airflow processes they start) run 3
 os.environ.setdefault("MLP_SEARCH_MAX_TRIALS", "3")
@@ -191,8 +195,47 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
                 cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
+# `make test` runs two pytest-xdist workers. Each test file is one unit of work (its module fixtures, such as the
+# compose stack, are set up once, in one worker), except the files that build and run the project image, which are
+# one unit so the image is built once, never twice at the same time. Units are handed out longest first (figures:
+# seconds on a quiet 2-core machine; unlisted files are short) so the long ones overlap the rest.
+# (xdist's own `--dist loadgroup` cannot do this under pytest 9: it renames node ids through an attribute pytest 9
+# no longer reads, so its groups are silently ignored.)
+IMAGE_UNIT = ("tests/kubernetes/test_pod_contract.py", "tests/stack/test_container_stack.py")
+UNIT_SECONDS = {
+    "images": 610,
+    "tests/stack/test_compose_stack.py": 520,
+    "tests/e2e/test_lifecycle_airflow.py": 110,
+    "tests/e2e/test_ingest_corpus.py": 100,
+    "tests/stack/test_promotion_race.py": 85,
+    "tests/unit/tasks/serving/test_fuzz.py": 75,
+    "tests/e2e/test_adult_income_airflow.py": 65,
+    "tests/kubernetes/test_mapped_trials.py": 60,
+}
+
+
+def _unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "images" if path in IMAGE_UNIT else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scheduler, handing out the units above in collection order (which the hook below sorts)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileUnits(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    config.option.loadscopereorder = False  # LoadScope's own order is by test count: the unit files first
+    return FileUnits(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip everything that reads the shipped datasets when they are not beside the repository."""
+    """In an xdist worker, put the longest units first; skip everything that reads the shipped datasets when they
+    are not beside the repository."""
+    if hasattr(config, "workerinput"):  # every worker sorts alike: they must report the same collection
+        items.sort(key=lambda item: -UNIT_SECONDS.get(_unit(item.nodeid), 0))  # stable: the rest keeps its order
     if SHARED.joinpath("bike_sharing_hour.csv.gz").is_file():
         return
     skip = pytest.mark.skip(reason=f"shipped datasets not found at {SHARED}")
