@@ -46,6 +46,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -128,6 +129,28 @@ def event_time(value: Any) -> str | None:
         return None
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat()
+
+
+@cache
+def _inputs_json() -> Any:
+    """A row's inputs as compact JSON text with sorted keys.
+
+    msgspec's encoder (a kept library, already Airflow's) is ~8x faster than ``json.dumps(row, sort_keys=True)``,
+    which took 28 ms of a 10,000-row request. A non-finite float becomes ``null`` (read back as a missing value).
+    What msgspec refuses (a lone surrogate in a string, which a JSON escape can carry) goes through
+    ``json.dumps``, which escapes it.
+    """
+    import msgspec
+
+    encode = msgspec.json.Encoder(order="sorted").encode
+
+    def text(row: Mapping[str, Any]) -> str:
+        try:
+            return encode(row).decode()
+        except (UnicodeEncodeError, TypeError, OverflowError):
+            return json.dumps(row, sort_keys=True)
+
+    return text
 
 
 def _all_event_columns() -> dict[str, str | None]:
@@ -237,17 +260,17 @@ _SQLITE_INSERT = (
 )
 
 
-def _insert(conn: Any, records: list[dict[str, Any]]) -> None:
-    """Insert the records in the open transaction.
+def _insert(conn: Any, records: list[tuple[Any, ...]]) -> None:
+    """Insert the records (tuples in ``_INSERT_COLUMNS``' order) in the open transaction.
 
     SQLite: the driver's own ``executemany`` (every column is text or a float, nothing to bind-process);
     SQLAlchemy's per-row parameter handling cost ~70 us a row, 0.7 s of a 10,000-row request. Elsewhere
     (PostgreSQL) the Core ``INSERT``, which SQLAlchemy batches into multi-row ``VALUES`` for the driver.
     """
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(_SQLITE_INSERT, [tuple(r[c] for c in _INSERT_COLUMNS) for r in records])
+        conn.exec_driver_sql(_SQLITE_INSERT, records)
     else:
-        conn.execute(_table().insert(), records)
+        conn.execute(_table().insert(), [dict(zip(_INSERT_COLUMNS, r, strict=True)) for r in records])
 
 
 @cache
@@ -348,7 +371,7 @@ def _is_busy(exc: BaseException) -> bool:
 class _Pending:
     """One request's rows, waiting for their commit."""
 
-    records: list[dict[str, Any]]
+    records: list[tuple[Any, ...]]
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -443,23 +466,23 @@ class PredictionLogWriter:
         served_at = datetime.now(UTC).isoformat()
         column = self.event_columns[pipeline]
         version = str(model_version)
-        records = []
+        encode = _inputs_json()
+        times: dict[Any, str | None] = {}  # a request's rows share few event dates: each parsed once
+        records: list[tuple[Any, ...]] = []  # in _INSERT_COLUMNS' order
         for row, pred in zip(rows, predictions, strict=True):
-            when = event_time(row.get(column)) if column else served_at
+            if column:
+                value = row.get(column)
+                try:
+                    when = times[value]
+                except (KeyError, TypeError):  # TypeError: an unhashable value, which is no date anyway
+                    when = event_time(value)
+                    with suppress(TypeError):
+                        times[value] = when
+            else:
+                when = served_at
             if when is None:
                 log.warning("%s: %s=%r is not a date; the row is logged without an event time", pipeline, column, row)
-            records.append(
-                {
-                    "request_id": request_id,
-                    "pipeline": pipeline,
-                    "model_version": version,
-                    "event_time": when,
-                    "served_at": served_at,
-                    "source": source,
-                    "inputs": json.dumps(row, sort_keys=True),
-                    "prediction": float(pred),
-                }
-            )
+            records.append((request_id, pipeline, version, when, served_at, source, encode(row), float(pred)))
         if not records:
             return 0
         if self._closed:
@@ -506,7 +529,7 @@ class PredictionLogWriter:
                     self._committing = False
                     self._turn.notify_all()
 
-    def _commit(self, records: list[dict[str, Any]]) -> BaseException | None:
+    def _commit(self, records: list[tuple[Any, ...]]) -> BaseException | None:
         """One transaction with every record (retried while the store is locked, up to ``timeout_s``)."""
         from sqlalchemy.exc import OperationalError, SQLAlchemyError
 

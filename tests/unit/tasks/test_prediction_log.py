@@ -42,6 +42,23 @@ def log_path(tmp_path):
     return tmp_path / "serving" / "predictions.sqlite"
 
 
+def test_inputs_are_sorted_json_even_for_values_the_fast_encoder_refuses(log_path):
+    """Rows are written by msgspec; a lone surrogate (legal in a JSON string escape) falls back to json.dumps,
+    a non-finite float is stored as null and read back as missing, an integer past 64 bits survives."""
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    rows = [
+        {"workclass": "Private", "age": 39, "education": "Bachelors"},
+        {"workclass": "Self-emp", "age": 2**70, "education": float("nan")},
+        {"workclass": "\ud800x", "age": 40, "education": "HS-grad"},
+    ]
+    assert writer.append("req-x", "adult_income", "1", rows, [0.1, 0.2, 0.3]) == 3
+    with sqlite3.connect(log_path) as conn:
+        stored = [r[0] for r in conn.execute("SELECT inputs FROM predictions ORDER BY row_id")]
+    assert stored[0] == '{"age":39,"education":"Bachelors","workclass":"Private"}'  # keys sorted, compact
+    assert json.loads(stored[1]) == {"age": 2**70, "education": None, "workclass": "Self-emp"}
+    assert stored[2] == '{"age": 40, "education": "HS-grad", "workclass": "\\ud800x"}'  # json.dumps escaped it
+
+
 def test_rows_land_with_typed_columns_and_their_event_date(log_path):
     writer = PredictionLogWriter(log_path, COLUMNS)
     rows = _bike_rows("2012-06-18", "2012-06-19")
