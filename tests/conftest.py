@@ -219,16 +219,25 @@ def _unit(nodeid: str) -> str:
     return "images" if path in IMAGE_UNIT else path
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """xdist's scheduler, handing out the units above in collection order (which the hook below sorts)."""
-    from xdist.scheduler import LoadScopeScheduling
+class _XdistUnits:
+    """The scheduler hook, registered only where xdist runs (pytest refuses a hook it does not know)."""
 
-    class FileUnits(LoadScopeScheduling):  # type: ignore[misc]
-        def _split_scope(self, nodeid: str) -> str:
-            return _unit(nodeid)
+    @staticmethod
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+        """xdist's scheduler, handing out the units above in collection order (which the hook below sorts)."""
+        from xdist.scheduler import LoadScopeScheduling
 
-    config.option.loadscopereorder = False  # LoadScope's own order is by test count: the unit files first
-    return FileUnits(config, log)
+        class FileUnits(LoadScopeScheduling):  # type: ignore[misc]
+            def _split_scope(self, nodeid: str) -> str:
+                return _unit(nodeid)
+
+        config.option.loadscopereorder = False  # LoadScope's own order is by test count: the unit files first
+        return FileUnits(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistUnits(), "mlp-xdist-units")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -84,6 +84,16 @@ def test_each_malformed_field_is_named_with_its_row(server, change, expected):
     assert reply.status_code == 422 and expected in reply.json()["detail"], reply.text
 
 
+def test_a_field_every_row_carries_is_still_checked(server):
+    """Rows that all have the same fields skip the per-row field check only when those fields are valid."""
+    rows = _instances("2012-06-18", "2012-06-18")[:3]
+    unknown = server.post("/predict", json={"instances": [r | {"humidity": 0.5} for r in rows]})
+    assert unknown.status_code == 422 and "instances[0].humidity: unknown field" in unknown.json()["detail"]
+    missing = [{k: v for k, v in r.items() if k != "temp"} for r in rows]
+    reply = server.post("/predict", json={"instances": missing})
+    assert reply.status_code == 422 and "instances[0].temp: missing" in reply.json()["detail"], reply.text
+
+
 def test_integral_floats_are_accepted_for_integer_fields(server):
     row = _instances("2012-06-18", "2012-06-18")[0]
     reply = server.post("/predict", json={"instances": [row | {"hr": 5.0}]})
