@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 
 from tasks.ledger import PromotionLedger
 from tasks.settings import get_settings
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, fresh_postgres_database
 from tests.unit.conftest import FIXTURES
 from tests.unit.tasks.conftest import raw_rows
 
@@ -181,31 +180,12 @@ def test_an_mlflow_outage_is_reported_at_once_and_the_model_appears_once_mlflow_
     assert "mlp:***@127.0.0.1" in refused.reason and SENTINEL not in json.dumps(refused.to_dict())
 
 
-def _pg_ledger() -> Iterator[str]:
-    """A fresh PostgreSQL database for the ledger, reached with the sentinel as password (trust auth ignores it)."""
-    import psycopg2
-
-    user = os.environ.get("MLP_TEST_PG_USER", "postgres")
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=user, dbname="postgres", connect_timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure: no PostgreSQL here
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432 as {user!r} ({exc}); CI machines have it")
-    admin.autocommit = True
-    db = f"mlp_sentinel_{secrets.token_hex(4)}"
-    with closing(admin), admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    try:
-        yield f"postgresql://{user}:{SENTINEL}@127.0.0.1:5432/{db}"
-    finally:
-        with closing(psycopg2.connect(host="127.0.0.1", user=user, dbname="postgres")) as admin:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-
-
 @pytest.fixture
 def pg_ledger() -> Iterator[str]:
-    yield from _pg_ledger()
+    """A fresh PostgreSQL database for the ledger, reached with the sentinel as password (trust auth ignores it)."""
+    with fresh_postgres_database("mlp_sentinel") as url:
+        user, rest = url.removeprefix("postgresql://").split("@", 1)
+        yield f"postgresql://{user}:{SENTINEL}@{rest}"
 
 
 def _cli(*args: str, env: dict[str, str], result: Path | None = None) -> subprocess.CompletedProcess[str]:
