@@ -58,11 +58,22 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 
 @pytest.fixture
 def use_champion_store(champion_store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Point this test's settings at the session's champion store."""
+    """Point this test's settings, and this process's MLflow, at the session's champion store.
+
+    ``mlflow.set_tracking_uri`` keeps a module-level URI besides the environment: a test that runs after
+    another one pointed MLflow elsewhere (in the same xdist worker) would otherwise look up the champion's
+    runs in that store ("Run ... not found").
+    """
+    from tasks.tracking import use_store
+
     monkeypatch.setenv("MLP_DATA_ROOT", str(champion_store["root"]))
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # never another test's store
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()
+    settings = get_settings()
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # recorded, so the teardown removes them again
+        monkeypatch.setenv(var, settings.mlflow_tracking_uri)
+    use_store(settings)
     yield champion_store
     get_settings.cache_clear()
 
