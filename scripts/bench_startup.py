@@ -140,7 +140,8 @@ def _forked(days: list[str], run: str) -> dict[str, Any]:
     from mlops_airflow.localenv import PRELOAD
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([m for m in PRELOAD if not m.startswith(("airflow", "mlops_airflow"))])
+    # not Airflow's own modules (no task runner here); the GC freeze stays, last, as the scheduler's has it
+    ctx.set_forkserver_preload([m for m in PRELOAD if not m.startswith(("airflow", "mlops_airflow.blocks"))])
     out = ctx.Queue()
 
     def call(stage: str, args: dict[str, Any]) -> Any:

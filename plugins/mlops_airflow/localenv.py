@@ -37,6 +37,7 @@ PRELOAD = (
     "tasks.evaluate",
     "tasks.gate",
     "tasks.registry",
+    "mlops_airflow.gc_freeze",  # last: freezes all of the above out of each task process's garbage collections
 )
 """What the scheduler's forkserver imports once for every task process (not Evidently, torch or SHAP: the
 nightly monitor and a few families need them, and each would cost every component hundreds of MB)."""
