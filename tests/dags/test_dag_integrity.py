@@ -195,3 +195,21 @@ def test_last_full_week_is_the_sunday_before_the_newest_partition_and_refuses_an
     assert pre_step("bike_demand") == "2011-06-19"
     (layout.raw_partition("bike_demand", "2011-06-20")).unlink()
     assert pre_step("bike_demand") == "2011-06-12"  # a Saturday's newest: the week before
+
+
+def test_a_task_process_builds_only_the_dags_of_its_own_pipeline(dagbag, monkeypatch):
+    """Under the task runner's parsing context every DAG is still found, alone with its pipeline's siblings."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID
+
+    path = str(REPO / "dags" / "pipelines.py")
+    every = {d for d, dag in dagbag.dags.items() if dag.fileloc == path}
+    assert len(every) > 20
+    for dag_id in sorted(every):
+        monkeypatch.setenv(_AIRFLOW_PARSING_CONTEXT_DAG_ID, dag_id)
+        bag = DagBag(dag_folder=path)
+        assert bag.import_errors == {}
+        assert dag_id in bag.dag_ids and set(bag.dag_ids) <= every, dag_id
+        expected = 1 if dag_id == "rollback" else 6  # one pipeline's six DAGs (a name that prefixes another: more)
+        assert len(bag.dag_ids) == expected, (dag_id, bag.dag_ids)
+        assert bag.dags[dag_id].task_dict.keys() == dagbag.dags[dag_id].task_dict.keys()
