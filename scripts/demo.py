@@ -193,9 +193,18 @@ def unpause(dag_id: str) -> None:
 
 
 def runs(dag_id: str, **params: Any) -> list[dict[str, Any]]:
-    """The DAG's newest 100 runs, oldest first (the API returns at most 100 a page: the oldest would hide new ones)."""
-    params = {"limit": 100, "order_by": "-run_after", **params}
-    return list(reversed(api("GET", f"/dags/{dag_id}/dagRuns", params=params)["dag_runs"]))
+    """Every run of the DAG, oldest first, page by page (the API returns at most 100 a page).
+
+    Ordered by id, so a run created while the pages are read lands after them and shifts none. (Reading only
+    the newest 100 hid every run beyond them: a 365-day ingest never looked finished.)
+    """
+    found: list[dict[str, Any]] = []
+    while True:
+        page_params = {"limit": 100, "offset": len(found), "order_by": "id", **params}
+        page = api("GET", f"/dags/{dag_id}/dagRuns", params=page_params)["dag_runs"]
+        found += page
+        if len(page) < 100:
+            return found
 
 
 def task_states(dag_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -292,7 +301,7 @@ def ingest_partitions(start: str, end: str, pipeline: str = P) -> None:
     for day in days:
         body = {"logical_date": f"{day}T00:00:00Z", "partition_key": day}
         api("POST", f"/dags/{pipeline}_ingest/dagRuns", json=body)
-    wait_runs(f"{pipeline}_ingest", len(days), since, keys=set(days))
+    wait_runs(f"{pipeline}_ingest", len(days), since, timeout=900 + 5 * len(days), keys=set(days))
 
 
 def serve_traffic(start: str, end: str) -> tuple[str, float]:
