@@ -385,8 +385,8 @@ def main() -> None:
     parser.add_argument("--serving-root", type=Path, help="a data root with a bike_demand champion")
     parser.add_argument("--serving-baseline", help="also serve our server as it stood at this commit")
     parser.add_argument("--startup-only", action="store_true", help="only the stage start-up and backfill section")
-    parser.add_argument("--scheduler-only", action="store_true", help="only the real-scheduler section (before/after)")
-    parser.add_argument("--no-scheduler", action="store_true", help="skip the real-scheduler section (~12 min)")
+    parser.add_argument("--scheduler-only", action="store_true", help="only the real-scheduler section (3 configs)")
+    parser.add_argument("--no-scheduler", action="store_true", help="skip the real-scheduler section (~16 min)")
     parser.add_argument("--scheduler-train-runs", type=int, default=3, help="training runs per scheduler config")
     parser.add_argument("--backfill-days", type=int, default=10, help="days in the backfill figure (0: none)")
     args = parser.parse_args()
@@ -455,7 +455,7 @@ def _serving(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _scheduler(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The real-scheduler section (scripts/bench_scheduler.py): before/after configurations of the demo stack."""
+    """The real-scheduler section (scripts/bench_scheduler.py): three configurations of the demo stack."""
     sys.path.insert(0, str(REPO / "scripts"))
     import bench_scheduler
 

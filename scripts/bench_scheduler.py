@@ -1,4 +1,4 @@
-"""`make bench` scheduler section: bike_demand through the demo stack's real scheduler, before and after.
+"""`make bench` scheduler section: bike_demand through the demo stack's real scheduler, in three configurations.
 
 Each configuration starts the demo's stack (Airflow api-server, scheduler, dag-processor, triggerer on SQLite
 with the LocalExecutor; MLflow; the model server) in its own temporary folder on free ports, so a running
@@ -16,7 +16,8 @@ with the LocalExecutor; MLflow; the model server) in its own temporary folder on
 Configurations: ``before`` = task processes forked without the preloading forkserver
 (``mp_start_method=fork``, nothing preloaded) and the scheduler's default 1 s idle sleep; ``no-freeze`` = the
 preloading forkserver without its last module, ``mlops_airflow.gc_freeze``; ``after`` = what
-``mlops_airflow.localenv`` sets today. Plugin discovery (``plugins/.airflowignore``) is on in both.
+``mlops_airflow.localenv`` sets today. Plugin discovery (``plugins/.airflowignore``) is on in all three. Each
+configuration runs once, in this order: read the figures as one run each, not as a distribution.
 
     python scripts/bench.py --scheduler-only [--scheduler-train-runs 3]
 """

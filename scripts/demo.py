@@ -200,10 +200,10 @@ def runs(dag_id: str, **params: Any) -> list[dict[str, Any]]:
     """
     found: list[dict[str, Any]] = []
     while True:
-        page_params = {"limit": 100, "offset": len(found), "order_by": "id", **params}
-        page = api("GET", f"/dags/{dag_id}/dagRuns", params=page_params)["dag_runs"]
-        found += page
-        if len(page) < 100:
+        page_params = {**params, "limit": 100, "offset": len(found), "order_by": "id"}
+        reply = api("GET", f"/dags/{dag_id}/dagRuns", params=page_params)
+        found += reply["dag_runs"]
+        if not reply["dag_runs"] or len(found) >= reply["total_entries"]:  # not "< 100": the server may cap pages
             return found
 
 

@@ -6,8 +6,10 @@ generation, and every process forked from the forkserver afterwards (the LocalEx
 supervisors and task processes) inherits that state. Without it, the first full collection in each task
 process walks the whole preloaded heap: measured on ``plan_training`` forked from a preloaded parent, 0.41 s
 with 0.25 s of it in one collection, and 0.16 s after a freeze. It also keeps the collector from writing to the
-parent's pages, so they stay shared copy-on-write. This is Python's documented recipe for forking servers
-(https://docs.python.org/3/library/gc.html#gc.freeze); Airflow does the same before forking its own workers.
+parent's pages, so they stay shared copy-on-write. It follows ``gc.freeze``'s documentation for forking servers
+(https://docs.python.org/3/library/gc.html#gc.freeze), with one collection first so that garbage the imports
+left is not frozen for good (the docs' variant disables the collector early instead). Airflow freezes before
+its own forks too (the LocalExecutor under ``fork``, the DAG processor), but not on the forkserver path.
 
 ``mp_forkserver_preload`` takes module names only, and imports them in order, so the freeze is a module that
 must stay last in ``mlops_airflow.localenv.PRELOAD`` (a unit test checks it; the forkserver test proves the

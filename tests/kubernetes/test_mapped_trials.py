@@ -64,7 +64,10 @@ def test_trial_batches_run_as_mapped_pods_and_train_reads_their_study(
 
     results = DataLayout(settings.data_root).run_dir("bike_demand", run.run_id) / "results"
     batches = [json.loads((results / f"search_trials.map{i}.try1.json").read_text())["result"] for i in (0, 1)]
-    assert [(b["index"], b["trials"]) for b in batches] == [(0, 2), (1, 3)]
+    # batch 0 runs 2 trials, batch 1 runs 1; each reports the study's trials when it ends, and dag.test() may
+    # run either map index first
+    assert [b["index"] for b in batches] == [0, 1]
+    assert (batches[0]["trials"], batches[1]["trials"]) in {(2, 3), (3, 1)}, batches
     trained = json.loads((results / "train_model.try1.json").read_text())["result"]
     assert trained["trials"] == {"lightgbm": 3}
 

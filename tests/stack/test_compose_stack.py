@@ -655,12 +655,9 @@ def _answer_and_settle(stack: dict[str, Any], run: dict[str, Any], answer: dict[
     """
     base, logs = stack["urls"]["airflow"], stack["logs"]
     _wait_until("the approval request", lambda: _awaiting(base, run), 600, logs, every=1)
-    seen = time.monotonic()
     if answer is not None:
         reply = httpx.patch(_hitl(base, run), json=answer, timeout=30)
         assert reply.status_code == 200, reply.text
-        late = time.monotonic() - seen
-        assert late < 20, f"the answer took {late:.0f} s to go in; the spec's deadline may have passed meanwhile"
 
     def finished() -> dict[str, Any] | None:
         now = _api(base, "GET", f"/dags/bike_demand_train/dagRuns/{run['dag_run_id']}")
