@@ -38,6 +38,16 @@ def session_state() -> Path:
     return _SESSION_STATE
 
 
+def forget_mlflow_store() -> None:
+    """Drop MLflow's module-level tracking and registry URIs and the ``MLFLOW_*`` variables it wrote for them."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(var, None)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh, empty data root (and MLflow store) for one test."""
@@ -47,10 +57,7 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     if "mlflow" in sys.modules:  # and its module-level URIs: a test in this worker may have set them
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+        forget_mlflow_store()
     get_settings.cache_clear()
     yield root
     get_settings.cache_clear()

@@ -5,7 +5,6 @@ Built from the committed fixtures (``tests/fixtures/datasets``): real rows, no `
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 
 from tasks import stages
 from tasks.settings import get_settings
+from tests.conftest import forget_mlflow_store
 from tests.unit.conftest import FIXTURES
 
 WINDOW = ("2011-05-30", "2011-06-26")
@@ -40,7 +40,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         gated = stages.gate_model("bike_demand", trained, datasets, evaluation, "fixture")
         registered = stages.register_model("bike_demand", trained, gated)
         promoted = stages.promote_model("bike_demand", registered["version"], gated["decision"])
-        _forget_mlflow_store()  # the stages pointed this process at the store: a later test says where it looks
+        forget_mlflow_store()  # the stages pointed this process at the store: a later test says where it looks
         yield {
             "root": root,
             "days": days,
@@ -56,16 +56,6 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     finally:
         mp.undo()
         get_settings.cache_clear()
-
-
-def _forget_mlflow_store() -> None:
-    """Drop the MLflow URIs the stages wrote into ``os.environ`` and MLflow's module-level ones."""
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        os.environ.pop(var, None)
 
 
 @pytest.fixture
