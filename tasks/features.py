@@ -12,7 +12,7 @@ building them again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,33 +124,52 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         Raises:
             FeatureError: A source column is missing.
         """
+        return pd.DataFrame(self.matrix(X, len(X)), index=X.index, columns=self.feature_names, copy=False)
+
+    @property
+    def source_columns(self) -> list[str]:
+        """The raw input columns the features are computed from, each once."""
+        bands, date_parts = getattr(self, "bands", None) or {}, getattr(self, "date_parts", None) or {}
+        custom = getattr(self, "custom", None) or []
+        needed = [*self.numeric, *self.categorical, *self.cyclical, *bands, *date_parts]
+        return list(dict.fromkeys(needed + [c for step in custom for c in step["columns"]]))
+
+    def matrix(self, X: pd.DataFrame | Mapping[str, Any], rows: int) -> np.ndarray:  # noqa: N803
+        """The features as one float64 matrix, in :attr:`feature_names` order.
+
+        ``X``: a frame, or the raw columns by name (numpy arrays or Series of ``rows`` values each), as the model
+        server builds them from a request without framing them (:mod:`tasks.serving.fastpath`): the same code
+        computes both, so a served row gets exactly the features training computed.
+
+        Raises:
+            FeatureError: A source column is missing, or the custom transformers were never fitted.
+        """
         bands, date_parts = getattr(self, "bands", None) or {}, getattr(self, "date_parts", None) or {}
         custom = getattr(self, "custom", None) or []
         if custom and len(getattr(self, "custom_", None) or []) != len(custom):
             raise FeatureError("features.custom transformers are fitted at fit: call fit before transform")
-        needed = [*self.numeric, *self.categorical, *self.cyclical, *bands, *date_parts]
-        needed += [c for step in custom for c in step["columns"]]
-        missing = list(dict.fromkeys(c for c in needed if c not in X.columns))
+        missing = [c for c in self.source_columns if c not in X]
         if missing:
             raise FeatureError(f"input rows lack columns {missing}")
-        # one float64 matrix filled column by column, framed once: a served request is often one row, where
-        # building a frame from a dict of columns and reordering it cost more than the arithmetic
+        # one float64 matrix filled column by column: a served request is often one row, where building a
+        # frame from a dict of columns and reordering it cost more than the arithmetic
         names = self.feature_names
-        matrix = np.empty((len(X), len(names)), dtype="float64")
+        matrix = np.empty((rows, len(names)), dtype="float64")
         for i, column in enumerate(self._columns(X, bands, date_parts)):
             matrix[:, i] = column
-        return pd.DataFrame(matrix, index=X.index, columns=names, copy=False)
+        return matrix
 
-    def _columns(self, X: pd.DataFrame, bands: dict, date_parts: dict) -> Iterator[np.ndarray]:  # noqa: N803
+    def _columns(self, X: pd.DataFrame | Mapping[str, Any], bands: dict, date_parts: dict) -> Iterator[np.ndarray]:  # noqa: N803
         """The output columns as arrays, in :attr:`feature_names` order."""
         for c in self.numeric:
             yield _floats(X[c])
         for col, cats in self.levels.items():
-            values = X[col].to_numpy()
+            values = np.asarray(X[col])
             for cat in cats:
                 yield values == cat
             if self._other:  # a present value outside the levels (a missing one stays all zeros)
-                yield (X[col].notna() & ~X[col].isin(cats)).to_numpy()
+                series = _series(X[col])
+                yield (series.notna() & ~series.isin(cats)).to_numpy()
         for col, period in self.cyclical.items():
             angle = 2 * np.pi * _floats(X[col]) / period
             yield np.sin(angle)
@@ -161,14 +180,17 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             for band in range(len(edges) + 1):
                 yield (which == band) & ~np.isnan(values)
         for col, parts in date_parts.items():
-            stamps = pd.to_datetime(X[col], format="ISO8601", errors="coerce", utc=True)
+            stamps = pd.to_datetime(_series(X[col]), format="ISO8601", errors="coerce", utc=True)
             for part in parts:
                 yield getattr(stamps.dt, part).astype("float64").to_numpy()
         yield from self._custom_columns(X)
 
-    def _custom_columns(self, X: pd.DataFrame) -> Iterator[np.ndarray]:  # noqa: N803
+    def _custom_columns(self, X: pd.DataFrame | Mapping[str, Any]) -> Iterator[np.ndarray]:  # noqa: N803
         """The custom transformers' output columns (``features.custom``, fitted at fit), last."""
-        for fitted in getattr(self, "custom_", None) or []:
+        fitted_steps = getattr(self, "custom_", None) or []
+        if fitted_steps and not isinstance(X, pd.DataFrame):
+            X = pd.DataFrame({c: _series(X[c]) for step in fitted_steps for c in step.step["columns"]})  # noqa: N806
+        for fitted in fitted_steps:
             yield from fitted.outputs(X).T
 
 
@@ -285,11 +307,18 @@ def custom_code_digest(spec: FeatureSpec) -> str:
     return digest.hexdigest()
 
 
-def _floats(column: pd.Series) -> np.ndarray:
+def _floats(column: pd.Series | np.ndarray) -> np.ndarray:
     """A column as float64 (numbers as they are; text through ``pd.to_numeric``, as training did)."""
+    if isinstance(column, np.ndarray) and column.dtype.kind in "biuf":
+        return column.astype("float64")
     if column.dtype.kind in "biuf":
         return column.to_numpy(dtype="float64", na_value=np.nan)
-    return pd.to_numeric(column).astype("float64").to_numpy()
+    return pd.to_numeric(_series(column)).astype("float64").to_numpy()
+
+
+def _series(column: pd.Series | np.ndarray) -> pd.Series:
+    """A column as a Series (the server hands numpy arrays; some steps need pandas' missing-value rules)."""
+    return column if isinstance(column, pd.Series) else pd.Series(column, copy=False)
 
 
 def _band_labels(edges: list[float]) -> list[str]:

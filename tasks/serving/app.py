@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.prediction_log import PredictionLogUnavailable, PredictionLogWriter, event_column, log_store
 from tasks.redact import redact
+from tasks.serving.fastpath import CompiledModel, compile_model
 from tasks.serving.hygiene import (
     ApiError,
     BodyLimit,
@@ -248,6 +249,7 @@ class ServedModel:
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     folder: Path | None = None  # the server-owned download folder, removed once this version stops serving
     direct: Any = None  # the model under the pyfunc wrapper, when it reproduces the smoke test (see _direct)
+    compiled: CompiledModel | None = None  # its pandas-free predict, when that reproduces the smoke test too
 
     def predict(self, frame: pd.DataFrame) -> Any:
         """Predict a frame built by :func:`_frame` (rows already checked against the signature).
@@ -412,6 +414,8 @@ def load_version(
     )
     served.direct = _direct(served, sample)
     served.smoke["direct_predict"] = served.direct is not None
+    served.compiled = _compiled(served, sample) if served.direct is not None else None
+    served.smoke["compiled_predict"] = served.compiled.kind if served.compiled is not None else None
     return served
 
 
@@ -456,6 +460,37 @@ def _direct(served: ServedModel, sample_path: str) -> Any:
         )
         return None
     return raw
+
+
+def _compiled(served: ServedModel, sample_path: str) -> CompiledModel | None:
+    """The unwrapped model's pandas-free predict (:mod:`tasks.serving.fastpath`), when it predicts the smoke sample.
+
+    Returns:
+        The compiled predict (which the server then calls on a request's columns), or None (the frame path).
+    """
+    import numpy as np
+
+    from tasks.names import EXPECTED_COLUMN
+
+    try:
+        compiled = compile_model(served.direct)
+        if compiled is None:
+            return None
+        sample = pd.read_parquet(sample_path)
+        expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
+        records = cast(list[dict[str, Any]], sample[list(served.input_columns)].to_dict("records"))
+        got = compiled.predict(_columns(served, records, compiled.source_columns), len(records))
+    except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the frame path stays the safe one
+        log.info("%s v%s predicts through scikit-learn (%s: %s)", served.name, served.version, type(exc).__name__, exc)
+        return None
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=SMOKE_RTOL, atol=SMOKE_ATOL):
+        log.warning(
+            "%s v%s: the compiled predict differs from pyfunc; predicting through scikit-learn",
+            served.name,
+            served.version,
+        )
+        return None
+    return compiled
 
 
 # ---------------------------------------------------------------------------------------------- payloads
@@ -573,7 +608,7 @@ def _shown(key: str) -> str:
     return key if key.isprintable() and len(key) <= 60 else f"{key!r:.60}"
 
 
-def _clean_columns(served: ServedModel, rows: list[Any]) -> set[str]:
+def _clean_columns(served: ServedModel, rows: list[Any], columns: dict[str, list[Any]] | None = None) -> set[str]:
     """The columns no row can be wrong in, decided per column from the values' types and extremes.
 
     A column whose values are all of the exact JSON types its kind takes (``int`` for an integer field;
@@ -581,11 +616,12 @@ def _clean_columns(served: ServedModel, rows: list[Any]) -> set[str]:
     required, needs no per-cell check: :func:`payload_errors` then checks only the other columns, cell by cell,
     and words every problem as before. At 10,000 rows the per-cell check cost ~40 us a row.
     """
-    if not all(type(row) is dict for row in rows):
+    columns = columns if columns is not None else _values(served, rows)
+    if columns is None:
         return set()
     clean = set()
     for col, kind in served.input_columns.items():
-        values = [row.get(col) for row in rows]
+        values = columns[col]
         present = [v for v in values if v is not None]
         if len(present) < len(values) and col in served.required:
             continue  # a null (or a missing field) where a value is required: the per-cell check words it
@@ -607,30 +643,41 @@ def _clean_values(kind: str, present: list[Any]) -> bool:
     return types <= {int, float} and max(abs(min(present)), abs(max(present))) <= FLOAT_MAX[kind]
 
 
-def _same_valid_keys(served: ServedModel, rows: list[Any]) -> bool:
+def _same_valid_keys(served: ServedModel, rows: list[Any], row_id: RowId | None = None) -> bool:
     """Whether every row is a dict with the first row's fields, every required one and no unknown one.
 
-    Then no row needs its fields checked one by one (at 10,000 rows those set operations cost ~20 ms).
+    Then no row needs its fields checked one by one (at 10,000 rows those set operations cost ~20 ms). The
+    pipeline's row id (``row_id``, not an input) is a known field when every one of its values is a valid id.
     """
     if not rows or not all(type(row) is dict for row in rows):
         return False
     first = rows[0].keys()
-    if not served.required <= first or not first <= served.input_columns.keys():
+    ids = {row_id.column} - served.input_columns.keys() if row_id is not None else set()
+    if not served.required <= first or not first <= served.input_columns.keys() | ids:
         return False
-    return all(row.keys() == first for row in rows)
+    if not all(row.keys() == first for row in rows):
+        return False
+    return row_id is None or not ids & first or not any(row_id.problem(row[row_id.column]) for row in rows)
 
 
-def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10, row_id: RowId | None = None) -> list[str]:
+def payload_errors(
+    served: ServedModel,
+    rows: list[Any],
+    limit: int = 10,
+    row_id: RowId | None = None,
+    values: dict[str, list[Any]] | None = None,
+) -> list[str]:
     """Every way ``rows`` break the signature, as ``instances[i].field: problem`` (at most ``limit``).
 
     ``row_id``: the pipeline's row id, which a row may carry besides its inputs (once per request).
+    ``values``: :func:`_values` of ``rows``, when the caller has it already.
     """
     errors: list[str] = []
     known = served.input_columns
     extra = {row_id.column} if row_id is not None and row_id.column not in known else set()
-    clean = _clean_columns(served, rows)
+    clean = _clean_columns(served, rows, values)
     checked = [(col, kind) for col, kind in known.items() if col not in clean]
-    if not checked and not extra and _same_valid_keys(served, rows):
+    if not checked and _same_valid_keys(served, rows, row_id):
         return []  # every value is clean, and every row has the same fields, none missing or unknown
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -655,26 +702,48 @@ def payload_errors(served: ServedModel, rows: list[Any], limit: int = 10, row_id
 _NUMPY_DTYPE = {"long": "int64", "integer": "int32", "double": "float64", "float": "float32"}
 
 
-def _frame(served: ServedModel, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The rows as the signature's dtypes (integral floats for integer fields were accepted: make them ints).
+def _columns(
+    served: ServedModel,
+    rows: list[dict[str, Any]],
+    only: Iterable[str] | None = None,
+    values: dict[str, list[Any]] | None = None,
+) -> dict[str, Any]:
+    """The rows' columns (``only`` these, default all inputs) as the signature's dtypes.
 
-    Built column by column into numpy arrays (the rows were checked against the signature already): an
-    integer field with a null becomes float64 with NaN, a float field's null NaN; other kinds keep pandas'
-    inference. ``DataFrame.from_records`` and a cast per column cost about 1 ms at one row.
+    Numpy arrays (the rows were checked against the signature already; integral floats for integer fields
+    were accepted: they become ints): an integer field with a null becomes float64 with NaN, a float field's
+    null NaN; other kinds are a Series, with pandas' inference, as a frame's column would be. ``values``: the
+    columns' values as lists, when the caller has them already.
     """
     import numpy as np
 
     columns: dict[str, Any] = {}
-    for col, kind in served.input_columns.items():
-        values = [row.get(col) for row in rows]
+    for col in served.input_columns if only is None else only:
+        kind = served.input_columns[col]
+        column = values[col] if values is not None else [row.get(col) for row in rows]
         dtype = _NUMPY_DTYPE.get(kind)
         if dtype is None:
-            columns[col] = values
-        elif kind in INT_RANGES and any(v is None for v in values):
-            columns[col] = np.array(values, dtype="float64")  # None -> NaN
+            columns[col] = pd.Series(column)
+        elif kind in INT_RANGES and any(v is None for v in column):
+            columns[col] = np.array(column, dtype="float64")  # None -> NaN
         else:
-            columns[col] = np.array(values, dtype=dtype)
-    return pd.DataFrame(columns, columns=list(served.input_columns))
+            columns[col] = np.array(column, dtype=dtype)
+    return columns
+
+
+def _frame(served: ServedModel, rows: list[dict[str, Any]], values: dict[str, list[Any]] | None = None) -> pd.DataFrame:
+    """The rows as a frame of the signature's dtypes (see :func:`_columns`).
+
+    ``DataFrame.from_records`` and a cast per column cost about 1 ms at one row.
+    """
+    return pd.DataFrame(_columns(served, rows, values=values), columns=list(served.input_columns))
+
+
+def _values(served: ServedModel, rows: list[Any]) -> dict[str, list[Any]] | None:
+    """Each input column's values, one per row (None when a row is not an object: the checks word that)."""
+    if not all(type(row) is dict for row in rows):
+        return None
+    return {col: [row.get(col) for row in rows] for col in served.input_columns}
 
 
 # ---------------------------------------------------------------------------------------------- the service
@@ -1035,7 +1104,8 @@ class ModelService:
                 "(serving_max_batch); split it into smaller requests",
             )
         row_id = self.row_ids.get(name)
-        errors = payload_errors(current, request.instances, row_id=row_id)
+        values = _values(current, request.instances)  # each column's values, listed once for the checks and predict
+        errors = payload_errors(current, request.instances, row_id=row_id, values=values)
         if errors:
             raise ApiError(
                 422,
@@ -1051,9 +1121,14 @@ class ModelService:
                 f"{row_id.column} (schema.id_column) must be unique within a request; sent more than once: {shown}",
             )
         started = time.perf_counter()
+        frame: pd.DataFrame | None = None
         try:
-            frame = _frame(current, request.instances)
-            output = current.predict(frame)
+            if current.compiled is not None and not request.explain:
+                columns = _columns(current, request.instances, current.compiled.source_columns, values)
+                output = current.compiled.predict(columns, len(request.instances))
+            else:
+                frame = _frame(current, request.instances, values)
+                output = current.predict(frame)
         except (MlflowException, ValueError, TypeError, OverflowError) as exc:
             message = getattr(exc, "message", str(exc))
             raise ApiError(
@@ -1068,7 +1143,7 @@ class ModelService:
                 f"{name} v{current.version} predicts no finite number for instances {bad[:10]} "
                 "(inputs far outside what it was trained on?); nothing was logged",
             )
-        explained = self._explain(current, request, frame) if request.explain else {}
+        explained = self._explain(current, request, frame) if request.explain and frame is not None else {}
         request_id = uuid.uuid4().hex
         try:
             self.log.append(request_id, current.name, current.version, rows, values)

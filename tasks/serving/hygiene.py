@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -91,17 +92,28 @@ def strict_json(body: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(422, "invalid_json", f"request body is not UTF-8 (byte {exc.start})") from exc
+    # msgspec's C parser (~10x the standard library's with its per-number callbacks at 10,000 rows) refuses
+    # everything the strict parse below refuses, and more (a lone surrogate escape, a number it cannot hold):
+    # what it refuses, the standard library parses again and words, or accepts
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        value = _stdlib_json(text)
+    if _SURROGATE_ESCAPE.search(body):  # only then can a lone surrogate be in there
+        _check_strings(value)
+    return value
+
+
+def _stdlib_json(text: str) -> Any:
+    """``json.loads`` refusing NaN, Infinity and overflowing numbers, each error a 422 that names it."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_json", f"request body is not JSON: {exc.msg} at position {exc.pos}") from exc
     except RecursionError as exc:
         raise ApiError(422, "invalid_json", "request body nests too deeply") from exc
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise ApiError(422, "invalid_json", f"request body is not acceptable JSON: {exc}") from exc
-    if _SURROGATE_ESCAPE.search(body):  # only then can a lone surrogate be in there
-        _check_strings(value)
-    return value
 
 
 class StrictJSONRequest(Request):

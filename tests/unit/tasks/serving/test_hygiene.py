@@ -195,7 +195,7 @@ def test_the_per_column_fast_path_finds_every_problem_the_per_cell_check_does(mo
         batch[17][col] = value
         fast = served_app.payload_errors(served, batch)
         with monkeypatch.context() as mp:
-            mp.setattr(served_app, "_clean_columns", lambda served, rows: set())
+            mp.setattr(served_app, "_clean_columns", lambda served, rows, values=None: set())
             expected = served_app.payload_errors(served, batch)
         assert fast == expected, (col, value)
         # an integral float, a null in an optional field and any value of a kind with no check pass
@@ -207,3 +207,29 @@ def test_the_per_column_fast_path_finds_every_problem_the_per_cell_check_does(mo
     assert served_app.payload_errors(served, [*rows[:2], "not a row"]) == [
         "instances[2]: expected an object of input fields, got str"
     ]
+
+
+def test_rows_that_carry_the_row_id_take_the_fast_path_and_a_bad_id_is_still_named(monkeypatch):
+    """A row id (schema.id_column, not an input) on every row keeps the column-wise check; each bad id is worded
+    exactly as the per-row check words it (the fast path used to be skipped for every pipeline with a row id)."""
+    from tasks.serving import app as served_app
+
+    kinds = {"l": "long", "d": "double"}
+    served = ServedModel("p", "1", "r", None, kinds, frozenset(kinds))
+    row_id = served_app.RowId("id", (int,))
+    rows = [{"l": 1, "d": 0.5, "id": i} for i in range(40)]
+    assert served_app._same_valid_keys(served, rows, row_id)
+    assert served_app.payload_errors(served, rows, row_id=row_id) == []
+    for bad in (1.5, True, None, "7", 2**63, [1]):
+        batch = [dict(r) for r in rows]
+        batch[23]["id"] = bad
+        assert not served_app._same_valid_keys(served, batch, row_id), bad
+        fast = served_app.payload_errors(served, batch, row_id=row_id)
+        with monkeypatch.context() as mp:
+            mp.setattr(served_app, "_same_valid_keys", lambda *_: False)
+            assert fast == served_app.payload_errors(served, batch, row_id=row_id), bad
+        assert fast and fast[0].startswith("instances[23].id:"), (bad, fast)
+    # a row without the id among rows with it: the keys differ, the per-row check runs and finds nothing wrong
+    mixed = [*rows[:3], {"l": 1, "d": 0.5}]
+    assert not served_app._same_valid_keys(served, mixed, row_id)
+    assert served_app.payload_errors(served, mixed, row_id=row_id) == []
