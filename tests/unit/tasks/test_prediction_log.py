@@ -344,3 +344,36 @@ def test_postgresql_store_holds_the_typed_table_and_serves_the_window(pg_store):
     assert types["row_id"] == "BIGINT" and types["prediction"] == "DOUBLE PRECISION" and types["inputs"] == "TEXT"
     assert indexes["predictions_window"] == ["pipeline", "event_time"]
     assert read_window(pg_store, "taxi", ["2012-06-19"]).empty
+
+
+def test_the_wal_is_checkpointed_off_the_request_path_and_nothing_is_lost(log_path, monkeypatch):
+    """Commits do not checkpoint (wal_autocheckpoint=0 on the writer's connections): the writer's own thread does,
+    once enough bytes were committed, without blocking a reader holding a snapshot or the next commit."""
+    from tasks import prediction_log
+
+    monkeypatch.setattr(prediction_log, "CHECKPOINT_BYTES", 64 * 1024)
+    writer = PredictionLogWriter(log_path, COLUMNS)
+    rows = _bike_rows("2012-06-01", "2012-06-30")  # 720 rows, ~170 KB of inputs
+    with writer._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    reader = sqlite3.connect(log_path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM predictions").fetchone() == (0,)  # a snapshot held throughout
+    for i in range(3):
+        assert writer.append(f"r{i}", "bike_demand", "1", rows, [1.0] * len(rows)) == len(rows)
+    checkpointer = writer._checkpointer
+    deadline = time.monotonic() + 10
+    while checkpointer.checkpoints < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpointer.checkpoints >= 1 and checkpointer._thread is not None
+    assert reader.execute("SELECT COUNT(*) FROM predictions").fetchone() == (0,)  # its snapshot, undisturbed
+    reader.execute("COMMIT")
+    assert reader.execute("SELECT COUNT(*) FROM predictions").fetchone() == (3 * len(rows),)
+    reader.close()
+    writer.close()
+    assert not checkpointer._thread.is_alive()
+    with sqlite3.connect(log_path) as conn:
+        assert conn.execute("SELECT COUNT(DISTINCT request_id), COUNT(*) FROM predictions").fetchone() == (
+            3,
+            3 * len(rows),
+        )
