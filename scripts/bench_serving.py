@@ -278,6 +278,36 @@ def _bodies(rows: list[dict[str, Any]], per_request: int) -> list[bytes]:
     ][:200]
 
 
+PREDICT_REFERENCE = "model predict, in process"
+
+
+def _predict_reference(model_dir: Path, body: bytes, repeats: int = 5) -> dict[str, Any]:
+    """The model's own predict of one request's rows, in a fresh process, the rows framed beforehand.
+
+    The 10,000-row goal's yardstick: the scikit-learn pipeline under the pyfunc, with the server's threads.
+    """
+    code = f"""
+import json, statistics, sys, time
+sys.path.insert(0, {str(REPO)!r})
+import mlflow.pyfunc, pandas as pd
+from tasks.serving.app import _limit_threads
+from tasks.settings import get_settings
+model = mlflow.pyfunc.load_model({str(model_dir)!r})
+_limit_threads(model, get_settings().serving_model_threads)
+frame = pd.DataFrame.from_records(json.loads(open({str(model_dir / "reference.json")!r}).read())["instances"])
+raw = model.get_raw_model()
+raw.predict(frame)
+times = []
+for _ in range({repeats}):
+    started = time.perf_counter(); raw.predict(frame); times.append(time.perf_counter() - started)
+print(json.dumps({{"p50": statistics.median(times), "p99": max(times)}}))
+"""
+    (model_dir / "reference.json").write_bytes(body)
+    out = subprocess.run([sys.executable, "-c", code], env=_env({}), cwd=REPO, check=True, capture_output=True)
+    got = __import__("json").loads(out.stdout.decode().strip().splitlines()[-1])
+    return {"requests": 1, "seconds": got["p50"], "p50": got["p50"], "p99": got["p99"], "errors": 0}
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -365,6 +395,11 @@ def run(root: Path | None, seconds: float, rounds: int, baseline: str | None) ->
                         else:
                             got = asyncio.run(_load(server.url + server.path, bodies[n], conns, seconds))
                         results.setdefault((server.name, n, conns), []).append(got)
+            largest = max(n for n, _ in CELLS)
+            for server in servers:
+                server.stop()  # a quiet machine for the yardstick
+            model_dir = next((work / "model").rglob("MLmodel")).parent
+            results[(PREDICT_REFERENCE, largest, 0)] = [_predict_reference(model_dir, bodies[largest][0])]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return [_cell(name, n, conns, runs, generator) for (name, n, conns), runs in results.items()]
@@ -412,3 +447,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if ("ours 2 workers", n, conns) in by:
             parts.append(f"2 workers / 1 worker {by[('ours 2 workers', n, conns)] / ours:.2f}x")
         print(f"ours vs, {n} rows x {conns} conns: " + ", ".join(parts))  # noqa: T201
+    reference = next((r for r in rows if r["server"] == PREDICT_REFERENCE), None)
+    ours = next((r for r in rows if r["server"] == "ours" and reference and r["rows"] == reference["rows"]), None)
+    if reference and ours:
+        print(  # noqa: T201
+            f"ours, one {reference['rows']:,}-row request: p50 {ours['p50_ms'] / reference['p50_ms']:.2f}x the model's "
+            f"own predict of those rows in one process ({reference['p50_ms']:.0f} ms, framed beforehand, the "
+            "server's threads)"
+        )

@@ -356,6 +356,8 @@ def test_the_wal_is_checkpointed_off_the_request_path_and_nothing_is_lost(log_pa
     rows = _bike_rows("2012-06-01", "2012-06-30")  # 720 rows, ~170 KB of inputs
     with writer._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        # and it does not sleep in SQLite's busy handler (1, 2, 5 ... 100 ms): _commit retries a locked BEGIN itself
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 0
     reader = sqlite3.connect(log_path, isolation_level=None)
     reader.execute("BEGIN")
     assert reader.execute("SELECT COUNT(*) FROM predictions").fetchone() == (0,)  # a snapshot held throughout
