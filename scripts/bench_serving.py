@@ -278,7 +278,7 @@ def _bodies(rows: list[dict[str, Any]], per_request: int) -> list[bytes]:
     ][:200]
 
 
-PREDICT_REFERENCE = "model predict, in process"
+PREDICT_REFERENCE = "predict in process"
 
 
 def _predict_reference(model_dir: Path, body: bytes, repeats: int = 5) -> dict[str, Any]:

@@ -400,8 +400,11 @@ class LogStats:
 
 
 CHECKPOINT_BYTES = 4 * 1024 * 1024
-"""Bytes of rows a writer commits before its checkpointer copies the WAL into the database (SQLite's own default
-checkpoints every 1,000 pages, ~4 MiB)."""
+"""WAL bytes (estimated: whole pages, the table's and its index's) a writer commits before its checkpointer copies
+the WAL into the database file at once (SQLite's own default checkpoints every 1,000 pages, ~4 MiB)."""
+CHECKPOINT_EVERY_S = 1.0
+"""Otherwise the checkpointer copies what was committed at most this long ago."""
+_PAGE = 4096
 
 
 class _Checkpointer:
@@ -409,50 +412,62 @@ class _Checkpointer:
 
     SQLite checkpoints inside the ``COMMIT`` that fills the WAL past 1,000 pages, and with ``synchronous=NORMAL``
     that checkpoint is the commit's only ``fsync`` (two): a 10,000-row request's commit took 32 ms with it, 5 ms
-    without (median of 20 here). The writer's connections turn the automatic checkpoint off
-    (``wal_autocheckpoint=0``) and :meth:`wrote` wakes this thread once ``CHECKPOINT_BYTES`` of rows were
-    committed; it runs a ``PASSIVE`` checkpoint on its own connection, which never blocks a writer or reader
-    (frames still being read stay in the WAL for the next one). A commit survives a killed process whether or
-    not its frames were checkpointed yet; a reader reads through the WAL either way.
+    without (median of 20). The writer's connections turn the automatic checkpoint off (``wal_autocheckpoint=0``)
+    and this thread runs a ``PASSIVE`` checkpoint, which never blocks a writer or a reader (frames a reader's
+    snapshot still needs stay for the next one), within ``CHECKPOINT_EVERY_S`` of a commit, or at once when a
+    commit brings the WAL past ``CHECKPOINT_BYTES``. A commit survives a killed process whether or not its
+    frames were checkpointed; readers read through the WAL either way.
     """
 
     def __init__(self, path: Path, timeout_s: float) -> None:
         """Checkpoint the SQLite file at ``path`` (its thread starts at the first :meth:`wrote`)."""
         self.path, self.timeout_s = path, timeout_s
-        self.checkpoints = 0
-        self._pending = 0  # bytes committed since the last wake-up
+        self.checkpoints = 0  # checkpoints that copied frames
+        self.last: tuple[int, int, int] | None = None  # the last one's (busy, WAL frames, frames copied)
+        self._pending = 0  # estimated WAL bytes committed since the last checkpoint
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def wrote(self, size: int) -> None:
-        """``size`` bytes of rows were committed: wake the thread once enough have been."""
+    def wrote(self, rows: int, size: int) -> None:
+        """A commit of ``rows`` rows, ``size`` bytes of inputs: start the thread, wake it when the WAL is large."""
+        pages = 2 + (size + 64 * rows) // _PAGE + rows // 40  # the table's pages, the index's, the commit frame
         with self._lock:
-            self._pending += size
-            if self._pending < CHECKPOINT_BYTES:
-                return
-            self._pending = 0
-            if self._thread is None:
+            self._pending += pages * _PAGE
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="prediction-log-checkpoint", daemon=True)
                 self._thread.start()
+            if self._pending < CHECKPOINT_BYTES:
+                return
         self._wake.set()
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=self.timeout_s, check_same_thread=False, isolation_level=None)
+        conn: sqlite3.Connection | None = None
         try:
-            while True:
-                self._wake.wait()
+            while not self._stop.is_set():
+                self._wake.wait(CHECKPOINT_EVERY_S)
                 self._wake.clear()
-                if self._stop.is_set():
-                    return
+                with self._lock:
+                    pending, self._pending = self._pending, 0
+                if not pending or self._stop.is_set():
+                    continue
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
-                except sqlite3.Error as exc:  # the next wake-up tries again; the WAL only grows meanwhile
+                    conn = conn or sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+                    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # tried again a second later; the WAL only grows meanwhile
                     log.warning("prediction log checkpoint of %s failed: %s", self.path, exc)
+                    with self._lock:
+                        self._pending += pending
+                    continue
+                self.last = (busy, frames, copied)
+                self.checkpoints += copied > 0
+                if copied < frames:  # a reader's snapshot held some back: the next round copies them
+                    with self._lock:
+                        self._pending += 1
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def close(self) -> None:
         """Stop the thread; the last connection to close checkpoints what is left (SQLite does, on close)."""
@@ -613,7 +628,7 @@ class PredictionLogWriter:
                 with self._engine.begin() as conn:
                     _insert(conn, records)
                 if self._checkpointer is not None:
-                    self._checkpointer.wrote(sum(len(r[6]) for r in records) + 100 * len(records))
+                    self._checkpointer.wrote(len(records), sum(len(r[6]) for r in records))
                 return None
             except PredictionLogError as exc:
                 return exc

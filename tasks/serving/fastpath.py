@@ -52,15 +52,14 @@ def compile_model(raw: Any) -> CompiledModel | None:
         num_threads = threads if isinstance(threads, int) and threads > 0 else 0  # 0: LightGBM's default
         estimate = lambda m: booster.predict(m, num_threads=num_threads)  # noqa: E731 - one call, named for the reader
         return CompiledModel(source, features, estimate, "lightgbm booster")
-    if getattr(estimator, "feature_names_in_", None) is not None:
-        # fitted on the feature frame: it checks the names, so it gets them (a frame over the matrix, no copy)
-        import pandas as pd
+    # any other estimator was fitted on the feature frame (a wrapper such as PositiveProbability hands it to the
+    # estimator inside, which checks the names): it gets them, a frame over the matrix, no copy
+    import pandas as pd
 
-        names = list(features.feature_names)
-        return CompiledModel(
-            source, features, lambda m: estimator.predict(pd.DataFrame(m, columns=names, copy=False)), "estimator"
-        )
-    return CompiledModel(source, features, estimator.predict, "estimator")
+    names = list(features.feature_names)
+    return CompiledModel(
+        source, features, lambda m: estimator.predict(pd.DataFrame(m, columns=names, copy=False)), "estimator"
+    )
 
 
 def _lightgbm_regressor_booster(estimator: Any) -> Any:

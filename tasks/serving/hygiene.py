@@ -93,8 +93,8 @@ def strict_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(422, "invalid_json", f"request body is not UTF-8 (byte {exc.start})") from exc
     # msgspec's C parser (~10x the standard library's with its per-number callbacks at 10,000 rows) refuses
-    # everything the strict parse below refuses, and more (a lone surrogate escape, a number it cannot hold):
-    # what it refuses, the standard library parses again and words, or accepts
+    # everything the strict parse below refuses, and more (a lone surrogate escape, an integer of more than
+    # 4300 digits, extreme nesting): what it refuses, the standard library parses again and words (a 422)
     try:
         value = msgspec.json.decode(body)
     except (msgspec.DecodeError, RecursionError):

@@ -348,10 +348,12 @@ def test_postgresql_store_holds_the_typed_table_and_serves_the_window(pg_store):
 
 def test_the_wal_is_checkpointed_off_the_request_path_and_nothing_is_lost(log_path, monkeypatch):
     """Commits do not checkpoint (wal_autocheckpoint=0 on the writer's connections): the writer's own thread does,
-    once enough bytes were committed, without blocking a reader holding a snapshot or the next commit."""
+    without blocking a reader holding a snapshot or the next commit; what the snapshot held back follows once
+    the reader is done, so the whole WAL is copied."""
     from tasks import prediction_log
 
     monkeypatch.setattr(prediction_log, "CHECKPOINT_BYTES", 64 * 1024)
+    monkeypatch.setattr(prediction_log, "CHECKPOINT_EVERY_S", 0.1)
     writer = PredictionLogWriter(log_path, COLUMNS)
     rows = _bike_rows("2012-06-01", "2012-06-30")  # 720 rows, ~170 KB of inputs
     with writer._engine.connect() as conn:
@@ -364,12 +366,18 @@ def test_the_wal_is_checkpointed_off_the_request_path_and_nothing_is_lost(log_pa
     for i in range(3):
         assert writer.append(f"r{i}", "bike_demand", "1", rows, [1.0] * len(rows)) == len(rows)
     checkpointer = writer._checkpointer
-    deadline = time.monotonic() + 10
-    while checkpointer.checkpoints < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpointer.checkpoints >= 1 and checkpointer._thread is not None
+
+    def settled() -> bool:  # the last checkpoint copied every frame of the WAL
+        return checkpointer.last is not None and checkpointer.last[1] == checkpointer.last[2] > 0
+
+    time.sleep(0.5)
+    assert checkpointer.last is not None and not settled()  # it ran; the reader's snapshot held frames back
     assert reader.execute("SELECT COUNT(*) FROM predictions").fetchone() == (0,)  # its snapshot, undisturbed
     reader.execute("COMMIT")
+    deadline = time.monotonic() + 10
+    while not settled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert settled() and checkpointer.checkpoints >= 1, checkpointer.last
     assert reader.execute("SELECT COUNT(*) FROM predictions").fetchone() == (3 * len(rows),)
     reader.close()
     writer.close()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -35,6 +37,8 @@ def test_health_reports_name_and_version(server, use_champion_store):
     assert body["version"] == use_champion_store["registered"]["version"]
     model = body["models"]["bike_demand"]
     assert model["state"] == "serving" and model["smoke_test"]["holdout_rows"] > 0
+    # it reproduced the smoke sample, so requests skip pandas and LightGBM's scikit-learn wrapper
+    assert model["smoke_test"]["compiled_predict"] == "lightgbm booster"
 
 
 def test_predict_real_rows_and_log_each_prediction(server, use_champion_store):
@@ -46,6 +50,13 @@ def test_predict_real_rows_and_log_each_prediction(server, use_champion_store):
     assert all(p > -50 for p in body["predictions"])
     named = server.post("/models/bike_demand/predict", json={"instances": rows[:2]})
     assert named.status_code == 200
+    # the compiled predict answered, and answered what the champion's own pipeline predicts for those rows
+    service = server.app.state.service
+    served = service.served["bike_demand"]
+    assert served.compiled is not None
+    frame = pd.DataFrame.from_records(rows, columns=list(served.input_columns))
+    expected = served.model.get_raw_model().predict(frame)
+    np.testing.assert_allclose(body["predictions"], expected, rtol=1e-9)
     log = DataLayout(use_champion_store["root"]).prediction_log
     with sqlite3.connect(log) as conn:
         logged = conn.execute(

@@ -6,6 +6,7 @@ dates that do not parse sent as a server would receive them.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,9 @@ def test_the_compiled_predict_is_the_pipeline_s_for_every_kind_of_feature(estima
     nulls = kind == "lightgbm booster"  # LightGBM takes missing values; Ridge and LogisticRegression refuse them
     for rows in (_hostile(X.head(50).to_dict("records"), nulls), X.tail(1).to_dict("records")):
         expected = pipeline.predict(served_app._frame(served, rows))
-        got = compiled.predict(served_app._columns(served, rows, compiled.source_columns), len(rows))
+        with warnings.catch_warnings():  # e.g. "X does not have valid feature names": the estimator gets its names
+            warnings.simplefilter("error")
+            got = compiled.predict(served_app._columns(served, rows, compiled.source_columns), len(rows))
         assert got.dtype == np.float64 and got.shape == (len(rows),)
         np.testing.assert_array_equal(got, np.asarray(expected, dtype="float64"))
 
