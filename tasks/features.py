@@ -309,9 +309,9 @@ def custom_code_digest(spec: FeatureSpec) -> str:
 
 def _floats(column: pd.Series | np.ndarray) -> np.ndarray:
     """A column as float64 (numbers as they are; text through ``pd.to_numeric``, as training did)."""
-    if isinstance(column, np.ndarray) and column.dtype.kind in "biuf":
-        return column.astype("float64")
     if column.dtype.kind in "biuf":
+        if isinstance(column, np.ndarray):
+            return column.astype("float64")
         return column.to_numpy(dtype="float64", na_value=np.nan)
     return pd.to_numeric(_series(column)).astype("float64").to_numpy()
 

@@ -1104,8 +1104,8 @@ class ModelService:
                 "(serving_max_batch); split it into smaller requests",
             )
         row_id = self.row_ids.get(name)
-        values = _values(current, request.instances)  # each column's values, listed once for the checks and predict
-        errors = payload_errors(current, request.instances, row_id=row_id, values=values)
+        listed = _values(current, request.instances)  # each column's values, listed once for the checks and predict
+        errors = payload_errors(current, request.instances, row_id=row_id, values=listed)
         if errors:
             raise ApiError(
                 422,
@@ -1124,10 +1124,10 @@ class ModelService:
         frame: pd.DataFrame | None = None
         try:
             if current.compiled is not None and not request.explain:
-                columns = _columns(current, request.instances, current.compiled.source_columns, values)
+                columns = _columns(current, request.instances, current.compiled.source_columns, listed)
                 output = current.compiled.predict(columns, len(request.instances))
             else:
-                frame = _frame(current, request.instances, values)
+                frame = _frame(current, request.instances, listed)
                 output = current.predict(frame)
         except (MlflowException, ValueError, TypeError, OverflowError) as exc:
             message = getattr(exc, "message", str(exc))
