@@ -388,10 +388,20 @@ def main() -> None:
     parser.add_argument("--scheduler-only", action="store_true", help="only the real-scheduler section (3 configs)")
     parser.add_argument("--no-scheduler", action="store_true", help="skip the real-scheduler section (~16 min)")
     parser.add_argument("--scheduler-train-runs", type=int, default=3, help="training runs per scheduler config")
+    parser.add_argument(
+        "--scheduler-year",
+        metavar="POSTGRES_URL",
+        help="only a year of ingest under the real scheduler, Airflow's metadata on a fresh database of this server",
+    )
     parser.add_argument("--backfill-days", type=int, default=10, help="days in the backfill figure (0: none)")
     args = parser.parse_args()
     if args.serving_only:
         _serving(args)
+        return
+    if args.scheduler_year:
+        import bench_scheduler
+
+        bench_scheduler.print_year(bench_scheduler.year(args.scheduler_year))
         return
     if args.scheduler_only:
         _scheduler(args)

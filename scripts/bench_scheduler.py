@@ -20,6 +20,11 @@ preloading forkserver without its last module, ``mlops_airflow.gc_freeze``; ``af
 configuration runs once, in this order: read the figures as one run each, not as a distribution.
 
     python scripts/bench.py --scheduler-only [--scheduler-train-runs 3]
+
+``--scheduler-year POSTGRES_URL`` (``scripts/bench.py``) instead ingests a year (365 days of 2011) as configured,
+with Airflow's metadata on a fresh database of that PostgreSQL server (the embedded SQLite stack does not take
+365 runs created at once: its scheduler died on "database is locked" once in two tries), against the same
+ingests in one warm process; the database is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -204,6 +209,103 @@ for i in range(runs):
     times.append(time.perf_counter() - t0)
 print("INPROC " + json.dumps(times))
 """
+
+
+YEAR = ("2011-01-01", "2011-12-31")
+IN_PROCESS_INGEST = """
+import json, sys, time
+from datetime import date, timedelta
+sys.path.insert(0, {repo!r})
+from tasks import stages
+import tasks.ingest, tasks.validate, great_expectations, pandas
+start, end = (date.fromisoformat(d) for d in {days!r})
+stages.replay("bike_demand", start.isoformat(), end.isoformat())
+t0 = time.perf_counter()
+for d in range((end - start).days + 1):
+    stages.ingest_partition("bike_demand", (start + timedelta(d)).isoformat())
+print("INPROC " + json.dumps(time.perf_counter() - t0))
+"""
+
+
+def year(postgres: str, config: str = "after") -> dict[str, Any]:
+    """A year of bike_demand ingest under the real scheduler, metadata on a fresh PostgreSQL database."""
+    import subprocess
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"mlp_bench_year_{os.getpid()}"
+    server = make_url(postgres).set(drivername="postgresql+psycopg2")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    days = (datetime.fromisoformat(YEAR[1]) - datetime.fromisoformat(YEAR[0])).days + 1
+    saved = dict(os.environ)
+    work = Path(tempfile.mkdtemp(prefix="mlp-bench-year-"))
+    result: dict[str, Any] = {"config": config, "days": days, "metadata": "postgresql"}
+    try:
+        sys.path.insert(0, str(REPO / "scripts"))
+        import demo
+
+        env = demo.env() | {"MLP_DATA_ROOT": str(work / "inproc")}
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            env.pop(var, None)
+        code = IN_PROCESS_INGEST.format(repo=str(REPO), days=YEAR)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("INPROC ")), None)
+        if line is None:
+            raise SystemExit(f"the in-process year failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+        result["in_process_s"] = float(line[len("INPROC ") :])
+        print(f"a year of ingests in one warm process: {result['in_process_s']:.1f} s", flush=True)  # noqa: T201
+        os.environ.update(
+            {
+                "MLP_AIRFLOW_PORT": str(_free_port()),
+                "MLP_MLFLOW_PORT": str(_free_port()),
+                "MLP_SERVING_PORT": str(_free_port()),
+                "MLP_WORKER_LOG_PORT": str(_free_port()),
+                "MLP_TRIGGER_LOG_PORT": str(_free_port()),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
+                **CONFIGS[config],
+            }
+        )
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            os.environ.pop(var, None)
+        sys.modules.pop("demo", None)
+        import demo  # the ports are read when it is imported
+
+        demo.STATE, demo.PIDS = work / "demo", work / "demo" / "pids.json"
+        try:
+            demo.up()
+            demo.stage("replay", start=YEAR[0], end=YEAR[1])
+            demo.unpause(f"{demo.P}_ingest")
+            t0 = time.monotonic()
+            demo.ingest_partitions(*YEAR)
+            result["wall_s"] = time.monotonic() - t0
+            logs = (demo.STATE / "logs" / "airflow").glob(f"dag_id={demo.P}_ingest/run_id=*/task_id=*/*")
+            bodies = [b for b in map(_body_seconds, logs) if b is not None]
+            result["tasks"], result["bodies_s"] = len(bodies), sum(bodies)
+        finally:
+            demo.stop()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(work, ignore_errors=True)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    return result
+
+
+def print_year(r: dict[str, Any]) -> None:
+    """The year's figures: wall time, per day, the task bodies' sum and the same ingests in one process."""
+    days = r["days"]
+    print(  # noqa: T201 - the benchmark's output
+        f"a year of bike_demand ingest ({days} runs, 8 at a time, metadata on PostgreSQL, {r['config']}): "
+        f"{r['wall_s']:.0f} s, {r['wall_s'] / days:.2f} s a day; {r['tasks']} task bodies {r['bodies_s']:.0f} s "
+        f"({r['bodies_s'] / days:.2f} s a day); the same ingests in one warm process {r['in_process_s']:.0f} s "
+        f"({r['in_process_s'] / days:.2f} s a day): wall / one process {r['wall_s'] / r['in_process_s']:.1f}x"
+    )
 
 
 def in_process(train_runs: int) -> list[float]:
