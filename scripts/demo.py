@@ -132,7 +132,8 @@ def up() -> None:
         shutil.rmtree(STATE)
     (STATE / "logs").mkdir(parents=True)
     e = env()
-    say("airflow db migrate (Airflow metadata on SQLite)")
+    backend = "SQLite" if e["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite") else "PostgreSQL"
+    say(f"airflow db migrate (Airflow metadata on {backend})")
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=e, check=True, capture_output=True)
     say("initialise the MLflow store (SQLite) before its readers start")
     subprocess.run(
