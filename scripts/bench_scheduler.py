@@ -127,10 +127,11 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(name: str, overrides: dict[str, str], train_runs: int) -> dict[str, Any]:
-    """One configuration, start to stop, in its own folder and ports."""
-    saved = dict(os.environ)
-    work = Path(tempfile.mkdtemp(prefix=f"mlp-bench-scheduler-{name}-"))
+def _demo_stack(work: Path, overrides: dict[str, str]) -> Any:
+    """``scripts/demo.py`` set up for a stack of its own: free ports, ``overrides``, its state under ``work``.
+
+    The caller restores ``os.environ`` afterwards.
+    """
     os.environ.update(
         {
             "MLP_AIRFLOW_PORT": str(_free_port()),
@@ -148,6 +149,31 @@ def measure(name: str, overrides: dict[str, str], train_runs: int) -> dict[str, 
     import demo  # the ports are read when it is imported
 
     demo.STATE, demo.PIDS = work / "demo", work / "demo" / "pids.json"
+    return demo
+
+
+def _in_process(code: str, data_root: Path) -> Any:
+    """Run ``code`` in a fresh interpreter with the demo's environment on ``data_root``; its ``INPROC`` JSON."""
+    import subprocess
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import demo
+
+    env = demo.env() | {"MLP_DATA_ROOT": str(data_root)}
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(var, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("INPROC ")), None)
+    if line is None:
+        raise SystemExit(f"the in-process reference failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return json.loads(line[len("INPROC ") :])
+
+
+def measure(name: str, overrides: dict[str, str], train_runs: int) -> dict[str, Any]:
+    """One configuration, start to stop, in its own folder and ports."""
+    saved = dict(os.environ)
+    work = Path(tempfile.mkdtemp(prefix=f"mlp-bench-scheduler-{name}-"))
+    demo = _demo_stack(work, overrides)
     result: dict[str, Any] = {"config": name, "overrides": overrides}
     try:
         demo.up()
@@ -229,8 +255,6 @@ print("INPROC " + json.dumps(time.perf_counter() - t0))
 
 def year(postgres: str, config: str = "after") -> dict[str, Any]:
     """A year of bike_demand ingest under the real scheduler, metadata on a fresh PostgreSQL database."""
-    import subprocess
-
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -245,36 +269,11 @@ def year(postgres: str, config: str = "after") -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="mlp-bench-year-"))
     result: dict[str, Any] = {"config": config, "days": days, "metadata": "postgresql"}
     try:
-        sys.path.insert(0, str(REPO / "scripts"))
-        import demo
-
-        env = demo.env() | {"MLP_DATA_ROOT": str(work / "inproc")}
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            env.pop(var, None)
-        code = IN_PROCESS_INGEST.format(repo=str(REPO), days=YEAR)
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("INPROC ")), None)
-        if line is None:
-            raise SystemExit(f"the in-process year failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-        result["in_process_s"] = float(line[len("INPROC ") :])
-        print(f"a year of ingests in one warm process: {result['in_process_s']:.1f} s", flush=True)  # noqa: T201
-        os.environ.update(
-            {
-                "MLP_AIRFLOW_PORT": str(_free_port()),
-                "MLP_MLFLOW_PORT": str(_free_port()),
-                "MLP_SERVING_PORT": str(_free_port()),
-                "MLP_WORKER_LOG_PORT": str(_free_port()),
-                "MLP_TRIGGER_LOG_PORT": str(_free_port()),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
-                **CONFIGS[config],
-            }
+        result["in_process_s"] = float(
+            _in_process(IN_PROCESS_INGEST.format(repo=str(REPO), days=YEAR), work / "inproc")
         )
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            os.environ.pop(var, None)
-        sys.modules.pop("demo", None)
-        import demo  # the ports are read when it is imported
-
-        demo.STATE, demo.PIDS = work / "demo", work / "demo" / "pids.json"
+        print(f"a year of ingests in one warm process: {result['in_process_s']:.1f} s", flush=True)  # noqa: T201
+        demo = _demo_stack(work, {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url, **CONFIGS[config]})
         try:
             demo.up()
             demo.stage("replay", start=YEAR[0], end=YEAR[1])
@@ -310,22 +309,10 @@ def print_year(r: dict[str, Any]) -> None:
 
 def in_process(train_runs: int) -> list[float]:
     """The same training stages called in one warm process (imports paid before the clock), per run."""
-    import subprocess
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    import demo
-
     work = Path(tempfile.mkdtemp(prefix="mlp-bench-scheduler-inproc-"))
-    env = demo.env() | {"MLP_DATA_ROOT": str(work / "data")}
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(var, None)
     try:
         code = IN_PROCESS.format(repo=str(REPO), runs=train_runs, days=DAYS)
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("INPROC ")), None)
-        if line is None:
-            raise SystemExit(f"the in-process reference failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-        return [float(x) for x in json.loads(line[len("INPROC ") :])]
+        return [float(x) for x in _in_process(code, work / "data")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
