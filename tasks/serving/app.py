@@ -435,31 +435,44 @@ def _limit_threads(model: Any, threads: int) -> None:
             estimator.set_params(n_jobs=threads)
 
 
-def _direct(served: ServedModel, sample_path: str) -> Any:
-    """The unwrapped model, when it predicts the smoke sample, rebuilt as requests are, as the pyfunc does.
+def _reproduces(
+    served: ServedModel, sample_path: str, predict: Callable[[list[dict[str, Any]]], Any], what: str
+) -> bool:
+    """Whether ``predict`` (the smoke sample's rows as requests carry them) gives the offline predictions.
 
-    Returns:
-        The raw model (whose ``predict`` the server then calls directly), or None (serve through pyfunc).
+    ``what``: the path being checked, as the log names it; a failure or a difference keeps the safer path.
     """
     import numpy as np
 
     from tasks.names import EXPECTED_COLUMN
 
     try:
-        raw = served.model.get_raw_model()
         sample = pd.read_parquet(sample_path)
         expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
         records = cast(list[dict[str, Any]], sample[list(served.input_columns)].to_dict("records"))
-        got = np.asarray(raw.predict(_frame(served, records)), dtype="float64")
-    except Exception as exc:  # noqa: BLE001 - whatever the raw model does, pyfunc's path stays the safe one
+        got = np.asarray(predict(records), dtype="float64")
+    except Exception as exc:  # noqa: BLE001 - whatever the model does here, the safer path stays
+        log.info("%s v%s: not %s (%s: %s)", served.name, served.version, what, type(exc).__name__, exc)
+        return False
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=SMOKE_RTOL, atol=SMOKE_ATOL):
+        log.warning("%s v%s: the %s differs from pyfunc; not used", served.name, served.version, what)
+        return False
+    return True
+
+
+def _direct(served: ServedModel, sample_path: str) -> Any:
+    """The unwrapped model, when it predicts the smoke sample, rebuilt as requests are, as the pyfunc does.
+
+    Returns:
+        The raw model (whose ``predict`` the server then calls directly), or None (serve through pyfunc).
+    """
+    try:
+        raw = served.model.get_raw_model()
+    except Exception as exc:  # noqa: BLE001 - a flavour without a raw model is served through pyfunc
         log.info("%s v%s served through pyfunc (%s: %s)", served.name, served.version, type(exc).__name__, exc)
         return None
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=SMOKE_RTOL, atol=SMOKE_ATOL):
-        log.warning(
-            "%s v%s: the unwrapped model differs from pyfunc; served through pyfunc", served.name, served.version
-        )
-        return None
-    return raw
+    ok = _reproduces(served, sample_path, lambda rows: raw.predict(_frame(served, rows)), "unwrapped model")
+    return raw if ok else None
 
 
 def _compiled(served: ServedModel, sample_path: str) -> CompiledModel | None:
@@ -468,29 +481,18 @@ def _compiled(served: ServedModel, sample_path: str) -> CompiledModel | None:
     Returns:
         The compiled predict (which the server then calls on a request's columns), or None (the frame path).
     """
-    import numpy as np
-
-    from tasks.names import EXPECTED_COLUMN
-
     try:
         compiled = compile_model(served.direct)
-        if compiled is None:
-            return None
-        sample = pd.read_parquet(sample_path)
-        expected = sample.pop(EXPECTED_COLUMN).to_numpy(dtype="float64")
-        records = cast(list[dict[str, Any]], sample[list(served.input_columns)].to_dict("records"))
-        got = compiled.predict(_columns(served, records, compiled.source_columns), len(records))
-    except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the frame path stays the safe one
-        log.info("%s v%s predicts through scikit-learn (%s: %s)", served.name, served.version, type(exc).__name__, exc)
+    except Exception as exc:  # noqa: BLE001 - an estimator that cannot be unwrapped keeps the frame path
+        log.info("%s v%s: no compiled predict (%s: %s)", served.name, served.version, type(exc).__name__, exc)
         return None
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=SMOKE_RTOL, atol=SMOKE_ATOL):
-        log.warning(
-            "%s v%s: the compiled predict differs from pyfunc; predicting through scikit-learn",
-            served.name,
-            served.version,
-        )
+    if compiled is None:
         return None
-    return compiled
+
+    def predict(rows: list[dict[str, Any]]) -> Any:
+        return compiled.predict(_columns(served, rows, compiled.source_columns), len(rows))
+
+    return compiled if _reproduces(served, sample_path, predict, "compiled predict") else None
 
 
 # ---------------------------------------------------------------------------------------------- payloads
