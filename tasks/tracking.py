@@ -96,3 +96,38 @@ def artifact_url(settings: Settings, run_id: str, path: str, experiment_id: str 
 def ensure_store(settings: Settings) -> None:
     """Create/upgrade the tracking store's schema once, before several processes open it concurrently."""
     client(settings).search_experiments(max_results=1)
+
+
+MODEL_LOADING_MODULES = ("mlflow.pyfunc", "mlflow.sklearn", "sklearn.pipeline", "tasks.features", "lightgbm")
+"""What unpickling a served pipeline imports (every model here is a scikit-learn Pipeline whose first step is
+:class:`tasks.features.FeatureBuilder`; LightGBM is the default family); a missing one is skipped."""
+
+
+def prepare_model_loading() -> list[str]:
+    """Pay once, now, what the first ``log_model`` or ``pyfunc.load_model`` of a process would pay on the way.
+
+    - The modules of :data:`MODEL_LOADING_MODULES` (scikit-learn alone is ~1.5 s).
+    - MLflow's module-to-distribution map: every ``log_model`` and every ``pyfunc.load_model`` compares the
+      model's requirements with the environment, and the first comparison in a process reads every installed
+      distribution's metadata (``importlib_metadata.packages_distributions()``: ~1 s here). MLflow keeps the
+      map in a module global, so a process forked after this call, or a later load in this one, finds it.
+
+    Used by the scheduler's forkserver preload (so the train, evaluate and register tasks do not each pay it)
+    and by the model server's loader thread at start-up (so the first deploy to a server that had no champion
+    does not). It changes no result: the same comparison runs, on the same map.
+
+    Returns:
+        The modules it could not import (absent from this environment).
+    """
+    import importlib
+
+    missing = []
+    for name in MODEL_LOADING_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    from mlflow.utils import requirements_utils
+
+    requirements_utils._init_modules_to_packages_map()  # noqa: SLF001 - MLflow's own lazy cache, filled early
+    return missing

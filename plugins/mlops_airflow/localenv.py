@@ -37,6 +37,7 @@ PRELOAD = (
     "tasks.evaluate",
     "tasks.gate",
     "tasks.registry",
+    "mlops_airflow.warm",  # fills MLflow's requirement map and imports pyplot (1-1.5 s per task otherwise)
     "mlops_airflow.gc_freeze",  # last: freezes all of the above out of each task process's garbage collections
 )
 """What the scheduler's forkserver imports once for every task process (not Evidently, torch or SHAP: the

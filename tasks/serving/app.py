@@ -831,7 +831,21 @@ class ModelService:
         return self._downloads
 
     def _load_champions(self) -> None:
-        """Background: try each model until it serves, has no champion, or fails for a reason retries cannot fix."""
+        """Background: try each model until it serves, has no champion, or fails for a reason retries cannot fix.
+
+        First it pays what any model's first load pays (:func:`tasks.tracking.prepare_model_loading`: ~2.5 s of
+        imports and MLflow's requirement map), so that a deploy to a server that started with no champion
+        waits on the version's own load only.
+        """
+        from tasks.tracking import prepare_model_loading
+
+        try:
+            missing = prepare_model_loading()
+        except Exception:  # noqa: BLE001 - only speed is at stake: a failing import fails the load with its reason
+            log.warning("warming up model loading failed; the first load pays it", exc_info=True)
+        else:
+            if missing:
+                log.info("not installed here, not warmed: %s", ", ".join(missing))
         pending = set(self.pipelines)
         while pending and not self._stop.is_set():
             now = time.monotonic()
