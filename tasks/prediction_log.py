@@ -314,7 +314,7 @@ def _engine(url: str, timeout_s: float, write: bool, sync: str = "normal", check
         return create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=args)
     # a writer does not wait in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms between tries: two
     # server processes' commits, a few ms each, then waited tens of ms for each other (PredictionLogWriter._commit
-    # retries a locked BEGIN every 0.2-2 ms itself, up to the same timeout)
+    # retries a locked BEGIN every 0.2-0.5 ms itself, up to the same timeout)
     busy_wait = 0 if write else timeout_s
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_wait})
 
@@ -636,7 +636,7 @@ class PredictionLogWriter:
                 busy = _is_busy(exc)
                 if busy and time.monotonic() < deadline:
                     time.sleep(delay)  # another process commits: a few ms at most, unless something holds the lock
-                    delay = min(delay * 2, 0.002)
+                    delay = min(delay * 2, 0.0005)  # a commit holds the lock ~1 ms: poll, do not oversleep
                     continue
                 what = "stayed locked" if busy else "is unavailable"
                 return PredictionLogUnavailable(f"the prediction log at {redact(self.url)} {what}: {exc.orig}", busy)
