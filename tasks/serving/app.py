@@ -72,6 +72,7 @@ from tasks.spec import PipelineSpec, load_spec
 from tasks.tracking import use_store
 
 log = logging.getLogger(__name__)
+WARM_UP_WAIT_S = 120  # the most a reload waits for the loader's start-up imports (seconds; ~2.5 s here)
 
 SMOKE_RTOL = 1e-6
 SMOKE_ATOL = 1e-6
@@ -779,6 +780,10 @@ class ModelService:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._loader: threading.Thread | None = None
+        # set while no warm-up runs: a reload waits for the loader's (two threads importing MLflow at once
+        # left a partially initialised module behind; see predict)
+        self._warmed = threading.Event()
+        self._warmed.set()
         self._downloads: Path | None = None  # created on first load, removed on stop
         # the model carries a custom transformer's module (code_paths): this environment need not have it
         specs = {name: load_spec(name, resolve_code=False) for name in self.pipelines}
@@ -793,6 +798,7 @@ class ModelService:
     # -- lifecycle
     def start(self) -> None:
         """Load every pipeline's champion in a background thread (the server answers meanwhile)."""
+        self._warmed.clear()
         self._loader = threading.Thread(target=self._load_champions, name="champion-loader", daemon=True)
         self._loader.start()
 
@@ -846,6 +852,8 @@ class ModelService:
         else:
             if missing:
                 log.info("not installed here, not warmed: %s", ", ".join(missing))
+        finally:
+            self._warmed.set()
         pending = set(self.pipelines)
         while pending and not self._stop.is_set():
             now = time.monotonic()
@@ -978,6 +986,7 @@ class ModelService:
         self._adopt(name)
         self._known(name)
         actor = f"{request.actor or 'unnamed caller'} via admin token"
+        self._warmed.wait(WARM_UP_WAIT_S)  # the loader's warm-up imports MLflow: not two threads at once
         with self._load_locks[name]:
             previous = self.served.get(name)
             try:

@@ -158,6 +158,22 @@ def test_champion_loads_from_the_settings_store_whatever_registry_the_process_in
     assert served.version == use_champion_store["registered"]["version"]
 
 
+def test_a_failing_warm_up_still_serves_the_champion(use_champion_store, monkeypatch, caplog):
+    """The loader warms model loading first; only speed is at stake, so its failure is a warning."""
+    from tasks import tracking
+
+    def broken() -> list[str]:
+        raise AttributeError("renamed in a new MLflow")
+
+    monkeypatch.setattr(tracking, "prepare_model_loading", broken)
+    with TestClient(create_app(get_settings(), ["bike_demand"])) as client:
+        assert client.app.state.service.wait_settled(120)
+        assert client.get("/health").json()["status"] == "ok"
+        reply = client.post("/admin/reload", json={"model": "bike_demand"}, headers=admin_headers())
+        assert reply.status_code == 200, reply.text  # the reload did not wait for a warm-up that never ends
+    assert "warming up model loading failed" in caplog.text
+
+
 def test_explain_returns_top_k_contributions_per_row_in_raw_input_terms(server):
     rows = _instances("2012-06-18", "2012-06-18")[:3]
     plain = server.post("/models/bike_demand/predict", json={"instances": rows}).json()
