@@ -272,6 +272,32 @@ def test_concurrent_requests_share_transactions(log_path):
     assert len(counts) == 80 and set(counts.values()) == {10}
 
 
+def test_a_writer_polls_a_briefly_held_lock_then_backs_off(log_path, monkeypatch):
+    """Another process's commit holds the write lock ~1 ms: poll every 0.2-0.5 ms, do not oversleep it; a lock
+    held longer (here 0.3 s) is retried every 10 ms at most, not 600 times."""
+    from tasks import prediction_log
+
+    writer = PredictionLogWriter(log_path, COLUMNS, timeout_s=5)
+    holder = sqlite3.connect(log_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    real, slept = time.sleep, []
+
+    def recording(seconds: float) -> None:
+        slept.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(prediction_log.time, "sleep", recording)
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))  # Timer waits on an Event, not time.sleep
+    release.start()
+    assert writer.append("r1", "adult_income", "1", [{"age": 40}], [0.1]) == 1
+    release.join()
+    monkeypatch.undo()
+    holder.close()
+    writer.close()
+    assert slept[0] == 0.0002 and max(slept[:5]) <= 0.0005
+    assert max(slept) == 0.01 and len(slept) < 200, slept  # polling at 0.5 ms throughout: ~600
+
+
 def test_a_store_locked_past_the_timeout_refuses_the_request_whole_then_recovers(log_path):
     writer = PredictionLogWriter(log_path, COLUMNS, timeout_s=0.5)
     holder = sqlite3.connect(log_path, isolation_level=None)
