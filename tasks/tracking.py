@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from tasks.settings import Settings
@@ -9,6 +10,8 @@ from tasks.settings import Settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+
+log = logging.getLogger(__name__)
 
 MLFLOW_LOGGERS = ("mlflow", "alembic", "huey")
 
@@ -131,3 +134,19 @@ def prepare_model_loading() -> list[str]:
 
     requirements_utils._init_modules_to_packages_map()  # noqa: SLF001 - MLflow's own lazy cache, filled early
     return missing
+
+
+def warm_model_loading() -> None:
+    """:func:`prepare_model_loading` where only speed is at stake: a failure is a warning, never an exception.
+
+    For the scheduler's forkserver preload (which survives an ``ImportError`` from a preloaded module and
+    nothing else: any other exception would end every task) and the model server's loader thread (whose
+    loads then pay the cost, or fail with their own reason).
+    """
+    try:
+        missing = prepare_model_loading()
+    except Exception:  # noqa: BLE001 - see the docstring: warming must not take down what it speeds up
+        log.warning("warming up model loading failed; the first model load in each process pays it", exc_info=True)
+        return
+    if missing:
+        log.info("not installed here, not warmed: %s", ", ".join(missing))

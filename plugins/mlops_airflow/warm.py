@@ -9,13 +9,15 @@ task process forked afterwards starts with them. Like ``gc_freeze`` it runs on i
 ``mp_forkserver_preload`` takes module names only.
 
 Only speed is at stake, and the forkserver survives an ``ImportError`` in a preloaded module but nothing else
-(any other exception ends it, and with it every task): so nothing here raises; a failure is a warning, and each
-task pays the cost on first use as before.
+(any other exception ends it, and with it every task): so nothing here raises
+(:func:`tasks.tracking.warm_model_loading`); a failure is a warning, and each task pays the cost on first use.
 """
 
 from __future__ import annotations
 
 import logging
+
+from tasks.tracking import warm_model_loading
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +25,4 @@ try:
     import matplotlib.pyplot  # noqa: F401 - the model card's importance plot (the backend is chosen at first use)
 except ImportError:
     log.warning("matplotlib is not installed: the model card's importance plot is skipped, nothing to preload")
-try:
-    from tasks.tracking import prepare_model_loading
-
-    missing = prepare_model_loading()
-except Exception:  # noqa: BLE001 - see the module docstring: a preload must not end the forkserver
-    log.warning("warming up model loading failed; each task pays it on first use", exc_info=True)
-else:
-    if missing:
-        log.info("not installed here, not preloaded: %s", ", ".join(missing))
+warm_model_loading()

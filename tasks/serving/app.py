@@ -843,15 +843,10 @@ class ModelService:
         imports and MLflow's requirement map), so that a deploy to a server that started with no champion
         waits on the version's own load only.
         """
-        from tasks.tracking import prepare_model_loading
+        from tasks.tracking import warm_model_loading
 
         try:
-            missing = prepare_model_loading()
-        except Exception:  # noqa: BLE001 - only speed is at stake: a failing import fails the load with its reason
-            log.warning("warming up model loading failed; the first load pays it", exc_info=True)
-        else:
-            if missing:
-                log.info("not installed here, not warmed: %s", ", ".join(missing))
+            warm_model_loading()
         finally:
             self._warmed.set()
         pending = set(self.pipelines)
