@@ -67,6 +67,7 @@ def admin_token_file(state_dir: Path) -> Path:
 
 
 SCHEDULER_IDLE_SLEEP_S = "0.2"  # compose sets the same (a unit test keeps them equal)
+MLFLOW_SERVER_JOB_EXECUTION = "false"  # the compose file's mlflow service sets the same (a unit test checks)
 
 
 def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -> dict[str, str]:
@@ -132,6 +133,11 @@ def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -
             "MLP_ADMIN_TOKEN_FILE": str(admin_token_file(state_dir)),
             "GX_ANALYTICS_ENABLED": "False",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            # `mlflow server` starts a job runner by default (MLflow 3's GenAI jobs, unused here): 15 huey
+            # consumer threads polling their queue took ~70 % of a core while idle, a third of this machine
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": env.get(
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", MLFLOW_SERVER_JOB_EXECUTION
+            ),
             "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",
         }
     )

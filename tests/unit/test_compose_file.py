@@ -331,3 +331,14 @@ def test_airflow_services_fork_tasks_from_the_same_preloaded_forkserver_as_the_l
         assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver", name
         assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == list(PRELOAD), name
         assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == SCHEDULER_IDLE_SLEEP_S, name
+
+
+def test_the_mlflow_service_runs_without_mlflow_s_job_runner() -> None:
+    """The tracking server alone: MLflow 3's default job runner (huey consumers for GenAI jobs no stage uses)
+    polls its queue at ~70 % of a core while idle."""
+    from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+
+    from mlops_airflow.localenv import MLFLOW_SERVER_JOB_EXECUTION
+
+    env = _services()["mlflow"]["environment"]
+    assert env[MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name] == MLFLOW_SERVER_JOB_EXECUTION == "false"

@@ -197,3 +197,53 @@ def test_airflow_plugin_discovery_imports_none_of_our_modules():
     assert (plugins / "mlops_airflow" / "pods.py").is_file()  # the scan would find something without the ignore file
     scanned = [p for p in find_path_from_directory(str(plugins), ".airflowignore", "glob") if p.endswith(".py")]
     assert scanned == []
+
+
+def test_the_demo_s_mlflow_server_runs_without_mlflow_s_job_runner(tmp_path, clean_env, monkeypatch):
+    """`mlflow server` starts a job runner by default: huey consumers (15 threads) polling a queue, ~70 % of a core
+    while idle on this machine, for MLflow's GenAI jobs, which no stage uses. The demo's own command, with the
+    stack's environment, must start the tracking server alone."""
+    import importlib.util
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+    import psutil
+    from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLP_MLFLOW_PORT", str(port := free_port()))
+    spec = importlib.util.spec_from_file_location("demo_under_test", REPO_ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.STATE = tmp_path / "demo"
+    env = demo.env()
+    monkeypatch.setenv(MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name, env[MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name])
+    assert MLFLOW_SERVER_ENABLE_JOB_EXECUTION.get() is False  # MLflow reads the variable by this name as "off"
+    (Path(env["MLP_DATA_ROOT"]) / "mlflow").mkdir(parents=True)
+    log = open(tmp_path / "mlflow.log", "wb")  # noqa: SIM115 - owned by the child
+    server = subprocess.Popen(demo._components(env)["mlflow-ui"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        time.sleep(2)  # MLflow launches its job runner right after the server process
+        tree = psutil.Process(server.pid).children(recursive=True)
+        commands = [" ".join(p.cmdline()) for p in tree]
+        assert commands, "the server has no worker process: the check below would see nothing"
+        assert not [c for c in commands if "huey" in c], commands
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        log.close()
+
