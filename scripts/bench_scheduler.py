@@ -14,8 +14,8 @@ with the LocalExecutor; MLflow; the model server) in its own temporary folder on
 * measures the idle scheduler's CPU for 20 s after the runs.
 
 Configurations: ``before`` = task processes forked without the preloading forkserver
-(``mp_start_method=fork``, nothing preloaded), the scheduler's default 1 s idle sleep and the MLflow server's
-default job runner; ``no-freeze`` = the
+(``mp_start_method=fork``, nothing preloaded), the scheduler's default 1 s idle sleep, the supervisor's default
+5 s ``min_heartbeat_interval`` and the MLflow server's default job runner; ``no-freeze`` = the
 preloading forkserver without its last module, ``mlops_airflow.gc_freeze``; ``after`` = what
 ``mlops_airflow.localenv`` sets today. Plugin discovery (``plugins/.airflowignore``) is on in all three. Each
 configuration runs once, in this order: read the figures as one run each, not as a distribution.
@@ -53,6 +53,8 @@ CONFIGS: dict[str, dict[str, str]] = {
         "AIRFLOW__SCHEDULER__MP_START_METHOD": "fork",
         "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": "",
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "1",
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "5",  # Airflow's defaults
+        "AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS": "3",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true",  # MLflow's default: its idle job runner
     },
     # everything but the last step: the preloaded heap is left to each task process's garbage collector

@@ -67,6 +67,11 @@ def admin_token_file(state_dir: Path) -> Path:
 
 
 SCHEDULER_IDLE_SLEEP_S = "0.2"  # compose sets the same (a unit test keeps them equal)
+# Airflow's task supervisor notices its task process's exit only on socket activity or after a `select` of
+# `[workers] min_heartbeat_interval` (5 s by default): when the process's sockets closed before it had exited,
+# the supervisor slept 5 s more, holding its executor slot (a quarter of a backfill's tasks). 1 s bounds that;
+# 15 failed heartbeats keep the default's ~15 s of tolerance for an unreachable API server.
+WORKER_HEARTBEAT = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1", "AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS": "15"}
 MLFLOW_SERVER_JOB_EXECUTION = "false"  # the compose file's mlflow service sets the same (a unit test checks)
 
 
@@ -109,6 +114,7 @@ def local_env(state_dir: Path, api_port: int = 8080, serving_port: int = 8000) -
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": env.get(
                 "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", SCHEDULER_IDLE_SLEEP_S
             ),
+            **{var: env.get(var, value) for var, value in WORKER_HEARTBEAT.items()},  # compose sets the same
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",

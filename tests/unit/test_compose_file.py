@@ -323,7 +323,7 @@ def test_the_image_installs_the_locks_runtime_pins_only() -> None:
 
 
 def test_airflow_services_fork_tasks_from_the_same_preloaded_forkserver_as_the_local_stack() -> None:
-    from mlops_airflow.localenv import PRELOAD, SCHEDULER_IDLE_SLEEP_S
+    from mlops_airflow.localenv import PRELOAD, SCHEDULER_IDLE_SLEEP_S, WORKER_HEARTBEAT
 
     services = _services()
     for name in AIRFLOW:
@@ -331,6 +331,7 @@ def test_airflow_services_fork_tasks_from_the_same_preloaded_forkserver_as_the_l
         assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver", name
         assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == list(PRELOAD), name
         assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == SCHEDULER_IDLE_SLEEP_S, name
+        assert {var: env[var] for var in WORKER_HEARTBEAT} == WORKER_HEARTBEAT, name
 
 
 def test_the_mlflow_service_runs_without_mlflow_s_job_runner() -> None:

@@ -247,3 +247,25 @@ def test_the_demo_s_mlflow_server_runs_without_mlflow_s_job_runner(tmp_path, cle
         server.wait(30)
         log.close()
 
+
+def test_a_task_s_supervisor_looks_for_its_process_s_exit_every_second(tmp_path, clean_env):
+    """Airflow's supervisor waits in a ``select`` of at most ``[workers] min_heartbeat_interval`` for its task
+    process; a process whose sockets closed before it exited was noticed up to 5 s late (the default), holding
+    an executor slot: a quarter of a 28-day backfill's tasks did. The stack's setting, read where Airflow reads it."""
+    import subprocess
+    import sys
+
+    from mlops_airflow.localenv import WORKER_HEARTBEAT
+
+    env = local_env(tmp_path)
+    code = (
+        "from airflow.sdk.execution_time import supervisor as s; "
+        "print(s.MIN_HEARTBEAT_INTERVAL, s.MAX_FAILED_HEARTBEATS)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["1", "15"]
+    assert WORKER_HEARTBEAT == {
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+        "AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS": "15",  # 15 x 1 s: the default's 3 x 5 s of API tolerance
+    }
