@@ -159,9 +159,18 @@ def test_the_scheduler_sleeps_briefly_after_an_idle_loop(tmp_path, monkeypatch):
     assert local_env(tmp_path)["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "1"
 
 
-def test_ports_are_settings_with_defaults_log_servers_and_the_demo_included(tmp_path, clean_env, monkeypatch):
+def _demo_script(tmp_path: Path):
+    """``scripts/demo.py`` imported now (it reads its ports from the environment then), its state under tmp_path."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("demo_under_test", REPO_ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.STATE = tmp_path / "demo"  # not the repository's .local/
+    return demo
+
+
+def test_ports_are_settings_with_defaults_log_servers_and_the_demo_included(tmp_path, clean_env, monkeypatch):
     for var in ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"):
         monkeypatch.delenv(var, raising=False)
     env = local_env(tmp_path)
@@ -174,10 +183,7 @@ def test_ports_are_settings_with_defaults_log_servers_and_the_demo_included(tmp_
     env = local_env(tmp_path)
     assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "18793"
     assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "18794"
-    spec = importlib.util.spec_from_file_location("demo_under_test", REPO_ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    demo.STATE = tmp_path / "demo"  # not the repository's .local/
+    demo = _demo_script(tmp_path)
     commands = " ".join(" ".join(c) for c in demo._components(demo.env()).values())
     assert "--port 18080" in commands and "--port 15000" in commands and "--port 18000" in commands
     assert demo.API == "http://localhost:18080" and demo.SERVER == "http://127.0.0.1:18000"
@@ -203,7 +209,6 @@ def test_the_demo_s_mlflow_server_runs_without_mlflow_s_job_runner(tmp_path, cle
     """`mlflow server` starts a job runner by default: huey consumers (15 threads) polling a queue, ~70 % of a core
     while idle on this machine, for MLflow's GenAI jobs, which no stage uses. The demo's own command, with the
     stack's environment, must start the tracking server alone."""
-    import importlib.util
     import signal
     import subprocess
     import time
@@ -215,10 +220,7 @@ def test_the_demo_s_mlflow_server_runs_without_mlflow_s_job_runner(tmp_path, cle
     from tests.conftest import free_port
 
     monkeypatch.setenv("MLP_MLFLOW_PORT", str(port := free_port()))
-    spec = importlib.util.spec_from_file_location("demo_under_test", REPO_ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    demo.STATE = tmp_path / "demo"
+    demo = _demo_script(tmp_path)
     env = demo.env()
     monkeypatch.setenv(MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name, env[MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name])
     assert MLFLOW_SERVER_ENABLE_JOB_EXECUTION.get() is False  # MLflow reads the variable by this name as "off"
