@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from mlops_airflow.localenv import MLFLOW_SERVER_JOB_EXECUTION
 from tests.conftest import REPO, SHARED, free_port, wait_healthy
 from tests.stack.test_compose_stack import PG_HOST, PG_PORT, PG_USER, _clean_env, _pg, require_postgres
 
@@ -55,7 +56,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
             "--port", str(port), "--workers", "2", "--allowed-hosts", f"127.0.0.1,127.0.0.1:{port}",
         ],
-        env=_clean_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=_clean_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": MLFLOW_SERVER_JOB_EXECUTION},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     env = _clean_env() | {
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",

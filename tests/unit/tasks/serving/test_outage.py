@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mlops_airflow.localenv import MLFLOW_SERVER_JOB_EXECUTION
 from tasks.ledger import PromotionLedger
 from tasks.settings import get_settings
 from tests.conftest import REPO, free_port, fresh_postgres_database
@@ -51,7 +52,8 @@ class MlflowLater:
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}",
              "--default-artifact-root", (self.root / "mlartifacts").as_uri(), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env({}),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": MLFLOW_SERVER_JOB_EXECUTION}),
         )  # fmt: skip
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
